@@ -1,0 +1,3 @@
+"""sdlab: generate, understand, steer and personalize latent diffusion models."""
+
+__version__ = "0.1.0"
