@@ -64,5 +64,6 @@ def clip_tokenizer(pad_token: str = EOS, model_max_length: int = 77):
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split(" ")) for m in merges], unk_token=EOS, bos_token=BOS,
+    pairs = [tuple(m.split(" ")) for m in merges]
+    return CLIPTokenizer(vocab=dict(vocab), merges=pairs, unk_token=EOS, bos_token=BOS,
                          eos_token=EOS, pad_token=pad_token, model_max_length=model_max_length)

@@ -1,0 +1,50 @@
+"""Model hashes as AUTOMATIC1111 writes them in infotext ("Model hash: 6ce0161689")."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from sdlab.errors import ModelLoadError
+
+# Weight files of a diffusers UNet folder, in order of preference.
+UNET_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Full hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unet_weights_file(folder: str | Path) -> Path | None:
+    """The UNet weight file of a diffusers folder (sharded weights: their index file), or None."""
+    unet = Path(folder) / "unet"
+    for name in UNET_WEIGHT_FILES + ("diffusion_pytorch_model.safetensors.index.json",):
+        if (unet / name).is_file():
+            return unet / name
+    return None
+
+
+def model_hash(path: str | Path) -> str:
+    """A1111 short hash: the first 10 hex digits of the sha256 of the checkpoint file.
+
+    For a diffusers folder the UNet weight file is hashed. Nothing is cached on disk.
+    """
+    p = Path(path)
+    if p.is_dir():
+        weights = unet_weights_file(p)
+        if weights is None:
+            raise ModelLoadError(f"cannot hash model folder '{p}': no unet weights file found")
+        p = weights
+    elif not p.is_file():
+        raise ModelLoadError(f"cannot hash model '{p}': no such file or folder")
+    return sha256_file(p)[:10]
