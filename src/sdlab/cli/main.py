@@ -1,0 +1,43 @@
+"""`sdlab` command line: generate, img2img, info, world ... (see `sdlab --help`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import SdlabError
+from . import generate, info, world
+
+EPILOG = """examples:
+  sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
+  sdlab img2img input.png "a small yellow star" --strength 0.6
+  sdlab info
+  sdlab world read image.png
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdlab", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    generate.register(sub)
+    info.register(sub)
+    world.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except SdlabError as err:
+        print(f"sdlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""`sdlab world ...`: the shapes world (read an image with the oracle, export a dataset,
+train and evaluate the shipped model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ImageReadError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("world", help="the shapes world: oracle, dataset, base model")
+    ws = p.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
+
+    r = ws.add_parser("read", help="read background and objects from an image, as JSON")
+    r.add_argument("image")
+    r.add_argument("--no-mask", action="store_true", help="leave out the run-length masks")
+    r.set_defaults(run=run_read)
+
+    e = ws.add_parser("export", help="write rendered scenes as an image folder with metadata.jsonl")
+    e.add_argument("out")
+    e.add_argument("--n", type=int, default=1000)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(run=run_export)
+
+    t = ws.add_parser("train-model", help="train the shipped model from scratch (resumable)",
+                      epilog="example:\n  sdlab world train-model --run-dir runs/base --unet-minutes 120",
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--run-dir", default="runs/base", help="checkpoints; rerun to resume")
+    t.add_argument("--out", default="runs/base/model", help="where the diffusers folder is written")
+    t.add_argument("--clip-out", default="runs/base/clip-pair", help="where the CLIP pair is written")
+    t.add_argument("--vae-minutes", type=float, default=15)
+    t.add_argument("--clip-minutes", type=float, default=12)
+    t.add_argument("--unet-minutes", type=float, default=120)
+    t.add_argument("--threads", type=int, default=None)
+    t.set_defaults(run=run_train)
+
+    v = ws.add_parser("eval-model", help="oracle scores of a model on seen and held-out prompts")
+    v.add_argument("--model", default=None)
+    v.add_argument("--n", type=int, default=64, help="samples per prompt set")
+    v.add_argument("--steps", type=int, default=25)
+    v.add_argument("--cfg", type=float, nargs="+", default=[7.5, 1.0])
+    v.add_argument("--sampler", default="Euler a")
+    v.add_argument("--json-out", default=None)
+    v.set_defaults(run=run_eval)
+
+
+def run_read(args) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from ..world import oracle
+
+    try:
+        image = Image.open(args.image).convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise ImageReadError(f"cannot read image '{args.image}': {err}") from None
+    print(json.dumps(oracle.read(image).to_dict(with_mask=not args.no_mask)))
+    return 0
+
+
+def run_export(args) -> int:
+    from ..world.data import export_folder
+
+    print(export_folder(args.out, args.n, args.seed))
+    return 0
+
+
+def run_train(args) -> int:
+    from ..world.base_model import train_model
+
+    out = train_model(Path(args.run_dir), Path(args.out), vae_minutes=args.vae_minutes,
+                      clip_minutes=args.clip_minutes, unet_minutes=args.unet_minutes,
+                      clip_out=Path(args.clip_out), threads=args.threads)
+    print(out)
+    return 0
+
+
+def run_eval(args) -> int:
+    from ..pipeline import Pipeline
+    from ..world.evaluate_model import evaluate
+
+    report = evaluate(Pipeline.load(args.model), n=args.n, steps=args.steps, cfgs=args.cfg, sampler=args.sampler)
+    text = json.dumps(report, indent=2)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    print(text)
+    return 0

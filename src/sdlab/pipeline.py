@@ -1,0 +1,169 @@
+"""The public Python API: load a model, generate txt2img / img2img with our own loop.
+
+    from sdlab import Pipeline, GenerationConfig
+    pipe = Pipeline.load()                     # the shipped shapes-world model
+    result = pipe.generate(GenerationConfig("a large red circle on a blue background", seed=1))
+    result.images[0].save("out.png")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .callbacks import CancelToken, StepCallback
+from .config import GenerationConfig
+from .errors import ConfigError
+from .guidance.cfg import CFGDenoiser, GuidanceCond
+from .io.metadata import format_infotext
+from .sampling import Denoiser, NoiseSchedule, get_sampler, get_sigmas, img2img_start
+from .sampling.noise import batch_noise
+
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "shapes-sd"
+
+
+@dataclass
+class GenerationResult:
+    """Images of one generate() call, with the seed, infotext and settings of each."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    settings: list[dict] = field(default_factory=list)
+
+
+class Pipeline:
+    """A loaded model plus the explicit sampling loop of sdlab.sampling."""
+
+    def __init__(self, components):
+        self.c = components
+        self.schedule = NoiseSchedule.from_config(components.scheduler_config)
+        self.denoiser = Denoiser(components.unet, self.schedule)
+        self.vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None):
+        """Load a diffusers folder or a single-file checkpoint (default: the shipped model)."""
+        from .models.loader import load_pipeline_components
+
+        return cls(load_pipeline_components(model or DEFAULT_MODEL, dtype=dtype, device=device))
+
+    @property
+    def native_size(self) -> int:
+        return self.c.unet.config.sample_size * self.vae_scale
+
+    @property
+    def device(self) -> torch.device:
+        return self.c.device
+
+    # --- the pieces of the loop -------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.c.tokenizer
+        return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP text encoder last hidden states (B, tokens, dim), as SD conditions on them."""
+        ids = self.tokenize(prompts).to(self.device)
+        return self.c.text_encoder(ids).last_hidden_state
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1] through the VAE decoder."""
+        vae = self.c.vae
+        return vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents (posterior mode)."""
+        vae = self.c.vae
+        return vae.encode(images.to(self.device, vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
+
+    def _size(self, config: GenerationConfig) -> tuple[int, int]:
+        return config.width or self.native_size, config.height or self.native_size
+
+    # --- generation -------------------------------------------------------------------------
+    def generate(self, config: GenerationConfig, *, init_image: Optional[Image.Image] = None,
+                 callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None
+                 ) -> GenerationResult:
+        """txt2img, or img2img from `init_image` with `config.strength`: batch_count batches of
+        batch_size images; image i uses seed config.seed + i for all of its noise."""
+        if not isinstance(config, GenerationConfig):
+            raise ConfigError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        width, height = self._size(config)
+        init = None
+        if init_image is not None:
+            init = self._init_latent(init_image, width, height)
+        result = GenerationResult([], [], [], [])
+        for b in range(config.batch_count):
+            seeds = [config.seed + b * config.batch_size + i for i in range(config.batch_size)]
+            latents = self.sample_latents(config, seeds, width, height, init=init, callback=callback, cancel=cancel)
+            images = _to_pil(self.decode(latents))
+            for seed, image in zip(seeds, images):
+                settings = self.settings_for(config, seed, width, height, img2img=init is not None)
+                result.images.append(image)
+                result.seeds.append(seed)
+                result.settings.append(settings)
+                result.infotexts.append(self.infotext(config, seed, width, height, img2img=init is not None))
+        return result
+
+    def sample_latents(self, config: GenerationConfig, seeds: list[int], width: int, height: int, *,
+                       init: Optional[torch.Tensor] = None, callback=None, cancel=None) -> torch.Tensor:
+        """Run the loop for one batch; returns clean latents (B, C, h, w)."""
+        spec = get_sampler(config.sampler)
+        shape = (self.c.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        noise = batch_noise(shape, generators).to(self.device)
+        sigmas = get_sigmas(self.schedule, config.steps, spec.sigma_kind).to(self.device, torch.float32)
+        if init is None:
+            x = noise * sigmas[0]
+        else:
+            sigmas, x = img2img_start(init.expand(len(seeds), -1, -1, -1), config.strength, sigmas, noise=noise)
+            if len(sigmas) == 1:
+                return x
+        cond = self.encode_prompt([config.prompt] * len(seeds))
+        uncond = self.encode_prompt([config.negative_prompt] * len(seeds))
+        model = CFGDenoiser(self.denoiser, config.cfg_scale, config.guidance_rescale)
+        return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
+                       callback=callback, cancel=cancel, generator=generators)
+
+    def _init_latent(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
+        image = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        arr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+        return self.encode_image(arr)
+
+    # --- metadata ---------------------------------------------------------------------------
+    def settings_for(self, config: GenerationConfig, seed: int, width: int, height: int, *,
+                     img2img: bool = False) -> dict:
+        d = replace(config, seed=seed, width=width, height=height).to_dict()
+        d.update(mode="img2img" if img2img else "txt2img", model=self.c.name, model_hash=self.c.model_hash,
+                 sdlab_version=_version())
+        if not img2img:
+            d.pop("strength")
+        return d
+
+    def infotext(self, config: GenerationConfig, seed: int, width: int, height: int, *, img2img=False) -> str:
+        params = {"Steps": config.steps, "Sampler": get_sampler(config.sampler).name, "CFG scale": config.cfg_scale,
+                  "Seed": seed, "Size": f"{width}x{height}", "Model hash": self.c.model_hash, "Model": self.c.name}
+        if img2img:
+            params["Denoising strength"] = config.strength
+        if config.guidance_rescale:
+            params["CFG Rescale phi"] = config.guidance_rescale
+        return format_infotext(config.prompt, config.negative_prompt, params)
+
+
+def _to_pil(images: torch.Tensor) -> list[Image.Image]:
+    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,60 @@
+"""Assemble the trained stages into a diffusers Stable Diffusion folder (+ the CLIP pair)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+from ..io.atomic import atomic_dir
+from . import recipe
+from .checkpoint import load_state
+
+
+def export_text_encoder(run_dir: Path) -> Path:
+    """Split the CLIP pair's text tower out as a CLIPTextModel folder."""
+    run_dir = Path(run_dir)
+    clip = CLIPModel.from_pretrained(run_dir / "clip" / "model")
+    text = CLIPTextModel(clip.config.text_config)
+    text.text_model.load_state_dict(clip.text_model.state_dict())
+    text.save_pretrained(run_dir / "text_encoder")
+    return run_dir / "text_encoder"
+
+
+def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path:
+    """Write `out_dir` in the diffusers layout with the EMA UNet and the latent scale."""
+    run_dir = Path(run_dir)
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae" / "model")
+    vae.register_to_config(scaling_factor=load_state(run_dir / "unet")["scaling_factor"])
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel.from_pretrained(run_dir / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(run_dir / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(run_dir / "unet" / "ema"),
+        scheduler=EulerDiscreteScheduler(**recipe.scheduler_config()),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    with atomic_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        # CLIPTokenizer folders must carry vocab.json + merges.txt to load everywhere.
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(run_dir / "tokenizer" / name, Path(tmp) / "tokenizer" / name)
+    if clip_out is not None:
+        with atomic_dir(clip_out) as tmp:
+            CLIPModel.from_pretrained(run_dir / "clip" / "model").save_pretrained(tmp, safe_serialization=True)
+            CLIPTokenizer.from_pretrained(run_dir / "tokenizer").save_pretrained(tmp)
+            for name in ("vocab.json", "merges.txt"):
+                shutil.copy(run_dir / "tokenizer" / name, Path(tmp) / name)
+    return Path(out_dir)
+
+
+def training_summary(run_dir: Path) -> dict:
+    """Steps and seconds of each stage, for the model card."""
+    out = {}
+    for stage in ("vae", "clip", "unet"):
+        st = load_state(Path(run_dir) / stage) or {}
+        out[stage] = {k: v for k, v in st.items()}
+    return json.loads(json.dumps(out))

@@ -1,0 +1,62 @@
+"""Stage 2 of the base recipe: a CLIP pair (Radford et al. 2021) pre-trained contrastively
+on shapes-world captions. Its text tower becomes the diffusion model's text encoder; the
+pair is kept for CLIP scores in evaluation."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import CLIPModel, CLIPTokenizer
+
+from . import recipe
+from .captions import caption
+from .checkpoint import load_optimizer, load_state, save_stage
+from .data import render_batch
+from .scene import SceneSampler
+
+CLIP_MEAN, CLIP_STD = 0.0, 1.0     # images go in as [-1, 1]
+
+
+def retrieval_accuracy(clip, tok, n: int = 256, seed: int = 99) -> float:
+    """Top-1 text->image retrieval accuracy on full captions of fresh scenes."""
+    rng = random.Random(seed)
+    scenes, x = render_batch(SceneSampler(two_object_prob=0.0), rng, n)
+    ids = tok([caption(s, None) for s in scenes], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x)
+    return (out.logits_per_text.argmax(1) == torch.arange(n)).float().mean().item()
+
+
+def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 128, lr: float = 5e-4,
+               log=print) -> Path:
+    ckpt = Path(run_dir) / "clip"
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
+    clip = CLIPModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_clip(tok)
+    opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.05)
+    if state["step"]:
+        load_optimizer(ckpt, opt)
+    rng = random.Random(state["step"] + 23)
+    sampler = SceneSampler(two_object_prob=0.25)
+    start, last_save = time.time(), time.time()
+    while time.time() - start < minutes * 60:
+        scenes, x = render_batch(sampler, rng, batch)
+        ids = tok([caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
+        out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x, return_loss=True)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        state["step"] += 1
+        if state["step"] % 50 == 0:
+            log(f"clip step {state['step']} loss {out.loss.item():.4f}")
+        if time.time() - last_save > 300:
+            save_stage(ckpt, clip, opt, dict(state, seconds=state["seconds"] + time.time() - start))
+            last_save = time.time()
+    state["seconds"] += time.time() - start
+    state["retrieval_top1"] = retrieval_accuracy(clip, tok)
+    log(f"clip retrieval top-1 {state['retrieval_top1']:.3f}")
+    save_stage(ckpt, clip, opt, state)
+    return ckpt

@@ -1,0 +1,121 @@
+"""Stage 3 of the base recipe: the UNet, on cached VAE latents of rendered scenes.
+
+v-prediction on a zero-terminal-SNR schedule (Lin et al. 2023), frozen CLIP text encoder,
+10 % caption dropout for classifier-free guidance (Ho & Salimans 2022), EMA weights.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from . import recipe
+from .captions import caption
+from .checkpoint import load_optimizer, load_state, save_stage
+from .data import render_batch
+from .scene import Scene, SceneSampler, ShapeObject
+
+CAPTION_DROPOUT = 0.1
+
+
+def _scene_from_dict(d: dict) -> Scene:
+    objs = tuple(ShapeObject(**dict(o, center=tuple(o["center"]))) for o in d["objects"])
+    return Scene(d["background"], objs, d.get("relation"))
+
+
+def build_latent_cache(run_dir: Path, vae: AutoencoderKL, n: int, seed: int = 7, log=print):
+    """Render `n` training scenes, encode them once; returns (scenes, latents, scale)."""
+    path = Path(run_dir) / "latents.safetensors"
+    if path.exists():
+        lat = load_file(path)["latents"].float()
+        scenes = [_scene_from_dict(json.loads(l)) for l in (path.with_suffix(".jsonl")).read_text().splitlines()]
+        return scenes, lat, 1.0 / lat.std().item()
+    rng, sampler, scenes, chunks = random.Random(seed), SceneSampler(two_object_prob=0.25), [], []
+    with torch.no_grad():
+        for i in range(0, n, 256):
+            sc, x = render_batch(sampler, rng, min(256, n - i))
+            scenes += sc
+            chunks.append(vae.encode(x).latent_dist.mode())
+            if i % 10240 == 0:
+                log(f"latent cache {i}/{n}")
+    lat = torch.cat(chunks)
+    save_file({"latents": lat.half()}, str(path))
+    path.with_suffix(".jsonl").write_text("\n".join(json.dumps(s.to_dict()) for s in scenes))
+    return scenes, lat, 1.0 / lat.std().item()
+
+
+def encode_text(text_encoder, tok, prompts: list[str]) -> torch.Tensor:
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        return text_encoder(ids).last_hidden_state
+
+
+def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4, cache_size: int = 60000,
+               log=print) -> Path:
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "unet"
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae" / "model")
+    tok = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(run_dir / "text_encoder").eval()
+    scenes, latents, scale = build_latent_cache(run_dir, vae, cache_size, log=log)
+    latents = latents * scale
+    sched = DDPMScheduler(**recipe.scheduler_config())
+    state = load_state(ckpt) or {"step": 0, "seconds": 0.0, "scaling_factor": scale}
+    unet = UNet2DConditionModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_unet()
+    ema = EMAModel(unet.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
+    if state["step"]:
+        ema.load_state_dict(torch.load(ckpt / "ema.pt", weights_only=True))
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    if state["step"]:
+        load_optimizer(ckpt, opt)
+    gen = torch.Generator().manual_seed(1000 + state["step"])
+    rng = random.Random(state["step"])
+    start, last_save, losses = time.time(), time.time(), []
+    while time.time() - start < minutes * 60:
+        idx = torch.randint(0, len(scenes), (batch,), generator=gen)
+        x0 = latents[idx]
+        prompts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[i], rng) for i in idx.tolist()]
+        cond = encode_text(text_encoder, tok, prompts)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        xt = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t)
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        loss = torch.nn.functional.mse_loss(pred, target)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (state["step"] + 1) / 300)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema.step(unet.parameters())
+        state["step"] += 1
+        losses.append(loss.item())
+        if state["step"] % 50 == 0:
+            log(f"unet step {state['step']} loss {sum(losses) / len(losses):.4f} "
+                f"({(time.time() - start) / max(len(losses), 1):.2f}s/step)")
+            losses = []
+        if time.time() - last_save > 600:
+            _save(ckpt, unet, opt, ema, dict(state, seconds=state["seconds"] + time.time() - start))
+            last_save = time.time()
+    state["seconds"] += time.time() - start
+    _save(ckpt, unet, opt, ema, state)
+    return ckpt
+
+
+def _save(ckpt: Path, unet, opt, ema: EMAModel, state: dict) -> None:
+    """Checkpoint raw weights + optimizer + EMA state, and the EMA weights as a model."""
+    ema_unet = recipe.build_unet()
+    ema.copy_to(ema_unet.parameters())
+    save_stage(ckpt, unet, opt, state, ema=ema_unet)
+    torch.save(ema.state_dict(), ckpt / "ema.pt.tmp")
+    (ckpt / "ema.pt.tmp").replace(ckpt / "ema.pt")

@@ -1,0 +1,60 @@
+"""Stage 1 of the base recipe: the AutoencoderKL, trained on fresh renders.
+
+Loss: object-weighted L1 + MSE on pixels plus a tiny KL term (1e-8), as the calibration
+notes found best for flat colours; readback is measured with the oracle.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+
+from . import recipe
+from .checkpoint import load_optimizer, load_state, save_stage
+from .data import object_weights, render_batch, to_images
+from .metrics import accuracy
+from .scene import SceneSampler
+
+
+def readback(vae, n: int = 256, seed: int = 1234) -> dict[str, float]:
+    """Oracle accuracy of VAE reconstructions of fresh renders."""
+    scenes, x = render_batch(SceneSampler(), random.Random(seed), n)
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(64)])
+    return accuracy(scenes, to_images(rec))
+
+
+def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, log=print) -> Path:
+    ckpt = Path(run_dir) / "vae"
+    state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
+    vae = AutoencoderKL.from_pretrained(ckpt / "model") if state["step"] else recipe.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    if state["step"]:
+        load_optimizer(ckpt, opt)
+    rng = random.Random(state["step"] + 17)
+    sampler = SceneSampler(two_object_prob=0.3)
+    start, last_save = time.time(), time.time()
+    while time.time() - start < minutes * 60:
+        _, x = render_batch(sampler, rng, batch)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        w = object_weights(x)
+        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean() + 1e-8 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        if state["step"] % 50 == 0:
+            log(f"vae step {state['step']} loss {loss.item():.4f}")
+        if time.time() - last_save > 300:
+            save_stage(ckpt, vae, opt, dict(state, seconds=state["seconds"] + time.time() - start))
+            last_save = time.time()
+    state["seconds"] += time.time() - start
+    state["readback"] = readback(vae)
+    log(f"vae readback {state['readback']}")
+    save_stage(ckpt, vae, opt, state)
+    return ckpt
