@@ -42,7 +42,7 @@ def clip_config(vocab_size: int, bos_id: int, eos_id: int) -> CLIPConfig:
 def scheduler_config() -> dict:
     return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
-                steps_offset=1, clip_sample=False, set_alpha_to_one=False)
+                steps_offset=1)
 
 
 def build_vae() -> AutoencoderKL:
