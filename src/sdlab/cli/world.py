@@ -31,9 +31,11 @@ def register(sub) -> None:
     t.add_argument("--run-dir", default="runs/base", help="checkpoints; rerun to resume")
     t.add_argument("--out", default="runs/base/model", help="where the diffusers folder is written")
     t.add_argument("--clip-out", default="runs/base/clip-pair", help="where the CLIP pair is written")
-    t.add_argument("--vae-minutes", type=float, default=15)
+    t.add_argument("--vae-minutes", type=float, default=25)
+    t.add_argument("--decoder-minutes", type=float, default=25)
     t.add_argument("--clip-minutes", type=float, default=12)
     t.add_argument("--unet-minutes", type=float, default=120)
+    t.add_argument("--cache-size", type=int, default=60000, help="rendered scenes encoded once for the UNet")
     t.add_argument("--threads", type=int, default=None)
     t.set_defaults(run=run_train)
 
@@ -70,8 +72,8 @@ def run_export(args) -> int:
 def run_train(args) -> int:
     from ..world.base_model import train_model
 
-    out = train_model(Path(args.run_dir), Path(args.out), vae_minutes=args.vae_minutes,
-                      clip_minutes=args.clip_minutes, unet_minutes=args.unet_minutes,
+    out = train_model(Path(args.run_dir), Path(args.out), vae_minutes=args.vae_minutes, decoder_minutes=args.decoder_minutes,
+                      clip_minutes=args.clip_minutes, unet_minutes=args.unet_minutes, cache_size=args.cache_size,
                       clip_out=Path(args.clip_out), threads=args.threads)
     print(out)
     return 0

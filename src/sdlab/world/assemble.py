@@ -19,7 +19,7 @@ def export_text_encoder(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     clip = CLIPModel.from_pretrained(run_dir / "clip" / "model")
     text = CLIPTextModel(clip.config.text_config)
-    text.text_model.load_state_dict(clip.text_model.state_dict())
+    text.load_state_dict(clip.text_model.state_dict())
     text.save_pretrained(run_dir / "text_encoder")
     return run_dir / "text_encoder"
 
@@ -27,7 +27,8 @@ def export_text_encoder(run_dir: Path) -> Path:
 def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path:
     """Write `out_dir` in the diffusers layout with the EMA UNet and the latent scale."""
     run_dir = Path(run_dir)
-    vae = AutoencoderKL.from_pretrained(run_dir / "vae" / "model")
+    vae_dir = run_dir / "vae_decoder" if (run_dir / "vae_decoder" / "model").exists() else run_dir / "vae"
+    vae = AutoencoderKL.from_pretrained(vae_dir / "model")
     vae.register_to_config(scaling_factor=load_state(run_dir / "unet")["scaling_factor"])
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -54,7 +55,7 @@ def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path
 def training_summary(run_dir: Path) -> dict:
     """Steps and seconds of each stage, for the model card."""
     out = {}
-    for stage in ("vae", "clip", "unet"):
+    for stage in ("vae", "vae_decoder", "clip", "unet"):
         st = load_state(Path(run_dir) / stage) or {}
         out[stage] = {k: v for k, v in st.items()}
     return json.loads(json.dumps(out))

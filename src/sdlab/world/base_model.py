@@ -1,7 +1,8 @@
 """`sdlab world train-model`: the whole recipe for the shipped model, resumable.
 
 Stages run in order, each up to its time budget (cumulative over resumes): tokenizer,
-VAE, CLIP pair, UNet, then assembly into a diffusers folder. Rerunning with the same
+VAE, decoder fine-tune (encoder frozen), CLIP pair, UNet, then assembly into a diffusers
+folder. Rerunning with the same
 run folder continues where the last run stopped; a larger budget trains further.
 """
 
@@ -16,7 +17,7 @@ from .checkpoint import load_state
 from .tokenizer_build import build_tokenizer
 from .train_clip import train_clip
 from .train_unet import train_unet
-from .train_vae import train_vae
+from .train_vae import finetune_decoder, train_vae
 
 
 def _remaining(run_dir: Path, stage: str, minutes: float) -> float:
@@ -24,8 +25,8 @@ def _remaining(run_dir: Path, stage: str, minutes: float) -> float:
     return max(0.0, minutes - st.get("seconds", 0.0) / 60)
 
 
-def train_model(run_dir: Path, out_dir: Path, *, vae_minutes: float = 15, clip_minutes: float = 12,
-                unet_minutes: float = 120, clip_out: Path | None = None, threads: int | None = None,
+def train_model(run_dir: Path, out_dir: Path, *, vae_minutes: float = 25, decoder_minutes: float = 25, clip_minutes: float = 12,
+                unet_minutes: float = 120, cache_size: int = 60000, clip_out: Path | None = None, threads: int | None = None,
                 log=print) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if threads:
@@ -34,10 +35,14 @@ def train_model(run_dir: Path, out_dir: Path, *, vae_minutes: float = 15, clip_m
         build_tokenizer(run_dir / "tokenizer")
     if (m := _remaining(run_dir, "vae", vae_minutes)) > 0:
         train_vae(run_dir, m, log=log)
+    if (m := _remaining(run_dir, "vae_decoder", decoder_minutes)) > 0:
+        finetune_decoder(run_dir, m, log=log)
     if (m := _remaining(run_dir, "clip", clip_minutes)) > 0:
         train_clip(run_dir, run_dir / "tokenizer", m, log=log)
     if not (run_dir / "text_encoder").exists():
         export_text_encoder(run_dir)
     if (m := _remaining(run_dir, "unet", unet_minutes)) > 0:
-        train_unet(run_dir, m, log=log)
+        train_unet(run_dir, m, cache_size=cache_size, log=log)
+    if (run_dir / "vae_decoder" / "model").exists():
+        log("using the fine-tuned decoder from vae_decoder/")
     return assemble(run_dir, out_dir, clip_out)

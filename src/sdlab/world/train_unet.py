@@ -47,7 +47,7 @@ def build_latent_cache(run_dir: Path, vae: AutoencoderKL, n: int, seed: int = 7,
             if i % 10240 == 0:
                 log(f"latent cache {i}/{n}")
     lat = torch.cat(chunks)
-    save_file({"latents": lat.half()}, str(path))
+    save_file({"latents": lat.half().contiguous()}, str(path))
     path.with_suffix(".jsonl").write_text("\n".join(json.dumps(s.to_dict()) for s in scenes))
     return scenes, lat, 1.0 / lat.std().item()
 

@@ -58,3 +58,48 @@ def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, 
     log(f"vae readback {state['readback']}")
     save_stage(ckpt, vae, opt, state)
     return ckpt
+
+
+def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float = 5e-4,
+                     latent_noise: float = 0.05, log=print) -> Path:
+    """Stage 1b: train only the decoder (encoder frozen, so the UNet's latents stay valid),
+    with an edge loss for sharp corners and small latent noise for robustness to samples."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "vae_decoder"
+    state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
+    vae = AutoencoderKL.from_pretrained((ckpt if state["step"] else run_dir / "vae") / "model")
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if state["step"]:
+        load_optimizer(ckpt, opt)
+    rng = random.Random(state["step"] + 31)
+    sampler = SceneSampler(two_object_prob=0.3)
+    start, last_save = time.time(), time.time()
+    while time.time() - start < minutes * 60:
+        _, x = render_batch(sampler, rng, batch)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+            z = z + latent_noise * z.std() * torch.randn_like(z)
+        rec = vae.decode(z).sample
+        w = object_weights(x)
+        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
+        for er, ex in zip(_edges(rec), _edges(x)):
+            loss = loss + 2.0 * (er - ex).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        if state["step"] % 50 == 0:
+            log(f"decoder step {state['step']} loss {loss.item():.4f}")
+        if time.time() - last_save > 300:
+            save_stage(ckpt, vae, opt, dict(state, seconds=state["seconds"] + time.time() - start))
+            last_save = time.time()
+    state["seconds"] += time.time() - start
+    state["readback"] = readback(vae)
+    log(f"decoder readback {state['readback']}")
+    save_stage(ckpt, vae, opt, state)
+    return ckpt
