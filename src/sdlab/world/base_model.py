@@ -46,3 +46,20 @@ def train_model(run_dir: Path, out_dir: Path, *, vae_minutes: float = 25, decode
     if (run_dir / "vae_decoder" / "model").exists():
         log("using the fine-tuned decoder from vae_decoder/")
     return assemble(run_dir, out_dir, clip_out)
+
+
+def card(model_dir: Path, run_dir: Path, n: int = 64, hardware: str = "", log=print) -> Path:
+    """Evaluate `model_dir` with the oracle and write its MODEL_CARD.md."""
+    import json
+    import platform
+
+    from ..pipeline import Pipeline
+    from .assemble import training_summary
+    from .evaluate_model import evaluate
+    from .model_card import write_model_card
+
+    report = evaluate(Pipeline.load(model_dir), n=n)
+    log(json.dumps(report, indent=2))
+    (Path(model_dir) / "eval.json").write_text(json.dumps(report, indent=2))
+    hardware = hardware or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return write_model_card(model_dir, training_summary(run_dir), report, hardware)

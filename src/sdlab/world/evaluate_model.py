@@ -26,9 +26,9 @@ def prompt_set(name: str, n: int, seed: int = 2024):
 
 
 def evaluate(pipe, n: int = 64, steps: int = 25, cfgs=(7.5, 1.0), sampler: str = "Euler a",
-             batch: int = 16) -> dict:
+             batch: int = 16, sets=tuple(PROMPT_SETS)) -> dict:
     report = {"n": n, "steps": steps, "sampler": sampler, "results": {}}
-    for name in PROMPT_SETS:
+    for name in sets:
         scenes = prompt_set(name, n)
         for cfg in cfgs:
             start, images = time.time(), []

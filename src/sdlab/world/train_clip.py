@@ -5,7 +5,6 @@ pair is kept for CLIP scores in evaluation."""
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from . import recipe
 from .captions import caption
-from .checkpoint import load_optimizer, load_state, save_stage
+from .checkpoint import load_optimizer, load_state, optimizer_step, run_timed, save_stage
 from .data import render_batch
 from .scene import SceneSampler
 
@@ -41,21 +40,14 @@ def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 
         load_optimizer(ckpt, opt)
     rng = random.Random(state["step"] + 23)
     sampler = SceneSampler(two_object_prob=0.25)
-    start, last_save = time.time(), time.time()
-    while time.time() - start < minutes * 60:
+
+    def step():
         scenes, x = render_batch(sampler, rng, batch)
         ids = tok([caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
         out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x, return_loss=True)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        state["step"] += 1
-        if state["step"] % 50 == 0:
-            log(f"clip step {state['step']} loss {out.loss.item():.4f}")
-        if time.time() - last_save > 300:
-            save_stage(ckpt, clip, opt, dict(state, seconds=state["seconds"] + time.time() - start))
-            last_save = time.time()
-    state["seconds"] += time.time() - start
+        return optimizer_step(opt, out.loss)
+
+    run_timed("clip", minutes, state, step, lambda st: save_stage(ckpt, clip, opt, st), log)
     state["retrieval_top1"] = retrieval_accuracy(clip, tok)
     log(f"clip retrieval top-1 {state['retrieval_top1']:.3f}")
     save_stage(ckpt, clip, opt, state)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import recipe
 from .captions import caption
-from .checkpoint import load_optimizer, load_state, save_stage
+from .checkpoint import load_optimizer, load_state, optimizer_step, run_timed, save_stage
 from .data import render_batch
 from .scene import Scene, SceneSampler, ShapeObject
 
@@ -79,35 +78,23 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
         load_optimizer(ckpt, opt)
     gen = torch.Generator().manual_seed(1000 + state["step"])
     rng = random.Random(state["step"])
-    start, last_save, losses = time.time(), time.time(), []
-    while time.time() - start < minutes * 60:
+
+    def step():
         idx = torch.randint(0, len(scenes), (batch,), generator=gen)
         x0 = latents[idx]
         prompts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[i], rng) for i in idx.tolist()]
         cond = encode_text(text_encoder, tok, prompts)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
-        xt = sched.add_noise(x0, noise, t)
-        target = sched.get_velocity(x0, noise, t)
-        pred = unet(xt, t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(pred, target)
+        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        loss = torch.nn.functional.mse_loss(pred, sched.get_velocity(x0, noise, t))
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (state["step"] + 1) / 300)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        value = optimizer_step(opt, loss, unet.parameters(), clip=1.0)
         ema.step(unet.parameters())
-        state["step"] += 1
-        losses.append(loss.item())
-        if state["step"] % 50 == 0:
-            log(f"unet step {state['step']} loss {sum(losses) / len(losses):.4f} "
-                f"({(time.time() - start) / max(len(losses), 1):.2f}s/step)")
-            losses = []
-        if time.time() - last_save > 600:
-            _save(ckpt, unet, opt, ema, dict(state, seconds=state["seconds"] + time.time() - start))
-            last_save = time.time()
-    state["seconds"] += time.time() - start
+        return value
+
+    run_timed("unet", minutes, state, step, lambda st: _save(ckpt, unet, opt, ema, st), log, save_every=600)
     _save(ckpt, unet, opt, ema, state)
     return ckpt
 
@@ -116,6 +103,4 @@ def _save(ckpt: Path, unet, opt, ema: EMAModel, state: dict) -> None:
     """Checkpoint raw weights + optimizer + EMA state, and the EMA weights as a model."""
     ema_unet = recipe.build_unet()
     ema.copy_to(ema_unet.parameters())
-    save_stage(ckpt, unet, opt, state, ema=ema_unet)
-    torch.save(ema.state_dict(), ckpt / "ema.pt.tmp")
-    (ckpt / "ema.pt.tmp").replace(ckpt / "ema.pt")
+    save_stage(ckpt, unet, opt, state, ema=ema_unet, extra={"ema.pt": ema.state_dict()})

@@ -7,14 +7,13 @@ notes found best for flat colours; readback is measured with the oracle.
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
 
 from . import recipe
-from .checkpoint import load_optimizer, load_state, save_stage
+from .checkpoint import load_optimizer, load_state, optimizer_step, run_timed, save_stage
 from .data import object_weights, render_batch, to_images
 from .metrics import accuracy
 from .scene import SceneSampler
@@ -37,23 +36,15 @@ def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, 
         load_optimizer(ckpt, opt)
     rng = random.Random(state["step"] + 17)
     sampler = SceneSampler(two_object_prob=0.3)
-    start, last_save = time.time(), time.time()
-    while time.time() - start < minutes * 60:
+
+    def step():
         _, x = render_batch(sampler, rng, batch)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        w = object_weights(x)
-        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean() + 1e-8 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state["step"] += 1
-        if state["step"] % 50 == 0:
-            log(f"vae step {state['step']} loss {loss.item():.4f}")
-        if time.time() - last_save > 300:
-            save_stage(ckpt, vae, opt, dict(state, seconds=state["seconds"] + time.time() - start))
-            last_save = time.time()
-    state["seconds"] += time.time() - start
+        loss = (object_weights(x) * ((rec - x).abs() + (rec - x) ** 2)).mean() + 1e-8 * post.kl().mean()
+        return optimizer_step(opt, loss)
+
+    run_timed("vae", minutes, state, step, lambda st: save_stage(ckpt, vae, opt, st), log)
     state["readback"] = readback(vae)
     log(f"vae readback {state['readback']}")
     save_stage(ckpt, vae, opt, state)
@@ -78,27 +69,19 @@ def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float =
         load_optimizer(ckpt, opt)
     rng = random.Random(state["step"] + 31)
     sampler = SceneSampler(two_object_prob=0.3)
-    start, last_save = time.time(), time.time()
-    while time.time() - start < minutes * 60:
+
+    def step():
         _, x = render_batch(sampler, rng, batch)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
             z = z + latent_noise * z.std() * torch.randn_like(z)
         rec = vae.decode(z).sample
-        w = object_weights(x)
-        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
+        loss = (object_weights(x) * ((rec - x).abs() + (rec - x) ** 2)).mean()
         for er, ex in zip(_edges(rec), _edges(x)):
             loss = loss + 2.0 * (er - ex).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state["step"] += 1
-        if state["step"] % 50 == 0:
-            log(f"decoder step {state['step']} loss {loss.item():.4f}")
-        if time.time() - last_save > 300:
-            save_stage(ckpt, vae, opt, dict(state, seconds=state["seconds"] + time.time() - start))
-            last_save = time.time()
-    state["seconds"] += time.time() - start
+        return optimizer_step(opt, loss)
+
+    run_timed("decoder", minutes, state, step, lambda st: save_stage(ckpt, vae, opt, st), log)
     state["readback"] = readback(vae)
     log(f"decoder readback {state['readback']}")
     save_stage(ckpt, vae, opt, state)
