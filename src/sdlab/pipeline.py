@@ -23,6 +23,7 @@ from .guidance.cfg import CFGDenoiser, GuidanceCond
 from .io.metadata import format_infotext
 from .sampling import Denoiser, NoiseSchedule, get_sampler, get_sigmas, img2img_start
 from .sampling.noise import batch_noise
+from .text.chunks import encode_weighted_batch, pad_to_same_length
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "shapes-sd"
 
@@ -69,9 +70,9 @@ class Pipeline:
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP text encoder last hidden states (B, tokens, dim), as SD conditions on them."""
-        ids = self.tokenize(prompts).to(self.device)
-        return self.c.text_encoder(ids).last_hidden_state
+        """CLIP last hidden states (B, 77 * chunks, dim), as SD conditions on them, with the
+        AUTOMATIC1111 prompt syntax: (word:1.3) weights, BREAK, prompts past 75 tokens."""
+        return encode_weighted_batch(self.c.text_encoder, self.c.tokenizer, prompts)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -129,6 +130,7 @@ class Pipeline:
                 return x
         cond = self.encode_prompt([config.prompt] * len(seeds))
         uncond = self.encode_prompt([config.negative_prompt] * len(seeds))
+        cond, uncond = pad_to_same_length(cond, uncond, lambda: self.encode_prompt([""]))
         model = CFGDenoiser(self.denoiser, config.cfg_scale, config.guidance_rescale)
         return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
                        callback=callback, cancel=cancel, generator=generators)

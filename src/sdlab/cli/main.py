@@ -6,12 +6,13 @@ import argparse
 import sys
 
 from ..errors import SdlabError
-from . import generate, info, world
+from . import generate, info, tokens, world
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
   sdlab img2img input.png "a small yellow star" --strength 0.6
   sdlab info
+  sdlab tokens "a (large:1.3) red circle BREAK on a blue background"
   sdlab world read image.png
 """
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate.register(sub)
     info.register(sub)
+    tokens.register(sub)
     world.register(sub)
     return parser
 
