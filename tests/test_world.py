@@ -78,3 +78,24 @@ def test_oracle_reports_mask_and_bbox():
 def test_oracle_on_empty_image_finds_no_object():
     reading = oracle.read(np.full((64, 64, 3), 200, np.uint8))
     assert reading.objects == [] and reading.main is None
+
+
+def test_export_folder_metadata_jsonl(tmp_path):
+    from PIL import Image
+
+    from sdlab.world.data import export_folder
+    from sdlab.world.metrics import scene_checks
+    from sdlab.world.scene import Scene, ShapeObject
+
+    out = export_folder(tmp_path / "ds", 12, seed=4)
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and len({r["file_name"] for r in rows}) == 12
+    for row in rows:
+        image = Image.open(out / row["file_name"])
+        assert image.size == (64, 64) and row["text"]
+        d = row["scene"]
+        scene = Scene(d["background"], tuple(ShapeObject(**dict(o, center=tuple(o["center"]))) for o in d["objects"]),
+                      d["relation"])
+        assert scene_checks(scene, oracle.read(image))["all"]
+        for obj in scene.objects:
+            assert obj.shape in row["text"]
