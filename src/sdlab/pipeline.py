@@ -128,9 +128,11 @@ class Pipeline:
             sigmas, x = img2img_start(init.expand(len(seeds), -1, -1, -1), config.strength, sigmas, noise=noise)
             if len(sigmas) == 1:
                 return x
-        cond = self.encode_prompt([config.prompt] * len(seeds))
-        uncond = self.encode_prompt([config.negative_prompt] * len(seeds))
-        cond, uncond = pad_to_same_length(cond, uncond, lambda: self.encode_prompt([""]))
+        cond, uncond = pad_to_same_length(self.encode_prompt([config.prompt]),
+                                          self.encode_prompt([config.negative_prompt]),
+                                          lambda: self.encode_prompt([""]))
+        n = len(seeds)
+        cond, uncond = cond.expand(n, -1, -1), uncond.expand(n, -1, -1)
         model = CFGDenoiser(self.denoiser, config.cfg_scale, config.guidance_rescale)
         return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
                        callback=callback, cancel=cancel, generator=generators)
