@@ -40,7 +40,7 @@ def load_state(folder: Path) -> dict | None:
 
 
 def load_optimizer(folder: Path, optimizer) -> None:
-    optimizer.load_state_dict(torch.load(Path(folder) / "optimizer.pt", weights_only=True))
+    optimizer.load_state_dict(torch.load(Path(folder) / "optimizer.pt", map_location="cpu", weights_only=True))
 
 
 def run_timed(name: str, minutes: float, state: dict, step_fn, save_fn, log=print,

@@ -45,6 +45,13 @@ def scheduler_config() -> dict:
                 steps_offset=1)
 
 
+def train_device():
+    """CUDA when available (minutes), else the CPU (hours): the recipe runs on either."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def build_vae() -> AutoencoderKL:
     return AutoencoderKL(**vae_config())
 

@@ -24,9 +24,10 @@ def retrieval_accuracy(clip, tok, n: int = 256, seed: int = 99) -> float:
     rng = random.Random(seed)
     scenes, x = render_batch(SceneSampler(two_object_prob=0.0), rng, n)
     ids = tok([caption(s, None) for s in scenes], padding=True, return_tensors="pt")
+    dev = next(clip.parameters()).device
     with torch.no_grad():
-        out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x)
-    return (out.logits_per_text.argmax(1) == torch.arange(n)).float().mean().item()
+        out = clip(input_ids=ids.input_ids.to(dev), attention_mask=ids.attention_mask.to(dev), pixel_values=x.to(dev))
+    return (out.logits_per_text.argmax(1).cpu() == torch.arange(n)).float().mean().item()
 
 
 def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 128, lr: float = 5e-4,
@@ -34,7 +35,8 @@ def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 
     ckpt = Path(run_dir) / "clip"
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
     state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
-    clip = CLIPModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_clip(tok)
+    dev = recipe.train_device()
+    clip = (CLIPModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_clip(tok)).to(dev)
     opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.05)
     if state["step"]:
         load_optimizer(ckpt, opt)
@@ -43,8 +45,9 @@ def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 
 
     def step():
         scenes, x = render_batch(sampler, rng, batch)
-        ids = tok([caption(s, rng) for s in scenes], padding=True, return_tensors="pt")
-        out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x, return_loss=True)
+        ids = tok([caption(s, rng) for s in scenes], padding=True, return_tensors="pt").to(dev)
+        out = clip(input_ids=ids.input_ids, attention_mask=ids.attention_mask, pixel_values=x.to(dev),
+                   return_loss=True)
         return optimizer_step(opt, out.loss)
 
     run_timed("clip", minutes, state, step, lambda st: save_stage(ckpt, clip, opt, st), log)

@@ -42,7 +42,7 @@ def build_latent_cache(run_dir: Path, vae: AutoencoderKL, n: int, seed: int = 7,
         for i in range(0, n, 256):
             sc, x = render_batch(sampler, rng, min(256, n - i))
             scenes += sc
-            chunks.append(vae.encode(x).latent_dist.mode())
+            chunks.append(vae.encode(x.to(vae.device)).latent_dist.mode().cpu())
             if i % 10240 == 0:
                 log(f"latent cache {i}/{n}")
     lat = torch.cat(chunks)
@@ -53,7 +53,7 @@ def build_latent_cache(run_dir: Path, vae: AutoencoderKL, n: int, seed: int = 7,
 
 def encode_text(text_encoder, tok, prompts: list[str]) -> torch.Tensor:
     ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
+              return_tensors="pt").input_ids.to(text_encoder.device)
     with torch.no_grad():
         return text_encoder(ids).last_hidden_state
 
@@ -62,17 +62,20 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
                log=print) -> Path:
     run_dir = Path(run_dir)
     ckpt = run_dir / "unet"
-    vae = AutoencoderKL.from_pretrained(run_dir / "vae" / "model")
+    dev = recipe.train_device()
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae" / "model").to(dev)
     tok = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(run_dir / "text_encoder").eval()
+    text_encoder = CLIPTextModel.from_pretrained(run_dir / "text_encoder").to(dev).eval()
     scenes, latents, scale = build_latent_cache(run_dir, vae, cache_size, log=log)
-    latents = latents * scale
+    latents = (latents * scale).to(dev)
+    del vae
     sched = DDPMScheduler(**recipe.scheduler_config())
     state = load_state(ckpt) or {"step": 0, "seconds": 0.0, "scaling_factor": scale}
-    unet = UNet2DConditionModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_unet()
+    unet = (UNet2DConditionModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_unet()).to(dev)
     ema = EMAModel(unet.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
     if state["step"]:
-        ema.load_state_dict(torch.load(ckpt / "ema.pt", weights_only=True))
+        ema.load_state_dict(torch.load(ckpt / "ema.pt", map_location="cpu", weights_only=True))
+        ema.to(dev)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     if state["step"]:
         load_optimizer(ckpt, opt)
@@ -81,11 +84,11 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
 
     def step():
         idx = torch.randint(0, len(scenes), (batch,), generator=gen)
-        x0 = latents[idx]
+        x0 = latents[idx.to(dev)]
         prompts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[i], rng) for i in idx.tolist()]
         cond = encode_text(text_encoder, tok, prompts)
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen).to(dev)
         pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
         loss = torch.nn.functional.mse_loss(pred, sched.get_velocity(x0, noise, t))
         for g in opt.param_groups:

@@ -22,15 +22,17 @@ from .scene import SceneSampler
 def readback(vae, n: int = 256, seed: int = 1234) -> dict[str, float]:
     """Oracle accuracy of VAE reconstructions of fresh renders."""
     scenes, x = render_batch(SceneSampler(), random.Random(seed), n)
+    dev = next(vae.parameters()).device
     with torch.no_grad():
-        rec = torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(64)])
+        rec = torch.cat([vae.decode(vae.encode(c.to(dev)).latent_dist.mode()).sample.cpu() for c in x.split(64)])
     return accuracy(scenes, to_images(rec))
 
 
 def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, log=print) -> Path:
     ckpt = Path(run_dir) / "vae"
     state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
-    vae = AutoencoderKL.from_pretrained(ckpt / "model") if state["step"] else recipe.build_vae()
+    dev = recipe.train_device()
+    vae = (AutoencoderKL.from_pretrained(ckpt / "model") if state["step"] else recipe.build_vae()).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     if state["step"]:
         load_optimizer(ckpt, opt)
@@ -38,7 +40,7 @@ def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, 
     sampler = SceneSampler(two_object_prob=0.3)
 
     def step():
-        _, x = render_batch(sampler, rng, batch)
+        x = render_batch(sampler, rng, batch)[1].to(dev)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         loss = (object_weights(x) * ((rec - x).abs() + (rec - x) ** 2)).mean() + 1e-8 * post.kl().mean()
@@ -62,7 +64,8 @@ def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float =
     run_dir = Path(run_dir)
     ckpt = run_dir / "vae_decoder"
     state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
-    vae = AutoencoderKL.from_pretrained((ckpt if state["step"] else run_dir / "vae") / "model")
+    dev = recipe.train_device()
+    vae = AutoencoderKL.from_pretrained((ckpt if state["step"] else run_dir / "vae") / "model").to(dev)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if state["step"]:
@@ -71,7 +74,7 @@ def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float =
     sampler = SceneSampler(two_object_prob=0.3)
 
     def step():
-        _, x = render_batch(sampler, rng, batch)
+        x = render_batch(sampler, rng, batch)[1].to(dev)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
             z = z + latent_noise * z.std() * torch.randn_like(z)
