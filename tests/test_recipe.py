@@ -29,3 +29,13 @@ def test_train_model_smoke_and_resume(tmp_path):
     pipe = Pipeline.load(out)
     image = pipe.generate(GenerationConfig("a red circle", steps=2, seed=0)).images[0]
     assert image.size == (64, 64) and np.asarray(image).std() > 0
+
+    # Continue from a shipped-style model folder in a new run folder (a new machine).
+    again = tmp_path / "run2"
+    budgets = json.loads((out / "training_state.json").read_text())
+    assert budgets["unet"]["step"] == second["step"]
+    train_model(again, tmp_path / "model2", unet_minutes=second["seconds"] / 60 + 0.01, init_from=out,
+                init_clip=tmp_path / "clip", **kw)
+    third = load_state(again / "unet")
+    assert third["step"] > second["step"] and third["scaling_factor"] == second["scaling_factor"]
+    assert not (again / "vae.tmp").exists() and load_state(again / "vae")["step"] == load_state(run / "vae")["step"]

@@ -38,6 +38,8 @@ def register(sub) -> None:
     t.add_argument("--cache-size", type=int, default=60000, help="rendered scenes encoded once for the UNet")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--card", action="store_true", help="evaluate the result and write MODEL_CARD.md")
+    t.add_argument("--init-from", default=None,
+                   help="start a new run folder from this model's weights (e.g. the shipped one) and train on")
     t.set_defaults(run=run_train)
 
     v = ws.add_parser("eval-model", help="oracle scores of a model on seen and held-out prompts")
@@ -75,7 +77,8 @@ def run_train(args) -> int:
 
     out = train_model(Path(args.run_dir), Path(args.out), vae_minutes=args.vae_minutes, decoder_minutes=args.decoder_minutes,
                       clip_minutes=args.clip_minutes, unet_minutes=args.unet_minutes, cache_size=args.cache_size,
-                      clip_out=Path(args.clip_out), threads=args.threads)
+                      clip_out=Path(args.clip_out), threads=args.threads,
+                      init_from=Path(args.init_from) if args.init_from else None)
     if args.card:
         from ..world.base_model import card
 

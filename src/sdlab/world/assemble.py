@@ -40,6 +40,7 @@ def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path
     )
     with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        (Path(tmp) / "training_state.json").write_text(json.dumps(training_summary(run_dir), indent=1))
         # CLIPTokenizer folders must carry vocab.json + merges.txt to load everywhere.
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(run_dir / "tokenizer" / name, Path(tmp) / "tokenizer" / name)
@@ -50,6 +51,24 @@ def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path
             for name in ("vocab.json", "merges.txt"):
                 shutil.copy(run_dir / "tokenizer" / name, Path(tmp) / name)
     return Path(out_dir)
+
+
+def seed_run_from_model(model_dir: Path, clip_dir: Path, run_dir: Path) -> Path:
+    """Lay out a run folder from a shipped model (and its CLIP pair) so that
+    `train_model` continues its UNet from those weights (fresh optimizer; EMA restarts from
+    them) instead of starting from scratch; finished stages keep their recorded budgets."""
+    model_dir, run_dir = Path(model_dir), Path(run_dir)
+    states = json.loads((model_dir / "training_state.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer", "text_encoder"):
+        shutil.copytree(model_dir / name, run_dir / name, dirs_exist_ok=True)
+    stages = {"vae": model_dir / "vae", "vae_decoder": model_dir / "vae", "clip": Path(clip_dir),
+              "unet": model_dir / "unet"}
+    for stage, src in stages.items():
+        shutil.copytree(src, run_dir / stage / "model", dirs_exist_ok=True)
+        (run_dir / stage / "state.json").write_text(json.dumps(states[stage]))
+    shutil.copytree(model_dir / "unet", run_dir / "unet" / "ema", dirs_exist_ok=True)
+    return run_dir
 
 
 def training_summary(run_dir: Path) -> dict:

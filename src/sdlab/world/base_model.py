@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .assemble import assemble, export_text_encoder
+from .assemble import assemble, export_text_encoder, seed_run_from_model
 from .checkpoint import load_state
 from .tokenizer_build import build_tokenizer
 from .train_clip import train_clip
@@ -26,11 +26,14 @@ def _remaining(run_dir: Path, stage: str, minutes: float) -> float:
 
 
 def train_model(run_dir: Path, out_dir: Path, *, vae_minutes: float = 25, decoder_minutes: float = 25, clip_minutes: float = 12,
-                unet_minutes: float = 120, cache_size: int = 60000, clip_out: Path | None = None, threads: int | None = None,
+                unet_minutes: float = 120, cache_size: int = 60000, clip_out: Path | None = None,
+                init_from: Path | None = None, init_clip: Path | None = None, threads: int | None = None,
                 log=print) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if threads:
         torch.set_num_threads(threads)
+    if init_from is not None and not run_dir.exists():
+        seed_run_from_model(init_from, init_clip or Path(init_from).parent / "shapes-clip", run_dir)
     if not (run_dir / "tokenizer" / "vocab.json").exists():
         build_tokenizer(run_dir / "tokenizer")
     if (m := _remaining(run_dir, "vae", vae_minutes)) > 0:

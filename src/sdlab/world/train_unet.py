@@ -67,17 +67,17 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
     tok = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(run_dir / "text_encoder").to(dev).eval()
     scenes, latents, scale = build_latent_cache(run_dir, vae, cache_size, log=log)
-    latents = (latents * scale).to(dev)
     del vae
     sched = DDPMScheduler(**recipe.scheduler_config())
     state = load_state(ckpt) or {"step": 0, "seconds": 0.0, "scaling_factor": scale}
+    latents = (latents * state["scaling_factor"]).to(dev)
     unet = (UNet2DConditionModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_unet()).to(dev)
     ema = EMAModel(unet.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
-    if state["step"]:
+    if (ckpt / "ema.pt").exists():
         ema.load_state_dict(torch.load(ckpt / "ema.pt", map_location="cpu", weights_only=True))
         ema.to(dev)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    if state["step"]:
+    if (ckpt / "optimizer.pt").exists():
         load_optimizer(ckpt, opt)
     gen = torch.Generator().manual_seed(1000 + state["step"])
     rng = random.Random(state["step"])
