@@ -55,15 +55,6 @@ V_TRAILING = dict(SD, prediction_type="v_prediction", timestep_spacing="trailing
 REL_TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a shared, busy 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)

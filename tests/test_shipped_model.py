@@ -2,16 +2,14 @@
 
 import random
 
-import numpy as np
 import pytest
 import torch
 
 from sdlab import GenerationConfig, Pipeline
 from sdlab.io.outputs import save_result
 from sdlab.pipeline import DEFAULT_MODEL
-from sdlab.world import spec
 from sdlab.world.captions import full_caption
-from sdlab.world.evaluate_model import evaluate, prompt_set
+from sdlab.world.evaluate_model import evaluate
 from sdlab.world.metrics import accuracy
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model_index.json").exists(), reason="no shipped model")

@@ -39,6 +39,18 @@ def load_state(folder: Path) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
+def resume(folder: Path, load, build, make_optimizer, device) -> tuple[dict, object, object]:
+    """(state, model, optimizer) from the checkpoint in `folder`, or fresh ones: the model
+    from `load(folder / "model")` or `build()`, the optimizer from `make_optimizer(model)`."""
+    folder = Path(folder)
+    state = load_state(folder) or {"step": 0, "seconds": 0.0}
+    model = (load(folder / "model") if state["step"] else build()).to(device)
+    optimizer = make_optimizer(model)
+    if (folder / "optimizer.pt").exists():
+        load_optimizer(folder, optimizer)
+    return state, model, optimizer
+
+
 def load_optimizer(folder: Path, optimizer) -> None:
     optimizer.load_state_dict(torch.load(Path(folder) / "optimizer.pt", map_location="cpu", weights_only=True))
 

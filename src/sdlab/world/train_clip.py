@@ -12,7 +12,7 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from . import recipe
 from .captions import caption
-from .checkpoint import load_optimizer, load_state, optimizer_step, run_timed, save_stage
+from .checkpoint import optimizer_step, resume, run_timed, save_stage
 from .data import render_batch
 from .scene import SceneSampler
 
@@ -34,12 +34,9 @@ def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 
                log=print) -> Path:
     ckpt = Path(run_dir) / "clip"
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
     dev = recipe.train_device()
-    clip = (CLIPModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_clip(tok)).to(dev)
-    opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.05)
-    if state["step"]:
-        load_optimizer(ckpt, opt)
+    state, clip, opt = resume(ckpt, CLIPModel.from_pretrained, lambda: recipe.build_clip(tok),
+                              lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.05), dev)
     rng = random.Random(state["step"] + 23)
     sampler = SceneSampler(two_object_prob=0.25)
 

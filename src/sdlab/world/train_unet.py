@@ -18,7 +18,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import recipe
 from .captions import caption
-from .checkpoint import load_optimizer, load_state, optimizer_step, run_timed, save_stage
+from .checkpoint import optimizer_step, resume, run_timed, save_stage
 from .data import render_batch
 from .scene import Scene, SceneSampler, ShapeObject
 
@@ -69,16 +69,14 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
     scenes, latents, scale = build_latent_cache(run_dir, vae, cache_size, log=log)
     del vae
     sched = DDPMScheduler(**recipe.scheduler_config())
-    state = load_state(ckpt) or {"step": 0, "seconds": 0.0, "scaling_factor": scale}
+    state, unet, opt = resume(ckpt, UNet2DConditionModel.from_pretrained, recipe.build_unet,
+                              lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.01), dev)
+    state.setdefault("scaling_factor", scale)
     latents = (latents * state["scaling_factor"]).to(dev)
-    unet = (UNet2DConditionModel.from_pretrained(ckpt / "model") if state["step"] else recipe.build_unet()).to(dev)
     ema = EMAModel(unet.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
     if (ckpt / "ema.pt").exists():
         ema.load_state_dict(torch.load(ckpt / "ema.pt", map_location="cpu", weights_only=True))
         ema.to(dev)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
-    if (ckpt / "optimizer.pt").exists():
-        load_optimizer(ckpt, opt)
     gen = torch.Generator().manual_seed(1000 + state["step"])
     rng = random.Random(state["step"])
 

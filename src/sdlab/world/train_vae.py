@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from . import recipe
-from .checkpoint import load_optimizer, load_state, optimizer_step, run_timed, save_stage
+from .checkpoint import optimizer_step, resume, run_timed, save_stage
 from .data import object_weights, render_batch, to_images
 from .metrics import accuracy
 from .scene import SceneSampler
@@ -29,13 +29,9 @@ def readback(vae, n: int = 256, seed: int = 1234) -> dict[str, float]:
 
 
 def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, log=print) -> Path:
-    ckpt = Path(run_dir) / "vae"
-    state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
-    dev = recipe.train_device()
-    vae = (AutoencoderKL.from_pretrained(ckpt / "model") if state["step"] else recipe.build_vae()).to(dev)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    if state["step"]:
-        load_optimizer(ckpt, opt)
+    ckpt, dev = Path(run_dir) / "vae", recipe.train_device()
+    state, vae, opt = resume(ckpt, AutoencoderKL.from_pretrained, recipe.build_vae,
+                             lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0), dev)
     rng = random.Random(state["step"] + 17)
     sampler = SceneSampler(two_object_prob=0.3)
 
@@ -62,14 +58,11 @@ def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float =
     """Stage 1b: train only the decoder (encoder frozen, so the UNet's latents stay valid),
     with an edge loss for sharp corners and small latent noise for robustness to samples."""
     run_dir = Path(run_dir)
-    ckpt = run_dir / "vae_decoder"
-    state = load_state(ckpt) or {"step": 0, "seconds": 0.0}
-    dev = recipe.train_device()
-    vae = AutoencoderKL.from_pretrained((ckpt if state["step"] else run_dir / "vae") / "model").to(dev)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    if state["step"]:
-        load_optimizer(ckpt, opt)
+    ckpt, dev = run_dir / "vae_decoder", recipe.train_device()
+    state, vae, opt = resume(
+        ckpt, AutoencoderKL.from_pretrained, lambda: AutoencoderKL.from_pretrained(run_dir / "vae" / "model"),
+        lambda m: torch.optim.AdamW(list(m.decoder.parameters()) + list(m.post_quant_conv.parameters()),
+                                    lr=lr, weight_decay=0.0), dev)
     rng = random.Random(state["step"] + 31)
     sampler = SceneSampler(two_object_prob=0.3)
 
