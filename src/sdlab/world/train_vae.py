@@ -39,12 +39,21 @@ def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, 
         x = render_batch(sampler, rng, batch)[1].to(dev)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        loss = (object_weights(x) * ((rec - x).abs() + (rec - x) ** 2)).mean() + 1e-8 * post.kl().mean()
-        return optimizer_step(opt, loss)
+        return optimizer_step(opt, reconstruction_loss(rec, x) + 1e-8 * post.kl().mean())
 
     run_timed("vae", minutes, state, step, lambda st: save_stage(ckpt, vae, opt, st), log)
+    return _finish("vae", ckpt, vae, opt, state, log)
+
+
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Object-weighted L1 + MSE, so small shapes are not averaged away."""
+    return (object_weights(x) * ((rec - x).abs() + (rec - x) ** 2)).mean()
+
+
+def _finish(name: str, ckpt: Path, vae, opt, state: dict, log) -> Path:
+    """Measure oracle readback of reconstructions and write the final checkpoint."""
     state["readback"] = readback(vae)
-    log(f"vae readback {state['readback']}")
+    log(f"{name} readback {state['readback']}")
     save_stage(ckpt, vae, opt, state)
     return ckpt
 
@@ -72,13 +81,10 @@ def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float =
             z = vae.encode(x).latent_dist.mode()
             z = z + latent_noise * z.std() * torch.randn_like(z)
         rec = vae.decode(z).sample
-        loss = (object_weights(x) * ((rec - x).abs() + (rec - x) ** 2)).mean()
+        loss = reconstruction_loss(rec, x)
         for er, ex in zip(_edges(rec), _edges(x)):
             loss = loss + 2.0 * (er - ex).abs().mean()
         return optimizer_step(opt, loss)
 
     run_timed("decoder", minutes, state, step, lambda st: save_stage(ckpt, vae, opt, st), log)
-    state["readback"] = readback(vae)
-    log(f"decoder readback {state['readback']}")
-    save_stage(ckpt, vae, opt, state)
-    return ckpt
+    return _finish("decoder", ckpt, vae, opt, state, log)
