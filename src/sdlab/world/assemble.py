@@ -30,9 +30,10 @@ def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path
     vae_dir = run_dir / "vae_decoder" if (run_dir / "vae_decoder" / "model").exists() else run_dir / "vae"
     vae = AutoencoderKL.from_pretrained(vae_dir / "model")
     vae.register_to_config(scaling_factor=load_state(run_dir / "unet")["scaling_factor"])
+    joint = run_dir / "unet" / "text_encoder_ema"          # trained with the UNet (train_unet)
     pipe = StableDiffusionPipeline(
         vae=vae,
-        text_encoder=CLIPTextModel.from_pretrained(run_dir / "text_encoder"),
+        text_encoder=CLIPTextModel.from_pretrained(joint if joint.exists() else run_dir / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(run_dir / "tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(run_dir / "unet" / "ema"),
         scheduler=EulerDiscreteScheduler(**recipe.scheduler_config()),
@@ -68,6 +69,8 @@ def seed_run_from_model(model_dir: Path, clip_dir: Path, run_dir: Path) -> Path:
         shutil.copytree(src, run_dir / stage / "model", dirs_exist_ok=True)
         (run_dir / stage / "state.json").write_text(json.dumps(states[stage]))
     shutil.copytree(model_dir / "unet", run_dir / "unet" / "ema", dirs_exist_ok=True)
+    for name in ("text_encoder", "text_encoder_ema"):        # continue the model's own encoder
+        shutil.copytree(model_dir / "text_encoder", run_dir / "unet" / name, dirs_exist_ok=True)
     return run_dir
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 
 
-def save_stage(folder: Path, model, optimizer, state: dict, ema=None, extra: dict | None = None) -> None:
-    """Write model (save_pretrained), optimizer, EMA model, `extra` tensors-dicts (torch.save,
-    read back with weights_only) and state to `folder` via a temp folder and a rename; the
-    previous checkpoint is replaced only once the new one is complete."""
+def save_stage(folder: Path, model, optimizer, state: dict, ema=None, extra: dict | None = None,
+               models: dict | None = None) -> None:
+    """Write model (save_pretrained), optimizer, EMA model, further `models` (each to its own
+    sub-folder), `extra` tensor dicts (torch.save, read back with weights_only) and state to
+    `folder` via a temp folder and a rename; the previous checkpoint is replaced only once
+    the new one is complete."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -22,6 +24,8 @@ def save_stage(folder: Path, model, optimizer, state: dict, ema=None, extra: dic
     model.save_pretrained(tmp / "model")
     if ema is not None:
         ema.save_pretrained(tmp / "ema")
+    for name, extra_model in (models or {}).items():
+        extra_model.save_pretrained(tmp / name)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     for name, obj in (extra or {}).items():
         torch.save(obj, tmp / name)
@@ -39,14 +43,15 @@ def load_state(folder: Path) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def resume(folder: Path, load, build, make_optimizer, device) -> tuple[dict, object, object]:
+def resume(folder: Path, load, build, make_optimizer, device, optimizer_state: bool = True):
     """(state, model, optimizer) from the checkpoint in `folder`, or fresh ones: the model
-    from `load(folder / "model")` or `build()`, the optimizer from `make_optimizer(model)`."""
+    from `load(folder / "model")` or `build()`, the optimizer from `make_optimizer(model)`
+    (its saved state restored unless `optimizer_state` is False)."""
     folder = Path(folder)
     state = load_state(folder) or {"step": 0, "seconds": 0.0}
     model = (load(folder / "model") if state["step"] else build()).to(device)
     optimizer = make_optimizer(model)
-    if (folder / "optimizer.pt").exists():
+    if optimizer_state and (folder / "optimizer.pt").exists():
         load_optimizer(folder, optimizer)
     return state, model, optimizer
 

@@ -1,7 +1,10 @@
 """Stage 3 of the base recipe: the UNet, on cached VAE latents of rendered scenes.
 
-v-prediction on a zero-terminal-SNR schedule (Lin et al. 2023), frozen CLIP text encoder,
-10 % caption dropout for classifier-free guidance (Ho & Salimans 2022), EMA weights.
+v-prediction on a zero-terminal-SNR schedule (Lin et al. 2023), 10 % caption dropout for
+classifier-free guidance (Ho & Salimans 2022), EMA weights. The text encoder starts from
+the CLIP pair's text tower and trains with the UNet, as the LDM text transformer did
+(Rombach et al. 2022): contrastive pre-training alone leaves words such as "left" and
+"right" nearly indistinguishable, and a frozen encoder cannot give the UNet what it lacks.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from .data import render_batch
 from .scene import Scene, SceneSampler, ShapeObject
 
 CAPTION_DROPOUT = 0.1
+TEXT_LR_SCALE = 0.5          # the pre-trained text encoder moves at half the UNet's rate
+WARMUP_STEPS = 300
 
 
 def _scene_from_dict(d: dict) -> Scene:
@@ -54,8 +59,14 @@ def build_latent_cache(run_dir: Path, vae: AutoencoderKL, n: int, seed: int = 7,
 def encode_text(text_encoder, tok, prompts: list[str]) -> torch.Tensor:
     ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids.to(text_encoder.device)
-    with torch.no_grad():
-        return text_encoder(ids).last_hidden_state
+    return text_encoder(ids).last_hidden_state
+
+
+def _load_text_encoder(run_dir: Path, ckpt: Path, dev) -> tuple[CLIPTextModel, bool]:
+    """The jointly trained encoder from the checkpoint, else the CLIP text tower;
+    the flag says whether it came from the checkpoint."""
+    joint = (ckpt / "text_encoder").exists()
+    return CLIPTextModel.from_pretrained(ckpt / "text_encoder" if joint else run_dir / "text_encoder").to(dev), joint
 
 
 def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4, cache_size: int = 60000,
@@ -65,16 +76,27 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
     dev = recipe.train_device()
     vae = AutoencoderKL.from_pretrained(run_dir / "vae" / "model").to(dev)
     tok = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(run_dir / "text_encoder").to(dev).eval()
+    text_encoder, joint = _load_text_encoder(run_dir, ckpt, dev)
+    text_encoder.train()
     scenes, latents, scale = build_latent_cache(run_dir, vae, cache_size, log=log)
     del vae
     sched = DDPMScheduler(**recipe.scheduler_config())
-    state, unet, opt = resume(ckpt, UNet2DConditionModel.from_pretrained, recipe.build_unet,
-                              lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.01), dev)
+
+    def make_optimizer(unet):
+        return torch.optim.AdamW([{"params": unet.parameters(), "lr": lr, "scale": 1.0},
+                                  {"params": text_encoder.parameters(), "lr": lr * TEXT_LR_SCALE,
+                                   "scale": TEXT_LR_SCALE}], weight_decay=0.01)
+
+    # A checkpoint from before joint training has a one-group optimizer: start a fresh one.
+    state, unet, opt = resume(ckpt, UNet2DConditionModel.from_pretrained, recipe.build_unet, make_optimizer, dev,
+                              optimizer_state=joint)
+    if not (joint and (ckpt / "optimizer.pt").exists()):
+        state["optimizer_start"] = state["step"]          # warm up the fresh optimizer again
     state.setdefault("scaling_factor", scale)
     latents = (latents * state["scaling_factor"]).to(dev)
-    ema = EMAModel(unet.parameters(), decay=0.9995, use_ema_warmup=True, power=0.75)
-    if (ckpt / "ema.pt").exists():
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = EMAModel(params, decay=0.9995, use_ema_warmup=True, power=0.75)
+    if joint and (ckpt / "ema.pt").exists():
         ema.load_state_dict(torch.load(ckpt / "ema.pt", map_location="cpu", weights_only=True))
         ema.to(dev)
     gen = torch.Generator().manual_seed(1000 + state["step"])
@@ -89,19 +111,25 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen).to(dev)
         pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
         loss = torch.nn.functional.mse_loss(pred, sched.get_velocity(x0, noise, t))
+        warm = min(1.0, (state["step"] - state.get("optimizer_start", 0) + 1) / WARMUP_STEPS)
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (state["step"] + 1) / 300)
-        value = optimizer_step(opt, loss, unet.parameters(), clip=1.0)
-        ema.step(unet.parameters())
+            g["lr"] = lr * g["scale"] * warm
+        value = optimizer_step(opt, loss, params, clip=1.0)
+        ema.step(params)
         return value
 
-    run_timed("unet", minutes, state, step, lambda st: _save(ckpt, unet, opt, ema, st), log, save_every=600)
-    _save(ckpt, unet, opt, ema, state)
+    def save(st):
+        _save(ckpt, unet, text_encoder, opt, ema, st)
+
+    run_timed("unet", minutes, state, step, save, log, save_every=600)
+    save(state)
     return ckpt
 
 
-def _save(ckpt: Path, unet, opt, ema: EMAModel, state: dict) -> None:
-    """Checkpoint raw weights + optimizer + EMA state, and the EMA weights as a model."""
-    ema_unet = recipe.build_unet()
-    ema.copy_to(ema_unet.parameters())
-    save_stage(ckpt, unet, opt, state, ema=ema_unet, extra={"ema.pt": ema.state_dict()})
+def _save(ckpt: Path, unet, text_encoder, opt, ema: EMAModel, state: dict) -> None:
+    """Checkpoint raw weights + optimizer + EMA state, and the EMA weights as models
+    (`ema/` for the UNet, `text_encoder_ema/` for the text encoder)."""
+    ema_unet, ema_text = recipe.build_unet(), CLIPTextModel(text_encoder.config)
+    ema.copy_to(list(ema_unet.parameters()) + list(ema_text.parameters()))
+    save_stage(ckpt, unet, opt, state, ema=ema_unet, extra={"ema.pt": ema.state_dict()},
+               models={"text_encoder": text_encoder, "text_encoder_ema": ema_text})
