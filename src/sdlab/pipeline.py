@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +27,10 @@ from .sampling.noise import batch_noise
 from .text.chunks import encode_weighted_batch, pad_to_same_length
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "shapes-sd"
+
+# A guidance wrapper factory: takes the (CFG) denoiser and the pipeline, returns a denoiser
+# with the same signature `model(x, sigma, cond) -> x0` (see sdlab.guidance).
+GuidanceWrapper = Callable[..., Callable[..., torch.Tensor]]
 
 
 @dataclass
@@ -91,10 +96,16 @@ class Pipeline:
 
     # --- generation -------------------------------------------------------------------------
     def generate(self, config: GenerationConfig, *, init_image: Optional[Image.Image] = None,
-                 callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None
-                 ) -> GenerationResult:
+                 callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None,
+                 guidance: Sequence[GuidanceWrapper] = (), attention=None,
+                 cond: Optional[torch.Tensor] = None) -> GenerationResult:
         """txt2img, or img2img from `init_image` with `config.strength`: batch_count batches of
-        batch_size images; image i uses seed config.seed + i for all of its noise."""
+        batch_size images; image i uses seed config.seed + i for all of its noise.
+
+        `guidance`: wrappers applied on top of classifier-free guidance, innermost first
+        (loss or classifier guidance). `attention`: a controller for sdlab.attention, installed
+        on the UNet for the loop. `cond`: prompt embeddings to use instead of encoding
+        `config.prompt` (embedding mixing, interpolation), (1 or batch_size, tokens, dim)."""
         if not isinstance(config, GenerationConfig):
             raise ConfigError(f"config must be a GenerationConfig, got {type(config).__name__}")
         width, height = self._size(config)
@@ -104,7 +115,8 @@ class Pipeline:
         result = GenerationResult([], [], [], [])
         for b in range(config.batch_count):
             seeds = [config.seed + b * config.batch_size + i for i in range(config.batch_size)]
-            latents = self.sample_latents(config, seeds, width, height, init=init, callback=callback, cancel=cancel)
+            latents = self.sample_latents(config, seeds, width, height, init=init, callback=callback, cancel=cancel,
+                                          guidance=guidance, attention=attention, cond=cond)
             images = _to_pil(self.decode(latents))
             for seed, image in zip(seeds, images):
                 settings = self.settings_for(config, seed, width, height, img2img=init is not None)
@@ -115,12 +127,19 @@ class Pipeline:
         return result
 
     def sample_latents(self, config: GenerationConfig, seeds: list[int], width: int, height: int, *,
-                       init: Optional[torch.Tensor] = None, callback=None, cancel=None) -> torch.Tensor:
-        """Run the loop for one batch; returns clean latents (B, C, h, w)."""
+                       init: Optional[torch.Tensor] = None, callback=None, cancel=None,
+                       guidance: Sequence[GuidanceWrapper] = (), attention=None,
+                       cond: Optional[torch.Tensor] = None, uncond: Optional[torch.Tensor] = None,
+                       noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the loop for one batch; returns clean latents (B, C, h, w). `cond`/`uncond`
+        override the encoded prompt / negative prompt; `noise` overrides the seeded noise
+        (e.g. one noise shared by every row, as prompt-to-prompt needs)."""
         spec = get_sampler(config.sampler)
         shape = (self.c.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        noise = batch_noise(shape, generators).to(self.device)
+        if noise is None:
+            noise = batch_noise(shape, generators)
+        noise = noise.to(self.device)
         sigmas = get_sigmas(self.schedule, config.steps, spec.sigma_kind).to(self.device, torch.float32)
         if init is None:
             x = noise * sigmas[0]
@@ -128,14 +147,26 @@ class Pipeline:
             sigmas, x = img2img_start(init.expand(len(seeds), -1, -1, -1), config.strength, sigmas, noise=noise)
             if len(sigmas) == 1:
                 return x
-        cond, uncond = pad_to_same_length(self.encode_prompt([config.prompt]),
-                                          self.encode_prompt([config.negative_prompt]),
-                                          lambda: self.encode_prompt([""]))
+        cond = self.encode_prompt([config.prompt]) if cond is None else _as_batch(cond, "cond").to(self.device)
+        uncond = (self.encode_prompt([config.negative_prompt]) if uncond is None
+                  else _as_batch(uncond, "uncond").to(self.device))
+        cond, uncond = pad_to_same_length(cond, uncond, lambda: self.encode_prompt([""]))
         n = len(seeds)
-        cond, uncond = cond.expand(n, -1, -1), uncond.expand(n, -1, -1)
+        cond, uncond = _expand(cond, n, "cond"), _expand(uncond, n, "uncond")
         model = CFGDenoiser(self.denoiser, config.cfg_scale, config.guidance_rescale)
-        return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
-                       callback=callback, cancel=cancel, generator=generators)
+        for wrap in guidance:
+            model = wrap(model, self)
+        with self._attention(attention):
+            return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
+                           callback=callback, cancel=cancel, generator=generators)
+
+    def _attention(self, controller):
+        """Install an attention controller on the UNet for one loop (sdlab.attention)."""
+        if controller is None:
+            return contextlib.nullcontext()
+        from .attention import attention_control
+
+        return attention_control(self.c.unet, controller)
 
     def _init_latent(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
         image = image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
@@ -160,6 +191,19 @@ class Pipeline:
         if config.guidance_rescale:
             params["CFG Rescale phi"] = config.guidance_rescale
         return format_infotext(config.prompt, config.negative_prompt, params)
+
+
+def _as_batch(t: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or t.ndim not in (2, 3):
+        raise ConfigError(f"{name} must be a tensor of prompt embeddings (tokens, dim) or (batch, tokens, dim), "
+                          f"got {getattr(t, 'shape', type(t).__name__)}")
+    return t[None] if t.ndim == 2 else t
+
+
+def _expand(t: torch.Tensor, n: int, name: str) -> torch.Tensor:
+    if t.shape[0] not in (1, n):
+        raise ConfigError(f"{name} has {t.shape[0]} rows; it needs 1 or one per image ({n})")
+    return t.expand(n, -1, -1)
 
 
 def _to_pil(images: torch.Tensor) -> list[Image.Image]:
