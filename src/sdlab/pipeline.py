@@ -82,6 +82,10 @@ class Pipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1] through the VAE decoder."""
+        return self.decode_differentiable(latents)
+
+    def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
+        """`decode` with autograd left on, for losses on the decoded image (loss guidance)."""
         vae = self.c.vae
         return vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
 

@@ -35,6 +35,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
+    g = p.add_argument_group("loss and classifier guidance (sdlab.guidance)")
+    g.add_argument("--color-guidance", default=None, metavar="R,G,B",
+                   help="pull the predicted image toward this colour (0..255 each)")
+    g.add_argument("--clip-guidance", default=None, metavar="TEXT",
+                   help="pull the image toward TEXT with the shipped CLIP pair")
+    g.add_argument("--classifier-guidance", default=None, metavar="LABEL",
+                   help="push toward a shape with the shipped noise-aware classifier (e.g. triangle)")
+    g.add_argument("--guidance-scale", type=float, default=None,
+                   help="strength of the guidance above (default: 20 colour, 20 CLIP, 2 classifier)")
+    g.add_argument("--guidance-every", type=int, default=1, help="apply it every N denoiser calls (default 1)")
 
 
 def register(sub) -> None:
@@ -66,13 +76,42 @@ def _run(args, config: GenerationConfig, init_image=None) -> int:
     from ..pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
+    guidance = guidance_from_args(args)
     steps_per_batch = config.steps if init_image is None else max(int(config.steps * config.strength), 0)
     with tqdm(total=steps_per_batch * config.batch_count, desc="sampling", unit="step", file=sys.stderr) as bar:
-        result = pipe.generate(config, init_image=init_image, callback=lambda e: bar.update(1))
+        result = pipe.generate(config, init_image=init_image, callback=lambda e: bar.update(1), guidance=guidance)
     paths = save_result(result, Path(args.out), grid=not args.no_grid)
     for path in paths:
         print(path)
     return 0
+
+
+def _rgb(text: str) -> tuple[float, float, float]:
+    from ..errors import ConfigError
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ConfigError(f"--color-guidance must be three numbers R,G,B in 0..255, got {text!r}")
+    return values
+
+
+def guidance_from_args(args) -> list:
+    """Guidance wrappers from the --*-guidance options (at most one of each kind)."""
+    from ..guidance.classifier import classifier_guidance
+    from ..guidance.loss import loss_guidance
+    from ..guidance.losses import clip_loss, color_loss
+
+    out, every, scale = [], args.guidance_every, args.guidance_scale
+    if args.color_guidance:
+        out.append(loss_guidance(color_loss(_rgb(args.color_guidance)), 20.0 if scale is None else scale, every=every))
+    if args.clip_guidance:
+        out.append(loss_guidance(clip_loss(args.clip_guidance), 20.0 if scale is None else scale, every=every))
+    if args.classifier_guidance:
+        out.append(classifier_guidance(args.classifier_guidance, 2.0 if scale is None else scale, every=every))
+    return out
 
 
 def run_generate(args) -> int:

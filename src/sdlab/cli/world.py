@@ -42,6 +42,14 @@ def register(sub) -> None:
                    help="start a new run folder from this model's weights (e.g. the shipped one) and train on")
     t.set_defaults(run=run_train)
 
+    c = ws.add_parser("train-classifier", help="train the noise-aware shape classifier for classifier guidance")
+    c.add_argument("--model", default=None, help="model whose VAE and schedule it reads (default: shipped)")
+    c.add_argument("--out", default="runs/shapes-classifier")
+    c.add_argument("--minutes", type=float, default=10)
+    c.add_argument("--n", type=int, default=20000, help="rendered scenes encoded once")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(run=run_train_classifier)
+
     v = ws.add_parser("eval-model", help="oracle scores of a model on seen and held-out prompts")
     v.add_argument("--model", default=None)
     v.add_argument("--n", type=int, default=64, help="samples per prompt set")
@@ -84,6 +92,15 @@ def run_train(args) -> int:
 
         card(out, Path(args.run_dir))
     print(out)
+    return 0
+
+
+def run_train_classifier(args) -> int:
+    from ..pipeline import Pipeline
+    from ..world.train_classifier import train_classifier
+
+    report = train_classifier(Pipeline.load(args.model), args.out, minutes=args.minutes, n=args.n, seed=args.seed)
+    print(json.dumps(report))
     return 0
 
 
