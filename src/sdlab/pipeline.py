@@ -53,11 +53,23 @@ class Pipeline:
         self.vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None):
-        """Load a diffusers folder or a single-file checkpoint (default: the shipped model)."""
+    def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None,
+             speed=None):
+        """Load a diffusers folder or a single-file checkpoint (default: the shipped model);
+        `speed`: a sdlab.models.speed.SpeedOptions (fast path, low memory)."""
         from .models.loader import load_pipeline_components
 
-        return cls(load_pipeline_components(model or DEFAULT_MODEL, dtype=dtype, device=device))
+        pipe = cls(load_pipeline_components(model or DEFAULT_MODEL, dtype=dtype, device=device))
+        if speed is not None:
+            pipe.apply_speed(speed)
+        return pipe
+
+    def apply_speed(self, options) -> None:
+        """Switch on fast-path / low-memory options (sdlab.models.speed) in place."""
+        from .models.speed import apply_speed_options
+
+        apply_speed_options(self.c, options)
+        self.denoiser = Denoiser(self.c.unet, self.schedule)
 
     @property
     def native_size(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -39,9 +39,11 @@ class Components:
         """A1111 short hash of the source file (computed on first use, not stored on disk)."""
         return _hash(self.source)
 
+    execution_device: Optional[torch.device] = None  # set by CPU offload (models.speed)
+
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return self.execution_device or next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
