@@ -48,6 +48,8 @@ def register(sub) -> None:
     c.add_argument("--minutes", type=float, default=10)
     c.add_argument("--n", type=int, default=20000, help="rendered scenes encoded once")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--latent-cache", default=None,
+                   help="reuse a train-model run's latents.safetensors instead of encoding scenes")
     c.set_defaults(run=run_train_classifier)
 
     v = ws.add_parser("eval-model", help="oracle scores of a model on seen and held-out prompts")
@@ -99,7 +101,8 @@ def run_train_classifier(args) -> int:
     from ..pipeline import Pipeline
     from ..world.train_classifier import train_classifier
 
-    report = train_classifier(Pipeline.load(args.model), args.out, minutes=args.minutes, n=args.n, seed=args.seed)
+    report = train_classifier(Pipeline.load(args.model), args.out, minutes=args.minutes, n=args.n, seed=args.seed,
+                              latent_cache=Path(args.latent_cache) if args.latent_cache else None)
     print(json.dumps(report))
     return 0
 

@@ -34,6 +34,20 @@ def encode_scenes(pipe, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(latents), torch.tensor(labels)
 
 
+def cached_scenes(pipe, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scaled latents, shape labels) of the single-object scenes in a base-recipe latent
+    cache (runs/.../latents.safetensors + .jsonl, written by train_unet)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    raw = load_file(str(cache))["latents"].float()
+    scenes = [json.loads(line) for line in Path(cache).with_suffix(".jsonl").read_text().splitlines()]
+    keep = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
+    labels = torch.tensor([spec.BASE_SHAPES.index(scenes[i]["objects"][0]["shape"]) for i in keep])
+    return raw[keep] * pipe.c.vae.config.scaling_factor, labels
+
+
 def noised(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, gen: torch.Generator) -> torch.Tensor:
     """Variance-preserving x_t = sqrt(a) x0 + sqrt(1 - a) eps at integer timesteps t."""
     a = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
@@ -51,11 +65,15 @@ def accuracy_by_timestep(model, latents, labels, schedule, seed: int = 0) -> dic
 
 
 def train_classifier(pipe, out: str | Path, *, minutes: float = 10, n: int = 20000, batch: int = 256,
-                     lr: float = 1e-3, seed: int = 0, log=print) -> dict:
-    """Train on `n` cached latents for `minutes`; save to `out`; returns the eval report."""
+                     lr: float = 1e-3, seed: int = 0, latent_cache: Path | None = None, log=print) -> dict:
+    """Train on `n` encoded scenes (or a recipe's latent cache) for `minutes`; save to `out`;
+    returns the eval report (accuracy by timestep on 1024 fresh scenes)."""
     torch.manual_seed(seed)
-    log(f"encoding {n} scenes with the model's VAE")
-    latents, labels = encode_scenes(pipe, n, seed)
+    if latent_cache is not None:
+        latents, labels = cached_scenes(pipe, latent_cache)
+    else:
+        log(f"encoding {n} scenes with the model's VAE")
+        latents, labels = encode_scenes(pipe, n, seed)
     val_latents, val_labels = encode_scenes(pipe, 1024, seed + 1)
     schedule = pipe.schedule
     model = LatentClassifier(list(spec.BASE_SHAPES), in_channels=latents.shape[1])
@@ -73,7 +91,7 @@ def train_classifier(pipe, out: str | Path, *, minutes: float = 10, n: int = 200
         if step % 100 == 0:
             log(f"classifier step {step} loss {loss.item():.4f}")
     model.eval()
-    report = {"steps": step, "minutes": round((time.time() - start) / 60, 2), "train_scenes": n,
+    report = {"steps": step, "minutes": round((time.time() - start) / 60, 2), "train_scenes": len(latents),
               "val_accuracy_by_timestep": accuracy_by_timestep(model, val_latents, val_labels, schedule)}
     model.config["training"] = report
     model.save(out)
