@@ -50,3 +50,33 @@ def test_cpu_offload_needs_cuda(tiny_model_dir):
         pytest.skip("CUDA present: offload is allowed")
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         Pipeline.load(tiny_model_dir, speed=SpeedOptions.low_memory())
+
+
+def test_deep_cache_shallow_branch_is_exact_on_the_cached_input(tiny_model_dir):
+    """Shallow pass on the same input as the full pass that filled the cache = full output."""
+    import torch
+
+    from sdlab.sampling.deepcache import DeepCacheUNet
+
+    pipe = Pipeline.load(tiny_model_dir)
+    unet = DeepCacheUNet(pipe.c.unet, interval=2)
+    x = torch.randn(2, 4, 4, 4)
+    ctx = pipe.encode_prompt(["a red circle", "a blue square"])
+    full = unet(x, torch.tensor(500.0), encoder_hidden_states=ctx).sample
+    shallow = unet(x, torch.tensor(500.0), encoder_hidden_states=ctx).sample
+    assert unet.full_calls == 1 and unet.calls == 2
+    assert (full - shallow).abs().max().item() < 1e-5
+    unet(x, torch.tensor(900.0), encoder_hidden_states=ctx)     # timestep rose: a new loop
+    assert unet.full_calls == 2 and unet.calls == 1
+
+
+def test_deep_cache_in_the_loop_is_close_and_skips_calls(tiny_model_dir):
+    config = GenerationConfig("a red circle", steps=8, seed=5, cfg_scale=4.0, sampler="Euler")
+    ref = Pipeline.load(tiny_model_dir).sample_latents(config, [5], 32, 32)
+    cached = Pipeline.load(tiny_model_dir, speed=SpeedOptions(deep_cache=2))
+    out = cached.sample_latents(config, [5], 32, 32)
+    assert cached.c.unet.full_calls == 4
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert 0 < rel < 0.5
+    with pytest.raises(ConfigError, match="deep_cache must be an integer >= 0"):
+        SpeedOptions(deep_cache=-1)

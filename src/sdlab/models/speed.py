@@ -5,7 +5,9 @@ SDPA attention is the default processor of diffusers; on top of it `channels_las
 fused QKV projections (`fuse_qkv_projections`), `torch.compile` of the UNet (CUDA graphs
 with mode="reduce-overhead", whose warm-up happens on the first call and is cached by
 inductor on disk), and for small GPUs attention slicing, VAE slicing/tiling and model CPU
-offload through accelerate hooks.
+offload through accelerate hooks. `deep_cache=N` reuses deep UNet features between full
+passes (sdlab.sampling.deepcache; approximate, its quality loss is measured by
+benchmarks/deepcache_quality.py).
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ class SpeedOptions:
     vae_slicing: bool = False
     vae_tiling: bool = False
     cpu_offload: str = "none"
+    deep_cache: int = 0          # DeepCache-style reuse: full UNet every N calls (0 or 1: off)
 
     def __post_init__(self):
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
         if self.cpu_offload not in OFFLOAD_MODES:
             raise ConfigError(f"cpu_offload must be one of {', '.join(OFFLOAD_MODES)}; got {self.cpu_offload!r}")
+        d = self.deep_cache
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ConfigError(f"deep_cache must be an integer >= 0 (full UNet every N calls; 0 = off), got {d!r}")
 
     @classmethod
     def fast(cls, compile: str = "off") -> "SpeedOptions":
@@ -64,6 +70,10 @@ def apply_speed_options(components, options: SpeedOptions) -> None:
         vae.enable_tiling()
     if options.cpu_offload == "model":
         _model_cpu_offload(components)
+    if options.deep_cache > 1:
+        from ..sampling.deepcache import DeepCacheUNet
+
+        components.unet = DeepCacheUNet(components.unet, options.deep_cache)
     if options.compile != "off":
         mode = None if options.compile == "default" else options.compile
         components.unet = torch.compile(unet, mode=mode, fullgraph=False)

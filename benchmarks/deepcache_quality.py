@@ -1,0 +1,85 @@
+"""Quality and speed of DeepCache-style step caching against the full UNet, on the shipped
+model: oracle accuracies on seen prompts, mean absolute pixel difference to the full path
+(same seeds), PSNR, and seconds per image. Appends to benchmarks/RESULTS.md with --results.
+
+    python benchmarks/deepcache_quality.py --n 64 --intervals 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdlab import GenerationConfig, Pipeline
+from sdlab.models.speed import SpeedOptions
+from sdlab.world.captions import full_caption
+from sdlab.world.evaluate_model import SCORED, prompt_set
+from sdlab.world.metrics import accuracy
+
+
+def generate_all(pipe, scenes, steps, sampler):
+    images, start = [], time.perf_counter()
+    for i, scene in enumerate(scenes):
+        config = GenerationConfig(full_caption(scene), steps=steps, cfg_scale=7.5, sampler=sampler, seed=10_000 + i)
+        images += pipe.generate(config).images
+    return images, (time.perf_counter() - start) / len(scenes)
+
+
+def difference(a, b) -> tuple[float, float]:
+    """Mean absolute pixel difference (0..255) and PSNR (dB) between two image lists."""
+    diffs = [np.abs(np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)) for x, y in zip(a, b)]
+    mae = float(np.mean([d.mean() for d in diffs]))
+    mse = float(np.mean([(d ** 2).mean() for d in diffs]))
+    return mae, (10 * math.log10(255 ** 2 / mse) if mse > 0 else float("inf"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--sampler", default="Euler a")
+    ap.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--results", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scenes = prompt_set("seen", args.n)
+    ref_pipe = Pipeline.load(args.model)
+    ref, ref_time = generate_all(ref_pipe, scenes, args.steps, args.sampler)
+    rows = ["| UNet | s/image | speed-up | " + " | ".join(SCORED) + " | all | mean abs diff (0-255) | PSNR dB |",
+            "|---" * (len(SCORED) + 6) + "|"]
+
+    def row(name, images, seconds, diff):
+        acc = accuracy(scenes, images, attributes=SCORED)
+        cells = " | ".join(f"{acc[k]:.2f}" for k in (*SCORED, "all"))
+        rows.append(f"| {name} | {seconds:.3f} | {ref_time / seconds:.2f}x | {cells} | {diff[0]:.2f} | {diff[1]:.1f} |")
+
+    row("full", ref, ref_time, (0.0, float("inf")))
+    for interval in args.intervals:
+        pipe = Pipeline.load(args.model, speed=SpeedOptions(deep_cache=interval))
+        images, seconds = generate_all(pipe, scenes, args.steps, args.sampler)
+        row(f"deep cache, full every {interval}", images, seconds, difference(ref, images))
+    hw = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    head = (f"### {datetime.date.today()} · DeepCache quality · {hw} · {ref_pipe.c.name} · {args.n} seen prompts, "
+            f"{args.steps} steps, {args.sampler}, CFG 7.5\n\n"
+            f"`python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+    table = "\n".join(rows) + "\n"
+    print(head + "\n" + table)
+    if args.results:
+        with open(Path(__file__).parent / "RESULTS.md", "a") as f:
+            f.write("\n" + head + "\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
