@@ -35,6 +35,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
+    f = p.add_argument_group("speed and memory (sdlab.models.speed)")
+    f.add_argument("--fast", action="store_true", help="channels_last + fused QKV projections")
+    f.add_argument("--compile", default="off", help="torch.compile the UNet: off, default, reduce-overhead "
+                   "(CUDA graphs), max-autotune")
+    f.add_argument("--deep-cache", type=int, default=0, metavar="N",
+                   help="reuse deep UNet features, full pass every N calls (approximate; 0 = off)")
+    f.add_argument("--low-memory", action="store_true",
+                   help="attention + VAE slicing, VAE tiling, model CPU offload (CUDA)")
     g = p.add_argument_group("loss and classifier guidance (sdlab.guidance)")
     g.add_argument("--color-guidance", default=None, metavar="R,G,B",
                    help="pull the predicted image toward this colour (0..255 each)")
@@ -43,7 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classifier-guidance", default=None, metavar="LABEL",
                    help="push toward a shape with the shipped noise-aware classifier (e.g. triangle)")
     g.add_argument("--guidance-scale", type=float, default=None,
-                   help="strength of the guidance above (default: 20 colour, 20 CLIP, 2 classifier)")
+                   help="strength of the guidance above (default: 3000 colour, 3000 CLIP, 2 classifier)")
     g.add_argument("--guidance-every", type=int, default=1, help="apply it every N denoiser calls (default 1)")
 
 
@@ -75,7 +83,7 @@ def _run(args, config: GenerationConfig, init_image=None) -> int:
     from ..io.outputs import save_result
     from ..pipeline import Pipeline
 
-    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
+    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device, speed=speed_from_args(args))
     guidance = guidance_from_args(args)
     steps_per_batch = config.steps if init_image is None else max(int(config.steps * config.strength), 0)
     with tqdm(total=steps_per_batch * config.batch_count, desc="sampling", unit="step", file=sys.stderr) as bar:
@@ -98,6 +106,15 @@ def _rgb(text: str) -> tuple[float, float, float]:
     return values
 
 
+def speed_from_args(args):
+    from ..models.speed import SpeedOptions
+
+    low = SpeedOptions.low_memory() if args.low_memory else SpeedOptions()
+    return SpeedOptions(channels_last=args.fast, fuse_qkv=args.fast and not args.low_memory, compile=args.compile,
+                        attention_slicing=low.attention_slicing, vae_slicing=low.vae_slicing,
+                        vae_tiling=low.vae_tiling, cpu_offload=low.cpu_offload, deep_cache=args.deep_cache)
+
+
 def guidance_from_args(args) -> list:
     """Guidance wrappers from the --*-guidance options (at most one of each kind)."""
     from ..guidance.classifier import classifier_guidance
@@ -106,9 +123,10 @@ def guidance_from_args(args) -> list:
 
     out, every, scale = [], args.guidance_every, args.guidance_scale
     if args.color_guidance:
-        out.append(loss_guidance(color_loss(_rgb(args.color_guidance)), 20.0 if scale is None else scale, every=every))
+        out.append(loss_guidance(color_loss(_rgb(args.color_guidance)), 3000.0 if scale is None else scale,
+                                 every=every))
     if args.clip_guidance:
-        out.append(loss_guidance(clip_loss(args.clip_guidance), 20.0 if scale is None else scale, every=every))
+        out.append(loss_guidance(clip_loss(args.clip_guidance), 3000.0 if scale is None else scale, every=every))
     if args.classifier_guidance:
         out.append(classifier_guidance(args.classifier_guidance, 2.0 if scale is None else scale, every=every))
     return out
