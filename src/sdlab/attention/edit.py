@@ -1,0 +1,181 @@
+"""Prompt-to-prompt edits as one call (Hertz et al. 2022):
+
+    from sdlab.attention.edit import edit
+    r = edit(pipe, "a red circle on a blue background", "a red square on a blue background", seed=3)
+    r.source_image, r.target_image
+
+Source and target are sampled together as one batch [source, target] from the source seed's
+noise (every row the same noise, ancestral noise included), with classifier-free guidance, while
+a PromptToPromptController edits the target's attention (sdlab.attention.p2p).
+Modes: "replace" (word swap, equal token counts), "refine" (added words, aligned tokens),
+"reweight" (the target, by default the source prompt, with `reweight={word: factor}`); a
+reweight can be added to any mode, and `blend=[words]` adds a local blend.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from PIL import Image
+
+from ..callbacks import combine
+from ..config import GenerationConfig
+from ..errors import ConfigError
+from ..sampling.noise import batch_noise
+from .align import PromptTokens, prompt_tokens, refine_mapping, replace_mapping
+from .p2p import LocalBlend, PromptToPromptController
+
+MODES = ("replace", "refine", "reweight")
+MAX_WEIGHT = 10.0
+
+
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be a number in [0, 1] (a fraction of the steps), got {value!r}")
+    return float(value)
+
+
+def _reweights(value: Any) -> tuple[tuple[str, float], ...]:
+    items = value.items() if isinstance(value, dict) else value
+    try:
+        pairs = tuple((str(w), v) for w, v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"reweight must map words to factors, e.g. {{'red': 2.0}}, got {value!r}") from None
+    for word, v in pairs:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > MAX_WEIGHT:
+            raise ConfigError(f"reweight factor of {word!r} must be a number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}], "
+                              f"got {v!r}")
+    return tuple((w, float(v)) for w, v in pairs)
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """How to edit: mode, the paper's cross/self replace step fractions, reweighting, local blend.
+
+    self_max_queries: self-attention layers with at most this many pixels are replaced (the
+    paper's 16x16 = 256 for SD's 64x64 latents). blend_start: fraction of steps before blending.
+    """
+
+    mode: str = "replace"
+    cross_replace: float = 0.8
+    self_replace: float = 0.4
+    reweight: tuple[tuple[str, float], ...] = ()
+    blend: tuple[str, ...] = ()
+    blend_threshold: float = 0.3
+    blend_start: float = 0.2
+    self_max_queries: int = 256
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("cross_replace", "self_replace", "blend_threshold", "blend_start"):
+            object.__setattr__(self, name, _fraction(name, getattr(self, name)))
+        object.__setattr__(self, "reweight", _reweights(self.reweight))
+        if isinstance(self.blend, str):
+            object.__setattr__(self, "blend", (self.blend,))
+        object.__setattr__(self, "blend", tuple(str(w) for w in self.blend))
+        q = self.self_max_queries
+        if isinstance(q, bool) or not isinstance(q, int) or q < 0:
+            raise ConfigError(f"self_max_queries must be an integer >= 0, got {q!r}")
+        if self.mode == "reweight" and not self.reweight:
+            raise ConfigError("mode 'reweight' needs at least one word to reweight, e.g. reweight={'red': 2.0}")
+
+
+@dataclass
+class EditResult:
+    """The source and edited images of one seed, and what was done."""
+
+    source_image: Image.Image
+    target_image: Image.Image
+    seed: int
+    source_prompt: str
+    target_prompt: str
+    settings: dict = field(default_factory=dict)
+    mask: Optional[torch.Tensor] = None      # the last local-blend mask (1, 1, h, w), if any
+
+
+def _blend_positions(src: PromptTokens, tgt: PromptTokens, words) -> tuple[list[int], list[int]]:
+    """Token positions of the blend words in each prompt; each word must be in at least one."""
+    out: tuple[list[int], list[int]] = ([], [])
+    for word in words:
+        hits = []
+        for side, p in enumerate((src, tgt)):
+            try:
+                hits.append((side, p.positions(word)))
+            except ConfigError:
+                pass
+        if not hits:
+            raise ConfigError(f"blend word {word!r} is in neither prompt ({src.prompt!r}, {tgt.prompt!r})")
+        for side, pos in hits:
+            out[side].extend(pos)
+    return out
+
+
+def build_controller(tokenizer, source: str, target: str, cfg: EditConfig, steps: int, *,
+                     guidance: bool = True) -> PromptToPromptController:
+    """The prompt-to-prompt controller for `steps` sampling steps (see sdlab.attention.p2p)."""
+    src, tgt = prompt_tokens(tokenizer, source), prompt_tokens(tokenizer, target)
+    mapping = replace_mapping if cfg.mode == "replace" else refine_mapping
+    mapper, alphas = mapping(src, tgt)
+    equalizer = None
+    if cfg.reweight:
+        equalizer = torch.ones(len(tgt.ids))
+        for word, factor in cfg.reweight:
+            equalizer[tgt.positions(word)] = factor
+    blend = None
+    if cfg.blend:
+        blend = LocalBlend(_blend_positions(src, tgt, cfg.blend), cfg.blend_threshold,
+                           start=int(cfg.blend_start * steps))
+    return PromptToPromptController(mapper, alphas, cross_steps=int(cfg.cross_replace * steps),
+                                    self_steps=int(cfg.self_replace * steps), equalizer=equalizer,
+                                    self_max_queries=cfg.self_max_queries, blend=blend, cfg=guidance)
+
+
+def edit(pipe, source: str, target: Optional[str] = None, *, config: Optional[GenerationConfig] = None,
+         callback=None, cancel=None, **options) -> EditResult:
+    """Sample `source` and its edit `target` together (see module doc).
+
+    config: sampling settings (prompt ignored; default GenerationConfig(source)); the other
+    keywords are EditConfig fields, or `edit=EditConfig(...)`; seed/steps/cfg_scale/sampler/
+    negative_prompt/width/height may also be given directly.
+    """
+    gen_keys = {"seed", "steps", "cfg_scale", "sampler", "negative_prompt", "width", "height"}
+    gen_opts = {k: options.pop(k) for k in list(options) if k in gen_keys}
+    cfg = options.pop("edit", None) or EditConfig(**options)
+    if not isinstance(cfg, EditConfig):
+        raise ConfigError(f"edit must be an EditConfig, got {type(cfg).__name__}")
+    if target is None:
+        target = source
+    config = GenerationConfig(prompt=source, **gen_opts) if config is None else config
+    controller = build_controller(pipe.c.tokenizer, source, target, cfg, config.steps,
+                                  guidance=config.cfg_scale != 1)
+    width, height = config.width or pipe.native_size, config.height or pipe.native_size
+    shape = (pipe.c.unet.config.in_channels, height // pipe.vae_scale, width // pipe.vae_scale)
+    noise = batch_noise(shape, [torch.Generator("cpu").manual_seed(config.seed)]).repeat(2, 1, 1, 1)
+    latents = pipe.sample_latents(config, [config.seed, config.seed], width, height,
+                                  callback=combine([controller.step_callback, callback]), cancel=cancel,
+                                  attention=controller, cond=pipe.encode_prompt([source, target]),
+                                  uncond=pipe.encode_prompt([config.negative_prompt]), noise=noise)
+    images = _to_images(pipe.decode(latents))
+    settings = {**pipe.settings_for(config, config.seed, width, height), "edit": _edit_dict(cfg),
+                "target_prompt": target}
+    mask = controller.blend.mask if controller.blend is not None else None
+    return EditResult(images[0], images[1], config.seed, source, target, settings, mask)
+
+
+def _edit_dict(cfg: EditConfig) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d["reweight"] = dict(cfg.reweight)
+    d["blend"] = list(cfg.blend)
+    return d
+
+
+def _to_images(x: torch.Tensor) -> list[Image.Image]:
+    from ..pipeline import _to_pil
+
+    return _to_pil(x)
