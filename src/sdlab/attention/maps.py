@@ -41,9 +41,10 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def normalize(heat: torch.Tensor) -> torch.Tensor:
-    """Scale a map to [0, 1] by its min and max (a flat map becomes all zeros)."""
+    """Scale a map to [0, 1] by its min and max (a flat map, up to rounding, becomes all zeros)."""
     lo, hi = heat.min(), heat.max()
-    return (heat - lo) / (hi - lo) if hi > lo else torch.zeros_like(heat)
+    flat = hi - lo <= 1e-5 * max(float(hi.abs()), 1e-12)
+    return torch.zeros_like(heat) if flat else (heat - lo) / (hi - lo)
 
 
 def upsample(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
