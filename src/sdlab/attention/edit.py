@@ -24,7 +24,6 @@ from PIL import Image
 from ..callbacks import combine
 from ..config import GenerationConfig
 from ..errors import ConfigError
-from ..sampling.noise import batch_noise
 from .align import PromptTokens, prompt_tokens, refine_mapping, replace_mapping
 from .p2p import LocalBlend, PromptToPromptController
 
@@ -153,12 +152,12 @@ def edit(pipe, source: str, target: Optional[str] = None, *, config: Optional[Ge
     controller = build_controller(pipe.c.tokenizer, source, target, cfg, config.steps,
                                   guidance=config.cfg_scale != 1)
     width, height = config.width or pipe.native_size, config.height or pipe.native_size
-    shape = (pipe.c.unet.config.in_channels, height // pipe.vae_scale, width // pipe.vae_scale)
-    noise = batch_noise(shape, [torch.Generator("cpu").manual_seed(config.seed)]).repeat(2, 1, 1, 1)
+    # both rows get the source seed: the same starting noise and the same ancestral noise, drawn
+    # in the order a plain generation draws them, so the source row is the plain source image
     latents = pipe.sample_latents(config, [config.seed, config.seed], width, height,
                                   callback=combine([controller.step_callback, callback]), cancel=cancel,
                                   attention=controller, cond=pipe.encode_prompt([source, target]),
-                                  uncond=pipe.encode_prompt([config.negative_prompt]), noise=noise)
+                                  uncond=pipe.encode_prompt([config.negative_prompt]))
     images = _to_images(pipe.decode(latents))
     settings = {**pipe.settings_for(config, config.seed, width, height), "edit": _edit_dict(cfg),
                 "target_prompt": target}
