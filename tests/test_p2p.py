@@ -132,7 +132,7 @@ def test_reweight_scales_the_chosen_token(pipe):
     base = build_controller(tok, "a red circle", "a red circle", cfg, steps=2)
     ctl = Recording(base.mapper, base.alphas, cross_steps=base.cross_steps, self_steps=0,
                     equalizer=base.equalizer)
-    assert ctl.cross_steps == 1 and base.equalizer[2] == 3 and base.equalizer.sum() == 76 + 3
+    assert ctl.cross_steps == 1 and base.equalizer[0, 2] == 3 and base.equalizer.sum() == 76 + 3
     x, c = _cfg_batch(pipe.c.unet)
     _run(pipe.c.unet, ctl, x, c, [900, 500])
     red, other = 2, [1, 3]
@@ -154,6 +154,23 @@ def test_edit_source_row_is_the_plain_generation(pipe):
     assert np.array_equal(np.asarray(same.source_image), np.asarray(same.target_image))
 
 
+def test_batched_edits_match_single_edits(pipe):
+    from sdlab.attention.edit import edit_batch
+
+    config = GenerationConfig("unused", steps=2, seed=0)
+    cfg = EditConfig(mode="refine", reweight={"red": 2.0}, blend=("large",))
+    pairs = [("a red circle", "a large red circle"), ("a red star on a blue background", "a large red star")]
+    both = edit_batch(pipe, [s for s, _ in pairs], [t for _, t in pairs], config, cfg, seeds=[5, 9])
+    for (source, target), seed, r in zip(pairs, (5, 9), both):
+        one = edit(pipe, source, target, config=GenerationConfig(source, steps=2, seed=seed), edit=cfg)
+        assert (r.source_prompt, r.target_prompt, r.seed) == (source, target, seed)
+        for a, b in ((r.source_image, one.source_image), (r.target_image, one.target_image)):
+            assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 2
+        assert torch.equal(r.mask, one.mask)
+    with pytest.raises(ConfigError, match="one seed per edit pair"):
+        edit_batch(pipe, ["a red circle"], ["a red star"], config, EditConfig(), seeds=[1, 2])
+
+
 def test_local_blend_mask_controls_what_changes(pipe):
     config = GenerationConfig("a red circle", steps=3, seed=2, sampler="Euler")
     args = dict(config=config, cross_replace=0.0, self_replace=0.0, blend=("circle", "square"), blend_start=0.0)
@@ -171,7 +188,7 @@ def test_local_blend_mask_from_synthetic_maps():
     from sdlab.attention.p2p import LocalBlend
     from sdlab.callbacks import StepEvent
 
-    blend = LocalBlend(([3], [4]), threshold=0.5, start=1)
+    blend = LocalBlend([([3], [4])], threshold=0.5, start=1)
     probs = torch.full((2, 2, 64, 77), 0.01)
     src_map, tgt_map = torch.zeros(8, 8), torch.zeros(8, 8)
     src_map[1, 1], tgt_map[6, 6] = 1.0, 1.0                      # the word sits top-left in the source,

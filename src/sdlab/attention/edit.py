@@ -15,7 +15,7 @@ reweight can be added to any mode, and `blend=[words]` adds a local blend.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -113,24 +113,63 @@ def _blend_positions(src: PromptTokens, tgt: PromptTokens, words) -> tuple[list[
     return out
 
 
-def build_controller(tokenizer, source: str, target: str, cfg: EditConfig, steps: int, *,
-                     guidance: bool = True) -> PromptToPromptController:
-    """The prompt-to-prompt controller for `steps` sampling steps (see sdlab.attention.p2p)."""
+def _pair_tables(tokenizer, source: str, target: str, cfg: EditConfig):
+    """(mapper, alphas, equalizer, blend positions) of one source/target pair."""
     src, tgt = prompt_tokens(tokenizer, source), prompt_tokens(tokenizer, target)
     mapping = replace_mapping if cfg.mode == "replace" else refine_mapping
     mapper, alphas = mapping(src, tgt)
-    equalizer = None
-    if cfg.reweight:
-        equalizer = torch.ones(len(tgt.ids))
-        for word, factor in cfg.reweight:
-            equalizer[tgt.positions(word)] = factor
+    equalizer = torch.ones(len(tgt.ids))
+    for word, factor in cfg.reweight:
+        equalizer[tgt.positions(word)] = factor
+    positions = _blend_positions(src, tgt, cfg.blend) if cfg.blend else None
+    return mapper, alphas, equalizer, positions
+
+
+def build_controller(tokenizer, sources, targets, cfg: EditConfig, steps: int, *,
+                     guidance: bool = True) -> PromptToPromptController:
+    """The prompt-to-prompt controller for `steps` sampling steps and the pairs (sources[i],
+    targets[i]) (a string each for one pair), sampled as rows [sources, targets]."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if not sources or len(sources) != len(targets):
+        raise ConfigError(f"need as many target prompts as source prompts, got {len(sources)} and {len(targets)}")
+    mappers, alphas, equalizers, positions = zip(*(_pair_tables(tokenizer, s, t, cfg)
+                                                   for s, t in zip(sources, targets)))
     blend = None
     if cfg.blend:
-        blend = LocalBlend(_blend_positions(src, tgt, cfg.blend), cfg.blend_threshold,
-                           start=int(cfg.blend_start * steps))
-    return PromptToPromptController(mapper, alphas, cross_steps=int(cfg.cross_replace * steps),
-                                    self_steps=int(cfg.self_replace * steps), equalizer=equalizer,
+        blend = LocalBlend(positions, cfg.blend_threshold, start=int(cfg.blend_start * steps))
+    return PromptToPromptController(torch.stack(mappers), torch.stack(alphas), cross_steps=int(cfg.cross_replace * steps),
+                                    self_steps=int(cfg.self_replace * steps),
+                                    equalizer=torch.stack(equalizers) if cfg.reweight else None,
                                     self_max_queries=cfg.self_max_queries, blend=blend, cfg=guidance)
+
+
+def edit_batch(pipe, sources, targets, config: GenerationConfig, cfg: EditConfig, *, seeds=None,
+               callback=None, cancel=None) -> list[EditResult]:
+    """k edits sampled as one batch [sources, targets]; pair i uses seeds[i] (default config.seed + i)
+    for both its rows, so each source row is the plain generation of its prompt and seed."""
+    sources, targets = list(sources), list(targets)
+    controller = build_controller(pipe.c.tokenizer, sources, targets, cfg, config.steps,
+                                  guidance=config.cfg_scale != 1)
+    seeds = [config.seed + i for i in range(len(sources))] if seeds is None else list(seeds)
+    if len(seeds) != len(sources):
+        raise ConfigError(f"need one seed per edit pair ({len(sources)}), got {len(seeds)}")
+    width, height = config.width or pipe.native_size, config.height or pipe.native_size
+    # a pair's rows share its seed: the same starting and ancestral noise, drawn in the order a
+    # plain generation draws them, so the source row is the plain source image
+    latents = pipe.sample_latents(config, seeds + seeds, width, height,
+                                  callback=combine([controller.step_callback, callback]), cancel=cancel,
+                                  attention=controller, cond=pipe.encode_prompt(sources + targets),
+                                  uncond=pipe.encode_prompt([config.negative_prompt]))
+    images, k = _to_images(pipe.decode(latents)), len(sources)
+    mask = controller.blend.mask if controller.blend is not None else None
+    out = []
+    for i, (source, target, seed) in enumerate(zip(sources, targets, seeds)):
+        settings = {**pipe.settings_for(replace(config, prompt=source), seed, width, height),
+                    "edit": _edit_dict(cfg), "target_prompt": target}
+        out.append(EditResult(images[i], images[k + i], seed, source, target, settings,
+                              None if mask is None else mask[i:i + 1]))
+    return out
 
 
 def edit(pipe, source: str, target: Optional[str] = None, *, config: Optional[GenerationConfig] = None,
@@ -146,23 +185,9 @@ def edit(pipe, source: str, target: Optional[str] = None, *, config: Optional[Ge
     cfg = options.pop("edit", None) or EditConfig(**options)
     if not isinstance(cfg, EditConfig):
         raise ConfigError(f"edit must be an EditConfig, got {type(cfg).__name__}")
-    if target is None:
-        target = source
     config = GenerationConfig(prompt=source, **gen_opts) if config is None else config
-    controller = build_controller(pipe.c.tokenizer, source, target, cfg, config.steps,
-                                  guidance=config.cfg_scale != 1)
-    width, height = config.width or pipe.native_size, config.height or pipe.native_size
-    # both rows get the source seed: the same starting noise and the same ancestral noise, drawn
-    # in the order a plain generation draws them, so the source row is the plain source image
-    latents = pipe.sample_latents(config, [config.seed, config.seed], width, height,
-                                  callback=combine([controller.step_callback, callback]), cancel=cancel,
-                                  attention=controller, cond=pipe.encode_prompt([source, target]),
-                                  uncond=pipe.encode_prompt([config.negative_prompt]))
-    images = _to_images(pipe.decode(latents))
-    settings = {**pipe.settings_for(config, config.seed, width, height), "edit": _edit_dict(cfg),
-                "target_prompt": target}
-    mask = controller.blend.mask if controller.blend is not None else None
-    return EditResult(images[0], images[1], config.seed, source, target, settings, mask)
+    return edit_batch(pipe, [source], [source if target is None else target], config, cfg,
+                      seeds=[config.seed], callback=callback, cancel=cancel)[0]
 
 
 def _edit_dict(cfg: EditConfig) -> dict:
