@@ -223,3 +223,41 @@ def test_edit_cli(tiny_model_dir, tmp_path, capsys):
         assert main(["edit", "a red circle", "a red square", "--model", str(tiny_model_dir), "--steps", "1",
                      "--out", str(tmp_path), *bad]) == 2
         assert msg in capsys.readouterr().err
+
+
+# --- the oracle measurements of sdlab.evaluate.p2p_eval ----------------------------------------
+
+def test_eval_metrics_on_rendered_scenes():
+    import random
+
+    from sdlab.evaluate.p2p_eval import _compare, _swap_shape, colour_stats, iou, otsu_threshold
+    from sdlab.world import oracle
+    from sdlab.world.render import render
+    from sdlab.world.scene import single_object_scene
+
+    values = np.concatenate([np.full(300, 0.1), np.full(100, 0.9)])
+    assert 0.1 <= otsu_threshold(values) < 0.9
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    assert iou(a, a) == 1 and iou(a, ~a) == 0 and iou(a, np.ones_like(a)) == 0.5
+    circle = render(single_object_scene("circle", "red", "large", "left", "blue", random.Random(0)))
+    square = render(single_object_scene("square", "red", "large", "left", "blue", random.Random(0)))
+    moved = render(single_object_scene("square", "green", "small", "right", "blue", random.Random(0)))
+    src = oracle.read(circle).main
+    same = _compare(src, oracle.read(square).main, "square")
+    assert same["shape_changed"] and same["shape_is_target"] and same["kept_layout"] and same["mask_iou"] > 0.6
+    other = _compare(src, oracle.read(moved).main, "square")
+    assert not (other["kept_position"] or other["kept_size"] or other["kept_color"]) and other["mask_iou"] < 0.05
+    area, sat = colour_stats(circle, "red")
+    assert abs(area - src.area / 64**2) < 0.02 and sat > 0.7
+    assert colour_stats(circle, "green")[0] == 0
+    assert _swap_shape("a photo of a large red circle on the left", "circle", "star").endswith("red star on the left")
+
+
+def test_eval_runs_on_a_tiny_model(pipe):
+    from sdlab.evaluate.p2p_eval import evaluate
+
+    report = evaluate(pipe, n=2, steps=1, batch=2, cross_replace=(0.8, 0.4), factors=(0.5, 1.0))
+    assert set(report["replace"]) == {"p2p_cross0.8_self0.4", "p2p_cross0.4_self0.4", "plain_prompt"}
+    assert report["reweight_colour"]["factors"] == [0.5, 1.0] and report["reweight_colour"]["n"] == 2
+    assert all(0 <= r["n"] <= 2 for r in report["replace"].values())

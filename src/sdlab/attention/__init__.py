@@ -1,8 +1,9 @@
 """Attention: the one hook (a diffusers attention processor), controllers that store cross-attention
 maps or edit them (prompt-to-prompt, Hertz et al. 2022), and heatmaps of the maps.
 
-    with attention_control(pipe.c.unet, AttentionStore()) as store:
-        ...                                # or: pipe.generate(config, attention=store)
+    result, maps = attend(pipe, GenerationConfig("a red circle"))      # maps: (1, h, w, tokens)
+    r = edit(pipe, "a red circle", "a red square", seed=3)              # r.source_image, r.target_image
+    pipe.generate(config, attention=controller)                        # any AttentionController
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Iterator, Optional
 from ..errors import ConfigError
 from .controller import AttentionController
 from .processor import ControlledAttnProcessor, LayerInfo, place_of
-from .store import AttentionStore
+from .store import AttentionStore, attend
 
 _SUFFIX = ".processor"
 
@@ -54,5 +55,9 @@ def attention_control(unet, controller: Optional[AttentionController] = None) ->
             controller.end_loop()
 
 
-__all__ = ["attention_control", "AttentionController", "AttentionStore", "ControlledAttnProcessor",
-           "LayerInfo", "place_of"]
+from .edit import EditConfig, EditResult, edit, edit_batch  # noqa: E402  (needs attention_control above)
+from .p2p import LocalBlend, PromptToPromptController  # noqa: E402
+
+__all__ = ["attention_control", "attend", "AttentionController", "AttentionStore", "ControlledAttnProcessor",
+           "LayerInfo", "place_of", "edit", "edit_batch", "EditConfig", "EditResult", "LocalBlend",
+           "PromptToPromptController"]
