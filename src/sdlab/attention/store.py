@@ -53,6 +53,8 @@ class AttentionStore(AttentionController):
 
     places: UNet places to record ("down", "mid", "up"); resolutions: feature-map heights to
     record (None = all); steps: (start, end) step indices to record (None = all).
+    Each sampling loop starts a new record: after generate() with several batches, the maps
+    are those of the last batch (rows = its images).
     """
 
     def __init__(self, places: Iterable[str] = ALL_PLACES, resolutions: Optional[Iterable[int]] = None,

@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(sampler_names())} (default Euler a)")
     p.add_argument("--negative-prompt", "-n", default="", help="what to steer away from")
     p.add_argument("--model", default=None, help="diffusers folder or single file (default: the shipped model)")
+    p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     p.add_argument("--out", default="edits", help="output folder (default ./edits)")
     p.set_defaults(run=run)
 
@@ -73,7 +75,7 @@ def run(args) -> int:
                      blend_threshold=args.blend_threshold)
     config = GenerationConfig(prompt=args.source, negative_prompt=args.negative_prompt, steps=args.steps,
                               cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
-    pipe = Pipeline.load(args.model)
+    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
     r = edit(pipe, args.source, args.target, config=config, edit=cfg)
     out = Path(args.out)
     infos = {"source": pipe.infotext(config, r.seed, *r.source_image.size),
