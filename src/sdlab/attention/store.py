@@ -95,16 +95,22 @@ class AttentionStore(AttentionController):
         if not self.sums:
             raise ConfigError("no cross-attention was recorded: check the layers, resolutions and steps "
                               "chosen against the model's cross-attention layers")
-        h, w = max(self.sums, key=lambda k: k[0] * k[1])
-        total, n = None, 0
-        for (hh, ww), s in self.sums.items():
-            rows, _, tokens = s.shape
-            grid = s.reshape(rows, hh, ww, tokens).permute(0, 3, 1, 2)
-            if (hh, ww) != (h, w):
-                grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
-            total = grid if total is None else total + grid
-            n += self.counts[(hh, ww)]
-        return (total / n).permute(0, 2, 3, 1)
+        return mean_maps([(hw, s, self.counts[hw]) for hw, s in self.sums.items()])
+
+
+def mean_maps(parts) -> torch.Tensor:
+    """Mean of summed maps [((h, w), sum (rows, h*w, tokens), count), ...] on the finest grid
+    (coarser ones bilinearly upsampled): (rows, H, W, tokens)."""
+    h, w = max((hw for hw, _, _ in parts), key=lambda k: k[0] * k[1])
+    total, n = None, 0
+    for (hh, ww), s, count in parts:
+        rows, _, tokens = s.shape
+        grid = s.reshape(rows, hh, ww, tokens).permute(0, 3, 1, 2)
+        if (hh, ww) != (h, w):
+            grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+        total = grid if total is None else total + grid
+        n += count
+    return (total / n).permute(0, 2, 3, 1)
 
 
 def attend(pipe, config, *, places: Iterable[str] = ALL_PLACES, resolutions: Optional[Iterable[int]] = None,

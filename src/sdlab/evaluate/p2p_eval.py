@@ -29,7 +29,7 @@ from PIL import Image
 from ..attention.align import prompt_tokens
 from ..attention.edit import EditConfig, edit_batch
 from ..attention.maps import normalize, upsample
-from ..attention.store import AttentionStore
+from ..attention.store import AttentionStore, mean_maps
 from ..config import GenerationConfig
 from ..world import oracle, spec
 from ..world.captions import full_caption
@@ -77,23 +77,52 @@ def _map_ious(maps: torch.Tensor, position: int, mask: np.ndarray) -> dict:
     return {"mean": iou(heat > heat.mean(), mask), "otsu": iou(heat > otsu_threshold(heat), mask)}
 
 
+class _SplitStore(AttentionStore):
+    """An AttentionStore that also keeps sums per (place, resolution, late half of the steps)."""
+
+    def __init__(self, steps: int, **kw):
+        super().__init__(**kw)
+        self.total_steps, self.parts = steps, {}
+
+    def forward(self, probs, is_cross, place_in_unet, layer):
+        if is_cross:
+            hw = self.resolution(layer.queries)
+            key = (place_in_unet, hw, self.step >= self.total_steps // 2)
+            s, c = self.parts.get(key, (0, 0))
+            self.parts[key] = (s + probs.float().mean(dim=1).cpu(), c + 1)
+        return super().forward(probs, is_cross, place_in_unet, layer)
+
+    def views(self) -> dict:
+        """Maps averaged over named subsets of layers and steps."""
+        filters = {"all": lambda p, hw, late: True, "late_steps": lambda p, hw, late: late,
+                   "down": lambda p, hw, late: p == "down", "up": lambda p, hw, late: p == "up",
+                   "up_late": lambda p, hw, late: p == "up" and late}
+        for hw in {k[1] for k in self.parts}:
+            filters[f"{hw[0]}x{hw[1]}"] = lambda p, r, late, hw=hw: r == hw
+        out = {}
+        for name, keep in filters.items():
+            parts = [(k[1], s, c) for k, (s, c) in self.parts.items() if keep(*k)]
+            if parts:
+                out[name] = mean_maps(parts)
+        return out
+
+
 def attention_eval(pipe, scenes, config, batch: int) -> tuple[dict, list]:
-    """IoU of the shape word's map with the oracle mask; also returns the (plain) source images."""
+    """IoU of the shape word's map (several layer/step subsets) with the oracle mask; also returns
+    the (plain) source images."""
     tok, images, scores = pipe.c.tokenizer, [], {}
     for idx in _chunks(len(scenes), batch):
         prompts = [full_caption(scenes[i]) for i in idx]
-        store = AttentionStore(batch_size=len(prompts))
+        store = _SplitStore(config.steps, batch_size=len(prompts))
         out = _generate(pipe, config, prompts, SEED0 + idx[0], attention=store)
         images += out
-        per_res = {f"{h}x{w}": (s / store.counts[(h, w)]).reshape(len(prompts), h, w, -1)
-                   for (h, w), s in store.sums.items()}
-        per_res["all"] = store.maps()
+        views = store.views()
         for j, (i, image) in enumerate(zip(idx, out)):
             obj = oracle.read(image).main
             if obj is None:
                 continue
             pos = prompt_tokens(tok, prompts[j]).positions(scenes[i].objects[0].shape)[0]
-            for name, maps in per_res.items():
+            for name, maps in views.items():
                 for kind, v in _map_ious(maps[j], pos, obj.mask).items():
                     scores.setdefault(f"{name}/{kind}", []).append(v)
     report = {k: round(float(np.mean(v)), 4) for k, v in sorted(scores.items())}
