@@ -190,3 +190,6 @@ def test_attend_cli_writes_image_overlays_and_grid(tiny_model_dir, tmp_path, cap
     assert main(["attend", prompt, "--model", str(tiny_model_dir), "--steps", "1", "--res", "64",
                  "--out", str(tmp_path)]) == 2
     assert "no cross-attention was recorded" in capsys.readouterr().err
+    assert main(["attend", prompt, "--model", str(tiny_model_dir), "--steps", "1", "--step-range", "2", "1",
+                 "--out", str(tmp_path)]) == 2
+    assert "steps must be a (start, end) pair" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from .generate import _common, _config
 
 EXAMPLES = """examples:
   sdlab attend "a large red circle on the left on a blue background" --out attn --seed 3
-  sdlab attend "a small yellow star" --out attn --layers up --res 16
+  sdlab attend "a small yellow star" --out attn --layers up --res 16 --step-range 12 25
 """
 
 
@@ -26,6 +26,8 @@ def register(sub) -> None:
                    help="UNet places to average (default: all)")
     p.add_argument("--res", nargs="+", type=int, default=None,
                    help="feature-map heights to average, e.g. 16 8 (default: all)")
+    p.add_argument("--step-range", nargs=2, type=int, default=None, metavar=("START", "END"),
+                   help="average only sampling steps START..END-1 (default: all)")
     p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity in the overlays (default 0.6)")
     p.set_defaults(run=run, out="attention")
 
@@ -50,7 +52,8 @@ def run(args) -> int:
         raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
     config = _config(args)
     pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
-    result, maps = attend(pipe, config, places=args.layers, resolutions=args.res)
+    steps = tuple(args.step_range) if args.step_range else None
+    result, maps = attend(pipe, config, places=args.layers, resolutions=args.res, steps=steps)
     tokens = token_labels(pipe.c.tokenizer, config.prompt)
     out = Path(args.out)
     for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
