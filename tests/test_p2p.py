@@ -79,6 +79,10 @@ def test_edit_errors_name_the_word(pipe):
         build_controller(tok, "a red circle", "a red square", EditConfig(blend=("star",)), 10)
     with pytest.raises(ConfigError, match="same number of tokens"):
         edit(pipe, "a red circle", "a big red circle", steps=1)
+    with pytest.raises(ConfigError, match="unknown edit option.*cross_replace"):
+        edit(pipe, "a red circle", "a red square", cross=0.5)
+    with pytest.raises(ConfigError, match="either in config or as keywords"):
+        edit(pipe, "a red circle", "a red square", config=GenerationConfig("a red circle"), seed=3)
 
 
 def _cfg_batch(unet, tok_len=77, seed=0):

@@ -15,7 +15,7 @@ reweight can be added to any mode, and `blend=[words]` adds a local blend.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
 import torch
@@ -138,7 +138,8 @@ def build_controller(tokenizer, sources, targets, cfg: EditConfig, steps: int, *
     blend = None
     if cfg.blend:
         blend = LocalBlend(positions, cfg.blend_threshold, start=int(cfg.blend_start * steps))
-    return PromptToPromptController(torch.stack(mappers), torch.stack(alphas), cross_steps=int(cfg.cross_replace * steps),
+    return PromptToPromptController(torch.stack(mappers), torch.stack(alphas),
+                                    cross_steps=int(cfg.cross_replace * steps),
                                     self_steps=int(cfg.self_replace * steps),
                                     equalizer=torch.stack(equalizers) if cfg.reweight else None,
                                     self_max_queries=cfg.self_max_queries, blend=blend, cfg=guidance)
@@ -182,7 +183,17 @@ def edit(pipe, source: str, target: Optional[str] = None, *, config: Optional[Ge
     """
     gen_keys = {"seed", "steps", "cfg_scale", "sampler", "negative_prompt", "width", "height"}
     gen_opts = {k: options.pop(k) for k in list(options) if k in gen_keys}
-    cfg = options.pop("edit", None) or EditConfig(**options)
+    if config is not None and gen_opts:
+        raise ConfigError(f"give sampling settings either in config or as keywords, not both ({', '.join(gen_opts)})")
+    cfg = options.pop("edit", None)
+    if cfg is not None and options:
+        raise ConfigError(f"give edit settings either as edit=EditConfig(...) or as keywords, not both "
+                          f"({', '.join(options)})")
+    unknown = set(options) - {f.name for f in fields(EditConfig)}
+    if unknown:
+        raise ConfigError(f"unknown edit option(s) {', '.join(sorted(unknown))}; allowed: "
+                          f"{', '.join(sorted(gen_keys | {f.name for f in fields(EditConfig)}))}, config, edit")
+    cfg = EditConfig(**options) if cfg is None else cfg
     if not isinstance(cfg, EditConfig):
         raise ConfigError(f"edit must be an EditConfig, got {type(cfg).__name__}")
     config = GenerationConfig(prompt=source, **gen_opts) if config is None else config
