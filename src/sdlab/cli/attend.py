@@ -1,7 +1,9 @@
 """`sdlab attend "PROMPT" --out DIR`: the image, one cross-attention overlay per token, and a grid.
 
-Maps are averaged over heads, the chosen layers (--layers, --res) and sampling steps, from the
-conditional half of the CFG batch (sdlab.attention.store).
+Maps are averaged over heads, the chosen layers (--layers, --res) and sampling steps
+(--step-range), from the conditional half of the CFG batch (sdlab.attention.store). On the
+shipped model the up-block maps of the later steps follow the objects most closely (see
+sdlab.evaluate.p2p_eval). Only the first batch is drawn (--batch-count is ignored).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--step-range", nargs=2, type=int, default=None, metavar=("START", "END"),
                    help="average only sampling steps START..END-1 (default: all)")
     p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity in the overlays (default 0.6)")
-    p.set_defaults(run=run, out="attention")
+    p.set_defaults(run=run)
 
 
 def _slug(text: str) -> str:
