@@ -242,7 +242,8 @@ def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, 
     edit_cfgs = [EditConfig(mode="replace", cross_replace=c, self_replace=min(self_replace, c)) for c in cross_replace]
     edit_cfg = edit_cfgs[0]
     scenes = scenes_for(n)
-    report = {"n": n, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler}
+    report = {"model": pipe.c.name, "model_hash": pipe.c.model_hash, "n": n, "steps": steps,
+              "cfg_scale": cfg_scale, "sampler": sampler}
     t = time.time()
     report["attention_iou"], sources = attention_eval(pipe, scenes, config, batch)
     report["replace"], examples = replace_eval(pipe, scenes, sources, config, edit_cfgs, batch, random.Random(7))
