@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import SdlabError
-from . import generate, info, tokens, world
+from . import attend, edit, generate, info, tokens, world
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -14,6 +14,8 @@ EPILOG = """examples:
   sdlab info
   sdlab tokens "a (large:1.3) red circle BREAK on a blue background"
   sdlab world read image.png
+  sdlab attend "a large red circle on a blue background" --out attn
+  sdlab edit "a red circle on a blue background" "a red square on a blue background" --out edit
 """
 
 
@@ -22,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate.register(sub)
+    attend.register(sub)
+    edit.register(sub)
     info.register(sub)
     tokens.register(sub)
     world.register(sub)
