@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..callbacks import combine
 from ..config import GenerationConfig
 from ..sampling import sampler_names
 
@@ -15,6 +16,7 @@ EXAMPLES = """examples:
   sdlab generate "a large red circle on the left on a blue background"
   sdlab generate "a small white star at the top on a black background" --sampler "DPM++ 2M Karras" --steps 20
   sdlab generate "a green square" --negative-prompt "black background" --seed 7 --batch-size 4 --batch-count 2
+  sdlab generate "a large red circle on a blue background" --seed 1 --trajectory steps.gif
 """
 
 
@@ -35,6 +37,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
+    p.add_argument("--trajectory", default=None, metavar="FILE",
+                   help="also write the per-step x_t and predicted x0: .gif or .mp4 (one frame per step; "
+                        "with several images, each frame is a grid with a row per image) or .png (a strip "
+                        "with an x_t and an x0 row per image); .mp4 needs pip install 'sdlab[video]'")
+    p.add_argument("--fps", type=float, default=4.0, help="frames per second of --trajectory animations (default 4)")
 
 
 def register(sub) -> None:
@@ -65,14 +72,30 @@ def _run(args, config: GenerationConfig, init_image=None) -> int:
     from ..io.outputs import save_result
     from ..pipeline import Pipeline
 
+    recorder = _trajectory_recorder(args)
     pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
     steps_per_batch = config.steps if init_image is None else max(int(config.steps * config.strength), 0)
     with tqdm(total=steps_per_batch * config.batch_count, desc="sampling", unit="step", file=sys.stderr) as bar:
-        result = pipe.generate(config, init_image=init_image, callback=lambda e: bar.update(1))
+        callback = combine([lambda e: bar.update(1), recorder and recorder.bind(pipe)])
+        result = pipe.generate(config, init_image=init_image, callback=callback)
     paths = save_result(result, Path(args.out), grid=not args.no_grid)
+    if recorder is not None:
+        paths.append(recorder.save(args.trajectory, fps=args.fps))
     for path in paths:
         print(path)
     return 0
+
+
+def _trajectory_recorder(args):
+    """A TrajectoryRecorder when --trajectory is given; bad file types fail before sampling."""
+    if not getattr(args, "trajectory", None):
+        return None
+    from ..io.animation import check_fps
+    from ..io.trajectory import TrajectoryRecorder, check_trajectory_path
+
+    check_trajectory_path(args.trajectory)
+    check_fps(args.fps)
+    return TrajectoryRecorder(None)
 
 
 def run_generate(args) -> int:
