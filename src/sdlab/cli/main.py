@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import SdlabError
-from . import generate, info, tokens, world
+from . import embed, generate, info, tokens, world
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -14,6 +14,8 @@ EPILOG = """examples:
   sdlab info
   sdlab tokens "a (large:1.3) red circle BREAK on a blue background"
   sdlab world read image.png
+  sdlab mix "a large red {} on a blue background" circle=0.5 square=0.5 --seed 1
+  sdlab interpolate "a red circle" "a red square" --frames 8 --out sweep.gif
 """
 
 
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.register(sub)
     tokens.register(sub)
     world.register(sub)
+    embed.register(sub)
     return parser
 
 
