@@ -154,3 +154,25 @@ def test_interpolate_endpoints_and_shared_seed(pipe, tmp_path):
         assert im.n_frames == 3
     with Image.open(save_sweep(result.images, labels, tmp_path / "s.png", scale=2)) as im:
         assert im.width == 3 * 2 * pipe.native_size
+
+
+def test_mix_eval_squareness_and_summary(pipe):
+    from sdlab.evaluate.mix_eval import evaluate_mix, reference_squareness, squareness, summarize
+
+    yy, xx = np.mgrid[:41, :41]
+    disc = (xx - 20) ** 2 + (yy - 20) ** 2 <= 20.5 ** 2
+    assert abs(squareness(disc) - np.pi / 4) < 0.02 and squareness(np.ones((5, 7), bool)) == 1.0
+    ref = reference_squareness("large", n=2)
+    assert 0.72 < ref["circle"] < 0.82 and ref["square"] > 0.97
+    r = lambda shape, s: {"shape": shape, "squareness": s}
+    summary = summarize({0.0: [r("circle", 0.78), r("circle", 0.80)], 0.5: [r("square", 0.9), r("none", float("nan"))],
+                         1.0: [r("square", 1.0), r("star", 0.7)]})
+    assert summary["per_weight"]["0.5"]["rates"] == {"circle": 0.0, "square": 0.5, "none": 0.5, "other": 0.0}
+    assert summary["per_weight"]["1"]["squareness_mean"] == 0.85
+    # seed 0: 0.78 <= 0.9 <= 1.0; seed 1 has no object at w=0.5. Means 0.79, 0.9, 0.85: not monotone
+    assert summary["middle_between_ends_rate"] == 0.5 and summary["squareness_monotone"] is False
+    summary = summarize({0.0: [r("circle", 0.8)], 0.5: [r("circle", 0.8)], 1.0: [r("square", 0.95)]})
+    assert summary["squareness_monotone"] is True and summary["middle_between_ends_rate"] == 1.0
+    report, images = evaluate_mix(pipe, n=2, weights=(0.0, 1.0), steps=2, cfg=2.0)
+    assert set(report["per_weight"]) == {"0", "1"} and len(images[1.0]) == 2
+    assert abs(sum(report["per_weight"]["0"]["rates"].values()) - 1) < 1e-6
