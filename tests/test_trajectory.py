@@ -45,7 +45,7 @@ def test_last_x0_frame_is_the_final_image(recorded, pipe):
     for got, want in zip(traj.x0[-1], final):
         diff = np.abs(np.asarray(got, np.int16) - np.asarray(want, np.int16))
         assert diff.max() <= 1
-    assert len(traj.xt) == 6 and len(traj.xt[0]) == 2
+    assert len(traj.xt) == 6 and len(traj.xt[0]) == 2 and traj.steps == list(range(6))
 
 
 def test_gif_has_one_frame_per_step_and_png_strip(recorded, pipe, tmp_path):

@@ -37,16 +37,13 @@ DECODE_BATCH = 16
 
 @dataclass
 class Trajectory:
-    """Decoded frames: xt[s][b] and x0[s][b] for step s and image b; sigmas[s] is the noise
-    level of xt[s] (after step s)."""
+    """Decoded frames: xt[k][b] and x0[k][b] for the k-th kept step and image b; `steps[k]` is
+    that step's number and sigmas[k] the noise level of xt[k] (after the step)."""
 
     xt: list[list[Image.Image]]
     x0: list[list[Image.Image]]
     sigmas: list[float]
-
-    @property
-    def steps(self) -> int:
-        return len(self.xt)
+    steps: list[int]
 
 
 class TrajectoryRecorder:
@@ -91,14 +88,14 @@ class TrajectoryRecorder:
         """Decode every recorded latent with the pipeline's VAE, DECODE_BATCH at a time."""
         from ..pipeline import _to_pil
 
-        xt, x0, sigmas, _ = self.latents()
+        xt, x0, sigmas, steps = self.latents()
         s, b = xt.shape[:2]
         flat = torch.cat([xt, x0]).flatten(0, 1)
         images = []
         for chunk in flat.split(DECODE_BATCH):
             images += _to_pil(self.pipe.decode(chunk.to(self.pipe.device)))
         rows = [images[i * b:(i + 1) * b] for i in range(2 * s)]
-        return Trajectory(xt=rows[:s], x0=rows[s:], sigmas=sigmas)
+        return Trajectory(xt=rows[:s], x0=rows[s:], sigmas=sigmas, steps=steps)
 
     def save(self, path: str | Path, *, fps: float = 4.0, scale: Optional[int] = None,
              max_columns: int = 13) -> Path:
@@ -106,13 +103,12 @@ class TrajectoryRecorder:
         path = check_trajectory_path(path)
         suffix = path.suffix.lower()
         check_fps(fps)
-        steps = self.latents()[3]
         traj = self.decode()
         scale = scale or auto_scale(traj.xt[0][0].height)
         if suffix == ".png":
-            strip = strip_image(traj, steps, scale=scale, max_columns=max_columns)
+            strip = strip_image(traj, scale=scale, max_columns=max_columns)
             return atomic_save(path, lambda tmp: strip.save(tmp, format="PNG"))
-        return save_animation(path, animation_frames(traj, steps, scale=scale), fps)
+        return save_animation(path, animation_frames(traj, scale=scale), fps)
 
 
 def check_trajectory_path(path: str | Path) -> Path:
@@ -126,23 +122,23 @@ def check_trajectory_path(path: str | Path) -> Path:
     return path
 
 
-def animation_frames(traj: Trajectory, steps: list[int], scale: int = 1) -> list[Image.Image]:
+def animation_frames(traj: Trajectory, scale: int = 1) -> list[Image.Image]:
     """One labelled frame per step: rows = images of the batch, columns = x_t, x0."""
-    total = steps[-1] + 1
+    total = traj.steps[-1] + 1
     return [labelled_grid([[a, b] for a, b in zip(traj.xt[i], traj.x0[i])],
-                          col_labels=[f"x_t {steps[i] + 1}/{total}", "x0"], scale=scale)
-            for i in range(traj.steps)]
+                          col_labels=[f"x_t {step + 1}/{total}", "x0"], scale=scale)
+            for i, step in enumerate(traj.steps)]
 
 
-def strip_image(traj: Trajectory, steps: list[int], scale: int = 1, max_columns: int = 13) -> Image.Image:
+def strip_image(traj: Trajectory, scale: int = 1, max_columns: int = 13) -> Image.Image:
     """Per image an x_t row and an x0 row; at most `max_columns` steps, evenly spaced, the last kept."""
     if not isinstance(max_columns, int) or max_columns < 2:
         raise ConfigError(f"max_columns must be an integer >= 2, got {max_columns!r}")
-    n = traj.steps
+    n = len(traj.steps)
     cols = sorted({round(k * (n - 1) / (min(n, max_columns) - 1)) for k in range(min(n, max_columns))}) if n > 1 else [0]
     rows, labels = [], []
     for b in range(len(traj.xt[0])):
         tag = f"#{b} " if len(traj.xt[0]) > 1 else ""
         rows += [[traj.xt[i][b] for i in cols], [traj.x0[i][b] for i in cols]]
         labels += [f"{tag}x_t", f"{tag}x0"]
-    return labelled_grid(rows, col_labels=[f"step {steps[i] + 1}" for i in cols], row_labels=labels, scale=scale)
+    return labelled_grid(rows, col_labels=[f"step {traj.steps[i] + 1}" for i in cols], row_labels=labels, scale=scale)
