@@ -171,6 +171,7 @@ def test_mix_eval_squareness_and_summary(pipe):
     assert summary["per_weight"]["1"]["squareness_mean"] == 0.85
     # seed 0: 0.78 <= 0.9 <= 1.0; seed 1 has no object at w=0.5. Means 0.79, 0.9, 0.85: not monotone
     assert summary["middle_between_ends_rate"] == 0.5 and summary["squareness_monotone"] is False
+    assert summary["ends_ordered_rate"] == 0.5 and summary["per_weight"]["1"]["squareness_gain_vs_w0"] == 0.06
     summary = summarize({0.0: [r("circle", 0.8)], 0.5: [r("circle", 0.8)], 1.0: [r("square", 0.95)]})
     assert summary["squareness_monotone"] is True and summary["middle_between_ends_rate"] == 1.0
     report, images = evaluate_mix(pipe, n=2, weights=(0.0, 1.0), steps=2, cfg=2.0)

@@ -8,7 +8,9 @@ is sampled with the prompt's own seed, the same for every w. The oracle reads ea
 - shape rates per w (circle / square / other shape / no object);
 - squareness = the object's mask area over its bounding-box area: a disc fills pi/4 ~ 0.785
   of its box, a square 1.0 (measured on rendered shapes as the reference);
-- how often, per seed, the w=0.5 squareness lies between those of w=0 and w=1.
+- how often, per seed, the w=0.5 squareness lies between those of w=0 and w=1, and how often
+  w=1 is squarer than w=0 at all (ends_ordered_rate); the mean squareness gain over w=0 on
+  the same seed.
 
     python -m sdlab.evaluate.mix_eval --n 32 --out runs/mix_eval
 """
@@ -109,7 +111,13 @@ def summarize(readings: dict[float, list[dict]]) -> dict:
     between = [min(a["squareness"], c["squareness"]) - 1e-9 <= b["squareness"] <= max(a["squareness"], c["squareness"]) + 1e-9
                for a, b, c in zip(lo, mid, hi)]
     means = [per_w[f"{w:g}"]["squareness_mean"] for w in ws]
+    for w in ws:  # paired with w=0 on the same seed and prompt
+        d = [b["squareness"] - a["squareness"] for a, b in zip(lo, readings[w])]
+        d = [x for x in d if x == x]
+        per_w[f"{w:g}"]["squareness_gain_vs_w0"] = round(statistics.fmean(d), 4) if d else None
+    ordered = [c["squareness"] > a["squareness"] for a, c in zip(lo, hi)]
     return {"per_weight": per_w, "middle_between_ends_rate": round(sum(between) / len(between), 4),
+            "ends_ordered_rate": round(sum(ordered) / len(ordered), 4),
             "squareness_monotone": all(a is not None and b is not None and a <= b for a, b in zip(means, means[1:]))}
 
 
