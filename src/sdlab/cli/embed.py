@@ -127,6 +127,7 @@ def run_interpolate(args) -> int:
         result = interpolate(pipe, args.prompt_a, args.prompt_b, args.frames, config.seed, method=args.method,
                              config=config, callback=lambda e: bar.update(1))
     labels = value_labels(result.ts, "t")
+    print(f"seed {result.seed}, {args.method}, {args.frames} frames", file=sys.stderr)
     print(save_sweep(result.images, labels, out, fps=args.fps))
     if out.suffix.lower() != ".png":
         print(save_sweep(result.images, labels, out.with_suffix(".png")))
