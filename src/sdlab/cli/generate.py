@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..callbacks import combine
 from ..config import GenerationConfig
 from ..sampling import sampler_names
 
@@ -15,26 +16,23 @@ EXAMPLES = """examples:
   sdlab generate "a large red circle on the left on a blue background"
   sdlab generate "a small white star at the top on a black background" --sampler "DPM++ 2M Karras" --steps 20
   sdlab generate "a green square" --negative-prompt "black background" --seed 7 --batch-size 4 --batch-count 2
+  sdlab generate "a large red circle on a blue background" --seed 1 --trajectory steps.gif
 """
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prompt", help="what to draw")
+def sampling_options(p: argparse.ArgumentParser) -> None:
+    """Options of one sampling run (no prompt, batch or output): shared with mix / interpolate."""
     p.add_argument("--negative-prompt", "-n", default="", help="what to steer away from")
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--cfg-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(sampler_names())} (default Euler a)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first image (default: random); image i uses seed+i")
-    p.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
-    p.add_argument("--batch-count", type=int, default=1, help="number of batches (default 1)")
     p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
     p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al. 2023)")
     p.add_argument("--model", default=None, help="diffusers folder or .safetensors/.ckpt file (default: the shipped model)")
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
-    p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
-    p.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
     f = p.add_argument_group("speed and memory (sdlab.models.speed)")
     f.add_argument("--fast", action="store_true", help="channels_last + fused QKV projections")
     f.add_argument("--compile", default="off", help="torch.compile the UNet: off, default, reduce-overhead "
@@ -55,43 +53,62 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-every", type=int, default=1, help="apply it every N denoiser calls (default 1)")
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="what to draw")
+    sampling_options(p)
+    p.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
+    p.add_argument("--batch-count", type=int, default=1, help="number of batches (default 1)")
+    p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
+    p.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
+    p.add_argument("--trajectory", default=None, metavar="FILE",
+                   help="also write the per-step x_t and predicted x0: .gif or .mp4 (one frame per step; "
+                        "with several images, each frame is a grid with a row per image) or .png (a strip "
+                        "with an x_t and an x0 row per image); .mp4 needs pip install 'sdlab[video]'")
+    p.add_argument("--fps", type=float, default=4.0, help="frames per second of --trajectory animations (default 4)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("generate", help="text to image", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     p.set_defaults(run=run_generate)
-    q = sub.add_parser("img2img", help="image to image (SDEdit)",
-                       epilog='example:\n  sdlab img2img input.png "a small yellow star" --strength 0.6',
+    q = sub.add_parser("img2img", help="image to image (SDEdit), or a strength sweep",
+                       epilog='examples:\n  sdlab img2img input.png "a small yellow star" --strength 0.6\n'
+                              '  sdlab img2img input.png "a small yellow star" --strength 0.2 0.4 0.6 0.8 --seed 1',
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("image", help="input image (any format Pillow reads)")
     _common(q)
-    q.add_argument("--strength", type=float, default=0.75, help="how much to change, in [0, 1] (default 0.75)")
+    q.add_argument("--strength", type=float, nargs="+", default=[0.75],
+                   help="how much to change, in [0, 1] (default 0.75); several values run a sweep with the same "
+                        "seed and also write sweep-NNNNN.png, a labelled grid (rows: images, columns: strengths)")
     q.set_defaults(run=run_img2img)
 
 
-def _config(args, **extra) -> GenerationConfig:
+def config_from_args(args, **extra) -> GenerationConfig:
+    """A GenerationConfig from the parsed options (`extra` overrides or adds fields)."""
     import random
 
-    seed = args.seed if args.seed is not None else random.randrange(2**32)
-    return GenerationConfig(prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                            cfg_scale=args.cfg_scale, sampler=args.sampler, seed=seed, batch_size=args.batch_size,
-                            batch_count=args.batch_count, width=args.width, height=args.height,
-                            guidance_rescale=args.guidance_rescale, **extra)
+    fields = dict(prompt=getattr(args, "prompt", ""), negative_prompt=args.negative_prompt, steps=args.steps,
+                  cfg_scale=args.cfg_scale, sampler=args.sampler,
+                  seed=args.seed if args.seed is not None else random.randrange(2**32),
+                  batch_size=getattr(args, "batch_size", 1), batch_count=getattr(args, "batch_count", 1),
+                  width=args.width, height=args.height, guidance_rescale=args.guidance_rescale)
+    return GenerationConfig(**{**fields, **extra})
 
 
-def _run(args, config: GenerationConfig, init_image=None) -> int:
-    from ..io.outputs import save_result
+def load_pipeline(args):
     from ..pipeline import Pipeline
 
-    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device, speed=speed_from_args(args))
-    guidance = guidance_from_args(args)
-    steps_per_batch = config.steps if init_image is None else max(int(config.steps * config.strength), 0)
-    with tqdm(total=steps_per_batch * config.batch_count, desc="sampling", unit="step", file=sys.stderr) as bar:
-        result = pipe.generate(config, init_image=init_image, callback=lambda e: bar.update(1), guidance=guidance)
-    paths = save_result(result, Path(args.out), grid=not args.no_grid)
-    for path in paths:
-        print(path)
-    return 0
+    return Pipeline.load(args.model, dtype=args.dtype, device=args.device, speed=speed_from_args(args))
+
+
+def speed_from_args(args):
+    from ..models.speed import SpeedOptions
+
+    low = SpeedOptions.low_memory() if args.low_memory else SpeedOptions()
+    return SpeedOptions(channels_last=args.fast, fuse_qkv=args.fast and not args.low_memory, compile=args.compile,
+                        attention_slicing=low.attention_slicing, vae_slicing=low.vae_slicing,
+                        vae_tiling=low.vae_tiling, cpu_offload=low.cpu_offload, deep_cache=args.deep_cache)
 
 
 def _rgb(text: str) -> tuple[float, float, float]:
@@ -104,15 +121,6 @@ def _rgb(text: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise ConfigError(f"--color-guidance must be three numbers R,G,B in 0..255, got {text!r}")
     return values
-
-
-def speed_from_args(args):
-    from ..models.speed import SpeedOptions
-
-    low = SpeedOptions.low_memory() if args.low_memory else SpeedOptions()
-    return SpeedOptions(channels_last=args.fast, fuse_qkv=args.fast and not args.low_memory, compile=args.compile,
-                        attention_slicing=low.attention_slicing, vae_slicing=low.vae_slicing,
-                        vae_tiling=low.vae_tiling, cpu_offload=low.cpu_offload, deep_cache=args.deep_cache)
 
 
 def guidance_from_args(args) -> list:
@@ -132,12 +140,73 @@ def guidance_from_args(args) -> list:
     return out
 
 
+def run_and_save(args, config: GenerationConfig, init_image=None, cond_fn=None, settings: dict | None = None) -> int:
+    """Generate, save the images (and --trajectory), print the paths. `cond_fn(pipe)` may give
+    prompt embeddings to use instead of the prompt; `settings` are added to each image's metadata."""
+    from ..io.outputs import save_result
+
+    recorder = _trajectory_recorder(args)
+    guidance = guidance_from_args(args)
+    pipe = load_pipeline(args)
+    cond = cond_fn(pipe) if cond_fn is not None else None
+    steps_per_batch = config.steps if init_image is None else max(int(config.steps * config.strength), 0)
+    with tqdm(total=steps_per_batch * config.batch_count, desc="sampling", unit="step", file=sys.stderr) as bar:
+        callback = combine([lambda e: bar.update(1), recorder and recorder.bind(pipe)])
+        result = pipe.generate(config, init_image=init_image, callback=callback, cond=cond, guidance=guidance)
+    for s in result.settings:
+        s.update(settings or {})
+    paths = save_result(result, Path(args.out), grid=not args.no_grid)
+    if recorder is not None:
+        paths.append(recorder.save(args.trajectory, fps=args.fps))
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _trajectory_recorder(args):
+    """A TrajectoryRecorder when --trajectory is given; bad file types fail before sampling."""
+    if not getattr(args, "trajectory", None):
+        return None
+    from ..io.animation import check_fps
+    from ..io.trajectory import TrajectoryRecorder, check_trajectory_path
+
+    check_trajectory_path(args.trajectory)
+    check_fps(args.fps)
+    return TrajectoryRecorder(None)
+
+
 def run_generate(args) -> int:
-    return _run(args, _config(args))
+    return run_and_save(args, config_from_args(args))
 
 
 def run_img2img(args) -> int:
     from ..io.images import load_image
 
-    config = _config(args, strength=args.strength)
-    return _run(args, config, init_image=load_image(args.image))
+    config = config_from_args(args, strength=args.strength[0])
+    if len(args.strength) == 1:
+        return run_and_save(args, config, init_image=load_image(args.image))
+    return _run_sweep(args, config, load_image(args.image))
+
+
+def _run_sweep(args, config: GenerationConfig, image) -> int:
+    from ..io.metadata import save_png
+    from ..io.outputs import next_index, save_result
+    from ..sampling.strength_sweep import check_strengths, strength_sweep
+
+    strengths = check_strengths(args.strength)
+    if args.trajectory:
+        from ..errors import ConfigError
+
+        raise ConfigError("--trajectory records one run; give a single --strength with it")
+    pipe = load_pipeline(args)
+    total = sum(int(config.steps * s) for s in strengths)
+    with tqdm(total=total, desc="sweep", unit="step", file=sys.stderr) as bar:
+        sweep = strength_sweep(pipe, image, config, strengths, callback=lambda e: bar.update(1))
+    out = Path(args.out)
+    paths = [p for r in sweep.results for p in save_result(r, out, grid=False)]
+    first = sweep.results[0]
+    paths.append(save_png(out / f"sweep-{next_index(out) - 1:05d}.png", sweep.grid, first.infotexts[0],
+                          {**first.settings[0], "strength": strengths}))
+    for path in paths:
+        print(path)
+    return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import SdlabError
-from . import attend, edit, generate, info, tokens, world
+from . import attend, edit, embed, generate, info, tokens, world
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -16,6 +16,8 @@ EPILOG = """examples:
   sdlab world read image.png
   sdlab attend "a large red circle on a blue background" --out attn
   sdlab edit "a red circle on a blue background" "a red square on a blue background" --out edit
+  sdlab mix "a large red {} on a blue background" circle=0.5 square=0.5 --seed 1
+  sdlab interpolate "a red circle" "a red square" --frames 8 --out sweep.gif
 """
 
 
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.register(sub)
     tokens.register(sub)
     world.register(sub)
+    embed.register(sub)
     return parser
 
 
