@@ -177,7 +177,7 @@ class JobQueue:
             with self._cond:
                 self._tokens.pop(job["id"], None)
                 live = self._live.pop(job["id"], None)
-                if live is not None and state == "done":  # keep the last preview for late readers
+                if live is not None:  # keep the last step and preview for late readers
                     self._live[job["id"]] = live
                 self._trim_live()
             self.notify()
