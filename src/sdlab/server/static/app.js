@@ -136,7 +136,6 @@ async function poll(id) {  // fallback when the stream drops
 function finish(job) {
   $("cancel").disabled = true;
   if (job.state === "done" && job.result) {
-    $("preview").hidden = true;
     showImages(job.result.images.map((im) => ({ url: im.url, caption: `seed ${im.seed}`, infotext: im.infotext })));
     refreshGallery();
   } else if (job.error) {
@@ -146,6 +145,7 @@ function finish(job) {
 }
 
 function showImages(images) {
+  $("preview").hidden = true;
   const box = $("results");
   box.innerHTML = "";
   for (const im of images) {
