@@ -43,11 +43,14 @@ def settings_from_args(args):
 def run_serve(args) -> int:
     import uvicorn
 
+    from ..pipeline import Pipeline
     from ..server.app import create_app
 
     settings = settings_from_args(args)  # ConfigError (e.g. no token off loopback) -> exit 2
+    # Load before binding, so a bad --model is a one-line error (ModelLoadError -> exit 2).
+    pipes = {d: Pipeline.load(settings.model, dtype=settings.dtype, device=d) for d in settings.devices}
     host = settings.host.strip("[]")
     shown = f"[{host}]" if ":" in host else host
     print(f"sdlab studio on http://{shown}:{settings.port}/  (outputs: {settings.output_dir})", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=settings.port, log_level="warning")
+    uvicorn.run(create_app(settings, load_pipeline=pipes.__getitem__), host=host, port=settings.port, log_level="warning")
     return 0
