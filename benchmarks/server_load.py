@@ -151,7 +151,8 @@ def run(model: str | None, out_dir: Path, clients: int = 20, jobs_per_client: in
         proc = start_server(port, out_dir, model, max_queue, log)
         fig["restart_s"] = wait_healthy(base, proc)
         after = states(base, crash.accepted)
-        fig["after_restart"] = {s: sum(j["state"] == s for j in after.values()) for s in sorted(TERMINAL | {"queued", "running"})}
+        fig["after_restart"] = {s: sum(j["state"] == s for j in after.values())
+                                for s in sorted(TERMINAL | {"queued", "running"})}
         for job_id, job in after.items():
             if job["state"] == "interrupted":
                 httpx.post(f"{base}/api/jobs/{job_id}/resume", timeout=30).raise_for_status()

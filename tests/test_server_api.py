@@ -150,7 +150,8 @@ def test_upload_checks(make_client):
     assert r.status_code == 400
     r = c.post("/api/img2img", data={"prompt": "x"})
     assert r.status_code == 422 and "image" in r.text
-    r = c.post("/api/img2img", data={"prompt": "x", "strength": "2"}, files={"image": ("a.png", png_bytes(), "image/png")})
+    r = c.post("/api/img2img", data={"prompt": "x", "strength": "2"},
+               files={"image": ("a.png", png_bytes(), "image/png")})
     assert r.status_code == 422 and "strength" in r.text
     r = c.post("/api/img2img", content=b"x" * 2_000_000, headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413
@@ -254,6 +255,17 @@ def test_cancel_queue_limit_and_resume(make_client, tmp_path):
     done = wait_job(c, short_id)
     assert done["state"] == "done" and done["attempts"] == 1 and done["result"]["images"][0]["seed"] == 1
     assert c.post(f"/api/jobs/{short_id}/resume").status_code == 409
+
+
+def test_graceful_stop_marks_the_running_job_interrupted(tiny_pipe, tmp_path):
+    settings = ServerSettings(output_dir=tmp_path / "out")
+    with TestClient(create_app(settings, load_pipeline=lambda d: tiny_pipe), base_url="http://localhost") as c:
+        job = c.post("/api/generate", json={"prompt": "slow", "steps": 150, **SMALL}).json()
+        wait_job(c, job["id"], states={"running"}, min_step=1)
+    store = JobStore(settings.db_path)
+    assert store.recovered == 0  # nothing was left running: the shutdown already recorded it
+    assert store.get(job["id"])["state"] == "interrupted"
+    store.close()
 
 
 def test_queue_survives_a_restart(make_client, tmp_path):

@@ -52,5 +52,7 @@ def run_serve(args) -> int:
     host = settings.host.strip("[]")
     shown = f"[{host}]" if ":" in host else host
     print(f"sdlab studio on http://{shown}:{settings.port}/  (outputs: {settings.output_dir})", flush=True)
-    uvicorn.run(create_app(settings, load_pipeline=pipes.__getitem__), host=host, port=settings.port, log_level="warning")
+    app = create_app(settings, load_pipeline=pipes.__getitem__)
+    # timeout_graceful_shutdown: open event streams must not hold up a shutdown
+    uvicorn.run(app, host=host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0

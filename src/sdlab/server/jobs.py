@@ -37,7 +37,6 @@ class Live:
     step: int = 0
     total: int = 0
     preview: Optional[str] = None   # data URL
-    version: int = 0
 
 
 @dataclass
@@ -51,7 +50,7 @@ class JobContext:
     live: Live
     notify: Callable[[], None]
     save_lock: threading.Lock
-    _last_preview: float = field(default=0.0)
+    _next_preview: float = field(default=0.0)
 
     @property
     def params(self) -> dict:
@@ -59,7 +58,8 @@ class JobContext:
 
     def callback(self, batches: int = 1) -> StepCallback:
         """A StepCallback that counts steps over `batches` loops and decodes a preview at most
-        every `settings.preview_interval` seconds (and at each loop's last step)."""
+        every `settings.preview_interval` seconds, and at most a quarter of the time (the VAE
+        decode of a large model is not free)."""
         from .preview import preview_data_url
 
         def on_step(event: StepEvent) -> None:
@@ -67,10 +67,10 @@ class JobContext:
             live.total = max(live.total, event.total * batches)
             live.step = min(live.step + 1, live.total)
             now = time.monotonic()
-            last = event.step + 1 == event.total
-            if event.denoised is not None and (last or now - self._last_preview >= self.settings.preview_interval):
+            if event.denoised is not None and now >= self._next_preview:
                 live.preview = preview_data_url(self.pipe, event.denoised)
-                self._last_preview = now
+                cost = time.monotonic() - now
+                self._next_preview = now + max(self.settings.preview_interval, 3 * cost)
             self.notify()
 
         return on_step
@@ -111,8 +111,6 @@ class JobQueue:
 
     def notify(self) -> None:
         with self._cond:
-            for live in self._live.values():
-                live.version += 1
             self._cond.notify_all()
 
     # --- requests ------------------------------------------------------------------------------
@@ -150,12 +148,7 @@ class JobQueue:
             job["step"] = job["total"] = max(job["total"], 1)
         job["progress"] = job["step"] / job["total"] if job["total"] else (1.0 if job["state"] == "done" else 0.0)
         job["preview"] = live.preview if live else None
-        job["version"] = live.version if live else 0
         return job
-
-    def wait_change(self, timeout: float) -> None:
-        with self._cond:
-            self._cond.wait(timeout)
 
     # --- the worker ----------------------------------------------------------------------------
     def _next(self) -> Optional[dict]:
