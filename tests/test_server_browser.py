@@ -127,6 +127,19 @@ def test_new_user_generates_cancels_and_browses_the_gallery(browser, server):
     page.click("#gallery button")
     page.wait_for_function("document.getElementById('meta').textContent.includes('Seed: 1234')")
     _shot(page, "studio-gallery-laptop.png")
+
+    page.click("#tab-img2img")
+    page.set_input_files("#image", str(out / "00000-1234.png"))
+    page.fill("#prompt", "a large yellow star on the left on a blue background")
+    page.fill("#steps", "20")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#seed", "7")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('meta').textContent.includes('Denoising strength: 0.75')",
+                           timeout=120_000)
+    assert "Seed: 7" in page.text_content("#meta") and (out / "00001-7.png").is_file()
+    _shot(page, "studio-img2img-laptop.png")
     assert errors == []
     page.close()
 
