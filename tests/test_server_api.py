@@ -274,6 +274,7 @@ def test_queue_survives_a_restart(make_client, tmp_path):
     params = {"prompt": "a red circle", "steps": 2, "seed": 3, **SMALL}
     ids = [store.add("txt2img", {**params, "seed": s})["id"] for s in (1, 2, 3)]
     assert store.claim()["id"] == ids[0]  # a process "dies" while job 0 runs
+    future = store.add("train-lora", {"prompt": "from a newer sdlab"})["id"]
     store.close()
     c = make_client()
     for job_id in ids[1:]:
@@ -285,6 +286,30 @@ def test_queue_survives_a_restart(make_client, tmp_path):
     assert first["state"] == "done" and first["attempts"] == 2
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert names == ["00000-2.png", "00001-3.png", "00002-1.png"]
+    unknown = wait_job(c, future)
+    assert unknown["state"] == "failed" and "unknown job kind 'train-lora'" in unknown["error"]
+
+
+def test_a_new_job_kind_is_one_registered_function(make_client):
+    from sdlab.callbacks import StepEvent
+    from sdlab.server.jobs import RUNNERS, register_kind
+
+    @register_kind("count")
+    def run_count(ctx):
+        step = ctx.callback()
+        for i in range(ctx.params["n"]):
+            ctx.cancel.raise_if_cancelled()
+            step(StepEvent(i, ctx.params["n"], metrics={"loss": 1.0 / (i + 1)}))
+        return {"counted": ctx.params["n"], "model": ctx.pipe.c.name}
+
+    try:
+        c = make_client()
+        job = c.app.state.queue.submit("count", {"n": 5})
+        done = wait_job(c, job["id"])
+        assert done["result"] == {"counted": 5, "model": "tiny-sd"} and (done["step"], done["total"]) == (5, 5)
+        assert "count" in c.get("/api/health").json()["kinds"]
+    finally:
+        RUNNERS.pop("count")
 
 
 def test_fuzz_openapi_no_server_errors(tiny_pipe, tmp_path):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from ..callbacks import CancelToken, StepCallback, StepEvent
 from ..errors import Cancelled, ConfigError, SdlabError
 from .settings import ServerSettings
-from .store import REQUEUEABLE, TERMINAL, JobStore
+from .store import JobStore
 
 log = logging.getLogger("sdlab.server")
 RUNNERS: dict[str, Callable[["JobContext"], dict]] = {}
@@ -178,8 +178,11 @@ class JobQueue:
     def _run(self, job: dict, pipe) -> tuple[str, Optional[dict], Optional[str]]:
         ctx = JobContext(job, pipe, self.settings, self._tokens[job["id"]], self._live[job["id"]], self.notify,
                          self.save_lock)
+        runner = RUNNERS.get(job["kind"])
+        if runner is None:  # e.g. a database written by a version with more kinds
+            return "failed", None, f"unknown job kind {job['kind']!r}; this server runs {', '.join(sorted(RUNNERS))}"
         try:
-            return "done", RUNNERS[job["kind"]](ctx), None
+            return "done", runner(ctx), None
         except Cancelled:
             return ("interrupted", None, "the server stopped while this job ran") if self._stopping \
                 else ("cancelled", None, "cancelled by request")
@@ -194,5 +197,3 @@ class JobQueue:
         for k in done[:-keep]:
             del self._live[k]
 
-
-__all__ = ["JobQueue", "JobContext", "RUNNERS", "register_kind", "REQUEUEABLE", "TERMINAL"]
