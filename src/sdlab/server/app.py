@@ -55,20 +55,28 @@ def create_app(settings: ServerSettings, load_pipeline=None) -> FastAPI:
     app = FastAPI(title="sdlab studio", version=__version__, lifespan=lifespan,
                   description="txt2img / img2img jobs in a persistent queue, progress over SSE, a gallery.")
     app.state.settings = settings
-    app.add_middleware(AccessMiddleware, token=settings.token)
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > settings.max_upload_bytes + BODY_SLACK:
-            return JSONResponse({"detail": f"request body of {length} bytes is over the limit of "
-                                           f"{settings.max_upload_bytes} bytes"}, status_code=413)
-        return await call_next(request)
-
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + BODY_SLACK)
+    app.add_middleware(AccessMiddleware, token=settings.token)  # outermost: checked first
     _errors(app)
     _job_routes(app, settings)
     _file_routes(app, settings)
     return app
+
+
+class BodyLimitMiddleware:
+    """413 for a request whose Content-Length is over the limit, before its body is read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                response = JSONResponse({"detail": f"request body of {int(length)} bytes is over the limit of "
+                                                   f"{self.limit} bytes"}, status_code=413)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _errors(app: FastAPI) -> None:
