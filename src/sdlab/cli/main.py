@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import SdlabError
-from . import attend, edit, embed, generate, info, tokens, world
+from . import attend, edit, embed, generate, info, serve, tokens, world
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.register(sub)
     world.register(sub)
     embed.register(sub)
+    serve.register(sub)
     return parser
 
 

@@ -1,0 +1,234 @@
+"""The FastAPI app: `create_app(settings)` wires the job queue, the API, the files and the page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..errors import ConfigError
+from ..sampling import sampler_names
+from . import runners  # noqa: F401  (registers the txt2img / img2img job kinds)
+from .auth import AccessMiddleware
+from .files import UploadError, gallery, safe_output_path, save_upload
+from .jobs import RUNNERS, JobQueue
+from .schemas import Gallery, GenerateRequest, Img2ImgRequest, JobList, JobOut, JobState, Options
+from .settings import ServerSettings
+from .store import REQUEUEABLE, TERMINAL, JobStore, QueueFull
+
+STATIC = Path(__file__).parent / "static"
+BODY_SLACK = 2**20  # multipart overhead and form fields beyond the image bytes
+
+
+def _load_pipeline(settings: ServerSettings):
+    def load(device: Optional[str]):
+        from ..pipeline import Pipeline
+
+        return Pipeline.load(settings.model, dtype=settings.dtype, device=device)
+    return load
+
+
+def create_app(settings: ServerSettings, load_pipeline=None) -> FastAPI:
+    """The sdlab studio app; the queue starts (and the model loads) when the app starts up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.output_dir.mkdir(parents=True, exist_ok=True)
+        store = JobStore(settings.db_path)
+        queue = JobQueue(settings, store, load_pipeline or _load_pipeline(settings))
+        try:
+            await asyncio.to_thread(queue.start)
+            app.state.queue = queue
+            yield
+        finally:
+            await asyncio.to_thread(queue.stop)
+            store.close()
+
+    app = FastAPI(title="sdlab studio", version=__version__, lifespan=lifespan,
+                  description="txt2img / img2img jobs in a persistent queue, progress over SSE, a gallery.")
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + BODY_SLACK)
+    app.add_middleware(AccessMiddleware, token=settings.token)  # outermost: checked first
+    _errors(app)
+    _job_routes(app, settings)
+    _file_routes(app, settings)
+    return app
+
+
+class BodyLimitMiddleware:
+    """413 for a request whose Content-Length is over the limit, before its body is read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                response = JSONResponse({"detail": f"request body of {int(length)} bytes is over the limit of "
+                                                   f"{self.limit} bytes"}, status_code=413)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(QueueFull)
+    async def _full(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(UploadError)
+    async def _upload(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(ConfigError)
+    async def _config(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+def _queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+def _get_job(request: Request, job_id: str) -> dict:
+    job = _queue(request).snapshot(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+def _job_params(body: GenerateRequest, settings: ServerSettings) -> dict:
+    """Stored params: the request with a concrete seed; server limits checked (422)."""
+    params = body.model_dump()
+    for side in ("width", "height"):
+        if params[side] is not None and params[side] > settings.max_side:
+            raise ConfigError(f"{side} must be at most {settings.max_side} on this server, got {params[side]}")
+    if body.batch_size * body.batch_count > settings.max_images:
+        raise ConfigError(f"batch_size * batch_count must be at most {settings.max_images}, "
+                          f"got {body.batch_size * body.batch_count}")
+    if params["seed"] is None:
+        params["seed"] = random.randrange(2**32)
+    return params
+
+
+def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
+    @app.get("/api/health")
+    def health(request: Request) -> dict:
+        q = _queue(request)
+        pipe = next(iter(q.pipes.values()), None)
+        return {"status": "ok", "version": __version__, "model": pipe.c.name if pipe else None,
+                "workers": len(q.pipes), "jobs": q.store.counts(), "kinds": sorted(RUNNERS)}
+
+    @app.get("/api/samplers")
+    def samplers() -> list[str]:
+        return sampler_names()
+
+    @app.get("/api/options", response_model=Options)
+    def options(request: Request) -> dict:
+        pipe = next(iter(_queue(request).pipes.values()), None)
+        return {"samplers": sampler_names(), "default_sampler": "Euler a", "model": pipe.c.name if pipe else None,
+                "native_size": pipe.native_size if pipe else None,
+                "limits": {"max_side": settings.max_side, "max_images": settings.max_images,
+                           "max_upload_bytes": settings.max_upload_bytes, "max_queue": settings.max_queue}}
+
+    @app.post("/api/generate", status_code=202, response_model=JobOut)
+    def generate(body: GenerateRequest, request: Request) -> dict:
+        job = _queue(request).submit("txt2img", _job_params(body, settings))
+        return _get_job(request, job["id"])
+
+    @app.post("/api/img2img", status_code=202, response_model=JobOut)
+    async def img2img(request: Request, form: Annotated[Img2ImgRequest, Form()],
+                      image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP or GIF")]) -> dict:
+        params = _job_params(form, settings)
+        data = await image.read(settings.max_upload_bytes + 1)
+        params["init_image"] = await asyncio.to_thread(save_upload, data, settings.upload_dir,
+                                                       settings.max_upload_bytes, settings.max_upload_pixels)
+        job = _queue(request).submit("img2img", params)
+        return _get_job(request, job["id"])
+
+    @app.get("/api/jobs", response_model=JobList)
+    def jobs(request: Request, state: Optional[JobState] = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+             offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> dict:
+        q = _queue(request)
+        listed = [q.snapshot(j["id"]) for j in q.store.list(state, limit, offset)]
+        return {"jobs": [j for j in listed if j is not None], "counts": q.store.counts()}
+
+    @app.get("/api/jobs/{job_id}", response_model=JobOut)
+    def job(job_id: str, request: Request) -> dict:
+        return _get_job(request, job_id)
+
+    @app.post("/api/jobs/{job_id}/cancel", response_model=JobOut)
+    def cancel(job_id: str, request: Request) -> dict:
+        job = _get_job(request, job_id)
+        if job["state"] in TERMINAL:
+            raise HTTPException(409, f"job {job_id} is {job['state']}: nothing to cancel")
+        _queue(request).cancel(job_id)
+        return _get_job(request, job_id)
+
+    @app.post("/api/jobs/{job_id}/resume", response_model=JobOut)
+    def resume(job_id: str, request: Request) -> dict:
+        job = _get_job(request, job_id)
+        if job["state"] not in REQUEUEABLE or not _queue(request).resume(job_id):
+            raise HTTPException(409, f"job {job_id} is {job['state']}; only {', '.join(sorted(REQUEUEABLE))} "
+                                     "jobs can be resumed")
+        return _get_job(request, job_id)
+
+    @app.get("/api/jobs/{job_id}/events", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def events(job_id: str, request: Request):
+        """Server-sent events: `progress` while the job waits or runs, one `end` when it stops."""
+        _get_job(request, job_id)
+        return StreamingResponse(_event_stream(request, job_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _event_stream(request: Request, job_id: str, poll: float = 0.1, heartbeat: float = 10.0):
+    queue, last, last_preview, quiet = _queue(request), None, None, 0.0
+    while not await request.is_disconnected():
+        job = queue.snapshot(job_id)
+        if job is None:
+            return
+        key = (job["state"], job["step"], job["total"], job["preview"])
+        if key != last:
+            last, quiet = key, 0.0
+            if job["preview"] == last_preview:
+                job["preview"] = None  # send each preview once
+            else:
+                last_preview = job["preview"]
+            end = job["state"] in TERMINAL
+            yield f"event: {'end' if end else 'progress'}\ndata: {json.dumps(job)}\n\n"
+            if end:
+                return
+        elif quiet >= heartbeat:
+            quiet = 0.0
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(poll)
+        quiet += poll
+
+
+def _file_routes(app: FastAPI, settings: ServerSettings) -> None:
+    @app.get("/api/gallery", response_model=Gallery)
+    def list_gallery(limit: Annotated[int, Query(ge=1, le=500)] = 60,
+                     offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> dict:
+        items, total = gallery(settings.output_dir, limit, offset)
+        return {"items": items, "total": total}
+
+    @app.get("/files/{path:path}", response_class=FileResponse)
+    def files(path: str, download: bool = False):
+        found = safe_output_path(settings.output_dir, path)
+        if found is None:
+            raise HTTPException(404, "not found")
+        return FileResponse(found, filename=found.name if download else None)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")

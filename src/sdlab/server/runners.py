@@ -1,0 +1,51 @@
+"""Job kinds of the generation studio: txt2img and img2img. Each is one registered runner.
+
+New kinds (attention maps, prompt-to-prompt edits, training) register the same way:
+`@register_kind("name") def run(ctx) -> dict`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import GenerationConfig
+from ..io.outputs import save_result
+from .jobs import JobContext, register_kind
+
+GENERATION_FIELDS = GenerationConfig.field_names()
+
+
+def generation_config(params: dict) -> GenerationConfig:
+    """GenerationConfig from stored job params (unknown keys ignored; ConfigError on bad values)."""
+    return GenerationConfig(**{k: v for k, v in params.items() if k in GENERATION_FIELDS})
+
+
+def _files(paths: list[Path], out_dir: Path) -> list[dict]:
+    return [{"name": p.name, "url": f"/files/{p.relative_to(out_dir).as_posix()}"} for p in paths]
+
+
+def _generate(ctx: JobContext, init_image=None) -> dict:
+    config = generation_config(ctx.params)
+    result = ctx.pipe.generate(config, init_image=init_image, callback=ctx.callback(config.batch_count),
+                               cancel=ctx.cancel)
+    out_dir = ctx.settings.output_dir
+    with ctx.save_lock:  # running numbers in the folder: one writer at a time
+        paths = save_result(result, out_dir, grid=len(result.images) > 1)
+    images = [{**f, "seed": s, "infotext": t}
+              for f, s, t in zip(_files(paths, out_dir), result.seeds, result.infotexts)]
+    grid = _files(paths[len(images):], out_dir)
+    return {"images": images, "grid": grid[0] if grid else None}
+
+
+@register_kind("txt2img")
+def run_txt2img(ctx: JobContext) -> dict:
+    return _generate(ctx)
+
+
+@register_kind("img2img")
+def run_img2img(ctx: JobContext) -> dict:
+    from ..io.images import load_image
+
+    init = load_image(ctx.settings.upload_dir / Path(ctx.params["init_image"]).name,
+                      max_pixels=ctx.settings.max_upload_pixels)
+    return _generate(ctx, init_image=init)

@@ -1,0 +1,270 @@
+// sdlab studio: plain JS over the HTTP API (no build step).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TERMINAL = new Set(["done", "failed", "cancelled", "interrupted"]);
+const S = { token: null, mode: "txt2img", job: null, source: null };
+
+// --- token: ?token=... in the address, kept in sessionStorage ------------------------------
+(function initToken() {
+  const url = new URL(location.href);
+  const t = url.searchParams.get("token");
+  if (t) {
+    sessionStorage.setItem("sdlab-token", t);
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url);
+  }
+  S.token = sessionStorage.getItem("sdlab-token");
+})();
+
+function withToken(path) {
+  if (!S.token) return path;
+  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(S.token);
+}
+
+function errorText(body, status) {
+  const d = body && body.detail;
+  if (Array.isArray(d)) return d.map((e) => `${e.loc.filter((l) => l !== "body").join(".")}: ${e.msg}`).join("\n");
+  return d || `request failed (HTTP ${status})`;
+}
+
+async function api(path, opts = {}) {
+  const headers = Object.assign({}, opts.headers || {});
+  if (S.token) headers.Authorization = "Bearer " + S.token;
+  const res = await fetch(path, Object.assign({}, opts, { headers }));
+  const body = await res.json().catch(() => null);
+  if (res.status === 401) $("token-form").hidden = false;
+  if (!res.ok) throw new Error(errorText(body, res.status));
+  return body;
+}
+
+function showError(msg) {
+  $("error").textContent = msg || "";
+  $("error").hidden = !msg;
+}
+
+// --- form --------------------------------------------------------------------------------------
+function setMode(mode) {
+  S.mode = mode;
+  for (const m of ["txt2img", "img2img"]) {
+    $("tab-" + m).classList.toggle("active", m === mode);
+    $("tab-" + m).setAttribute("aria-selected", String(m === mode));
+  }
+  $("img2img-fields").hidden = mode !== "img2img";
+}
+
+function numberOrNull(id) {
+  const v = $(id).value.trim();
+  return v === "" ? null : Number(v);
+}
+
+function request() {
+  const p = {
+    prompt: $("prompt").value, negative_prompt: $("negative_prompt").value, sampler: $("sampler").value,
+    steps: numberOrNull("steps"), cfg_scale: numberOrNull("cfg_scale"), seed: numberOrNull("seed"),
+    width: numberOrNull("width"), height: numberOrNull("height"),
+    batch_size: numberOrNull("batch_size"), batch_count: numberOrNull("batch_count"),
+  };
+  for (const k of Object.keys(p)) if (p[k] === null) delete p[k];
+  if (S.mode === "txt2img") {
+    return api("/api/generate", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(p) });
+  }
+  const file = $("image").files[0];
+  if (!file) return Promise.reject(new Error("img2img needs an input image"));
+  const form = new FormData();
+  for (const [k, v] of Object.entries(p)) form.append(k, String(v));
+  form.append("strength", $("strength").value);
+  form.append("image", file);
+  return api("/api/img2img", { method: "POST", body: form });
+}
+
+async function submit(ev) {
+  ev.preventDefault();
+  showError("");
+  $("generate").disabled = true;
+  try {
+    const job = await request();
+    follow(job);
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    $("generate").disabled = false;
+  }
+}
+
+// --- following a job ---------------------------------------------------------------------------
+function setProgress(job) {
+  const pct = Math.round(100 * (job.progress || 0));
+  $("bar-fill").style.width = pct + "%";
+  $("progress").setAttribute("aria-valuenow", String(pct));
+  const steps = job.total ? ` ${job.step}/${job.total}` : "";
+  $("job-state").textContent = job.state + (job.state === "running" ? steps : "");
+}
+
+function follow(job) {
+  if (S.source) S.source.close();
+  S.job = job;
+  $("results").innerHTML = "";
+  $("meta").hidden = true;
+  $("placeholder").hidden = true;
+  $("preview").hidden = true;
+  $("cancel").disabled = false;
+  setProgress(job);
+  const es = new EventSource(withToken(`/api/jobs/${job.id}/events`));
+  S.source = es;
+  const onEvent = (ev) => {
+    const j = JSON.parse(ev.data);
+    if (j.id !== (S.job && S.job.id)) return;
+    setProgress(j);
+    if (j.preview) { $("preview").src = j.preview; $("preview").hidden = false; }
+    if (ev.type === "end") finish(j);
+  };
+  es.addEventListener("progress", onEvent);
+  es.addEventListener("end", (ev) => { onEvent(ev); es.close(); });
+  es.onerror = () => { if (es.readyState === EventSource.CLOSED) poll(job.id); };
+  refreshJobs();
+}
+
+async function poll(id) {  // fallback when the stream drops
+  try {
+    const j = await api(`/api/jobs/${id}`);
+    setProgress(j);
+    if (TERMINAL.has(j.state)) finish(j); else setTimeout(() => poll(id), 1000);
+  } catch (e) { showError(e.message); }
+}
+
+function finish(job) {
+  $("cancel").disabled = true;
+  if (job.state === "done" && job.result) {
+    showImages(job.result.images.map((im) => ({ url: im.url, caption: `seed ${im.seed}`, infotext: im.infotext })));
+    refreshGallery();
+  } else if (job.error) {
+    showError(`${job.state}: ${job.error}`);
+  }
+  refreshJobs();
+}
+
+function showImages(images) {
+  $("preview").hidden = true;
+  const box = $("results");
+  box.innerHTML = "";
+  for (const im of images) {
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = withToken(im.url);
+    img.alt = im.caption;
+    img.addEventListener("click", () => showMeta(im.infotext));
+    const cap = document.createElement("figcaption");
+    const a = document.createElement("a");
+    a.href = withToken(im.url + (im.url.includes("?") ? "&" : "?") + "download=1");
+    a.textContent = im.caption + " · download";
+    cap.appendChild(a);
+    fig.append(img, cap);
+    box.appendChild(fig);
+  }
+  $("placeholder").hidden = images.length > 0;
+  showMeta(images.length ? images[0].infotext : "");
+}
+
+function showMeta(text) {
+  $("meta").textContent = text || "";
+  $("meta").hidden = !text;
+}
+
+async function cancelJob(id) {
+  try { await api(`/api/jobs/${id}/cancel`, { method: "POST" }); } catch (e) { showError(e.message); }
+  refreshJobs();
+}
+
+async function resumeJob(id) {
+  try { follow(await api(`/api/jobs/${id}/resume`, { method: "POST" })); } catch (e) { showError(e.message); }
+}
+
+// --- queue and gallery ---------------------------------------------------------------------------
+async function refreshJobs() {
+  let data;
+  try { data = await api("/api/jobs?limit=20"); } catch (e) { return; }
+  const list = $("jobs");
+  list.innerHTML = "";
+  for (const j of data.jobs) {
+    const li = document.createElement("li");
+    const text = document.createElement("span");
+    text.className = "prompt";
+    text.textContent = `${j.kind}: ${j.params.prompt || ""}`;
+    const st = document.createElement("span");
+    st.className = "state-" + j.state;
+    st.textContent = j.state;
+    li.append(text, st);
+    if (!TERMINAL.has(j.state)) li.appendChild(button("cancel", () => cancelJob(j.id)));
+    else if (j.state !== "done") li.appendChild(button("resume", () => resumeJob(j.id)));
+    list.appendChild(li);
+  }
+  const c = data.counts;
+  $("status").textContent = `${S.model || "model"} · ${c.running} running · ${c.queued} queued`;
+}
+
+function button(label, fn) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.addEventListener("click", fn);
+  return b;
+}
+
+async function refreshGallery() {
+  let data;
+  try { data = await api("/api/gallery?limit=60"); } catch (e) { return; }
+  const box = $("gallery");
+  box.innerHTML = "";
+  for (const it of data.items) {
+    const b = button("", () => showImages([{ url: it.url, caption: it.name, infotext: it.parameters || "" }]));
+    b.title = it.prompt;
+    const img = document.createElement("img");
+    img.src = withToken(it.url);
+    img.alt = it.prompt || it.name;
+    img.loading = "lazy";
+    const cap = document.createElement("span");
+    cap.textContent = it.prompt || it.name;
+    b.append(img, cap);
+    box.appendChild(b);
+  }
+  if (!data.items.length) box.innerHTML = '<p class="muted">No images yet.</p>';
+}
+
+async function init() {
+  $("gen-form").addEventListener("submit", submit);
+  $("cancel").addEventListener("click", () => S.job && cancelJob(S.job.id));
+  $("seed-random").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
+  $("tab-txt2img").addEventListener("click", () => setMode("txt2img"));
+  $("tab-img2img").addEventListener("click", () => setMode("img2img"));
+  $("strength").addEventListener("input", () => { $("strength-out").textContent = $("strength").value; });
+  $("gallery-refresh").addEventListener("click", refreshGallery);
+  $("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    S.token = $("token").value.trim();
+    sessionStorage.setItem("sdlab-token", S.token);
+    $("token-form").hidden = true;
+    init2();
+  });
+  init2();
+}
+
+async function init2() {
+  try {
+    const o = await api("/api/options");
+    S.model = o.model;
+    $("sampler").innerHTML = "";
+    for (const name of o.samplers) $("sampler").add(new Option(name, name, false, name === o.default_sampler));
+    if (o.native_size) {
+      for (const id of ["width", "height"]) if (!$(id).value) $(id).value = o.native_size;
+    }
+    for (const id of ["width", "height"]) $(id).max = o.limits.max_side;
+  } catch (e) {
+    $("status").textContent = e.message;
+    return;
+  }
+  refreshJobs();
+  refreshGallery();
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,156 @@
+"""The studio page in a real browser: Playwright driving Debian's chromium (headless, no sandbox)
+against a real uvicorn server on a free loopback port with the shipped model. Screenshots go to
+artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from server_util import free_port
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"]
+SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+
+
+def _ensure_chromium() -> None:
+    if os.path.exists(CHROMIUM):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(f"{CHROMIUM} is missing and this is not root with apt-get: apt-get install -y chromium")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, timeout=900)
+    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, env=env, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    _ensure_chromium()
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """uvicorn serving the studio (the shipped 64x64 model) in a thread on 127.0.0.1:PORT."""
+    import uvicorn
+
+    from sdlab.server.app import create_app
+    from sdlab.server.settings import ServerSettings
+
+    out = tmp_path_factory.mktemp("studio") / "outputs"
+    port = free_port()
+    app = create_app(ServerSettings(output_dir=out, port=port, preview_interval=0.0))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    end = time.monotonic() + 120
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < end, "server did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", out
+    srv.should_exit = True
+    thread.join(30)
+
+
+def _shot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+# Records every progress value and preview the page shows (the bar is updated from SSE events).
+WATCH = """() => {
+  window.__bar = []; window.__previews = 0;
+  new MutationObserver(() => window.__bar.push(+document.getElementById('progress').getAttribute('aria-valuenow')))
+    .observe(document.getElementById('progress'), {attributes: true});
+  new MutationObserver(() => window.__previews++)
+    .observe(document.getElementById('preview'), {attributes: true, attributeFilter: ['src']});
+}"""
+
+
+def test_new_user_generates_cancels_and_browses_the_gallery(browser, server):
+    base, out = server
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    assert page.input_value("#width") == "64" and page.input_value("#sampler") == "Euler a"  # the model's size
+    page.click("#seed-random")
+    assert 0 <= int(page.input_value("#seed")) < 2**32
+    page.fill("#prompt", "a large red circle on the left on a blue background")
+    page.fill("#steps", "40")
+    page.fill("#seed", "1234")
+    page.evaluate(WATCH)
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=120_000)
+    page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.naturalWidth === 64)")
+    seen = page.evaluate("window.__bar")
+    assert any(0 < v < 100 for v in seen), seen  # the bar moved through the run ...
+    assert seen[-1] == 100 and page.evaluate("window.__previews") >= 1  # ... and previews were shown
+    meta = page.text_content("#meta")
+    assert meta.startswith("a large red circle on the left on a blue background")
+    assert "Steps: 40" in meta and "Seed: 1234" in meta and "Size: 64x64" in meta
+    assert page.text_content("#job-state") == "done"
+    assert (out / "00000-1234.png").is_file()
+    _shot(page, "studio-result-laptop.png")
+
+    page.fill("#steps", "150")
+    page.fill("#width", "128")
+    page.fill("#height", "128")
+    page.fill("#prompt", "a small green star")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('job-state').textContent.startsWith('running ')")
+    page.click("#cancel")
+    page.wait_for_function("document.getElementById('job-state').textContent === 'cancelled'", timeout=60_000)
+    assert "cancelled" in page.text_content("#error")
+    page.wait_for_function("document.querySelector('#jobs li .state-cancelled') !== null")
+    assert len(list(out.glob("*.png"))) == 1
+
+    page.click("#gallery-refresh")
+    page.wait_for_selector("#gallery img")
+    assert page.locator("#gallery img").count() == 1
+    page.click("#gallery button")
+    page.wait_for_function("document.getElementById('meta').textContent.includes('Seed: 1234')")
+    _shot(page, "studio-gallery-laptop.png")
+
+    page.click("#tab-img2img")
+    page.set_input_files("#image", str(out / "00000-1234.png"))
+    page.fill("#prompt", "a large yellow star on the left on a blue background")
+    page.fill("#steps", "20")
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#seed", "7")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('meta').textContent.includes('Denoising strength: 0.75')",
+                           timeout=120_000)
+    assert "Seed: 7" in page.text_content("#meta") and (out / "00001-7.png").is_file()
+    _shot(page, "studio-img2img-laptop.png")
+    assert errors == []
+    page.close()
+
+
+def test_phone_width_layout(browser, server):
+    base, _ = server
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+    form, output = page.locator("#gen-form").bounding_box(), page.locator(".output").bounding_box()
+    assert output["y"] >= form["y"] + form["height"] and form["width"] > 330  # one column, full width
+    _shot(page, "studio-phone.png")
+    page.close()
