@@ -153,9 +153,8 @@ class Pipeline:
         spec = get_sampler(config.sampler)
         shape = (self.c.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        if noise is None:
-            noise = batch_noise(shape, generators)
-        noise = noise.to(self.device)
+        seeded = batch_noise(shape, generators)   # drawn even when overridden: ancestral noise follows it
+        noise = (seeded if noise is None else noise).to(self.device)
         sigmas = get_sigmas(self.schedule, config.steps, spec.sigma_kind).to(self.device, torch.float32)
         if init is None:
             x = noise * sigmas[0]
