@@ -7,6 +7,7 @@ import sys
 
 from ..errors import SdlabError
 from . import generate, info, tokens, world
+from . import train
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.register(sub)
     tokens.register(sub)
     world.register(sub)
+    train.register(sub)
     return parser
 
 
