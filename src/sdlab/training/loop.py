@@ -285,6 +285,7 @@ class Trainer:
     def save_final(self) -> list[Path]:
         saved = []
         if self.acc.is_main_process:
+            self.method.step = self.step
             saved = self.with_ema(lambda: self.method.save(self.out))
         self.acc.wait_for_everyone()
         return saved
