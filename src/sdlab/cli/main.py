@@ -8,6 +8,7 @@ import sys
 from ..errors import SdlabError
 from . import generate, info, tokens, world
 from . import train
+from . import convert
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.register(sub)
     world.register(sub)
     train.register(sub)
+    convert.register(sub)
     return parser
 
 

@@ -108,8 +108,9 @@ def load_embedding(pipe, path: str | Path, token: str | None = None) -> list[str
     return list(found)
 
 
-def save_diffusers(path: Path, token: str, vectors: torch.Tensor) -> Path:
-    tensors = {token: vectors.detach().float().cpu().contiguous()}
+def save_diffusers(path: Path, embeds: dict[str, torch.Tensor]) -> Path:
+    """{token: (N, dim)} as diffusers' learned_embeds.safetensors."""
+    tensors = {t: v.detach().float().cpu().contiguous() for t, v in embeds.items()}
     return atomic_save(path, lambda tmp: save_file(tensors, str(tmp)))
 
 

@@ -99,5 +99,5 @@ class TextualInversion(DiffusionMethod):
     def save(self, output_dir: Path) -> list[Path]:
         out, name = Path(output_dir), self.options.placeholder.strip("<>")
         vec = self.learned()
-        return [embeddings.save_diffusers(out / "learned_embeds.safetensors", self.options.placeholder, vec),
+        return [embeddings.save_diffusers(out / "learned_embeds.safetensors", {self.options.placeholder: vec}),
                 embeddings.save_a1111(out / f"{name}.safetensors", name, vec, step=getattr(self, "step", 0))]
