@@ -8,7 +8,7 @@ EXAMPLES = """examples:
   sdlab train textual-inversion --data shapes/ --placeholder "<my-shape>" --initializer shape --max-steps 500
   sdlab train lora --data shapes/ --instance-prompt "a sks shape" --rank 8 --output-dir runs/lora
   sdlab train dreambooth --data shapes/ --instance-prompt "a sks shape" --class-prompt "a shape"
-  sdlab train finetune --data striped/ --ema --freeze-text-encoder
+  sdlab train finetune --data striped/ --ema
   sdlab train lora ... --resume latest          (continue exactly where a run stopped)
   accelerate launch --num_processes 2 -m sdlab.cli.main train lora ...   (see docs/training.md)
 """
@@ -67,7 +67,7 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-prior-preservation", action="store_true")
         p.add_argument("--train-text-encoder", action="store_true")
     if name == "finetune":
-        p.add_argument("--freeze-text-encoder", action="store_true")
+        p.add_argument("--train-text-encoder", action="store_true", help="also tune the text encoder (default frozen)")
 
 
 def register(sub) -> None:

@@ -25,7 +25,7 @@ from . import checkpoints as ck
 from .config import TrainingConfig
 from .data import ImageDataset, read_examples, sample_index, sample_seed
 from .logs import LossLog, save_grid
-from .methods.base import Batch
+from .methods.base import Batch, native_resolution
 
 
 @dataclass
@@ -100,8 +100,7 @@ class Trainer:
         set_seed(config.seed)
         if components is None:
             components = _load(config, self.acc.device)
-        resolution = config.resolution or components.unet.config.sample_size * 2 ** (
-            len(components.vae.config.block_out_channels) - 1)
+        resolution = config.resolution or native_resolution(components)
         self.data = ImageDataset(read_examples(config.data_dir, config.instance_prompt), resolution,
                                  center_crop=config.center_crop, random_flip=config.random_flip,
                                  skip_bad_images=config.skip_bad_images)

@@ -30,6 +30,6 @@ def build_method(name: str, args: dict):
     if name == "finetune":
         from .finetune import FineTune, FineTuneOptions
 
-        opts = FineTuneOptions(freeze_text_encoder=args["freeze_text_encoder"])
+        opts = FineTuneOptions(freeze_text_encoder=not args["train_text_encoder"])
         return FineTune(opts), {"learning_rate": 1e-5, "weight_decay": 1e-2, "options": opts}
     raise ConfigError(f"unknown training method {name!r}; use textual-inversion, dreambooth, lora or finetune")

@@ -148,6 +148,29 @@ class DiffusionMethod:
         return self.per_sample_loss(batch.pixels, batch.texts, batch.seeds).mean()
 
 
+def native_resolution(components) -> int:
+    return components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+
+def save_model_folder(components, path: Path) -> Path:
+    """The whole model as a diffusers folder (fp32, safetensors), written atomically; the
+    tokenizer keeps vocab.json + merges.txt so the folder loads as a CLIPTokenizer anywhere."""
+    import shutil
+
+    from ...io.atomic import atomic_dir
+
+    pipe = components.to_pipeline()
+    with atomic_dir(path) as tmp:
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.to(torch.float32)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        src = Path(components.source) / "tokenizer"
+        for name in ("vocab.json", "merges.txt"):
+            if (src / name).is_file() and not (Path(tmp) / "tokenizer" / name).exists():
+                shutil.copy(src / name, Path(tmp) / "tokenizer" / name)
+    return Path(path)
+
+
 def sample_noise(shape, seeds: list[int], num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian noise of `shape` and a uniform timestep for each seed (CPU generators, so a
     sample's noise is the same on any device, in any process, after any resume)."""
@@ -157,12 +180,3 @@ def sample_noise(shape, seeds: list[int], num_timesteps: int) -> tuple[torch.Ten
         steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
         noises.append(torch.randn(tuple(shape), generator=g))
     return torch.stack(noises), torch.cat(steps)
-
-
-def atomic_model_folder(path: Path, save_fn) -> Path:
-    """`save_fn(tmp_folder)` then rename onto `path` (sdlab.io.atomic.atomic_dir)."""
-    from ...io.atomic import atomic_dir
-
-    with atomic_dir(path) as tmp:
-        save_fn(Path(tmp))
-    return Path(path)
