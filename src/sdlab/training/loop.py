@@ -298,7 +298,9 @@ def _load(config: TrainingConfig, device):
     from ..models.loader import load_pipeline_components
     from ..pipeline import DEFAULT_MODEL
 
-    return load_pipeline_components(config.model or DEFAULT_MODEL, dtype="fp32", device=str(device))
+    device = torch.device(device)
+    name = str(device) if device.type == "cuda" else device.type      # "cpu:0" -> "cpu"
+    return load_pipeline_components(config.model or DEFAULT_MODEL, dtype="fp32", device=name)
 
 
 def train(config: TrainingConfig, method, *, resume=None, callback: StepCallback | None = None,
