@@ -9,6 +9,7 @@ from ..errors import SdlabError
 from . import generate, info, tokens, world
 from . import train
 from . import convert
+from . import evaluate
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.register(sub)
     train.register(sub)
     convert.register(sub)
+    evaluate.register(sub)
     return parser
 
 

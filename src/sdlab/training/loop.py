@@ -10,6 +10,7 @@ samples as one process with batch N*B.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ class Trainer:
 
     def state(self) -> dict:
         state = {"trainable": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "lr_scheduler": self.lr_scheduler.state_dict(), "rng": ck.rng_state(), "method": self.method.name}
+                 "lr_scheduler": self.lr_scheduler.state_dict(), "rng": ck.rng_state(), "method": self.method.name,
+                 "options": dataclasses.asdict(self.config.options) if self.config.options is not None else {}}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.acc.scaler is not None:
