@@ -45,6 +45,8 @@ def make_data(folder: Path, token: str, n: int = 8, seed: int = 0) -> Path:
 
 
 def run(name, method, token, args, **kw):
+    name += args.tag
+    kw["learning_rate"] *= args.lr_scale
     out = Path(args.out) / name
     data = make_data(Path(args.out) / f"data-{token.strip('<>')}", token)
     cfg = TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=args.model,
@@ -78,6 +80,8 @@ def main():
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--only", default="base,ti,lora,db,db-noprior")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply every method's learning rate")
+    p.add_argument("--tag", default="", help="suffix of the run folders")
     args = p.parse_args()
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
