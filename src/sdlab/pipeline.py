@@ -89,6 +89,9 @@ class Pipeline:
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """CLIP last hidden states (B, 77 * chunks, dim), as SD conditions on them, with the
         AUTOMATIC1111 prompt syntax: (word:1.3) weights, BREAK, prompts past 75 tokens."""
+        from .text.embeddings import expand_prompt
+
+        prompts = [expand_prompt(p, self.c.tokenizer) for p in prompts]  # multi-vector embeddings
         return encode_weighted_batch(self.c.text_encoder, self.c.tokenizer, prompts)
 
     @torch.no_grad()

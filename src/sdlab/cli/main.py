@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import SdlabError
-from . import attend, edit, embed, generate, info, serve, tokens, world
+from . import attend, convert, edit, embed, evaluate, generate, info, serve, tokens, train, world
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     world.register(sub)
     embed.register(sub)
     serve.register(sub)
+    train.register(sub)
+    convert.register(sub)
+    evaluate.register(sub)
     return parser
 
 

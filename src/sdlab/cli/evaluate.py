@@ -1,0 +1,81 @@
+"""`sdlab eval`: what a personalization run learned, per checkpoint, as a Markdown report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXAMPLES = """examples:
+  sdlab eval --run-dir runs/ti --token "<my-shape>" --concept shape=heart --out runs/ti/eval
+  sdlab eval --artifact runs/lora/lora_kohya.safetensors --token "sks shape" --concept shape=heart
+  sdlab eval --artifact runs/db/model --token "sks shape" --concept shape=heart --drift
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a learned concept (oracle rates, CLIP scores, drift) per checkpoint",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="base model (default: the shipped model)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-dir", help="a training output folder: every checkpoint is evaluated")
+    src.add_argument("--artifact", action="append", help="embedding / LoRA file or model folder (repeatable)")
+    p.add_argument("--token", default="<my-shape>", help="how prompts name the concept")
+    p.add_argument("--concept", action="append", default=[], help="oracle target, e.g. shape=heart or fill=striped")
+    p.add_argument("--concept-text", default=None, help="plain words for CLIP (default: 'a <value>')")
+    p.add_argument("--n", type=int, default=16, help="samples per prompt")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg-scale", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--color", default="red", help="colour asked for in the fidelity prompt")
+    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--reference", default=None, help="folder of reference images (default: renders of the concept)")
+    p.add_argument("--encoder", default=None, help="local feature model folder (default: the shipped CLIP)")
+    p.add_argument("--no-clip", action="store_true", help="skip CLIP scores and the Frechet distance")
+    p.add_argument("--drift", action="store_true", help="also measure drift on class prompts against the base model")
+    p.add_argument("--out", default=None, help="report folder (default RUN/eval or ./eval)")
+    p.set_defaults(run=run_eval)
+
+
+def _concept(items: list[str]) -> dict:
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items or ["shape=heart"]:
+        key, _, value = item.partition("=")
+        if key not in ("shape", "color", "fill", "size", "position") or not value:
+            raise ConfigError(f"--concept must be ATTR=VALUE with ATTR shape/color/fill/size/position, got {item!r}")
+        out[key] = value
+    return out
+
+
+def run_eval(args) -> int:
+    from ..evaluate import apply
+    from ..evaluate.concept import concept_images
+    from ..evaluate.features import Encoder
+    from ..evaluate.report import EvalSettings, evaluate, write_report
+    from ..io.images import load_image
+    from ..training.data import IMAGE_SUFFIXES
+
+    concept = _concept(args.concept)
+    text = args.concept_text or "a " + " ".join(concept.values())
+    s = EvalSettings(args.token, concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color)
+    encoder = None if args.no_clip else Encoder(args.encoder)
+    if args.reference:
+        reference = [load_image(p) for p in sorted(Path(args.reference).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        reference = concept_images(max(args.n, 8), shape=concept.get("shape", "heart"),
+                                   fill=concept.get("fill", "solid"), seed=12345)
+    base = apply.load_artifact(args.model, None) if args.drift else None
+    if args.run_dir:
+        targets = [(p.name, int(p.name.split("-")[1]), p) for p in apply.checkpoints_of(args.run_dir)]
+    else:
+        targets = [(Path(a).stem or Path(a).name, i, a) for i, a in enumerate(args.artifact)]
+    rows = []
+    for label, step, target in targets:
+        pipe = apply.load_artifact(args.model, target, scale=args.lora_scale)
+        metrics, images = evaluate(pipe, s, encoder, reference, base)
+        rows.append((label, step, metrics, images))
+        print(f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    out = Path(args.out or (Path(args.run_dir) / "eval" if args.run_dir else "eval"))
+    print(write_report(out, rows, s))
+    return 0

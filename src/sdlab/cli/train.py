@@ -1,0 +1,118 @@
+"""`sdlab train textual-inversion|dreambooth|lora|finetune` on the one training loop."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """examples:
+  sdlab train textual-inversion --data shapes/ --placeholder "<my-shape>" --initializer shape --max-steps 500
+  sdlab train lora --data shapes/ --instance-prompt "a sks shape" --rank 8 --output-dir runs/lora
+  sdlab train dreambooth --data shapes/ --instance-prompt "a sks shape" --class-prompt "a shape"
+  sdlab train finetune --data striped/ --ema
+  sdlab train lora ... --resume latest          (continue exactly where a run stopped)
+  accelerate launch --num_processes 2 -m sdlab.cli.main train lora ...   (see docs/training.md)
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="diffusers folder or single file (default: the shipped model)")
+    p.add_argument("--data", required=True, help="image folder (with metadata.jsonl captions, or --instance-prompt)")
+    p.add_argument("--instance-prompt", default=None, help="one prompt for every image of --data")
+    p.add_argument("--output-dir", default="runs/train", help="where checkpoints, logs, samples and results go")
+    p.add_argument("--resolution", type=int, default=None, help="training size, multiple of 8 (default: native)")
+    p.add_argument("--random-crop", action="store_true", help="random instead of centre crops")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument("--skip-bad-images", action="store_true", help="warn about and skip unreadable images")
+    p.add_argument("--max-steps", type=int, default=500)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--attention", default="default", choices=("default", "sdpa", "sliced"))
+    p.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (CUDA only)")
+    p.add_argument("--lr-scheduler", default="constant",
+                   help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial")
+    p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument("--ema", action="store_true", help="keep an EMA of the trained weights (saved results use it)")
+    p.add_argument("--ema-decay", type=float, default=0.9999)
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the method's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--keep-last", type=int, default=2, help="checkpoints to keep")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--validation-prompt", action="append", default=[], help="prompt for sample grids (repeatable)")
+    p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--validation-images", type=int, default=2, help="images per validation prompt")
+    p.add_argument("--validation-steps", type=int, default=20, help="sampling steps of validation images")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: what accelerate picks)")
+
+
+def _method_args(name: str, p: argparse.ArgumentParser) -> None:
+    if name == "textual-inversion":
+        p.add_argument("--placeholder", default="<my-shape>", help="the new token (default <my-shape>)")
+        p.add_argument("--initializer", default="shape", help="word(s) whose embedding starts the new vectors")
+        p.add_argument("--num-vectors", type=int, default=1, help="vectors per placeholder (N new tokens)")
+        p.add_argument("--templates", default="object", choices=("object", "style", "none"),
+                       help="prompt templates (none: use the captions, which must contain the placeholder)")
+    if name == "lora":
+        p.add_argument("--rank", type=int, default=4)
+        p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
+        p.add_argument("--train-text-encoder", action="store_true", help="adapters on the text encoder too")
+    if name == "dreambooth":
+        p.add_argument("--class-prompt", default=None, help="prompt of the class, e.g. 'a shape'")
+        p.add_argument("--class-data-dir", default=None, help="class images cache (default OUTPUT/class_images)")
+        p.add_argument("--num-class-images", type=int, default=50)
+        p.add_argument("--prior-loss-weight", type=float, default=1.0)
+        p.add_argument("--no-prior-preservation", action="store_true")
+        p.add_argument("--train-text-encoder", action="store_true")
+    if name == "finetune":
+        p.add_argument("--train-text-encoder", action="store_true", help="also tune the text encoder (default frozen)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="personalize a model: textual inversion, DreamBooth, LoRA, fine-tune",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name in ("textual-inversion", "dreambooth", "lora", "finetune"):
+        q = methods.add_parser(name, help=f"train with {name}", epilog=EXAMPLES,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        _common(q)
+        _method_args(name, q)
+        q.set_defaults(run=run_train)
+
+
+def method_from_args(args):
+    """(method object, {learning_rate, weight_decay, options} defaults) for the parsed args."""
+    from ..training.methods import build_method
+
+    return build_method(args.method, vars(args))
+
+
+def config_from_args(args, defaults: dict):
+    from ..training.config import TrainingConfig
+
+    return TrainingConfig(
+        method=args.method, data_dir=args.data, output_dir=args.output_dir, model=args.model,
+        instance_prompt=args.instance_prompt, resolution=args.resolution, center_crop=not args.random_crop,
+        random_flip=args.flip, skip_bad_images=args.skip_bad_images, max_steps=args.max_steps,
+        learning_rate=args.lr if args.lr is not None else defaults["learning_rate"],
+        adam_weight_decay=args.weight_decay if args.weight_decay is not None else defaults["weight_decay"],
+        batch_size=args.batch_size, grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing, attention=args.attention,
+        use_8bit_adam=args.use_8bit_adam, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+        use_ema=args.ema, ema_decay=args.ema_decay, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        keep_last=args.keep_last, validation_prompts=tuple(args.validation_prompt),
+        validate_every=args.validate_every, validation_images=args.validation_images,
+        validation_steps=args.validation_steps, device=args.device, options=defaults["options"])
+
+
+def run_train(args) -> int:
+    from ..training.loop import train
+
+    method, defaults = method_from_args(args)
+    config = config_from_args(args, defaults)
+    result = train(config, method, resume=args.resume)
+    for path in result.saved:
+        print(path)
+    return 0

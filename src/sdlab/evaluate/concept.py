@@ -1,0 +1,106 @@
+"""What a personalized model learned, read by the shapes-world oracle.
+
+- detection: share of samples of "a <concept>" whose main object has the concept's
+  attributes (e.g. shape "heart", or fill "striped");
+- fidelity: share of "a red <concept> on the left" samples that keep the requested colour /
+  position, and both those and the concept;
+- drift (DreamBooth's "language drift", Ruiz et al. 2023): on class prompts, the tuned
+  model's oracle accuracy next to the base model's, and how often the two models, given the
+  same seed, draw objects the oracle reads alike.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..config import GenerationConfig
+from ..world import oracle
+from ..world.render import render
+from ..world.scene import single_object_scene
+from ..world.spec import COLORS, POSITIONS
+
+ATTRS = ("shape", "color", "fill", "position", "size")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A prompt and the attributes its samples' main object should have."""
+
+    prompt: str
+    target: dict
+
+
+def sample(pipe, prompt: str, n: int, seed: int = 0, steps: int = 20, cfg_scale: float = 7.5, batch: int = 8):
+    cfg = GenerationConfig(prompt, steps=steps, cfg_scale=cfg_scale, seed=seed, batch_size=min(batch, n),
+                           batch_count=-(-n // min(batch, n)))
+    return pipe.generate(cfg).images[:n]
+
+
+def hits(images, target: dict) -> list[bool]:
+    """Per image: does the oracle's main object have every attribute in `target`?"""
+    out = []
+    for im in images:
+        main = oracle.read(im).main
+        out.append(main is not None and all(getattr(main, k) == v for k, v in target.items()))
+    return out
+
+
+def rate(images, target: dict) -> float:
+    h = hits(images, target)
+    return sum(h) / max(len(h), 1)
+
+
+def concept_probes(token: str, concept: dict, color: str = "red", position: str = "left") -> dict[str, Probe]:
+    """The standard probes for a concept token (e.g. "<my-shape>", {"shape": "heart"})."""
+    return {"detection": Probe(f"a {token}", concept),
+            "color": Probe(f"a {color} {token}", {"color": color}),
+            "color+concept": Probe(f"a {color} {token}", {**concept, "color": color}),
+            "position": Probe(f"a {token} on the {position}", {"position": position}),
+            "position+concept": Probe(f"a {token} on the {position}", {**concept, "position": position})}
+
+
+def concept_report(pipe, probes: dict[str, Probe], n: int, seed: int = 0, steps: int = 20,
+                   cfg_scale: float = 7.5) -> tuple[dict[str, float], dict]:
+    """Rates per probe (samples shared between probes with the same prompt) and the images."""
+    images: dict[str, list] = {}
+    for probe in probes.values():
+        if probe.prompt not in images:
+            images[probe.prompt] = sample(pipe, probe.prompt, n, seed, steps, cfg_scale)
+    return {name: rate(images[p.prompt], p.target) for name, p in probes.items()}, images
+
+
+def class_probes(shapes=("circle", "square", "triangle", "star"), colors=("red", "blue")) -> list[Probe]:
+    return [Probe(f"a {c} {s}", {"shape": s, "color": c}) for s in shapes for c in colors]
+
+
+def drift(base_pipe, tuned_pipe, probes: list[Probe], n: int, seed: int = 0, steps: int = 20,
+          cfg_scale: float = 7.5) -> dict[str, float]:
+    """Class-prompt accuracy of both models and their same-seed oracle agreement."""
+    acc_b, acc_t, agree, total = 0, 0, 0, 0
+    for probe in probes:
+        ib = sample(base_pipe, probe.prompt, n, seed, steps, cfg_scale)
+        it = sample(tuned_pipe, probe.prompt, n, seed, steps, cfg_scale)
+        acc_b += sum(hits(ib, probe.target))
+        acc_t += sum(hits(it, probe.target))
+        for a, b in zip(ib, it):
+            ma, mb = oracle.read(a).main, oracle.read(b).main
+            agree += (ma is None and mb is None) or (ma is not None and mb is not None and
+                                                   (ma.shape, ma.color) == (mb.shape, mb.color))
+        total += n
+    return {"base_accuracy": acc_b / total, "tuned_accuracy": acc_t / total,
+            "accuracy_drop": (acc_b - acc_t) / total, "same_seed_agreement": agree / total}
+
+
+def concept_images(n: int, shape: str = "heart", fill: str = "solid", seed: int = 0):
+    """`n` renders of a (reserved) concept in varied colours, sizes, positions, backgrounds."""
+    rng = random.Random(seed)
+    colors = tuple(COLORS)
+    out = []
+    for _ in range(n):
+        color = rng.choice(colors)
+        bg = rng.choice([c for c in colors if c != color])
+        scene = single_object_scene(shape, color, rng.choice(("small", "large")), rng.choice(tuple(POSITIONS)),
+                                    bg, rng, fill=fill)
+        out.append(render(scene))
+    return out

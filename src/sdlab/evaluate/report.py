@@ -1,0 +1,100 @@
+"""Per-checkpoint evaluation of a training run, written as Markdown with plots and grids,
+so a user can pick the best step."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from ..io.atomic import atomic_save, atomic_write_text
+from ..io.images import make_grid
+from . import concept as oracle_eval
+from .scores import clip_score, frechet_distance, image_similarity
+
+PALETTE = [(20, 60, 160), (200, 60, 40), (40, 150, 60), (150, 60, 190), (230, 150, 20), (40, 170, 190)]
+
+
+@dataclass
+class EvalSettings:
+    token: str = "<my-shape>"
+    concept: dict = field(default_factory=lambda: {"shape": "heart"})
+    concept_text: str = "a heart"            # what CLIP should read in "a <token>" samples
+    n: int = 16
+    seed: int = 0
+    steps: int = 20
+    cfg_scale: float = 7.5
+    color: str = "red"
+    position: str = "left"
+
+
+def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None) -> tuple[dict, list]:
+    """Oracle rates (+ CLIP score, image similarity and Frechet distance to `reference`
+    images with `encoder`, + drift against `base_pipe`); returns (metrics, detection images)."""
+    probes = oracle_eval.concept_probes(s.token, s.concept, s.color, s.position)
+    metrics, images = oracle_eval.concept_report(pipe, probes, s.n, s.seed, s.steps, s.cfg_scale)
+    shown = images[probes["detection"].prompt]
+    if encoder is not None:
+        feats = encoder.images(shown)
+        metrics["clip_text_image"] = clip_score(feats, encoder.texts([s.concept_text] * len(shown)))
+        if reference:
+            ref = encoder.images(reference)
+            metrics["image_similarity"] = image_similarity(feats, ref)
+            metrics["frechet_distance"] = frechet_distance(feats, ref)
+    if base_pipe is not None:
+        d = oracle_eval.drift(base_pipe, pipe, oracle_eval.class_probes(), max(2, s.n // 4), s.seed, s.steps,
+                              s.cfg_scale)
+        metrics.update({f"drift_{k}": v for k, v in d.items()})
+    return metrics, shown
+
+
+def metric_plot(steps: list[int], series: dict[str, list[float]], size=(640, 320)) -> Image.Image:
+    """Rates in [0, 1] against step, one coloured line per metric, with a legend."""
+    w, h = size
+    left, right, top, bottom = 40, 170, 10, 24
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([left, top, w - right, h - bottom], outline=(160, 160, 160))
+    s0, s1 = min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1
+    for i, (name, values) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        pts = [(left + (st - s0) / (s1 - s0) * (w - left - right), top + (1 - v) * (h - top - bottom))
+               for st, v in zip(steps, values)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        d.text((w - right + 8, top + 14 * i), name, fill=colour)
+    d.text((4, top), "1.0", fill="black")
+    d.text((4, h - bottom - 10), "0.0", fill="black")
+    d.text((left, h - bottom + 6), f"step {s0}", fill="black")
+    d.text((w - right - 60, h - bottom + 6), f"step {max(steps)}", fill="black")
+    return img
+
+
+def write_report(out_dir: str | Path, rows: list[tuple[str, int, dict, list]], settings: EvalSettings,
+                 title: str = "Personalization report") -> Path:
+    """rows: (label, step, metrics, detection images) per checkpoint -> report.md, plot, grids, json."""
+    out = Path(out_dir)
+    lines = [f"# {title}", "", f"Concept token `{settings.token}`, oracle target {settings.concept}; "
+             f"{settings.n} samples per prompt, seed {settings.seed}, {settings.steps} steps, CFG {settings.cfg_scale}.",
+             "", "Rates: share of samples whose main object the shapes-world oracle reads with the target attributes.",
+             ""]
+    keys = [k for k in rows[0][2]]
+    lines += ["| checkpoint | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for label, step, metrics, images in rows:
+        lines.append(f"| {label} | {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |")
+        grid = make_grid(images, cols=min(8, len(images)))
+        atomic_save(out / f"samples-{label}.png", lambda tmp, g=grid: g.save(tmp, format="PNG"))
+    rate_keys = [k for k in keys if k in ("detection", "color", "color+concept", "position", "position+concept")]
+    if len(rows) > 1 and rate_keys:
+        plot = metric_plot([r[1] for r in rows], {k: [r[2][k] for r in rows] for k in rate_keys})
+        atomic_save(out / "rates.png", lambda tmp: plot.save(tmp, format="PNG"))
+        lines += ["", "![oracle rates per step](rates.png)"]
+    best = max(rows, key=lambda r: r[2].get("detection", 0) + r[2].get("color+concept", 0))
+    lines += ["", f"Best by detection + colour-with-concept: **{best[0]}** (step {best[1]}).", ""]
+    lines += [f"![{label} samples of \"a {settings.token}\"](samples-{label}.png)" for label, *_ in rows]
+    atomic_write_text(out / "report.json", json.dumps([{"label": r[0], "step": r[1], **r[2]} for r in rows], indent=1))
+    return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

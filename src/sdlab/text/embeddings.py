@@ -1,0 +1,120 @@
+"""Textual-inversion embedding files: read, write and load into a model (Gal et al. 2022).
+
+Layouts read:
+- diffusers `learned_embeds.safetensors` / `.bin`: {token: (dim,) or (N, dim)};
+- AUTOMATIC1111 `.pt`: {"string_to_param": {"*": (N, dim)}, "name": ..., "step": ...}
+  (read with torch.load(weights_only=True); anything else pickled is refused);
+- AUTOMATIC1111 / kohya `.safetensors`: {"emb_params": (N, dim)}, named after the file.
+
+A token with N vectors becomes N tokens `tok tok_1 ... tok_{N-1}`; `expand_prompt` rewrites
+`tok` in a prompt into all of them (as diffusers' `maybe_convert_prompt` does).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import ConfigError, ModelLoadError
+from ..io.atomic import atomic_save
+
+
+def token_names(token: str, n: int) -> list[str]:
+    return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+
+def add_tokens(tokenizer, text_encoder, tokens: list[str], vectors: torch.Tensor) -> list[int]:
+    """Add `tokens` to the tokenizer, grow the embedding matrix, set their rows; their ids."""
+    if vectors.ndim != 2 or vectors.shape[0] != len(tokens):
+        raise ConfigError(f"need one vector per token: {len(tokens)} tokens, vectors {tuple(vectors.shape)}")
+    emb = text_encoder.get_input_embeddings()
+    if vectors.shape[1] != emb.weight.shape[1]:
+        raise ConfigError(f"embedding has dimension {vectors.shape[1]}, the text encoder needs {emb.weight.shape[1]}")
+    vocab = tokenizer.get_vocab()
+    taken = [t for t in tokens if t in vocab or f"{t}</w>" in vocab]
+    if taken:
+        raise ConfigError(f"token {taken[0]!r} already exists in the tokenizer; choose another placeholder")
+    tokenizer.add_tokens(tokens)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        weight = text_encoder.get_input_embeddings().weight
+        weight[ids] = vectors.to(weight.device, weight.dtype)
+    return ids
+
+
+def expand_prompt(prompt: str, tokenizer) -> str:
+    """Replace each multi-vector token `tok` (one with `tok_1` in the vocab) by `tok tok_1 ...`."""
+    added = getattr(tokenizer, "get_added_vocab", dict)()
+    if not added:
+        return prompt
+    for token in sorted({t for t in added if f"{t}_1" in added}, key=len, reverse=True):
+        n = 1
+        while f"{token}_{n}" in added:
+            n += 1
+        pattern = re.compile(re.escape(token) + r"(?!_\d)")
+        prompt = pattern.sub(" ".join(token_names(token, n)), prompt)
+    return prompt
+
+
+def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
+    """{token: (N, dim)} from a file of any supported layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"embedding file '{path}' does not exist")
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            data = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata() or {}
+        if "emb_params" in data:
+            return {meta.get("name", path.stem): _as_2d(data["emb_params"], path)}
+        return {k: _as_2d(v, path) for k, v in data.items()}
+    if path.suffix in (".pt", ".bin", ".ckpt"):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling refuses anything but tensors and plain containers
+            raise ModelLoadError(f"cannot read '{path}' safely (weights_only=True): {exc}") from exc
+        if isinstance(data, dict) and "string_to_param" in data:
+            params = data["string_to_param"]
+            if not isinstance(params, dict) or len(params) != 1:
+                raise ModelLoadError(f"'{path}': string_to_param must hold exactly one tensor")
+            return {str(data.get("name") or path.stem): _as_2d(next(iter(params.values())), path)}
+        if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            return {k: _as_2d(v, path) for k, v in data.items()}
+    raise ModelLoadError(f"'{path}' is not a textual-inversion embedding (diffusers learned_embeds, "
+                         "A1111 string_to_param .pt or emb_params .safetensors)")
+
+
+def _as_2d(t, path) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or t.ndim not in (1, 2):
+        raise ModelLoadError(f"'{path}': embedding must be a (dim,) or (N, dim) tensor")
+    return (t[None] if t.ndim == 1 else t).float()
+
+
+def load_embedding(pipe, path: str | Path, token: str | None = None) -> list[str]:
+    """Add the embedding(s) of `path` to an sdlab Pipeline; returns the prompt tokens.
+    `token` renames a single-embedding file (e.g. A1111 names it after the file)."""
+    found = read_embedding(path)
+    if token is not None:
+        if len(found) != 1:
+            raise ConfigError(f"'{path}' holds {len(found)} embeddings; token= needs exactly one")
+        found = {token: next(iter(found.values()))}
+    for name, vectors in found.items():
+        add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, token_names(name, len(vectors)), vectors)
+    return list(found)
+
+
+def save_diffusers(path: Path, embeds: dict[str, torch.Tensor]) -> Path:
+    """{token: (N, dim)} as diffusers' learned_embeds.safetensors."""
+    tensors = {t: v.detach().float().cpu().contiguous() for t, v in embeds.items()}
+    return atomic_save(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def save_a1111(path: Path, name: str, vectors: torch.Tensor, step: int = 0) -> Path:
+    tensors = {"emb_params": vectors.detach().float().cpu().contiguous()}
+    meta = {"name": name, "step": str(step), "sd_checkpoint_name": ""}
+    return atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -1,0 +1,136 @@
+"""Training images: a folder with `metadata.jsonl` captions, or a folder plus one prompt.
+
+Any format Pillow reads; EXIF orientation applied; RGBA/LA/P/CMYK/L/I;16 converted to RGB
+(sdlab.io.images). Each item is resized (short side to the resolution), then centre- or
+randomly cropped and optionally flipped with a `random.Random` the loop seeds per sample,
+so a resumed run sees exactly the same pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ConfigError, ImageReadError
+from ..io.images import load_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".tga", ".ppm", ".jfif"}
+
+
+@dataclass(frozen=True)
+class Example:
+    path: Path
+    text: str
+
+
+def read_examples(folder: str | Path, instance_prompt: str | None = None) -> list[Example]:
+    """Captioned examples: from `metadata.jsonl` (file_name, text) when present and no
+    `instance_prompt` is given, else every image file in the folder with `instance_prompt`."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"data folder '{root}' does not exist or is not a folder")
+    meta = root / "metadata.jsonl"
+    if instance_prompt is None and meta.is_file():
+        return _from_metadata(root, meta)
+    if instance_prompt is None:
+        raise ConfigError(f"'{root}' has no metadata.jsonl: give an instance prompt (--instance-prompt) "
+                          "or add metadata.jsonl lines {\"file_name\": ..., \"text\": ...}")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"no image files in '{root}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return [Example(p, instance_prompt) for p in files]
+
+
+def _from_metadata(root: Path, meta: Path) -> list[Example]:
+    out = []
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, text = row["file_name"], row["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{meta}:{n}: each line must be JSON with 'file_name' and 'text' ({exc})") from exc
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise ConfigError(f"{meta}:{n}: 'file_name' and 'text' must be strings")
+        path = (root / name).resolve()
+        if root.resolve() not in path.parents:
+            raise ConfigError(f"{meta}:{n}: file_name '{name}' points outside the data folder")
+        out.append(Example(path, text))
+    if not out:
+        raise ConfigError(f"{meta} lists no images")
+    return out
+
+
+class ImageDataset:
+    """Decoded, resized images with captions; `item(i, rng)` crops/flips with `rng`."""
+
+    def __init__(self, examples: list[Example], resolution: int, *, center_crop: bool = True,
+                 random_flip: bool = False, skip_bad_images: bool = False):
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8 or resolution % 8:
+            raise ConfigError(f"resolution must be a positive multiple of 8, got {resolution!r}")
+        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+        self.images: list[Image.Image] = []
+        self.texts: list[str] = []
+        for ex in examples:
+            try:
+                image = load_image(ex.path)
+            except ImageReadError as err:
+                if not skip_bad_images:
+                    raise ImageReadError(f"{err} (pass --skip-bad-images to skip such files)") from err
+                warnings.warn(f"skipping {err}", stacklevel=2)
+                continue
+            self.images.append(_resize_short_side(image, resolution))
+            self.texts.append(ex.text)
+        if not self.images:
+            raise ConfigError("no readable training images left")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def item(self, index: int, rng: random.Random) -> tuple[torch.Tensor, str]:
+        """(image tensor (3, R, R) in [-1, 1], caption) of example `index`."""
+        image, r = self.images[index], self.resolution
+        w, h = image.size
+        if self.center_crop:
+            left, top = (w - r) // 2, (h - r) // 2
+        else:
+            left, top = rng.randint(0, w - r), rng.randint(0, h - r)
+        image = image.crop((left, top, left + r, top + r))
+        if self.random_flip and rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        arr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
+        return arr / 127.5 - 1.0, self.texts[index]
+
+
+def _resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    w, h = image.size
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    return image if new == (w, h) else image.resize(new, Image.Resampling.BICUBIC)
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The shuffled order of epoch `epoch`: a pure function of (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return tuple(torch.randperm(n, generator=g).tolist())
+
+
+def sample_index(n: int, seed: int, position: int) -> int:
+    """Dataset index at global sample `position` (epochs of shuffled orders, back to back)."""
+    epoch, offset = divmod(position, n)
+    return epoch_order(n, seed, epoch)[offset]
+
+
+def sample_seed(seed: int, position: int) -> int:
+    """A per-sample seed for crops, flips, noise and timesteps."""
+    return (seed * 1_000_003 + position * 7919 + 12345) % (2**63 - 1)

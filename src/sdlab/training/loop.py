@@ -1,0 +1,311 @@
+"""The one training loop every personalization method plugs into (on `accelerate`).
+
+nanoGPT-style: the loop is short and explicit. Sample `i` of the run (its global position)
+decides its image, crop, flip, noise and timestep through a seed of its own, so data order
+is a pure function of the step counter; together with the trainable weights, optimizer,
+LR schedule, EMA and global RNG states saved in each checkpoint, a resumed run retraces an
+uninterrupted one bit for bit (on the CPU), and N processes with batch B see the same
+samples as one process with batch N*B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from ..callbacks import CancelToken, StepCallback, StepEvent
+from ..errors import Cancelled, ConfigError
+from . import checkpoints as ck
+from .config import TrainingConfig
+from .data import ImageDataset, read_examples, sample_index, sample_seed
+from .logs import LossLog, save_grid
+from .methods.base import Batch, native_resolution
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)
+    saved: list[Path] = field(default_factory=list)
+    checkpoint: Optional[Path] = None
+
+
+def make_accelerator(config: TrainingConfig):
+    """An Accelerator for this run; bad precision/device combinations become ConfigError."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    if not torch.distributed.is_initialized():   # a fresh state per run in one process (tests, API)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    cpu = config.device == "cpu" or not torch.cuda.is_available()
+    if config.mixed_precision == "fp16" and cpu:
+        raise ConfigError("mixed_precision fp16 needs a CUDA GPU; on the CPU use 'bf16' or 'no'")
+    try:
+        return Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
+                           gradient_accumulation_steps=config.grad_accum)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"accelerate refused the settings (mixed_precision={config.mixed_precision}): {exc}") from exc
+
+
+def make_optimizer(config: TrainingConfig, params):
+    """AdamW (Loshchilov & Hutter 2019), or bitsandbytes' 8-bit AdamW (Dettmers et al. 2022) on CUDA."""
+    kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    if not config.use_8bit_adam:
+        return torch.optim.AdamW(params, **kwargs)
+    if not torch.cuda.is_available() or config.device == "cpu":
+        raise ConfigError("use_8bit_adam needs a CUDA GPU (bitsandbytes); leave it off on the CPU")
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ConfigError("use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from exc
+    return bnb.optim.AdamW8bit(params, **kwargs)
+
+
+def apply_memory_options(method, config: TrainingConfig) -> None:
+    """Gradient checkpointing (Chen et al. 2016) and the attention implementation."""
+    unet, text = method.c.unet, method.c.text_encoder
+    trained = method.trainable_modules()
+    if config.gradient_checkpointing:
+        if unet in trained:
+            unet.enable_gradient_checkpointing()
+        if text in trained:
+            text.gradient_checkpointing_enable()
+    if config.attention == "sliced":
+        unet.set_attention_slice("auto")
+    elif config.attention == "sdpa":
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        unet.set_attn_processor(AttnProcessor2_0())
+
+
+class Trainer:
+    """Holds the run's objects; `run()` trains to max_steps (or is interrupted)."""
+
+    def __init__(self, config: TrainingConfig, method, *, callback: StepCallback | None = None,
+                 cancel: CancelToken | None = None, components=None):
+        from accelerate.utils import set_seed
+        from diffusers.optimization import get_scheduler
+
+        self.config, self.method, self.callback, self.cancel = config, method, callback, cancel
+        self.out = Path(config.output_dir)
+        self.acc = make_accelerator(config)
+        set_seed(config.seed)
+        if components is None:
+            components = _load(config, self.acc.device)
+        resolution = config.resolution or native_resolution(components)
+        self.data = ImageDataset(read_examples(config.data_dir, config.instance_prompt), resolution,
+                                 center_crop=config.center_crop, random_flip=config.random_flip,
+                                 skip_bad_images=config.skip_bad_images)
+        method.setup(components, config, self.acc)
+        apply_memory_options(method, config)
+        self.params = method.parameters()
+        if not self.params:
+            raise ConfigError(f"method {method.name} has no trainable parameters")
+        optimizer = make_optimizer(config, self.params)
+        self.lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                          num_training_steps=config.max_steps)
+        modules = method.trainable_modules()
+        prepared = self.acc.prepare(*modules, optimizer)
+        prepared = prepared if isinstance(prepared, (tuple, list)) else (prepared,)
+        self.modules, self.optimizer = list(prepared[:-1]), prepared[-1]
+        method.set_prepared(self.modules)
+        self.ema = None
+        if config.use_ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=config.ema_decay)
+        self.step, self.losses = 0, []
+
+    # --- checkpoints --------------------------------------------------------------------------
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def state(self) -> dict:
+        state = {"trainable": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "lr_scheduler": self.lr_scheduler.state_dict(), "rng": ck.rng_state(), "method": self.method.name,
+                 "options": dataclasses.asdict(self.config.options) if self.config.options is not None else {}}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.acc.scaler is not None:
+            state["scaler"] = self.acc.scaler.state_dict()
+        return state
+
+    def save_checkpoint(self) -> Optional[Path]:
+        path = None
+        if self.acc.is_main_process:
+            path = ck.save_checkpoint(self.ckpt_root, self.step, self.state(), self.config.keep_last)
+        self.acc.wait_for_everyone()
+        return path
+
+    def restore(self, resume) -> None:
+        path = ck.resolve_resume(resume, self.ckpt_root)
+        if path is None:
+            return
+        step, state = ck.load_checkpoint(path)
+        if state.get("method") != self.method.name:
+            raise ConfigError(f"checkpoint '{path}' is from method {state.get('method')!r}, not {self.method.name!r}")
+        self.method.load_state_dict(state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ConfigError(f"checkpoint '{path}' has no EMA state; resume without --ema or from another one")
+            self.ema.load_state_dict(state["ema"])
+        if self.acc.scaler is not None and "scaler" in state:
+            self.acc.scaler.load_state_dict(state["scaler"])
+        ck.set_rng_state(state["rng"])
+        self.step = step
+        self.log(f"resumed from {path} at step {step}")
+
+    # --- one optimizer step ---------------------------------------------------------------------
+    def micro_batch(self, micro: int) -> Batch:
+        """This process's share of global micro-batch `micro`."""
+        bs, world, rank = self.config.batch_size, self.acc.num_processes, self.acc.process_index
+        positions = [(micro * world + rank) * bs + i for i in range(bs)]
+        pixels, texts, seeds = [], [], []
+        for p in positions:
+            seed = sample_seed(self.config.seed, p)
+            x, text = self.data.item(sample_index(len(self.data), self.config.seed, p), random.Random(seed))
+            pixels.append(x)
+            texts.append(text)
+            seeds.append(seed)
+        return Batch(torch.stack(pixels), texts, seeds, positions)
+
+    def train_step(self) -> float:
+        total = 0.0
+        for k in range(self.config.grad_accum):
+            batch = self.micro_batch(self.step * self.config.grad_accum + k)
+            with self.acc.accumulate(*self.modules), self.acc.autocast():
+                loss = self.method.loss(batch)
+                self.acc.backward(loss)
+                if self.acc.sync_gradients and self.config.max_grad_norm > 0:
+                    self.acc.clip_grad_norm_(self.params, self.config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            total += self.acc.gather(loss.detach()[None]).mean().item() / self.config.grad_accum
+        if not self.optimizer.step_was_skipped:
+            self.lr_scheduler.step()
+        self.method.after_step()
+        if self.ema is not None:
+            self.ema.step(self.params)
+        self.step += 1
+        return total
+
+    # --- the run ----------------------------------------------------------------------------------
+    def run(self, resume=None) -> TrainResult:
+        self.restore(resume)
+        cfg = self.config
+        logs = LossLog(self.out / "logs", self.step) if self.acc.is_main_process else None
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {self.method.name}", unit="step",
+                   file=sys.stderr, disable=not self.acc.is_main_process)
+        for m in self.modules:
+            m.train()
+        try:
+            while self.step < cfg.max_steps:
+                if self.cancel is not None:
+                    self.cancel.raise_if_cancelled()
+                loss = self.train_step()
+                self.losses.append(loss)
+                lr = self.lr_scheduler.get_last_lr()[0]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                self.after_step(loss, lr, logs)
+        except (KeyboardInterrupt, Cancelled):
+            self.log(f"interrupted at step {self.step}: saving a checkpoint")
+            self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+        last = self.save_checkpoint()
+        return TrainResult(self.step, self.losses, self.save_final(), last)
+
+    def after_step(self, loss: float, lr: float, logs: LossLog | None) -> None:
+        cfg, step = self.config, self.step
+        if logs is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            logs.add(step, loss, lr)
+        if self.callback is not None:
+            self.callback(StepEvent(step=step - 1, total=cfg.max_steps, metrics={"loss": loss, "lr": lr}))
+        if cfg.validation_prompts and (step % cfg.validate_every == 0 or step == cfg.max_steps):
+            self.validate()
+        if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            if logs is not None:
+                logs.flush()
+            self.save_checkpoint()
+        elif logs is not None and step == cfg.max_steps:
+            logs.flush()
+
+    def with_ema(self, fn):
+        """Run `fn()` with the EMA weights swapped in (when EMA is on)."""
+        if self.ema is None:
+            return fn()
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            return fn()
+        finally:
+            self.ema.restore(self.params)
+
+    def validate(self) -> Optional[Path]:
+        """A grid of samples: one row per validation prompt, `validation_images` seeds each."""
+        if not self.acc.is_main_process:
+            return None
+        for m in self.modules:
+            m.eval()
+        try:
+            images = self.with_ema(self.sample_validation)
+        finally:
+            for m in self.modules:
+                m.train()
+        return save_grid(images, self.out / "samples" / f"step-{self.step:08d}.png", cols=self.config.validation_images)
+
+    def sample_validation(self):
+        from ..config import GenerationConfig
+        from ..pipeline import Pipeline
+
+        cfg, pipe = self.config, Pipeline(self.method.c)
+        images = []
+        state = torch.get_rng_state()
+        with torch.no_grad():
+            for prompt in cfg.validation_prompts:
+                gen = GenerationConfig(prompt, steps=cfg.validation_steps, seed=cfg.seed,
+                                       batch_size=cfg.validation_images)
+                images += pipe.generate(gen).images
+        torch.set_rng_state(state)
+        return images
+
+    def save_final(self) -> list[Path]:
+        saved = []
+        if self.acc.is_main_process:
+            self.method.step = self.step
+            saved = self.with_ema(lambda: self.method.save(self.out))
+        self.acc.wait_for_everyone()
+        return saved
+
+    def log(self, msg: str) -> None:
+        if self.acc.is_main_process:
+            tqdm.write(f"sdlab train: {msg}", file=sys.stderr)
+
+
+def _load(config: TrainingConfig, device):
+    from ..models.loader import load_pipeline_components
+    from ..pipeline import DEFAULT_MODEL
+
+    device = torch.device(device)
+    name = str(device) if device.type == "cuda" else device.type      # "cpu:0" -> "cpu"
+    return load_pipeline_components(config.model or DEFAULT_MODEL, dtype="fp32", device=name)
+
+
+def train(config: TrainingConfig, method, *, resume=None, callback: StepCallback | None = None,
+          cancel: CancelToken | None = None) -> TrainResult:
+    """Train `method` under `config`; `resume` is None, "latest" or a checkpoint folder."""
+    return Trainer(config, method, callback=callback, cancel=cancel).run(resume)

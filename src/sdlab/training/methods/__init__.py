@@ -1,0 +1,35 @@
+"""Personalization methods on the shared loop; `build_method(name, cli_args)` makes one."""
+
+from __future__ import annotations
+
+from ...errors import ConfigError
+
+
+def build_method(name: str, args: dict):
+    """(method, defaults) where defaults has learning_rate, weight_decay and options."""
+    if name == "lora":
+        from .lora import LoRA, LoraOptions
+
+        opts = LoraOptions(rank=args["rank"], alpha=args["alpha"], text_encoder=args["train_text_encoder"])
+        return LoRA(opts), {"learning_rate": 1e-4, "weight_decay": 1e-2, "options": opts}
+    if name == "textual-inversion":
+        from .textual_inversion import TextualInversion, TIOptions
+
+        opts = TIOptions(placeholder=args["placeholder"], initializer=args["initializer"],
+                         num_vectors=args["num_vectors"], templates=args["templates"])
+        return TextualInversion(opts), {"learning_rate": 5e-3, "weight_decay": 0.0, "options": opts}
+    if name == "dreambooth":
+        from .dreambooth import DreamBooth, DreamBoothOptions
+
+        opts = DreamBoothOptions(class_prompt=args["class_prompt"], class_data_dir=args["class_data_dir"],
+                                 num_class_images=args["num_class_images"],
+                                 prior_loss_weight=args["prior_loss_weight"],
+                                 prior_preservation=not args["no_prior_preservation"],
+                                 text_encoder=args["train_text_encoder"])
+        return DreamBooth(opts), {"learning_rate": 5e-6, "weight_decay": 1e-2, "options": opts}
+    if name == "finetune":
+        from .finetune import FineTune, FineTuneOptions
+
+        opts = FineTuneOptions(freeze_text_encoder=not args["train_text_encoder"])
+        return FineTune(opts), {"learning_rate": 1e-5, "weight_decay": 1e-2, "options": opts}
+    raise ConfigError(f"unknown training method {name!r}; use textual-inversion, dreambooth, lora or finetune")

@@ -1,0 +1,182 @@
+"""What a personalization method tells the shared loop, and the denoising loss they share.
+
+A method says which parameters train (`trainable_modules`, `parameters`), what the loss of
+a batch is (`loss`), what a checkpoint holds (`state_dict` / `load_state_dict`) and what it
+finally writes (`save`). The loss is the LDM objective (Rombach et al. 2022): noise the VAE
+latents at a random timestep and regress the UNet's prediction (epsilon or v) on the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import ConfigError
+
+
+@dataclass
+class Batch:
+    """One process's micro-batch: images in [-1, 1], captions, and a seed per sample
+    (noise, timestep, template choice) that depends only on the sample's global position."""
+
+    pixels: torch.Tensor
+    texts: list[str]
+    seeds: list[int]
+    positions: list[int]
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: str
+
+    def setup(self, components, config, accelerator) -> None: ...
+    def trainable_modules(self) -> list[torch.nn.Module]: ...
+    def set_prepared(self, modules: list[torch.nn.Module]) -> None: ...
+    def parameters(self) -> list[torch.nn.Parameter]: ...
+    def loss(self, batch: Batch) -> torch.Tensor: ...
+    def after_step(self) -> None: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+    def save(self, output_dir: Path) -> list[Path]: ...
+
+
+class DiffusionMethod:
+    """Shared plumbing: frozen modules, text encoding, the noised-latent loss."""
+
+    name = "base"
+    train_unet = False
+    train_text_encoder = False
+
+    def setup(self, components, config, accelerator) -> None:
+        from diffusers import DDPMScheduler
+
+        self.c, self.config, self.accelerator = components, config, accelerator
+        self.noise_scheduler = DDPMScheduler.from_config(components.scheduler_config)
+        self.unet, self.text_encoder = components.unet, components.text_encoder
+        for module in (components.unet, components.vae, components.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.prepare_modules()
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        components.vae.to(dtype=weight_dtype)
+        if not self.train_unet and not getattr(self, "unet_adapters", False):
+            components.unet.to(dtype=weight_dtype)
+        if not self.train_text_encoder and not getattr(self, "text_adapters", False):
+            components.text_encoder.to(dtype=weight_dtype)
+
+    def prepare_modules(self) -> None:
+        """Mark the trainable parameters (a method overrides this)."""
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        mods = []
+        if self.train_unet or getattr(self, "unet_adapters", False):
+            mods.append(self.c.unet)
+        if self.train_text_encoder or getattr(self, "text_adapters", False):
+            mods.append(self.c.text_encoder)
+        return mods
+
+    def set_prepared(self, modules: list[torch.nn.Module]) -> None:
+        """Use the accelerate-prepared (e.g. DistributedDataParallel) modules in the loss."""
+        for raw, prepared in zip(self.trainable_modules(), modules):
+            if raw is self.c.unet:
+                self.unet = prepared
+            elif raw is self.c.text_encoder:
+                self.text_encoder = prepared
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
+
+    def after_step(self) -> None:
+        pass
+
+    def named_trainable(self) -> dict[str, torch.nn.Parameter]:
+        """"unet.<param>" / "text_encoder.<param>" -> trainable parameter."""
+        out = {}
+        for comp in ("unet", "text_encoder"):
+            module = getattr(self.c, comp)
+            if module in self.trainable_modules():
+                out.update({f"{comp}.{n}": p for n, p in module.named_parameters() if p.requires_grad})
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach().clone() for k, p in self.named_trainable().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = self.named_trainable()
+        if set(params) != set(state):
+            diff = sorted(set(params) ^ set(state))[:3]
+            raise ConfigError(f"checkpoint does not match this method's trainable parameters (e.g. {diff})")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[k])
+
+    def transform_text(self, text: str, seed: int) -> str:
+        return text
+
+    # --- the loss ---------------------------------------------------------------------------
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        tok = self.c.tokenizer
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(self.c.device)
+        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.c.vae
+        return vae.encode(pixels.to(self.c.device, vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
+
+    def per_sample_loss(self, pixels: torch.Tensor, texts: list[str], seeds: list[int]) -> torch.Tensor:
+        """Mean squared error of the UNet prediction per sample, (B,)."""
+        latents = self.latents(pixels)
+        noise, timesteps = sample_noise(latents.shape[1:], seeds, self.noise_scheduler.config.num_train_timesteps)
+        noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        cond = self.encode_text([self.transform_text(t, s) for t, s in zip(texts, seeds)])
+        unet_dtype = next(self.c.unet.parameters()).dtype
+        pred = self.unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=cond.to(unet_dtype)).sample
+        return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return self.per_sample_loss(batch.pixels, batch.texts, batch.seeds).mean()
+
+
+def native_resolution(components) -> int:
+    return components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+
+def save_model_folder(components, path: Path) -> Path:
+    """The whole model as a diffusers folder (fp32, safetensors), written atomically; the
+    tokenizer keeps vocab.json + merges.txt so the folder loads as a CLIPTokenizer anywhere."""
+    import shutil
+
+    from ...io.atomic import atomic_dir
+
+    pipe = components.to_pipeline()
+    with atomic_dir(path) as tmp:
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.to(torch.float32)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        src = Path(components.source) / "tokenizer"
+        for name in ("vocab.json", "merges.txt"):
+            if (src / name).is_file() and not (Path(tmp) / "tokenizer" / name).exists():
+                shutil.copy(src / name, Path(tmp) / "tokenizer" / name)
+    return Path(path)
+
+
+def sample_noise(shape, seeds: list[int], num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian noise of `shape` and a uniform timestep for each seed (CPU generators, so a
+    sample's noise is the same on any device, in any process, after any resume)."""
+    noises, steps = [], []
+    for seed in seeds:
+        g = torch.Generator("cpu").manual_seed(seed)
+        steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
+        noises.append(torch.randn(tuple(shape), generator=g))
+    return torch.stack(noises), torch.cat(steps)

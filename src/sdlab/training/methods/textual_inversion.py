@@ -1,0 +1,103 @@
+"""Textual inversion (Gal et al. 2022): learn new token embeddings for a concept, every
+other weight frozen.
+
+`<my-shape>` with N vectors becomes N new tokens `<my-shape> <my-shape>_1 ...` (the
+diffusers convention), initialised from the initializer word(s). Only their rows of the
+token-embedding matrix change: the gradient of every other row is masked and, since AdamW's
+decoupled weight decay would still shrink them, the other rows are restored after each step.
+Saves `learned_embeds.safetensors` ({token: (N, dim)}, diffusers) and `<name>.safetensors`
+({"emb_params": (N, dim)}, the AUTOMATIC1111 / kohya layout).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...config import _check_int
+from ...errors import ConfigError
+from ...text import embeddings
+from .base import DiffusionMethod
+
+OBJECT_TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a picture of a {}", "an image of a {}",
+                    "a {}", "the {}", "a drawing of a {}", "a clean {}", "a small {}", "a large {}")
+STYLE_TEMPLATES = ("a painting in the style of {}", "a rendering in the style of {}", "an image in the style of {}",
+                   "a picture in the style of {}", "a drawing in the style of {}", "{} style")
+
+
+@dataclass(frozen=True)
+class TIOptions:
+    placeholder: str = "<my-shape>"
+    initializer: str = "shape"
+    num_vectors: int = 1
+    templates: str = "object"            # object, style, or none (use the captions)
+
+    def __post_init__(self):
+        if not isinstance(self.placeholder, str) or not self.placeholder.strip() or " " in self.placeholder:
+            raise ConfigError(f"placeholder must be one word without spaces, got {self.placeholder!r}")
+        if not isinstance(self.initializer, str) or not self.initializer.strip():
+            raise ConfigError("initializer must be a non-empty word or phrase")
+        _check_int("num_vectors", self.num_vectors, 1, 75)
+        if self.templates not in ("object", "style", "none"):
+            raise ConfigError(f"templates must be object, style or none; got {self.templates!r}")
+
+
+class TextualInversion(DiffusionMethod):
+    name = "textual-inversion"
+    text_adapters = True        # the text encoder is prepared; only its new rows train
+
+    def __init__(self, options: TIOptions | None = None):
+        self.options = options or TIOptions()
+
+    def prepare_modules(self) -> None:
+        o, tok, text = self.options, self.c.tokenizer, self.c.text_encoder
+        self.tokens = embeddings.token_names(o.placeholder, o.num_vectors)
+        init_ids = tok(o.initializer, add_special_tokens=False).input_ids
+        if not init_ids:
+            raise ConfigError(f"initializer {o.initializer!r} gives no tokens")
+        init = text.get_input_embeddings().weight[init_ids].detach().clone()
+        vectors = init[torch.arange(o.num_vectors) % len(init_ids)]
+        self.ids = embeddings.add_tokens(tok, text, self.tokens, vectors)
+        weight = text.get_input_embeddings().weight
+        weight.requires_grad_(True)
+        self.original = weight.detach().clone()
+        self.keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+        self.keep[self.ids] = False
+        weight.register_hook(lambda g: g.masked_fill(self.keep[:, None], 0.0))
+
+    def transform_text(self, text: str, seed: int) -> str:
+        o = self.options
+        phrase = " ".join(self.tokens)
+        if o.templates == "none":
+            if o.placeholder not in text:
+                raise ConfigError(f"caption {text!r} lacks the placeholder {o.placeholder}; use --templates object")
+            return text.replace(o.placeholder, phrase)
+        templates = OBJECT_TEMPLATES if o.templates == "object" else STYLE_TEMPLATES
+        return random.Random(seed).choice(templates).format(phrase)
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        return self.c.text_encoder.get_input_embeddings().weight
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.weight[self.keep] = self.original[self.keep]
+
+    def learned(self) -> torch.Tensor:
+        return self.weight[self.ids].detach().float().cpu().clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"learned_embeds": self.learned()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.weight[self.ids] = state["learned_embeds"].to(self.weight.device, self.weight.dtype)
+
+    def save(self, output_dir: Path) -> list[Path]:
+        out, name = Path(output_dir), self.options.placeholder.strip("<>")
+        vec = self.learned()
+        return [embeddings.save_diffusers(out / "learned_embeds.safetensors", {self.options.placeholder: vec}),
+                embeddings.save_a1111(out / f"{name}.safetensors", name, vec, step=getattr(self, "step", 0))]

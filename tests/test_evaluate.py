@@ -1,0 +1,116 @@
+"""Evaluation: oracle rates on known images, Frechet distance against its closed form, the
+shipped CLIP's scores, checkpoints applied to a pipeline, and the report end to end."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from sdlab.evaluate import concept as ce
+from sdlab.evaluate.scores import frechet_distance
+from sdlab.world.render import render
+from sdlab.world.scene import single_object_scene
+
+
+class RenderPipe:
+    """Stands in for a model: draws a heart for prompts with the token, else a circle, in the
+    colour the prompt names (blue when it names none)."""
+
+    def generate(self, cfg):
+        from sdlab.pipeline import GenerationResult
+
+        words = cfg.prompt.split()
+        shape = "heart" if "<tok>" in words else "circle"
+        color = next((w for w in words if w in ("red", "green", "blue")), "blue")
+        n = cfg.batch_size * cfg.batch_count
+        rng = random.Random(cfg.seed)
+        imgs = [render(single_object_scene(shape, color, "large", "center", "white", rng)) for _ in range(n)]
+        return GenerationResult(imgs, list(range(n)), [""] * n)
+
+
+def test_oracle_rates_on_known_images():
+    probes = ce.concept_probes("<tok>", {"shape": "heart"}, color="red", position="left")
+    rates, images = ce.concept_report(RenderPipe(), probes, n=3)
+    assert rates["detection"] == 1.0 and rates["color"] == 1.0 and rates["color+concept"] == 1.0
+    assert rates["position"] == 0.0                   # the stand-in always draws in the centre
+    assert len(images["a <tok>"]) == 3
+    d = ce.drift(RenderPipe(), RenderPipe(), ce.class_probes(shapes=("circle", "square"), colors=("red",)), n=2)
+    assert d["same_seed_agreement"] == 1.0 and d["accuracy_drop"] == 0.0 and d["base_accuracy"] == 0.5
+
+
+def test_frechet_distance_closed_form():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 3, generator=g)
+    shift = torch.tensor([1.0, -2.0, 0.5])
+    assert abs(frechet_distance(a, a + shift) - float((shift ** 2).sum())) < 1e-6   # same covariance
+    b = a * 2                                                                         # S_b = 4 S_a
+    s = np.cov(a.double().numpy(), rowvar=False)
+    mu2 = float((a.double().mean(0) ** 2).sum())                                     # |mu_b - mu_a|^2
+    assert abs(frechet_distance(a, b) - (mu2 + float(np.trace(s)) * (1 + 4 - 2 * 2))) < 1e-6
+
+
+def test_shipped_clip_scores_prefer_the_right_text_and_set():
+    from sdlab.evaluate.features import Encoder
+    from sdlab.evaluate.scores import clip_score, image_similarity
+
+    enc = Encoder()
+    rng = random.Random(0)
+    reds = [render(single_object_scene("circle", "red", "large", "center", "blue", rng)) for _ in range(6)]
+    stars = [render(single_object_scene("star", "yellow", "large", "left", "black", rng)) for _ in range(6)]
+    f_red, f_star = enc.images(reds), enc.images(stars)
+    right = clip_score(f_red, enc.texts(["a large red circle on a blue background"] * 6))
+    wrong = clip_score(f_red, enc.texts(["a large yellow star on a black background"] * 6))
+    assert right > wrong
+    assert image_similarity(f_red[:3], f_red[3:]) > image_similarity(f_red[:3], f_star[:3])
+    assert frechet_distance(f_red, f_red.flip(0)) < frechet_distance(f_red, f_star)
+
+
+def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path):
+    from sdlab.cli.main import main
+    from sdlab.evaluate import apply
+    from sdlab.models import lora as lora_files
+    from sdlab.pipeline import Pipeline
+    from sdlab.world.data import export_folder
+
+    data = export_folder(tmp_path / "data", 3, seed=9)
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--instance-prompt", "x", "--max-steps", "2",
+              "--checkpoint-every", "1", "--keep-last", "2", "--device", "cpu", "--lr", "1e-2"]
+    assert main(["train", "textual-inversion", *common, "--output-dir", str(tmp_path / "ti"), "--num-vectors", "2"]) == 0
+    assert main(["train", "lora", *common, "--output-dir", str(tmp_path / "lora")]) == 0
+    ti = apply.load_checkpoint(tiny_model_dir, tmp_path / "ti" / "checkpoints" / "step-00000002")
+    final = Pipeline.load(tiny_model_dir, device="cpu")
+    from sdlab.text.embeddings import load_embedding
+    load_embedding(final, tmp_path / "ti" / "learned_embeds.safetensors")
+    assert torch.equal(ti.encode_prompt(["a <my-shape>"]), final.encode_prompt(["a <my-shape>"]))
+    lo = apply.load_checkpoint(tiny_model_dir, tmp_path / "lora" / "checkpoints" / "step-00000002")
+    ref = Pipeline.load(tiny_model_dir, device="cpu")
+    lora_files.apply_lora(ref, tmp_path / "lora" / "lora_kohya.safetensors")
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(lo.c.unet.parameters(), ref.c.unet.parameters()))
+
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(tiny_model_dir), "--run-dir", str(tmp_path / "ti"), "--n", "2", "--steps", "2",
+                 "--out", str(out), "--encoder", str(_tiny_clip(tmp_path))]) == 0
+    import json
+    rows = json.loads((out / "report.json").read_text())
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(0 <= r["detection"] <= 1 and r["frechet_distance"] >= 0 for r in rows)
+    md = (out / "report.md").read_text()
+    assert "| step-00000001 | 1 |" in md and "rates.png" in md
+
+
+def _tiny_clip(tmp_path):
+    """A random CLIP pair small enough for the test, at the shipped pair's image size."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from sdlab.evaluate.features import SHIPPED_CLIP
+
+    cfg = CLIPConfig(text_config=dict(vocab_size=CLIPTokenizer.from_pretrained(SHIPPED_CLIP).vocab_size + 2,
+                                      hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+                     vision_config=dict(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2), projection_dim=8)
+    torch.manual_seed(0)
+    path = tmp_path / "clip"
+    CLIPModel(cfg).save_pretrained(path)
+    CLIPTokenizer.from_pretrained(SHIPPED_CLIP).save_pretrained(path)
+    return path

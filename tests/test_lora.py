@@ -1,0 +1,119 @@
+"""LoRA: trained adapters saved in diffusers and kohya layouts give the same model in sdlab
+and in plain diffusers; `sdlab convert` round-trips and refuses unknown or half keys."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdlab.errors import ConfigError
+from sdlab.models import lora as lora_files
+from sdlab.training.config import TrainingConfig
+from sdlab.training.loop import train
+from sdlab.training.methods.lora import LoRA, LoraOptions
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    from sdlab.world.data import export_folder
+
+    root = tmp_path_factory.mktemp("lora")
+    data = export_folder(root / "data", 4, seed=4)
+    method = LoRA(LoraOptions(rank=2, alpha=4.0, text_encoder=True))
+    cfg = TrainingConfig(method="lora", data_dir=str(data), output_dir=str(root / "out"), model=str(tiny_model_dir),
+                         max_steps=3, learning_rate=5e-2, checkpoint_every=100, device="cpu", options=method.options)
+    train(cfg, method)
+    return method, root / "out"
+
+
+def _unet_out(unet, text_encoder, tokenizer):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ids = tokenizer(["a red circle"], padding="max_length", max_length=tokenizer.model_max_length,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        return unet(x, torch.tensor([500]), encoder_hidden_states=text_encoder(ids)[0]).sample
+
+
+def test_trained_lora_loads_in_sdlab_and_diffusers_alike(trained, tiny_model_dir):
+    from diffusers import StableDiffusionPipeline
+
+    from sdlab.pipeline import Pipeline
+
+    method, out = trained
+    layers = method.layers()
+    assert len(layers) == 4 * 2 * 4 + 2 * 4   # UNet: 4 transformer blocks x attn1/2 x q,k,v,out; text: 2 layers x 4
+    assert all(l.up.abs().max() > 0 for l in layers.values())          # B moved from its zero init
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    base = _unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer)
+    outs = {}
+    for name in ("lora/pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        handle = lora_files.apply_lora(pipe, out / name, scale=1.0)
+        outs[name] = _unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer)
+        handle.remove()
+    assert torch.allclose(_unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer), base, atol=1e-6)
+    a, b = outs.values()
+    assert torch.allclose(a, b, atol=1e-6) and (a - base).abs().max() > 1e-4
+    for name in ("lora", "lora_kohya.safetensors"):            # diffusers reads both files
+        dp = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+        dp.load_lora_weights(str(out / name))
+        assert torch.allclose(_unet_out(dp.unet, dp.text_encoder, dp.tokenizer), a, atol=1e-5), name
+
+
+def test_scale_is_linear(trained, tiny_model_dir):
+    from sdlab.pipeline import Pipeline
+
+    _, out = trained
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    w = pipe.c.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight
+    w0 = w.detach().clone()
+    h = lora_files.apply_lora(pipe, out / "lora_kohya.safetensors", scale=1.0)
+    d1 = w.detach() - w0
+    h.remove()
+    h = lora_files.apply_lora(pipe, out / "lora_kohya.safetensors", scale=0.5)
+    assert torch.allclose(w.detach() - w0, 0.5 * d1, atol=1e-7) and d1.abs().max() > 0
+    h.remove()
+
+
+def test_convert_round_trip_and_refusals(trained, tiny_model_dir, tmp_path, capsys):
+    from sdlab.cli.main import main
+
+    _, out = trained
+    kohya, back = tmp_path / "k.safetensors", tmp_path / "d.safetensors"
+    model = ["--model", str(tiny_model_dir)]
+    assert main(["convert", str(out / "lora/pytorch_lora_weights.safetensors"), str(kohya), "--to", "kohya", *model]) == 0
+    assert main(["convert", str(kohya), str(back), "--to", "diffusers", *model]) == 0
+    k, orig, d = load_file(str(kohya)), load_file(str(out / "lora_kohya.safetensors")), \
+        load_file(str(back))
+    assert k.keys() == orig.keys() and all(torch.equal(k[x], orig[x]) for x in k)
+    src = load_file(str(out / "lora/pytorch_lora_weights.safetensors"))
+    assert d.keys() == src.keys() and all(torch.equal(d[x], src[x]) for x in d)
+    alpha_key = next(x for x in k if x.endswith(".alpha"))
+    assert k[alpha_key].item() == 4.0
+
+    bad = dict(orig)
+    bad["lora_unet_mid_block_not_a_module.lora_down.weight"] = torch.zeros(2, 32)
+    bad["lora_unet_mid_block_not_a_module.lora_up.weight"] = torch.zeros(32, 2)
+    save_file(bad, str(tmp_path / "unknown.safetensors"))
+    assert main(["convert", str(tmp_path / "unknown.safetensors"), str(tmp_path / "x.safetensors"), "--to",
+                 "diffusers", *model]) == 2
+    assert "names no module" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+    half = {x: v for x, v in orig.items() if not x.endswith("attn1_to_q.lora_up.weight")}
+    save_file(half, str(tmp_path / "half.safetensors"))
+    with pytest.raises(ConfigError, match="has no up weight"):
+        lora_files.load_layers(tmp_path / "half.safetensors", *_modules(tiny_model_dir))
+    save_file({"something.else": torch.zeros(1)}, str(tmp_path / "junk.safetensors"))
+    with pytest.raises(ConfigError, match="unknown LoRA keys"):
+        lora_files.load_layers(tmp_path / "junk.safetensors", *_modules(tiny_model_dir))
+    wrong = dict(orig)
+    key = next(x for x in wrong if x.endswith("lora_down.weight"))
+    wrong[key] = torch.zeros(2, 5)
+    save_file(wrong, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(ConfigError, match="do not fit"):
+        lora_files.load_layers(tmp_path / "shape.safetensors", *_modules(tiny_model_dir))
+
+
+def _modules(model_dir):
+    from sdlab.pipeline import Pipeline
+
+    p = Pipeline.load(model_dir, device="cpu")
+    return p.c.unet, p.c.text_encoder

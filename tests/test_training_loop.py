@@ -1,0 +1,83 @@
+"""The shared loop: cancel and Ctrl-C save a checkpoint, memory options keep the result,
+bad settings are ConfigErrors that name the field."""
+
+import pytest
+import torch
+
+from sdlab.errors import Cancelled, ConfigError
+from sdlab.training import checkpoints as ck
+from sdlab.training.config import TrainingConfig
+from sdlab.training.loop import make_accelerator, make_optimizer, train
+from sdlab.training.methods.lora import LoRA, LoraOptions
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from sdlab.world.data import export_folder
+
+    return export_folder(tmp_path_factory.mktemp("loop") / "data", 3, seed=6)
+
+
+def _cfg(model, data, out, **kw):
+    base = dict(method="lora", data_dir=str(data), output_dir=str(out), model=str(model), max_steps=4,
+                learning_rate=1e-2, checkpoint_every=100, device="cpu", options=LoraOptions(rank=2))
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+@pytest.mark.parametrize("exc", [Cancelled, KeyboardInterrupt])
+def test_interrupt_saves_checkpoint_then_resumes(tiny_model_dir, data, tmp_path, exc):
+    from sdlab.callbacks import CancelToken
+
+    token, out = CancelToken(), tmp_path / "run"
+
+    def stop_after_two(event):
+        assert set(event.metrics) == {"loss", "lr"} and event.total == 4
+        if event.step == 1:
+            if exc is Cancelled:
+                token.cancel()
+            else:
+                raise KeyboardInterrupt
+
+    with pytest.raises(exc):
+        train(_cfg(tiny_model_dir, data, out), LoRA(LoraOptions(rank=2)), callback=stop_after_two, cancel=token)
+    assert [p.name for p in ck.list_checkpoints(out / "checkpoints")] == ["step-00000002"]
+    result = train(_cfg(tiny_model_dir, data, out), LoRA(LoraOptions(rank=2)), resume="latest")
+    assert result.step == 4 and len(result.losses) == 2
+
+
+def test_gradient_checkpointing_and_sliced_attention_keep_the_result(tiny_model_dir, data, tmp_path):
+    results = []
+    for i, kw in enumerate(({}, {"gradient_checkpointing": True, "attention": "sliced"}, {"attention": "sdpa"})):
+        method = LoRA(LoraOptions(rank=2))
+        train(_cfg(tiny_model_dir, data, tmp_path / str(i), max_steps=2, **kw), method)
+        results.append(method.layers())
+    for other in results[1:]:
+        assert all(torch.allclose(results[0][k].up, other[k].up, atol=1e-5) for k in results[0])
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tiny_model_dir, data, tmp_path):
+    result = train(_cfg(tiny_model_dir, data, tmp_path / "bf16", max_steps=2, mixed_precision="bf16"),
+                   LoRA(LoraOptions(rank=2)))
+    assert all(0 < l < 10 for l in result.losses)
+
+
+def test_bad_settings_are_config_errors(tiny_model_dir, data, tmp_path, capsys):
+    from sdlab.cli.main import main
+
+    with pytest.raises(ConfigError, match="resolution must be a multiple of 8"):
+        _cfg(tiny_model_dir, data, tmp_path, resolution=30)
+    with pytest.raises(ConfigError, match="lr_scheduler must be one of"):
+        _cfg(tiny_model_dir, data, tmp_path, lr_scheduler="warp")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        make_accelerator(_cfg(tiny_model_dir, data, tmp_path, mixed_precision="fp16"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="use_8bit_adam needs a CUDA GPU"):
+            make_optimizer(_cfg(tiny_model_dir, data, tmp_path, use_8bit_adam=True), [torch.nn.Parameter(torch.ones(1))])
+    assert main(["train", "lora", "--data", str(tmp_path / "nope"), "--model", str(tiny_model_dir)]) == 2
+    assert "data folder" in capsys.readouterr().err
+    assert main(["train", "lora", "--data", str(data), "--model", str(tiny_model_dir), "--max-steps", "0"]) == 2
+    assert "max_steps must be >= 1" in capsys.readouterr().err
+    assert main(["train", "lora", "--data", str(data), "--model", str(tiny_model_dir), "--output-dir",
+                 str(tmp_path / "o"), "--resume", str(tmp_path)]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
