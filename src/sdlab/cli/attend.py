@@ -12,7 +12,7 @@ import argparse
 import re
 from pathlib import Path
 
-from .generate import _common, _config
+from .generate import config_from_args, load_pipeline, sampling_options
 
 EXAMPLES = """examples:
   sdlab attend "a large red circle on the left on a blue background" --out attn --seed 3
@@ -23,7 +23,10 @@ EXAMPLES = """examples:
 def register(sub) -> None:
     p = sub.add_parser("attend", help="cross-attention maps per token, overlaid on the image", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
+    p.add_argument("prompt", help="what to draw")
+    sampling_options(p)
+    p.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
+    p.add_argument("--out", default="attention", help="output folder (default ./attention)")
     p.add_argument("--layers", nargs="+", default=["down", "mid", "up"], choices=["down", "mid", "up"],
                    help="UNet places to average (default: all)")
     p.add_argument("--res", nargs="+", type=int, default=None,
@@ -48,12 +51,11 @@ def run(args) -> int:
     from ..attention.maps import attention_figure, token_labels
     from ..attention.store import attend
     from ..errors import ConfigError
-    from ..pipeline import Pipeline
 
     if not 0 <= args.alpha <= 1:
         raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
-    config = _config(args)
-    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
+    config = config_from_args(args)
+    pipe = load_pipeline(args)
     steps = tuple(args.step_range) if args.step_range else None
     result, maps = attend(pipe, config, places=args.layers, resolutions=args.res, steps=steps)
     tokens = token_labels(pipe.c.tokenizer, config.prompt)
