@@ -35,7 +35,8 @@ Stable Diffusion checkpoint uses, so every sdlab code path is exercised on it.
   scaling factor {unet_s.get('scaling_factor', float('nan')):.4f}.
 - Text encoder: `CLIPTextModel` (hidden {recipe.TEXT_DIM}, 4 layers, 77 tokens) with a BPE `CLIPTokenizer`
   learned on world captions; pre-trained contrastively with a ViT image tower (the pair ships
-  as `shapes-clip`), then frozen.
+  as `shapes-clip`, unchanged), then trained on with the UNet at half its learning rate
+  (contrastive pre-training alone left "left" and "right" 9 % apart, and the UNet ignored position).
 - UNet: `UNet2DConditionModel` {recipe.unet_config()['block_out_channels']}, cross-attention at 16x16 and 8x8,
   pooled text added to the time embedding (`addition_embed_type="text"`).
 - Schedule: scaled-linear betas rescaled to zero terminal SNR, v-prediction, trailing timesteps
@@ -47,7 +48,7 @@ Stable Diffusion checkpoint uses, so every sdlab code path is exercised on it.
 | VAE (object-weighted L1+MSE, KL 1e-8), batch 16 | {vae_s.get('step', 0)} | {vae_s.get('seconds', 0) / 60:.1f} | oracle readback of reconstructions: shape {vae_s.get('readback', {}).get('shape', float('nan')):.3f} |
 | decoder fine-tune (edge loss, latent noise), batch 16 | {dec_s.get('step', 0)} | {dec_s.get('seconds', 0) / 60:.1f} | readback: {dec_s.get('readback', {})} |
 | CLIP pair (contrastive), batch 128 | {clip_s.get('step', 0)} | {clip_s.get('seconds', 0) / 60:.1f} | text->image top-1 among 256: {clip_s.get('retrieval_top1', float('nan')):.3f} |
-| UNet (v-prediction MSE, 10% caption dropout, EMA), batch 64 | {unet_s.get('step', 0)} | {unet_s.get('seconds', 0) / 60:.1f} | see scores |
+| UNet (v-prediction MSE, 10% caption dropout, EMA), batch 64; text encoder jointly from step {unet_s.get('optimizer_start', 0)} | {unet_s.get('step', 0)} | {unet_s.get('seconds', 0) / 60:.1f} | see scores |
 
 Held-out colour-shape pairs (never rendered in training): {held}.
 Reserved for personalization (never in base training): shapes {', '.join(spec.RESERVED_SHAPES)}; fills {', '.join(spec.RESERVED_FILLS)}.
