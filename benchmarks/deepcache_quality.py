@@ -8,16 +8,15 @@ model: oracle accuracies on seen prompts, mean absolute pixel difference to the 
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from report import publish
 from sdlab import GenerationConfig, Pipeline
 from sdlab.models.speed import SpeedOptions
 from sdlab.world.captions import full_caption
@@ -70,14 +69,9 @@ def main(argv=None) -> int:
         images, seconds = generate_all(pipe, scenes, args.steps, args.sampler)
         row(f"deep cache, full every {interval}", images, seconds, difference(ref, images))
     hw = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    head = (f"### {datetime.date.today()} · DeepCache quality · {hw} · {ref_pipe.c.name} · {args.n} seen prompts, "
-            f"{args.steps} steps, {args.sampler}, CFG 7.5\n\n"
-            f"`python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
-    table = "\n".join(rows) + "\n"
-    print(head + "\n" + table)
-    if args.results:
-        with open(Path(__file__).parent / "RESULTS.md", "a") as f:
-            f.write("\n" + head + "\n" + table)
+    title = (f"DeepCache quality · {hw} · {ref_pipe.c.name} · {args.n} seen prompts, {args.steps} steps, "
+             f"{args.sampler}, CFG 7.5")
+    publish(__file__, title, "\n".join(rows), argv, args.results)
     return 0
 
 

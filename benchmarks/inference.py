@@ -12,7 +12,6 @@ benchmarks/RESULTS.md with the date, hardware and command.
 from __future__ import annotations
 
 import argparse
-import datetime
 import platform
 import resource
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from report import publish
 from sdlab import GenerationConfig, Pipeline
 from sdlab.models.speed import COMPILE_MODES, SpeedOptions
 
@@ -143,15 +143,10 @@ def main(argv=None) -> int:
     hw = (torch.cuda.get_device_name() if dev.type == "cuda"
           else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     opts = ", ".join(k for k, v in (("fast", args.fast), (f"compile={args.compile}", args.compile != "off")) if v)
-    head = (f"### {datetime.date.today()} · {hw} · {pipe.c.name} · {size}x{size} · "
-            f"{str(pipe.c.dtype).replace('torch.', '')}{' · sdlab ' + opts if opts else ''}\n\n"
-            f"`python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+    title = (f"{hw} · {pipe.c.name} · {size}x{size} · "
+             f"{str(pipe.c.dtype).replace('torch.', '')}{' · sdlab ' + opts if opts else ''}")
     mem_note = "GPU allocated" if dev.type == "cuda" else "process RSS, cumulative: not a per-path number on CPU"
-    table = "\n".join(rows) + f"\n\npeak memory: {mem_note}\n"
-    print(head + "\n" + table)
-    if args.results:
-        with open(Path(__file__).parent / "RESULTS.md", "a") as f:
-            f.write("\n" + head + "\n" + table)
+    publish(__file__, title, "\n".join(rows) + f"\n\npeak memory: {mem_note}", argv, args.results)
     return 0
 
 
