@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["done", "failed", "cancelled", "interrupted"]);
+const MODES = ["txt2img", "img2img", "attend", "edit"];
 const S = { token: null, mode: "txt2img", job: null, source: null };
 
 // --- token: ?token=... in the address, kept in sessionStorage ------------------------------
@@ -46,11 +47,32 @@ function showError(msg) {
 // --- form --------------------------------------------------------------------------------------
 function setMode(mode) {
   S.mode = mode;
-  for (const m of ["txt2img", "img2img"]) {
+  for (const m of MODES) {
     $("tab-" + m).classList.toggle("active", m === mode);
     $("tab-" + m).setAttribute("aria-selected", String(m === mode));
   }
   $("img2img-fields").hidden = mode !== "img2img";
+  $("attend-fields").hidden = mode !== "attend";
+  $("edit-fields").hidden = mode !== "edit";
+  $("batch-fields").hidden = mode === "attend" || mode === "edit";
+  $("prompt-label").textContent = mode === "edit" ? "Source prompt" : "Prompt";
+}
+
+function parseReweight(text) {  // "red=2, circle=0.5" -> {red: 2, circle: 0.5}
+  const out = {};
+  for (const item of text.split(/[,\s]+/).filter(Boolean)) {
+    const i = item.lastIndexOf("=");
+    const value = Number(item.slice(i + 1));
+    if (i <= 0 || item.slice(i + 1) === "" || !Number.isFinite(value)) {
+      throw new Error(`reweight takes word=factor, e.g. red=2; got "${item}"`);
+    }
+    out[item.slice(0, i)] = value;
+  }
+  return out;
+}
+
+function postJson(path, body) {
+  return api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 }
 
 function numberOrNull(id) {
@@ -66,8 +88,19 @@ function request() {
     batch_size: numberOrNull("batch_size"), batch_count: numberOrNull("batch_count"),
   };
   for (const k of Object.keys(p)) if (p[k] === null) delete p[k];
-  if (S.mode === "txt2img") {
-    return api("/api/generate", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(p) });
+  if (S.mode === "txt2img") return postJson("/api/generate", p);
+  if (S.mode === "attend" || S.mode === "edit") { delete p.batch_size; delete p.batch_count; }
+  if (S.mode === "attend") {
+    p.layers = ["down", "mid", "up"].filter((l) => $("layer-" + l).checked);
+    return postJson("/api/attend", p);
+  }
+  if (S.mode === "edit") {
+    const e = { source: p.prompt, mode: $("edit-mode").value, cross_replace: Number($("cross_replace").value),
+                self_replace: Number($("self_replace").value), blend: $("blend").value.split(/[,\s]+/).filter(Boolean) };
+    if ($("target").value.trim()) e.target = $("target").value;
+    try { e.reweight = parseReweight($("reweight").value); } catch (err) { return Promise.reject(err); }
+    delete p.prompt;
+    return postJson("/api/edit", Object.assign(p, e));
   }
   const file = $("image").files[0];
   if (!file) return Promise.reject(new Error("img2img needs an input image"));
@@ -105,6 +138,7 @@ function follow(job) {
   if (S.source) S.source.close();
   S.job = job;
   $("results").innerHTML = "";
+  if ($("tokens")) $("tokens").remove();
   $("meta").hidden = true;
   $("placeholder").hidden = true;
   $("preview").hidden = true;
@@ -136,7 +170,13 @@ async function poll(id) {  // fallback when the stream drops
 function finish(job) {
   $("cancel").disabled = true;
   if (job.state === "done" && job.result) {
-    showImages(job.result.images.map((im) => ({ url: im.url, caption: `seed ${im.seed}`, infotext: im.infotext })));
+    const r = job.result;
+    if (job.kind === "attend") showAttention(r);
+    else if (job.kind === "edit") {
+      showImages([{ url: r.source.url, caption: `source · seed ${r.source.seed}`, infotext: r.source.infotext },
+                  { url: r.target.url, caption: "edited", infotext: r.target.infotext }]);
+      $("results").classList.add("pair");
+    } else showImages(r.images.map((im) => ({ url: im.url, caption: `seed ${im.seed}`, infotext: im.infotext })));
     refreshGallery();
   } else if (job.error) {
     showError(`${job.state}: ${job.error}`);
@@ -148,6 +188,8 @@ function showImages(images) {
   $("preview").hidden = true;
   const box = $("results");
   box.innerHTML = "";
+  box.classList.remove("pair");
+  if ($("tokens")) $("tokens").remove();
   for (const im of images) {
     const fig = document.createElement("figure");
     const img = document.createElement("img");
@@ -164,6 +206,36 @@ function showImages(images) {
   }
   $("placeholder").hidden = images.length > 0;
   showMeta(images.length ? images[0].infotext : "");
+}
+
+// Attention: the image beside the overlay of the chosen token; one chip per prompt token.
+function showAttention(r) {
+  showImages([{ url: r.image.url, caption: `seed ${r.image.seed}`, infotext: r.image.infotext },
+              { url: r.tokens.length ? r.tokens[0].url : r.grid.url, caption: "attention", infotext: r.image.infotext }]);
+  const box = $("results");
+  box.classList.add("pair");
+  const view = box.querySelectorAll("img")[1];
+  view.id = "attn-view";
+  const chips = document.createElement("div");
+  chips.className = "chips";
+  chips.id = "tokens";
+  for (const t of r.tokens) {
+    const b = button(t.text, () => {
+      view.src = withToken(t.url);
+      view.alt = `attention of "${t.text}"`;
+      for (const c of chips.children) c.setAttribute("aria-pressed", String(c === b));
+    });
+    b.className = "chip";
+    b.setAttribute("aria-pressed", "false");
+    chips.appendChild(b);
+  }
+  const grid = document.createElement("a");
+  grid.href = withToken(r.grid.url);
+  grid.target = "_blank";
+  grid.textContent = "all tokens (grid)";
+  chips.appendChild(grid);
+  box.after(chips);
+  if (chips.firstChild && r.tokens.length) chips.firstChild.click();
 }
 
 function showMeta(text) {
@@ -190,7 +262,7 @@ async function refreshJobs() {
     const li = document.createElement("li");
     const text = document.createElement("span");
     text.className = "prompt";
-    text.textContent = `${j.kind}: ${j.params.prompt || ""}`;
+    text.textContent = `${j.kind}: ${j.params.prompt || j.params.source || ""}`;
     const st = document.createElement("span");
     st.className = "state-" + j.state;
     st.textContent = j.state;
@@ -235,9 +307,10 @@ async function init() {
   $("gen-form").addEventListener("submit", submit);
   $("cancel").addEventListener("click", () => S.job && cancelJob(S.job.id));
   $("seed-random").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
-  $("tab-txt2img").addEventListener("click", () => setMode("txt2img"));
-  $("tab-img2img").addEventListener("click", () => setMode("img2img"));
-  $("strength").addEventListener("input", () => { $("strength-out").textContent = $("strength").value; });
+  for (const m of MODES) $("tab-" + m).addEventListener("click", () => setMode(m));
+  for (const id of ["strength", "cross_replace", "self_replace"]) {
+    $(id).addEventListener("input", () => { $(id + "-out").textContent = $(id).value; });
+  }
   $("gallery-refresh").addEventListener("click", refreshGallery);
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
