@@ -457,3 +457,46 @@ def test_an_edit_error_at_run_time_fails_the_job_with_its_message(make_client):
     failed = wait_job(c, job["id"])
     assert failed["state"] == "failed" and "same number of tokens" in failed["error"]
     assert "internal error" not in failed["error"]
+
+
+def test_train_job_streams_the_loss(make_client, tiny_model_dir, tmp_path):
+    c = make_client(model=str(tiny_model_dir))
+    files = [("images", (f"{i}.png", png_bytes((40, 40), color), "image/png")) for i, color in enumerate(["red", "blue"])]
+    r = c.post("/api/train", data={"method": "lora", "instance_prompt": "a sks shape", "max_steps": "4", "rank": "2"},
+               files=files)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    with c.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        events = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
+    job = wait_job(c, job_id)
+    assert job["state"] == "done", job["error"]
+    losses = job["result"]["losses"]
+    assert len(losses) == 4 and all(0 < v < 10 for v in losses)
+    assert job["losses"] == losses and job["metrics"]["loss"] == losses[-1] and job["metrics"]["lr"] > 0
+    running = [e for e in events if e["state"] == "running" and e["losses"]]
+    assert running and all(e["losses"] == losses[:len(e["losses"])] for e in running)  # the curve grows live
+    saved = job["result"]["saved"]
+    assert saved and all((tmp_path / "out" / s).is_file() for s in saved)
+    assert any(s.endswith(".safetensors") for s in saved)
+    data_dir = tmp_path / "out" / ".sdlab-server" / "uploads" / job["params"]["data"]
+    assert len(list(data_dir.glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("data, n_images, text", [
+    ({"method": "dreambooth", "instance_prompt": "x"}, 1, "method"),
+    ({"instance_prompt": "x", "max_steps": "0"}, 1, "max_steps"),
+    ({"instance_prompt": "x", "learning_rate": "-1"}, 1, "learning_rate"),
+    ({"instance_prompt": "x", "placeholder": "two words"}, 1, "placeholder"),
+    ({"max_steps": "2"}, 1, "instance_prompt"),
+    ({"instance_prompt": "x"}, 0, "images"),
+    ({"instance_prompt": "x"}, 17, "images"),
+])
+def test_bad_train_inputs_are_422(make_client, data, n_images, text):
+    c = make_client()
+    files = [("images", (f"{i}.png", png_bytes((8, 8)), "image/png")) for i in range(n_images)]
+    r = c.post("/api/train", data=data, files=files or None)
+    assert r.status_code == 422, r.text
+    assert text in r.text
+    assert c.get("/api/jobs").json()["jobs"] == []
+    r = c.post("/api/train", data={"instance_prompt": "x"}, files=[("images", ("a.png", b"not an image", "image/png"))])
+    assert r.status_code == 400 and not list((c.app.state.settings.upload_dir).glob("train-*"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
+import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,12 +18,13 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..errors import ConfigError
 from ..sampling import sampler_names
-from . import attention_jobs, runners  # noqa: F401  (register the job kinds)
+from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
 from .auth import AccessMiddleware
 from .files import UploadError, gallery, safe_output_path, save_upload
 from .jobs import RUNNERS, JobQueue
 from .schemas import (AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest, JobList, JobOut, JobState,
-                      Options, SamplingRequest)
+                      Options, SamplingRequest, TrainRequest)
+from .schemas import MAX_TRAIN_IMAGES
 from .settings import ServerSettings
 from .store import REQUEUEABLE, TERMINAL, JobStore, QueueFull
 
@@ -172,6 +175,25 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
         except ConfigError as err:
             raise HTTPException(400, str(err)) from None
         job = _queue(request).submit("edit", params)
+        return _get_job(request, job["id"])
+
+    @app.post("/api/train", status_code=202, response_model=JobOut)
+    async def train(request: Request, form: Annotated[TrainRequest, Form()],
+                    images: Annotated[list[UploadFile], File(description="1 to 16 training images")]) -> dict:
+        """A short LoRA / textual-inversion run on the uploaded images; `losses` grows as it trains."""
+        if not 1 <= len(images) <= MAX_TRAIN_IMAGES:
+            raise ConfigError(f"images: give 1 to {MAX_TRAIN_IMAGES} training images, got {len(images)}")
+        params = {**form.model_dump(), "data": f"train-{uuid.uuid4().hex}"}
+        folder = settings.upload_dir / params["data"]
+        try:
+            for image in images:
+                data = await image.read(settings.max_upload_bytes + 1)
+                await asyncio.to_thread(save_upload, data, folder, settings.max_upload_bytes,
+                                        settings.max_upload_pixels)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        job = _queue(request).submit("train", params)
         return _get_job(request, job["id"])
 
     @app.get("/api/jobs", response_model=JobList)

@@ -123,6 +123,33 @@ class EditRequest(SamplingRequest):
         return v
 
 
+MAX_TRAIN_STEPS = 500
+MAX_TRAIN_IMAGES = 16
+
+
+class TrainRequest(BaseModel):
+    """A short personalisation run (sdlab.training) on the uploaded images; the loss streams as
+    job metrics. lora: low-rank adapters (Hu et al. 2021); textual-inversion: a new token
+    embedding (Gal et al. 2022)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the multipart form also holds `images`
+
+    method: Literal["lora", "textual-inversion"] = "lora"
+    instance_prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, examples=["a sks shape"])
+    max_steps: int = Field(50, ge=1, le=MAX_TRAIN_STEPS)
+    learning_rate: Optional[float] = Field(None, gt=0.0, le=1.0, description="default: the method's")
+    rank: int = Field(4, ge=1, le=64, description="lora rank")
+    placeholder: str = Field("<my-shape>", min_length=1, max_length=50, pattern=r"^\S+$",
+                             description="textual inversion: the new token")
+    initializer: str = Field("shape", min_length=1, max_length=50, description="textual inversion: start word(s)")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("instance_prompt", "placeholder", "initializer")
+    @classmethod
+    def _text(cls, v: str, info) -> str:
+        return _clean_text(v, info.field_name)
+
+
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 
 
@@ -143,6 +170,8 @@ class JobOut(BaseModel):
     total: int = 0
     progress: float = 0.0
     preview: Optional[str] = None
+    metrics: dict[str, float] = {}
+    losses: list[float] = []
 
 
 class JobList(BaseModel):
