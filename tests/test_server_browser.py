@@ -205,3 +205,35 @@ def test_attention_chips_and_a_side_by_side_edit(browser, server):
     _shot(page, "studio-edit.png")
     assert errors == []
     page.close()
+
+
+def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
+    from PIL import Image
+
+    base, out = server
+    images = []
+    for i, colour in enumerate(["red", "orange"]):
+        images.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (64, 64), colour).save(images[-1])
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    page.click("#tab-train")
+    assert page.text_content("#prompt-label") == "Instance prompt" and page.is_hidden("#sampling-fields")
+    page.fill("#prompt", "a sks shape")
+    page.click("#generate")
+    assert "at least one image" in page.text_content("#error")
+    page.set_input_files("#train-images", [str(p) for p in images])
+    page.fill("#max_steps", "6")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('job-state').textContent === 'done'", timeout=180_000)
+    points = page.get_attribute("#loss-line", "points").split()
+    assert len(points) == 6 and page.is_visible("#loss-curve")
+    assert float(page.text_content("#loss-value")) > 0 and "step 6" in page.text_content("#loss-step")
+    assert ".safetensors" in page.text_content("#meta")
+    assert list((out / "training").glob("*/*.safetensors"))
+    _shot(page, "studio-train.png")
+    assert errors == []
+    page.close()

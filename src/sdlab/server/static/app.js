@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["done", "failed", "cancelled", "interrupted"]);
-const MODES = ["txt2img", "img2img", "attend", "edit"];
+const MODES = ["txt2img", "img2img", "attend", "edit", "train"];
 const S = { token: null, mode: "txt2img", job: null, source: null };
 
 // --- token: ?token=... in the address, kept in sessionStorage ------------------------------
@@ -54,8 +54,11 @@ function setMode(mode) {
   $("img2img-fields").hidden = mode !== "img2img";
   $("attend-fields").hidden = mode !== "attend";
   $("edit-fields").hidden = mode !== "edit";
-  $("batch-fields").hidden = mode === "attend" || mode === "edit";
-  $("prompt-label").textContent = mode === "edit" ? "Source prompt" : "Prompt";
+  $("train-fields").hidden = mode !== "train";
+  $("generate").textContent = mode === "train" ? "Train" : "Generate";
+  $("sampling-fields").hidden = mode === "train";
+  $("batch-fields").hidden = mode !== "txt2img" && mode !== "img2img";
+  $("prompt-label").textContent = { edit: "Source prompt", train: "Instance prompt" }[mode] || "Prompt";
 }
 
 function parseReweight(text) {  // "red=2, circle=0.5" -> {red: 2, circle: 0.5}
@@ -80,7 +83,24 @@ function numberOrNull(id) {
   return v === "" ? null : Number(v);
 }
 
+function trainRequest() {
+  const files = $("train-images").files;
+  if (!files.length) return Promise.reject(new Error("training needs at least one image"));
+  const form = new FormData();
+  form.append("instance_prompt", $("prompt").value);
+  form.append("method", $("train-method").value);
+  const fields = { max_steps: "max_steps", learning_rate: "learning_rate", rank: "rank",
+                   placeholder: "ti-placeholder", initializer: "ti-initializer" };
+  for (const [name, id] of Object.entries(fields)) {
+    if ($(id).value.trim() !== "") form.append(name, $(id).value.trim());
+  }
+  if ($("seed").value.trim() !== "") form.append("seed", $("seed").value.trim());
+  for (const f of files) form.append("images", f);
+  return api("/api/train", { method: "POST", body: form });
+}
+
 function request() {
+  if (S.mode === "train") return trainRequest();
   const p = {
     prompt: $("prompt").value, negative_prompt: $("negative_prompt").value, sampler: $("sampler").value,
     steps: numberOrNull("steps"), cfg_scale: numberOrNull("cfg_scale"), seed: numberOrNull("seed"),
@@ -139,6 +159,10 @@ function follow(job) {
   S.job = job;
   $("results").innerHTML = "";
   if ($("tokens")) $("tokens").remove();
+  $("loss-box").hidden = job.kind !== "train";
+  $("loss-line").setAttribute("points", "");
+  $("loss-value").textContent = "–";
+  $("loss-step").textContent = "";
   $("meta").hidden = true;
   $("placeholder").hidden = true;
   $("preview").hidden = true;
@@ -151,6 +175,7 @@ function follow(job) {
     if (j.id !== (S.job && S.job.id)) return;
     setProgress(j);
     if (j.preview) { $("preview").src = j.preview; $("preview").hidden = false; }
+    if (j.kind === "train") showLoss(j);
     if (ev.type === "end") finish(j);
   };
   es.addEventListener("progress", onEvent);
@@ -171,7 +196,11 @@ function finish(job) {
   $("cancel").disabled = true;
   if (job.state === "done" && job.result) {
     const r = job.result;
-    if (job.kind === "attend") showAttention(r);
+    if (job.kind === "train") {
+      showLoss(job);
+      $("preview").hidden = true;
+      showMeta(`${r.method}: ${r.steps} steps\nsaved: ${r.saved.join(", ")}`);
+    } else if (job.kind === "attend") showAttention(r);
     else if (job.kind === "edit") {
       showImages([{ url: r.source.url, caption: `source · seed ${r.source.seed}`, infotext: r.source.infotext },
                   { url: r.target.url, caption: "edited", infotext: r.target.infotext }]);
@@ -206,6 +235,19 @@ function showImages(images) {
   }
   $("placeholder").hidden = images.length > 0;
   showMeta(images.length ? images[0].infotext : "");
+}
+
+// Training: the latest loss and the curve of every step so far.
+function showLoss(job) {
+  const losses = job.losses || [];
+  if (!losses.length) return;
+  $("loss-box").hidden = false;
+  $("loss-value").textContent = losses[losses.length - 1].toFixed(4);
+  $("loss-step").textContent = `step ${losses.length}${job.total ? " / " + job.total : ""}`;
+  const lo = Math.min(...losses), hi = Math.max(...losses), span = hi - lo || 1;
+  const n = Math.max(losses.length - 1, 1);
+  $("loss-line").setAttribute("points", losses.map((v, i) =>
+    `${(300 * i / n).toFixed(1)},${(76 - 72 * (v - lo) / span).toFixed(1)}`).join(" "));
 }
 
 // Attention: the image beside the overlay of the chosen token; one chip per prompt token.
@@ -262,7 +304,7 @@ async function refreshJobs() {
     const li = document.createElement("li");
     const text = document.createElement("span");
     text.className = "prompt";
-    text.textContent = `${j.kind}: ${j.params.prompt || j.params.source || ""}`;
+    text.textContent = `${j.kind}: ${j.params.prompt || j.params.source || j.params.instance_prompt || ""}`;
     const st = document.createElement("span");
     st.className = "state-" + j.state;
     st.textContent = j.state;
