@@ -461,7 +461,8 @@ def test_an_edit_error_at_run_time_fails_the_job_with_its_message(make_client):
 
 def test_train_job_streams_the_loss(make_client, tiny_model_dir, tmp_path):
     c = make_client(model=str(tiny_model_dir))
-    files = [("images", (f"{i}.png", png_bytes((40, 40), color), "image/png")) for i, color in enumerate(["red", "blue"])]
+    files = [("images", (f"{i}.png", png_bytes((40, 40), colour), "image/png"))
+             for i, colour in enumerate(["red", "blue"])]
     r = c.post("/api/train", data={"method": "lora", "instance_prompt": "a sks shape", "max_steps": "4", "rank": "2"},
                files=files)
     assert r.status_code == 202, r.text

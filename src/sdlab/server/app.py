@@ -22,9 +22,8 @@ from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the j
 from .auth import AccessMiddleware
 from .files import UploadError, gallery, safe_output_path, save_upload
 from .jobs import RUNNERS, JobQueue
-from .schemas import (AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest, JobList, JobOut, JobState,
-                      Options, SamplingRequest, TrainRequest)
-from .schemas import MAX_TRAIN_IMAGES
+from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest, JobList,
+                      JobOut, JobState, Options, SamplingRequest, TrainRequest)
 from .settings import ServerSettings
 from .store import REQUEUEABLE, TERMINAL, JobStore, QueueFull
 
@@ -57,7 +56,8 @@ def create_app(settings: ServerSettings, load_pipeline=None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="sdlab studio", version=__version__, lifespan=lifespan,
-                  description="txt2img / img2img jobs in a persistent queue, progress over SSE, a gallery.")
+                  description="txt2img, img2img, attention-map, prompt-to-prompt and training jobs in a "
+                              "persistent queue, progress over SSE, a gallery.")
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + BODY_SLACK)
     app.add_middleware(AccessMiddleware, token=settings.token)  # outermost: checked first

@@ -1,7 +1,7 @@
 """Job kinds of the generation studio: txt2img and img2img. Each is one registered runner.
 
-New kinds (attention maps, prompt-to-prompt edits, training) register the same way:
-`@register_kind("name") def run(ctx) -> dict`.
+Other kinds register the same way, `@register_kind("name") def run(ctx) -> dict`: attention
+maps and prompt-to-prompt edits (attention_jobs.py), training (train_jobs.py).
 """
 
 from __future__ import annotations
