@@ -501,3 +501,19 @@ def test_bad_train_inputs_are_422(make_client, data, n_images, text):
     assert c.get("/api/jobs").json()["jobs"] == []
     r = c.post("/api/train", data={"instance_prompt": "x"}, files=[("images", ("a.png", b"not an image", "image/png"))])
     assert r.status_code == 400 and not list((c.app.state.settings.upload_dir).glob("train-*"))
+
+
+def test_a_cancelled_train_job_resumes_from_its_checkpoint(make_client, tiny_model_dir):
+    c = make_client(model=str(tiny_model_dir))
+    r = c.post("/api/train", data={"method": "textual-inversion", "instance_prompt": "a sks shape", "max_steps": "40"},
+               files=[("images", ("a.png", png_bytes((32, 32), "green"), "image/png"))])
+    job_id = r.json()["id"]
+    wait_job(c, job_id, states={"running"}, min_step=3)
+    c.post(f"/api/jobs/{job_id}/cancel")
+    stopped = wait_job(c, job_id)
+    assert stopped["state"] == "cancelled" and 3 <= len(stopped["losses"]) < 40
+    assert c.post(f"/api/jobs/{job_id}/resume").status_code == 200
+    done = wait_job(c, job_id)
+    assert done["state"] == "done", done["error"]
+    assert done["result"]["steps"] == 40 and len(done["result"]["losses"]) == 40 - len(stopped["losses"])
+    assert any(s.endswith(".safetensors") for s in done["result"]["saved"])
