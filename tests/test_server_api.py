@@ -7,6 +7,7 @@ import io
 import json
 import random
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -349,3 +350,170 @@ def test_fuzz_openapi_no_server_errors(tiny_pipe, tmp_path):
     print(f"schemathesis: {len(operations)} operations, status codes {dict(sorted(seen.items()))}")
     assert len(operations) >= 12 and sum(seen.values()) >= 100
     assert seen.get(202, 0) >= 2 and seen.get(200, 0) >= 10 and seen.get(422, 0) >= 10
+
+
+def _served_png(c, url) -> Image.Image:
+    r = c.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", url
+    return Image.open(io.BytesIO(r.content)).convert("RGB")
+
+
+def test_attend_job_serves_the_image_and_one_overlay_per_token(make_client, tiny_pipe, tmp_path):
+    from sdlab.attention.maps import attention_figure, token_labels
+    from sdlab.attention.store import attend
+    from sdlab.config import GenerationConfig
+
+    c = make_client()
+    prompt = "a red circle on a blue background"
+    r = c.post("/api/attend", json={"prompt": prompt, "steps": 2, "seed": 4, "layers": ["up", "mid", "up"], **SMALL})
+    assert r.status_code == 202, r.text
+    job = wait_job(c, r.json()["id"])
+    assert job["state"] == "done", job["error"]
+    assert (job["kind"], job["step"], job["total"]) == ("attend", 2, 2)
+    res = job["result"]
+    tokens = token_labels(tiny_pipe.c.tokenizer, prompt)
+    assert [(t["position"], t["text"]) for t in res["tokens"]] == [(t.position, t.text) for t in tokens]
+    assert len(tokens) == 7 and res["layers"] == ["up", "mid"]
+    # the served overlays are those of a direct attend() call with the same settings
+    direct, maps = attend(tiny_pipe, GenerationConfig(prompt, steps=2, seed=4, **SMALL), places=["up", "mid"])
+    overlays, grid = attention_figure(direct.images[0], maps[0], tokens)
+    image = _served_png(c, res["image"]["url"])
+    assert np.abs(np.asarray(image, np.int16) - np.asarray(direct.images[0], np.int16)).max() <= 2
+    for tok, want in zip(res["tokens"], overlays):
+        got = np.asarray(_served_png(c, tok["url"]), np.int16)
+        assert got.shape == (32, 32, 3) and np.abs(got - np.asarray(want, np.int16)).max() <= 2
+        assert np.abs(got - np.asarray(image, np.int16)).mean() > 5  # a heatmap is blended in
+    assert _served_png(c, res["grid"]["url"]).size == grid.size
+    meta = read_png_metadata(tmp_path / "out" / res["image"]["name"])
+    assert meta["prompt"] == prompt and meta["params"]["Seed"] == 4
+    gallery = c.get("/api/gallery").json()
+    assert [i["name"] for i in gallery["items"]] == [res["image"]["name"]]  # overlays stay out of the gallery
+    assert not list((tmp_path / "out" / "attention").glob(".*"))  # no temp folder left behind
+
+
+def test_edit_job_writes_source_and_target(make_client, tiny_pipe, tmp_path):
+    from sdlab.config import GenerationConfig
+
+    c = make_client()
+    source, target = "a red circle on a blue background", "a red square on a blue background"
+    r = c.post("/api/edit", json={"source": source, "target": target, "steps": 3, "seed": 11, "cross_replace": 0.6,
+                                  "self_replace": 0.3, "reweight": {"square": 2.0}, **SMALL})
+    assert r.status_code == 202, r.text
+    job = wait_job(c, r.json()["id"])
+    assert job["state"] == "done", job["error"]
+    res = job["result"]
+    assert (res["source"]["prompt"], res["target"]["prompt"]) == (source, target)
+    assert res["edit"]["cross_replace"] == 0.6 and res["edit"]["reweight"] == {"square": 2.0}
+    src, tgt = (np.asarray(_served_png(c, res[k]["url"]), np.int16) for k in ("source", "target"))
+    plain = np.asarray(tiny_pipe.generate(GenerationConfig(source, steps=3, seed=11, **SMALL)).images[0], np.int16)
+    assert np.abs(src - plain).max() <= 2  # the source row is the plain generation of its seed
+    assert np.abs(src - tgt).mean() > 0.5
+    meta = read_png_metadata(tmp_path / "out" / res["target"]["name"])
+    assert meta["prompt"] == target and meta["params"]["Seed"] == 11 and meta["settings"]["mode"] == "edit-target"
+    same = wait_job(c, c.post("/api/edit", json={"source": source, "steps": 2, "seed": 1, "cross_replace": 1,
+                                                 "self_replace": 1, **SMALL}).json()["id"])
+    assert same["state"] == "done" and same["result"]["target"]["prompt"] == source  # target defaults to source
+    assert np.array_equal(*(np.asarray(_served_png(c, same["result"][k]["url"])) for k in ("source", "target")))
+    assert c.get("/api/gallery").json()["total"] == 4
+
+
+@pytest.mark.parametrize("path, body, status, text", [
+    ("/api/edit", {"source": "a red circle", "target": "a red square", "cross_replace": 1.5}, 422, "cross_replace"),
+    ("/api/edit", {"source": "a red circle", "target": "a red square", "self_replace": -0.1}, 422, "self_replace"),
+    ("/api/edit", {"source": "a red circle", "target": "a red square", "self_replace": "lots"}, 422, "self_replace"),
+    ("/api/edit", {"source": "a red circle", "mode": "swap"}, 422, "mode"),
+    ("/api/edit", {"source": "a red circle", "mode": "reweight", "reweight": {"red": "x"}}, 422, "reweight"),
+    ("/api/edit", {"source": "a red circle", "mode": "reweight", "reweight": {"red": 100}}, 422, "reweight"),
+    ("/api/edit", {"source": "a red circle", "mode": "reweight", "reweight": ["red", 2]}, 422, "reweight"),
+    ("/api/edit", {"source": "a red circle", "blend": "circle"}, 422, "blend"),
+    ("/api/edit", {"source": "a red circle", "blend": [""]}, 422, "blend"),
+    ("/api/edit", {"source": ""}, 422, "source"),
+    ("/api/edit", {"target": "a red square"}, 422, "source"),
+    ("/api/edit", {"source": "a red circle", "cross": 0.5}, 422, "cross"),
+    ("/api/edit", {"source": "a red circle", "target": "a big red circle"}, 400, "same number of tokens"),
+    ("/api/edit", {"source": "a red circle", "target": "a red square", "reweight": {"blue": 2}}, 400,
+     "'blue' is not in the prompt 'a red square'"),
+    ("/api/edit", {"source": "a red circle", "target": "a red square", "blend": ["star"]}, 400,
+     "blend word 'star' is in neither prompt"),
+    ("/api/edit", {"source": "a red circle", "mode": "reweight"}, 400, "needs at least one word"),
+    ("/api/attend", {"prompt": "a red circle", "layers": ["side"]}, 422, "layers"),
+    ("/api/attend", {"prompt": "a red circle", "layers": []}, 422, "layers"),
+    ("/api/attend", {"prompt": "a red circle", "batch_size": 2}, 422, "batch_size"),
+    ("/api/attend", {"prompt": "x", "width": 512}, 422, "width"),
+    ("/api/attend", {"layers": ["up"]}, 422, "prompt"),
+])
+def test_bad_attend_and_edit_inputs_are_rejected(make_client, path, body, status, text):
+    c = make_client(max_side=256)
+    r = c.post(path, json={"steps": 2, **body})
+    assert r.status_code == status, r.text
+    assert text in r.text
+    assert c.get("/api/jobs").json()["jobs"] == []
+
+
+def test_an_edit_error_at_run_time_fails_the_job_with_its_message(make_client):
+    c = make_client()  # e.g. a job stored before the check existed: the runner's ConfigError is the job's error
+    job = c.app.state.queue.submit("edit", {"source": "a red circle", "target": "a big red circle", "steps": 2,
+                                            "seed": 0, "cfg_scale": 7.5, **SMALL})
+    failed = wait_job(c, job["id"])
+    assert failed["state"] == "failed" and "same number of tokens" in failed["error"]
+    assert "internal error" not in failed["error"]
+
+
+def test_train_job_streams_the_loss(make_client, tiny_model_dir, tmp_path):
+    c = make_client(model=str(tiny_model_dir))
+    files = [("images", (f"{i}.png", png_bytes((40, 40), colour), "image/png"))
+             for i, colour in enumerate(["red", "blue"])]
+    r = c.post("/api/train", data={"method": "lora", "instance_prompt": "a sks shape", "max_steps": "4", "rank": "2"},
+               files=files)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    with c.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        events = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
+    job = wait_job(c, job_id)
+    assert job["state"] == "done", job["error"]
+    losses = job["result"]["losses"]
+    assert len(losses) == 4 and all(0 < v < 10 for v in losses)
+    assert job["losses"] == losses and job["metrics"]["loss"] == losses[-1] and job["metrics"]["lr"] > 0
+    running = [e for e in events if e["state"] == "running" and e["losses"]]
+    assert running and all(e["losses"] == losses[:len(e["losses"])] for e in running)  # the curve grows live
+    saved = job["result"]["saved"]
+    assert saved and all((tmp_path / "out" / s).is_file() for s in saved)
+    assert any(s.endswith(".safetensors") for s in saved)
+    data_dir = tmp_path / "out" / ".sdlab-server" / "uploads" / job["params"]["data"]
+    assert len(list(data_dir.glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("data, n_images, text", [
+    ({"method": "dreambooth", "instance_prompt": "x"}, 1, "method"),
+    ({"instance_prompt": "x", "max_steps": "0"}, 1, "max_steps"),
+    ({"instance_prompt": "x", "learning_rate": "-1"}, 1, "learning_rate"),
+    ({"instance_prompt": "x", "placeholder": "two words"}, 1, "placeholder"),
+    ({"max_steps": "2"}, 1, "instance_prompt"),
+    ({"instance_prompt": "x"}, 0, "images"),
+    ({"instance_prompt": "x"}, 17, "images"),
+])
+def test_bad_train_inputs_are_422(make_client, data, n_images, text):
+    c = make_client()
+    files = [("images", (f"{i}.png", png_bytes((8, 8)), "image/png")) for i in range(n_images)]
+    r = c.post("/api/train", data=data, files=files or None)
+    assert r.status_code == 422, r.text
+    assert text in r.text
+    assert c.get("/api/jobs").json()["jobs"] == []
+    r = c.post("/api/train", data={"instance_prompt": "x"}, files=[("images", ("a.png", b"not an image", "image/png"))])
+    assert r.status_code == 400 and not list((c.app.state.settings.upload_dir).glob("train-*"))
+
+
+def test_a_cancelled_train_job_resumes_from_its_checkpoint(make_client, tiny_model_dir):
+    c = make_client(model=str(tiny_model_dir))
+    r = c.post("/api/train", data={"method": "textual-inversion", "instance_prompt": "a sks shape", "max_steps": "40"},
+               files=[("images", ("a.png", png_bytes((32, 32), "green"), "image/png"))])
+    job_id = r.json()["id"]
+    wait_job(c, job_id, states={"running"}, min_step=3)
+    c.post(f"/api/jobs/{job_id}/cancel")
+    stopped = wait_job(c, job_id)
+    assert stopped["state"] == "cancelled" and 3 <= len(stopped["losses"]) < 40
+    assert c.post(f"/api/jobs/{job_id}/resume").status_code == 200
+    done = wait_job(c, job_id)
+    assert done["state"] == "done", done["error"]
+    assert done["result"]["steps"] == 40 and len(done["result"]["losses"]) == 40 - len(stopped["losses"])
+    assert any(s.endswith(".safetensors") for s in done["result"]["saved"])

@@ -154,3 +154,86 @@ def test_phone_width_layout(browser, server):
     assert output["y"] >= form["y"] + form["height"] and form["width"] > 330  # one column, full width
     _shot(page, "studio-phone.png")
     page.close()
+
+
+def test_attention_chips_and_a_side_by_side_edit(browser, server):
+    base, out = server
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    page.click("#tab-attend")
+    assert page.is_hidden("#batch-fields") and page.is_visible("#layer-up")
+    page.uncheck("#layer-down")
+    page.fill("#prompt", "a large red circle on the left on a blue background")
+    page.fill("#steps", "12")
+    page.fill("#seed", "3")
+    page.click("#generate")
+    page.wait_for_selector("#tokens .chip", timeout=120_000)
+    chips = page.locator("#tokens .chip")
+    texts = [t.strip() for t in chips.all_text_contents()]
+    assert len(texts) == 11 and texts[2].startswith("red"), texts
+    assert "token01.png" in page.get_attribute("#attn-view", "src")  # the first token is shown at first
+    chips.nth(2).click()
+    page.wait_for_function("document.getElementById('attn-view').src.includes('token03.png')")
+    page.wait_for_function("document.getElementById('attn-view').naturalWidth === 64")
+    assert page.get_attribute("#tokens .chip:nth-child(3)", "aria-pressed") == "true"
+    _shot(page, "studio-attention.png")
+
+    page.click("#tab-edit")
+    assert page.text_content("#prompt-label") == "Source prompt" and page.is_visible("#target")
+    page.fill("#prompt", "a large red circle on the left on a blue background")
+    page.fill("#target", "a large red square on the left on a blue background")
+    page.fill("#reweight", "red")
+    page.click("#generate")
+    assert "reweight takes word=factor" in page.text_content("#error")
+    page.fill("#reweight", "square=2")
+    page.fill("#target", "a large red square")  # fewer tokens than the source: refused at once
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('error').textContent.includes('same number of tokens')")
+    page.fill("#target", "a large red square on the left on a blue background")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#results.pair figure:nth-child(2) figcaption')"
+                           "?.textContent.startsWith('edited')", timeout=120_000)
+    page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.naturalWidth === 64)")
+    caps = page.locator("#results figcaption").all_text_contents()
+    assert caps[0].startswith("source · seed 3") and caps[1].startswith("edited")
+    left, right = (page.locator("#results img").nth(i).bounding_box() for i in (0, 1))
+    assert abs(left["y"] - right["y"]) < 1 and right["x"] > left["x"] + left["width"]  # side by side
+    assert len(list(out.glob("*.png"))) >= 3 and (out / "attention").is_dir()
+    _shot(page, "studio-edit.png")
+    assert errors == []
+    page.close()
+
+
+def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
+    from PIL import Image
+
+    base, out = server
+    images = []
+    for i, colour in enumerate(["red", "orange"]):
+        images.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (64, 64), colour).save(images[-1])
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    page.click("#tab-train")
+    assert page.text_content("#prompt-label") == "Instance prompt" and page.is_hidden("#sampling-fields")
+    page.fill("#prompt", "a sks shape")
+    page.click("#generate")
+    assert "at least one image" in page.text_content("#error")
+    page.set_input_files("#train-images", [str(p) for p in images])
+    page.fill("#max_steps", "6")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('job-state').textContent === 'done'", timeout=180_000)
+    points = page.get_attribute("#loss-line", "points").split()
+    assert len(points) == 6 and page.is_visible("#loss-curve")
+    assert float(page.text_content("#loss-value")) > 0 and "step 6" in page.text_content("#loss-step")
+    assert ".safetensors" in page.text_content("#meta")
+    assert list((out / "training").glob("*/*.safetensors"))
+    _shot(page, "studio-train.png")
+    assert errors == []
+    page.close()

@@ -114,12 +114,12 @@ def mean_maps(parts) -> torch.Tensor:
 
 
 def attend(pipe, config, *, places: Iterable[str] = ALL_PLACES, resolutions: Optional[Iterable[int]] = None,
-           steps: Optional[tuple[int, int]] = None):
+           steps: Optional[tuple[int, int]] = None, callback=None, cancel=None):
     """Generate config's first image with an AttentionStore installed: (GenerationResult, maps
-    of shape (batch_size, h, w, tokens))."""
+    of shape (batch_size, h, w, tokens)). callback/cancel as in Pipeline.generate."""
     from dataclasses import replace
 
     config = replace(config, batch_count=1)
     store = AttentionStore(places, resolutions, steps, batch_size=config.batch_size, cfg=config.cfg_scale != 1)
-    result = pipe.generate(config, attention=store)
+    result = pipe.generate(config, attention=store, callback=callback, cancel=cancel)
     return result, store.maps()

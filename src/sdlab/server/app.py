@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
+import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,11 +18,12 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..errors import ConfigError
 from ..sampling import sampler_names
-from . import runners  # noqa: F401  (registers the txt2img / img2img job kinds)
+from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
 from .auth import AccessMiddleware
 from .files import UploadError, gallery, safe_output_path, save_upload
 from .jobs import RUNNERS, JobQueue
-from .schemas import Gallery, GenerateRequest, Img2ImgRequest, JobList, JobOut, JobState, Options
+from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest, JobList,
+                      JobOut, JobState, Options, SamplingRequest, TrainRequest)
 from .settings import ServerSettings
 from .store import REQUEUEABLE, TERMINAL, JobStore, QueueFull
 
@@ -53,7 +56,8 @@ def create_app(settings: ServerSettings, load_pipeline=None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="sdlab studio", version=__version__, lifespan=lifespan,
-                  description="txt2img / img2img jobs in a persistent queue, progress over SSE, a gallery.")
+                  description="txt2img, img2img, attention-map, prompt-to-prompt and training jobs in a "
+                              "persistent queue, progress over SSE, a gallery.")
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + BODY_SLACK)
     app.add_middleware(AccessMiddleware, token=settings.token)  # outermost: checked first
@@ -104,15 +108,15 @@ def _get_job(request: Request, job_id: str) -> dict:
     return job
 
 
-def _job_params(body: GenerateRequest, settings: ServerSettings) -> dict:
+def _job_params(body: SamplingRequest, settings: ServerSettings) -> dict:
     """Stored params: the request with a concrete seed; server limits checked (422)."""
     params = body.model_dump()
     for side in ("width", "height"):
         if params[side] is not None and params[side] > settings.max_side:
             raise ConfigError(f"{side} must be at most {settings.max_side} on this server, got {params[side]}")
-    if body.batch_size * body.batch_count > settings.max_images:
-        raise ConfigError(f"batch_size * batch_count must be at most {settings.max_images}, "
-                          f"got {body.batch_size * body.batch_count}")
+    images = params.get("batch_size", 1) * params.get("batch_count", 1)
+    if images > settings.max_images:
+        raise ConfigError(f"batch_size * batch_count must be at most {settings.max_images}, got {images}")
     if params["seed"] is None:
         params["seed"] = random.randrange(2**32)
     return params
@@ -151,6 +155,45 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
         params["init_image"] = await asyncio.to_thread(save_upload, data, settings.upload_dir,
                                                        settings.max_upload_bytes, settings.max_upload_pixels)
         job = _queue(request).submit("img2img", params)
+        return _get_job(request, job["id"])
+
+    @app.post("/api/attend", status_code=202, response_model=JobOut)
+    def attend(body: AttendRequest, request: Request) -> dict:
+        """Cross-attention maps: the image, one overlay per prompt token and a labelled grid."""
+        job = _queue(request).submit("attend", _job_params(body, settings))
+        return _get_job(request, job["id"])
+
+    @app.post("/api/edit", status_code=202, response_model=JobOut,
+              responses={400: {"description": "the edit does not fit the prompts (a word not in them, "
+                                              "token counts that differ for replace)"}})
+    def edit(body: EditRequest, request: Request) -> dict:
+        """Prompt-to-prompt edit: the source and the edited image from one seed."""
+        params = _job_params(body, settings)
+        pipe = next(iter(_queue(request).pipes.values()))
+        try:
+            attention_jobs.check_edit(pipe, params)
+        except ConfigError as err:
+            raise HTTPException(400, str(err)) from None
+        job = _queue(request).submit("edit", params)
+        return _get_job(request, job["id"])
+
+    @app.post("/api/train", status_code=202, response_model=JobOut)
+    async def train(request: Request, form: Annotated[TrainRequest, Form()],
+                    images: Annotated[list[UploadFile], File(description="1 to 16 training images")]) -> dict:
+        """A short LoRA / textual-inversion run on the uploaded images; `losses` grows as it trains."""
+        if not 1 <= len(images) <= MAX_TRAIN_IMAGES:
+            raise ConfigError(f"images: give 1 to {MAX_TRAIN_IMAGES} training images, got {len(images)}")
+        params = {**form.model_dump(), "data": f"train-{uuid.uuid4().hex}"}
+        folder = settings.upload_dir / params["data"]
+        try:
+            for image in images:
+                data = await image.read(settings.max_upload_bytes + 1)
+                await asyncio.to_thread(save_upload, data, folder, settings.max_upload_bytes,
+                                        settings.max_upload_pixels)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        job = _queue(request).submit("train", params)
         return _get_job(request, job["id"])
 
     @app.get("/api/jobs", response_model=JobList)

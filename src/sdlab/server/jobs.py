@@ -37,6 +37,8 @@ class Live:
     step: int = 0
     total: int = 0
     preview: Optional[str] = None   # data URL
+    metrics: dict = field(default_factory=dict)     # the latest StepEvent.metrics (training: loss, lr)
+    losses: list = field(default_factory=list)      # every reported loss, in step order
 
 
 @dataclass
@@ -66,6 +68,10 @@ class JobContext:
             live = self.live
             live.total = max(live.total, event.total * batches)
             live.step = min(live.step + 1, live.total)
+            if event.metrics:
+                live.metrics = dict(event.metrics)
+                if "loss" in event.metrics:
+                    live.losses.append(float(event.metrics["loss"]))
             now = time.monotonic()
             if event.denoised is not None and now >= self._next_preview:
                 live.preview = preview_data_url(self.pipe, event.denoised)
@@ -148,6 +154,7 @@ class JobQueue:
             job["step"] = job["total"] = max(job["total"], 1)
         job["progress"] = job["step"] / job["total"] if job["total"] else (1.0 if job["state"] == "done" else 0.0)
         job["preview"] = live.preview if live else None
+        job["metrics"], job["losses"] = (dict(live.metrics), list(live.losses)) if live else ({}, [])
         return job
 
     # --- the worker ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Job kinds of the generation studio: txt2img and img2img. Each is one registered runner.
 
-New kinds (attention maps, prompt-to-prompt edits, training) register the same way:
-`@register_kind("name") def run(ctx) -> dict`.
+Other kinds register the same way, `@register_kind("name") def run(ctx) -> dict`: attention
+maps and prompt-to-prompt edits (attention_jobs.py), training (train_jobs.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def generation_config(params: dict) -> GenerationConfig:
     return GenerationConfig(**{k: v for k, v in params.items() if k in GENERATION_FIELDS})
 
 
-def _files(paths: list[Path], out_dir: Path) -> list[dict]:
+def file_links(paths: list[Path], out_dir: Path) -> list[dict]:
     return [{"name": p.name, "url": f"/files/{p.relative_to(out_dir).as_posix()}"} for p in paths]
 
 
@@ -32,8 +32,8 @@ def _generate(ctx: JobContext, init_image=None) -> dict:
     with ctx.save_lock:  # running numbers in the folder: one writer at a time
         paths = save_result(result, out_dir, grid=len(result.images) > 1)
     images = [{**f, "seed": s, "infotext": t}
-              for f, s, t in zip(_files(paths, out_dir), result.seeds, result.infotexts)]
-    grid = _files(paths[len(images):], out_dir)
+              for f, s, t in zip(file_links(paths, out_dir), result.seeds, result.infotexts)]
+    grid = file_links(paths[len(images):], out_dir)
     return {"images": images, "grid": grid[0] if grid else None}
 
 

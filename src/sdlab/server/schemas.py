@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from ..sampling import sampler_names
 
@@ -14,6 +14,8 @@ MAX_STEPS = 150
 MAX_SIDE = 2048          # schema bound; the server's --max-side setting may be lower
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 4
+MAX_WORDS = 16           # reweight / blend entries of an edit
+MAX_WEIGHT = 10.0        # |reweight factor|, as sdlab.attention.edit allows
 
 SamplerName = Literal[tuple(sampler_names())]  # type: ignore[valid-type]
 
@@ -26,12 +28,11 @@ def _clean_text(value: str, name: str) -> str:
     return value
 
 
-class GenerateRequest(BaseModel):
-    """A txt2img job: image i of the job uses seed + i; seed null picks a random one."""
+class SamplingRequest(BaseModel):
+    """Sampling settings shared by every job kind; seed null picks a random one."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS, examples=["a large red circle on the left on a blue background"])
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     steps: int = Field(25, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.5, ge=0.0, le=30.0)
@@ -39,11 +40,22 @@ class GenerateRequest(BaseModel):
     seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative(cls, v: str, info) -> str:
+        return _clean_text(v, info.field_name)
+
+
+class GenerateRequest(SamplingRequest):
+    """A txt2img job: image i of the job uses seed + i."""
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, examples=["a large red circle on the left on a blue background"])
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
 
-    @field_validator("prompt", "negative_prompt")
+    @field_validator("prompt")
     @classmethod
     def _text(cls, v: str, info) -> str:
         return _clean_text(v, info.field_name)
@@ -55,6 +67,87 @@ class Img2ImgRequest(GenerateRequest):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the multipart form also holds `image`
 
     strength: float = Field(0.75, ge=0.0, le=1.0)
+
+
+Place = Literal["down", "mid", "up"]
+Word = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
+
+
+class AttendRequest(SamplingRequest):
+    """Cross-attention maps of one image: an overlay per prompt token (sdlab.attention.store.attend)."""
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, examples=["a large red circle on the left on a blue background"])
+    layers: list[Place] = Field(["down", "mid", "up"], min_length=1, max_length=3,
+                                description="UNet places whose maps are averaged")
+
+    @field_validator("prompt")
+    @classmethod
+    def _text(cls, v: str, info) -> str:
+        return _clean_text(v, info.field_name)
+
+    @field_validator("layers")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+
+class EditRequest(SamplingRequest):
+    """A prompt-to-prompt edit (Hertz et al. 2022): source and target sampled from one seed.
+    The fractions are of the sampling steps; target null means the source (for reweight)."""
+
+    source: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, examples=["a red circle on a blue background"])
+    target: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS, examples=["a red square on a blue background"])
+    mode: Literal["replace", "refine", "reweight"] = "replace"
+    cross_replace: float = Field(0.8, ge=0.0, le=1.0)
+    self_replace: float = Field(0.4, ge=0.0, le=1.0)
+    reweight: dict[Word, Weight] = Field({}, max_length=MAX_WORDS, examples=[{"red": 2.0}])
+    blend: list[Word] = Field([], max_length=MAX_WORDS, description="local blend: edit only where these words attend")
+    blend_threshold: float = Field(0.3, ge=0.0, le=1.0)
+
+    @field_validator("source", "target")
+    @classmethod
+    def _text(cls, v: Optional[str], info) -> Optional[str]:
+        return v if v is None else _clean_text(v, info.field_name)
+
+    @field_validator("blend")
+    @classmethod
+    def _words(cls, v: list[str], info) -> list[str]:
+        return [_clean_text(w, info.field_name) for w in v]
+
+    @field_validator("reweight")
+    @classmethod
+    def _reweight_words(cls, v: dict[str, float], info) -> dict[str, float]:
+        for w in v:
+            _clean_text(w, info.field_name)
+        return v
+
+
+MAX_TRAIN_STEPS = 500
+MAX_TRAIN_IMAGES = 16
+
+
+class TrainRequest(BaseModel):
+    """A short personalisation run (sdlab.training) on the uploaded images; the loss streams as
+    job metrics. lora: low-rank adapters (Hu et al. 2021); textual-inversion: a new token
+    embedding (Gal et al. 2022)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the multipart form also holds `images`
+
+    method: Literal["lora", "textual-inversion"] = "lora"
+    instance_prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, examples=["a sks shape"])
+    max_steps: int = Field(50, ge=1, le=MAX_TRAIN_STEPS)
+    learning_rate: Optional[float] = Field(None, gt=0.0, le=1.0, description="default: the method's")
+    rank: int = Field(4, ge=1, le=64, description="lora rank")
+    placeholder: str = Field("<my-shape>", min_length=1, max_length=50, pattern=r"^\S+$",
+                             description="textual inversion: the new token")
+    initializer: str = Field("shape", min_length=1, max_length=50, description="textual inversion: start word(s)")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("instance_prompt", "placeholder", "initializer")
+    @classmethod
+    def _text(cls, v: str, info) -> str:
+        return _clean_text(v, info.field_name)
 
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
@@ -77,6 +170,8 @@ class JobOut(BaseModel):
     total: int = 0
     progress: float = 0.0
     preview: Optional[str] = None
+    metrics: dict[str, float] = {}
+    losses: list[float] = []
 
 
 class JobList(BaseModel):

@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["done", "failed", "cancelled", "interrupted"]);
+const MODES = ["txt2img", "img2img", "attend", "edit", "train"];
 const S = { token: null, mode: "txt2img", job: null, source: null };
 
 // --- token: ?token=... in the address, kept in sessionStorage ------------------------------
@@ -46,11 +47,35 @@ function showError(msg) {
 // --- form --------------------------------------------------------------------------------------
 function setMode(mode) {
   S.mode = mode;
-  for (const m of ["txt2img", "img2img"]) {
+  for (const m of MODES) {
     $("tab-" + m).classList.toggle("active", m === mode);
     $("tab-" + m).setAttribute("aria-selected", String(m === mode));
   }
   $("img2img-fields").hidden = mode !== "img2img";
+  $("attend-fields").hidden = mode !== "attend";
+  $("edit-fields").hidden = mode !== "edit";
+  $("train-fields").hidden = mode !== "train";
+  $("generate").textContent = mode === "train" ? "Train" : "Generate";
+  $("sampling-fields").hidden = mode === "train";
+  $("batch-fields").hidden = mode !== "txt2img" && mode !== "img2img";
+  $("prompt-label").textContent = { edit: "Source prompt", train: "Instance prompt" }[mode] || "Prompt";
+}
+
+function parseReweight(text) {  // "red=2, circle=0.5" -> {red: 2, circle: 0.5}
+  const out = {};
+  for (const item of text.split(/[,\s]+/).filter(Boolean)) {
+    const i = item.lastIndexOf("=");
+    const value = Number(item.slice(i + 1));
+    if (i <= 0 || item.slice(i + 1) === "" || !Number.isFinite(value)) {
+      throw new Error(`reweight takes word=factor, e.g. red=2; got "${item}"`);
+    }
+    out[item.slice(0, i)] = value;
+  }
+  return out;
+}
+
+function postJson(path, body) {
+  return api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 }
 
 function numberOrNull(id) {
@@ -58,7 +83,24 @@ function numberOrNull(id) {
   return v === "" ? null : Number(v);
 }
 
+function trainRequest() {
+  const files = $("train-images").files;
+  if (!files.length) return Promise.reject(new Error("training needs at least one image"));
+  const form = new FormData();
+  form.append("instance_prompt", $("prompt").value);
+  form.append("method", $("train-method").value);
+  const fields = { max_steps: "max_steps", learning_rate: "learning_rate", rank: "rank",
+                   placeholder: "ti-placeholder", initializer: "ti-initializer" };
+  for (const [name, id] of Object.entries(fields)) {
+    if ($(id).value.trim() !== "") form.append(name, $(id).value.trim());
+  }
+  if ($("seed").value.trim() !== "") form.append("seed", $("seed").value.trim());
+  for (const f of files) form.append("images", f);
+  return api("/api/train", { method: "POST", body: form });
+}
+
 function request() {
+  if (S.mode === "train") return trainRequest();
   const p = {
     prompt: $("prompt").value, negative_prompt: $("negative_prompt").value, sampler: $("sampler").value,
     steps: numberOrNull("steps"), cfg_scale: numberOrNull("cfg_scale"), seed: numberOrNull("seed"),
@@ -66,8 +108,19 @@ function request() {
     batch_size: numberOrNull("batch_size"), batch_count: numberOrNull("batch_count"),
   };
   for (const k of Object.keys(p)) if (p[k] === null) delete p[k];
-  if (S.mode === "txt2img") {
-    return api("/api/generate", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(p) });
+  if (S.mode === "txt2img") return postJson("/api/generate", p);
+  if (S.mode === "attend" || S.mode === "edit") { delete p.batch_size; delete p.batch_count; }
+  if (S.mode === "attend") {
+    p.layers = ["down", "mid", "up"].filter((l) => $("layer-" + l).checked);
+    return postJson("/api/attend", p);
+  }
+  if (S.mode === "edit") {
+    const e = { source: p.prompt, mode: $("edit-mode").value, cross_replace: Number($("cross_replace").value),
+                self_replace: Number($("self_replace").value), blend: $("blend").value.split(/[,\s]+/).filter(Boolean) };
+    if ($("target").value.trim()) e.target = $("target").value;
+    try { e.reweight = parseReweight($("reweight").value); } catch (err) { return Promise.reject(err); }
+    delete p.prompt;
+    return postJson("/api/edit", Object.assign(p, e));
   }
   const file = $("image").files[0];
   if (!file) return Promise.reject(new Error("img2img needs an input image"));
@@ -105,6 +158,11 @@ function follow(job) {
   if (S.source) S.source.close();
   S.job = job;
   $("results").innerHTML = "";
+  if ($("tokens")) $("tokens").remove();
+  $("loss-box").hidden = job.kind !== "train";
+  $("loss-line").setAttribute("points", "");
+  $("loss-value").textContent = "–";
+  $("loss-step").textContent = "";
   $("meta").hidden = true;
   $("placeholder").hidden = true;
   $("preview").hidden = true;
@@ -117,6 +175,7 @@ function follow(job) {
     if (j.id !== (S.job && S.job.id)) return;
     setProgress(j);
     if (j.preview) { $("preview").src = j.preview; $("preview").hidden = false; }
+    if (j.kind === "train") showLoss(j);
     if (ev.type === "end") finish(j);
   };
   es.addEventListener("progress", onEvent);
@@ -136,7 +195,17 @@ async function poll(id) {  // fallback when the stream drops
 function finish(job) {
   $("cancel").disabled = true;
   if (job.state === "done" && job.result) {
-    showImages(job.result.images.map((im) => ({ url: im.url, caption: `seed ${im.seed}`, infotext: im.infotext })));
+    const r = job.result;
+    if (job.kind === "train") {
+      showLoss(job);
+      $("preview").hidden = true;
+      showMeta(`${r.method}: ${r.steps} steps\nsaved: ${r.saved.join(", ")}`);
+    } else if (job.kind === "attend") showAttention(r);
+    else if (job.kind === "edit") {
+      showImages([{ url: r.source.url, caption: `source · seed ${r.source.seed}`, infotext: r.source.infotext },
+                  { url: r.target.url, caption: "edited", infotext: r.target.infotext }]);
+      $("results").classList.add("pair");
+    } else showImages(r.images.map((im) => ({ url: im.url, caption: `seed ${im.seed}`, infotext: im.infotext })));
     refreshGallery();
   } else if (job.error) {
     showError(`${job.state}: ${job.error}`);
@@ -148,6 +217,8 @@ function showImages(images) {
   $("preview").hidden = true;
   const box = $("results");
   box.innerHTML = "";
+  box.classList.remove("pair");
+  if ($("tokens")) $("tokens").remove();
   for (const im of images) {
     const fig = document.createElement("figure");
     const img = document.createElement("img");
@@ -164,6 +235,49 @@ function showImages(images) {
   }
   $("placeholder").hidden = images.length > 0;
   showMeta(images.length ? images[0].infotext : "");
+}
+
+// Training: the latest loss and the curve of every step so far.
+function showLoss(job) {
+  const losses = job.losses || [];
+  if (!losses.length) return;
+  $("loss-box").hidden = false;
+  $("loss-value").textContent = losses[losses.length - 1].toFixed(4);
+  $("loss-step").textContent = `step ${losses.length}${job.total ? " / " + job.total : ""}`;
+  const lo = Math.min(...losses), hi = Math.max(...losses), span = hi - lo || 1;
+  const n = Math.max(losses.length - 1, 1);
+  $("loss-line").setAttribute("points", losses.map((v, i) =>
+    `${(300 * i / n).toFixed(1)},${(76 - 72 * (v - lo) / span).toFixed(1)}`).join(" "));
+}
+
+// Attention: the image beside the overlay of the chosen token; one chip per prompt token.
+function showAttention(r) {
+  showImages([{ url: r.image.url, caption: `seed ${r.image.seed}`, infotext: r.image.infotext },
+              { url: r.tokens.length ? r.tokens[0].url : r.grid.url, caption: "attention", infotext: r.image.infotext }]);
+  const box = $("results");
+  box.classList.add("pair");
+  const view = box.querySelectorAll("img")[1];
+  view.id = "attn-view";
+  const chips = document.createElement("div");
+  chips.className = "chips";
+  chips.id = "tokens";
+  for (const t of r.tokens) {
+    const b = button(t.text, () => {
+      view.src = withToken(t.url);
+      view.alt = `attention of "${t.text}"`;
+      for (const c of chips.children) c.setAttribute("aria-pressed", String(c === b));
+    });
+    b.className = "chip";
+    b.setAttribute("aria-pressed", "false");
+    chips.appendChild(b);
+  }
+  const grid = document.createElement("a");
+  grid.href = withToken(r.grid.url);
+  grid.target = "_blank";
+  grid.textContent = "all tokens (grid)";
+  chips.appendChild(grid);
+  box.after(chips);
+  if (chips.firstChild && r.tokens.length) chips.firstChild.click();
 }
 
 function showMeta(text) {
@@ -190,7 +304,7 @@ async function refreshJobs() {
     const li = document.createElement("li");
     const text = document.createElement("span");
     text.className = "prompt";
-    text.textContent = `${j.kind}: ${j.params.prompt || ""}`;
+    text.textContent = `${j.kind}: ${j.params.prompt || j.params.source || j.params.instance_prompt || ""}`;
     const st = document.createElement("span");
     st.className = "state-" + j.state;
     st.textContent = j.state;
@@ -235,9 +349,10 @@ async function init() {
   $("gen-form").addEventListener("submit", submit);
   $("cancel").addEventListener("click", () => S.job && cancelJob(S.job.id));
   $("seed-random").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
-  $("tab-txt2img").addEventListener("click", () => setMode("txt2img"));
-  $("tab-img2img").addEventListener("click", () => setMode("img2img"));
-  $("strength").addEventListener("input", () => { $("strength-out").textContent = $("strength").value; });
+  for (const m of MODES) $("tab-" + m).addEventListener("click", () => setMode(m));
+  for (const id of ["strength", "cross_replace", "self_replace"]) {
+    $(id).addEventListener("input", () => { $(id + "-out").textContent = $(id).value; });
+  }
   $("gallery-refresh").addEventListener("click", refreshGallery);
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
