@@ -49,7 +49,7 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classifier-guidance", default=None, metavar="LABEL",
                    help="push toward a shape with the shipped noise-aware classifier (e.g. triangle)")
     g.add_argument("--guidance-scale", type=float, default=None,
-                   help="strength of the guidance above (default: 3000 colour, 3000 CLIP, 2 classifier)")
+                   help="strength of the guidance above (default: 3000 colour, 3000 CLIP, 16 classifier)")
     g.add_argument("--guidance-every", type=int, default=1, help="apply it every N denoiser calls (default 1)")
 
 
@@ -123,20 +123,29 @@ def _rgb(text: str) -> tuple[float, float, float]:
     return values
 
 
+# Measured on the shipped model (python -m sdlab.evaluate.guidance_eval): colour 3000 makes the
+# object bluer on average; classifier "triangle" with an empty prompt: 0.13 at 0, 0.59 at 12, 0.66 at 16.
+DEFAULT_GUIDANCE_SCALES = {"color": 3000.0, "clip": 3000.0, "classifier": 16.0}
+
+
 def guidance_from_args(args) -> list:
     """Guidance wrappers from the --*-guidance options (at most one of each kind)."""
     from ..guidance.classifier import classifier_guidance
     from ..guidance.loss import loss_guidance
     from ..guidance.losses import clip_loss, color_loss
 
-    out, every, scale = [], args.guidance_every, args.guidance_scale
+    every = args.guidance_every
+
+    def scale(kind: str) -> float:
+        return DEFAULT_GUIDANCE_SCALES[kind] if args.guidance_scale is None else args.guidance_scale
+
+    out = []
     if args.color_guidance:
-        out.append(loss_guidance(color_loss(_rgb(args.color_guidance)), 3000.0 if scale is None else scale,
-                                 every=every))
+        out.append(loss_guidance(color_loss(_rgb(args.color_guidance)), scale("color"), every=every))
     if args.clip_guidance:
-        out.append(loss_guidance(clip_loss(args.clip_guidance), 3000.0 if scale is None else scale, every=every))
+        out.append(loss_guidance(clip_loss(args.clip_guidance), scale("clip"), every=every))
     if args.classifier_guidance:
-        out.append(classifier_guidance(args.classifier_guidance, 2.0 if scale is None else scale, every=every))
+        out.append(classifier_guidance(args.classifier_guidance, scale("classifier"), every=every))
     return out
 
 

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--color-scale", type=float, default=3000.0)
-    ap.add_argument("--classifier-scales", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    ap.add_argument("--classifier-scales", type=float, nargs="+", default=[4.0, 16.0, 24.0])
     ap.add_argument("--only", choices=("color", "classifier"), default=None)
     args = ap.parse_args(argv)
     pipe = Pipeline.load(args.model)

@@ -32,11 +32,19 @@ from ..attention.maps import normalize, upsample
 from ..attention.store import AttentionStore, mean_maps
 from ..config import GenerationConfig
 from ..world import oracle, spec
-from ..world.captions import full_caption
+from ..world.captions import article, full_caption, object_phrase
 from ..world.scene import SceneSampler
 
 SEED0 = 20_000
 KEPT = ("position", "size", "color")
+
+
+def short_caption(scene) -> str:
+    """Colour and shape only ("a red circle"): size, position and background are left to the seed."""
+    return article(object_phrase(scene.objects[0], size=False))
+
+
+CAPTIONS = {"full": full_caption, "short": short_caption}
 
 
 def scenes_for(n: int, seed: int = 5) -> list:
@@ -107,12 +115,12 @@ class _SplitStore(AttentionStore):
         return out
 
 
-def attention_eval(pipe, scenes, config, batch: int) -> tuple[dict, list]:
+def attention_eval(pipe, scenes, config, batch: int, caption=full_caption) -> tuple[dict, list]:
     """IoU of the shape word's map (several layer/step subsets) with the oracle mask; also returns
     the (plain) source images."""
     tok, images, scores = pipe.c.tokenizer, [], {}
     for idx in _chunks(len(scenes), batch):
-        prompts = [full_caption(scenes[i]) for i in idx]
+        prompts = [caption(scenes[i]) for i in idx]
         store = _SplitStore(config.steps, batch_size=len(prompts))
         out = _generate(pipe, config, prompts, SEED0 + idx[0], attention=store)
         images += out
@@ -152,18 +160,18 @@ def _summary(rows: list) -> dict:
     return out
 
 
-def replace_eval(pipe, scenes, sources, config, edit_cfgs, batch: int, rng: random.Random):
+def replace_eval(pipe, scenes, sources, config, edit_cfgs, batch: int, rng: random.Random, caption=full_caption):
     """p2p replace of the shape word (one run per EditConfig) vs the plain target prompt, both
     compared with the source image."""
     new = [rng.choice([s for s in spec.BASE_SHAPES if s != sc.objects[0].shape]) for sc in scenes]
-    targets = [_swap_shape(full_caption(sc), sc.objects[0].shape, s) for sc, s in zip(scenes, new)]
+    targets = [_swap_shape(caption(sc), sc.objects[0].shape, s) for sc, s in zip(scenes, new)]
     rows = {f"p2p_cross{c.cross_replace:g}_self{c.self_replace:g}": [] for c in edit_cfgs}
     rows["plain_prompt"], examples = [], []
     for idx in _chunks(len(scenes), batch):
         src = [oracle.read(sources[i]).main for i in idx]
         outs = {"plain_prompt": _generate(pipe, config, [targets[i] for i in idx], SEED0 + idx[0])}
         for name, c in zip(rows, edit_cfgs):
-            edits = edit_batch(pipe, [full_caption(scenes[i]) for i in idx], [targets[i] for i in idx], config, c,
+            edits = edit_batch(pipe, [caption(scenes[i]) for i in idx], [targets[i] for i in idx], config, c,
                                seeds=[SEED0 + i for i in idx])
             outs[name] = [e.target_image for e in edits]
         for name, images in outs.items():
@@ -191,13 +199,14 @@ def _monotone(values: list[float], tol: float) -> bool:
     return all(b >= a - tol for a, b in zip(values, values[1:]))
 
 
-def reweight_eval(pipe, scenes, sources, config, factors, batch: int, base_cfg: EditConfig) -> dict:
+def reweight_eval(pipe, scenes, sources, config, factors, batch: int, base_cfg: EditConfig,
+                  caption=full_caption) -> dict:
     """Scale the colour word's attention by each factor (1 = the source image itself)."""
     areas = np.zeros((len(scenes), len(factors)))
     sats = np.zeros_like(areas)
     for fi, f in enumerate(factors):
         for idx in _chunks(len(scenes), batch):
-            prompts = [full_caption(scenes[i]) for i in idx]
+            prompts = [caption(scenes[i]) for i in idx]
             if f == 1.0:
                 images = [sources[i] for i in idx]
             else:
@@ -237,18 +246,21 @@ def save_examples(examples, folder, limit: int = 16) -> None:
 
 def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, cfg_scale: float = 7.5,
              sampler: str = "Euler a", batch: int = 8, cross_replace=(0.8,), self_replace: float = 0.4,
-             factors=(0.0, 0.5, 1.0, 2.0, 4.0), examples_dir=None) -> dict:
+             factors=(0.0, 0.5, 1.0, 2.0, 4.0), examples_dir=None, captions: str = "full") -> dict:
     config = GenerationConfig("", steps=steps, cfg_scale=cfg_scale, sampler=sampler)
     edit_cfgs = [EditConfig(mode="replace", cross_replace=c, self_replace=min(self_replace, c)) for c in cross_replace]
     edit_cfg = edit_cfgs[0]
     scenes = scenes_for(n)
     report = {"model": pipe.c.name, "model_hash": pipe.c.model_hash, "n": n, "steps": steps,
-              "cfg_scale": cfg_scale, "sampler": sampler}
+              "cfg_scale": cfg_scale, "sampler": sampler, "captions": captions}
     t = time.time()
-    report["attention_iou"], sources = attention_eval(pipe, scenes, config, batch)
-    report["replace"], examples = replace_eval(pipe, scenes, sources, config, edit_cfgs, batch, random.Random(7))
+    caption = CAPTIONS[captions]
+    report["attention_iou"], sources = attention_eval(pipe, scenes, config, batch, caption)
+    report["replace"], examples = replace_eval(pipe, scenes, sources, config, edit_cfgs, batch, random.Random(7),
+                                               caption)
     k = n if n_reweight is None else min(n, n_reweight)
-    report["reweight_colour"] = reweight_eval(pipe, scenes[:k], sources[:k], config, tuple(factors), batch, edit_cfg)
+    report["reweight_colour"] = reweight_eval(pipe, scenes[:k], sources[:k], config, tuple(factors), batch, edit_cfg,
+                                               caption)
     report["seconds"] = round(time.time() - t, 1)
     if examples_dir:
         save_examples(examples, examples_dir)
@@ -268,6 +280,8 @@ def main(argv=None) -> int:
     p.add_argument("--cross-replace", type=float, nargs="+", default=[0.8, 0.4],
                    help="cross-replace fractions to try for the replace test (default 0.8 0.4)")
     p.add_argument("--self-replace", type=float, default=0.4)
+    p.add_argument("--captions", choices=sorted(CAPTIONS), default="full",
+                   help="full: every attribute named; short: colour and shape only, layout left to the seed")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--examples", default=None, help="folder for an example grid (source | p2p... | plain)")
     args = p.parse_args(argv)
@@ -276,7 +290,8 @@ def main(argv=None) -> int:
 
     report = evaluate(Pipeline.load(args.model), n=args.n, n_reweight=args.n_reweight, steps=args.steps,
                       cfg_scale=args.cfg_scale, sampler=args.sampler, batch=args.batch,
-                      cross_replace=args.cross_replace, self_replace=args.self_replace, examples_dir=args.examples)
+                      cross_replace=args.cross_replace, self_replace=args.self_replace, examples_dir=args.examples,
+                      captions=args.captions)
     text = json.dumps(report, indent=2)
     if args.out:
         atomic_write_text(args.out, text + "\n")
