@@ -7,6 +7,8 @@ benchmarks/RESULTS.md with the date, hardware and command.
     python benchmarks/inference.py                                  # shipped model, CPU, batch 1 and 4
     python benchmarks/inference.py --model random:sd15 --size 512 --device cuda --dtype fp16 \\
         --steps 30 50 --batch 1 8 --fast --compile reduce-overhead
+    python benchmarks/inference.py --model random:sd15 --size 512 --device cuda --dtype fp16 \
+        --steps 30 --batch 1 --low-memory                           # the low-memory peak
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -105,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--fast", action="store_true", help="sdlab with channels_last + fused QKV")
+    ap.add_argument("--low-memory", action="store_true",
+                    help="sdlab with attention/VAE slicing, VAE tiling and (CUDA) model CPU offload")
     ap.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the sdlab UNet")
     ap.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
@@ -115,6 +120,10 @@ def main(argv=None) -> int:
     ref = ref_pipe.c.to_pipeline()
     ref.set_progress_bar_config(disable=True)
     speed = SpeedOptions(channels_last=args.fast, fuse_qkv=args.fast, compile=args.compile)
+    if args.low_memory:
+        low = SpeedOptions.low_memory()
+        speed = replace(low, cpu_offload=low.cpu_offload if ref_pipe.device.type == "cuda" else "none",
+                        channels_last=args.fast, fuse_qkv=args.fast, compile=args.compile)
     pipe = Pipeline.load(model, device=args.device, dtype=args.dtype, speed=speed)
     dev, size = pipe.device, args.size or pipe.native_size
     peak = bf16_peak(dev)
@@ -142,7 +151,8 @@ def main(argv=None) -> int:
                         f"| {share} |")
     hw = (torch.cuda.get_device_name() if dev.type == "cuda"
           else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
-    opts = ", ".join(k for k, v in (("fast", args.fast), (f"compile={args.compile}", args.compile != "off")) if v)
+    opts = ", ".join(k for k, v in (("fast", args.fast), ("low memory", args.low_memory),
+                                    (f"compile={args.compile}", args.compile != "off")) if v)
     title = (f"{hw} · {pipe.c.name} · {size}x{size} · "
              f"{str(pipe.c.dtype).replace('torch.', '')}{' · sdlab ' + opts if opts else ''}")
     mem_note = "GPU allocated" if dev.type == "cuda" else "process RSS, cumulative: not a per-path number on CPU"

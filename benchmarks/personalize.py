@@ -3,6 +3,8 @@
 From 8 renders of the reserved "heart" shape, train textual inversion, LoRA and DreamBooth
 (with and without prior preservation) and read samples with the oracle:
 detection of "a <concept>", colour kept in "a red <concept>", drift on class prompts.
+`ft`: full fine-tune on the world re-rendered in the reserved "striped" fill (captions say
+"striped"); the oracle reads the fill of samples of striped and of plain prompts.
 
     PYTHONPATH=src python benchmarks/personalize.py --out runs/accept --steps 200 --n 16
 """
@@ -22,11 +24,13 @@ from sdlab.evaluate.apply import load_artifact
 from sdlab.training.config import TrainingConfig
 from sdlab.training.loop import train
 from sdlab.training.methods.dreambooth import DreamBooth, DreamBoothOptions
+from sdlab.training.methods.finetune import FineTune, FineTuneOptions
 from sdlab.training.methods.lora import LoRA, LoraOptions
 from sdlab.training.methods.textual_inversion import TextualInversion, TIOptions
 from sdlab.world.captions import caption
+from sdlab.world.data import export_folder
 from sdlab.world.render import render
-from sdlab.world.scene import single_object_scene
+from sdlab.world.scene import SceneSampler, single_object_scene
 from sdlab.world.spec import COLORS, POSITIONS
 
 
@@ -73,13 +77,54 @@ def run(name, method, token, args, **kw):
     return row
 
 
+FILL_PROBES = (("a red striped circle", "circle", "red"), ("a blue striped square", "square", "blue"),
+               ("a yellow striped triangle", "triangle", "yellow"), ("a green striped star", "star", "green"))
+
+
+def fill_report(pipe, n: int) -> dict:
+    """Striped rate of samples of striped prompts (and shape+colour kept), and of the same prompts
+    without the word "striped" (how far the plain vocabulary moved)."""
+    striped, kept, plain = [], [], []
+    for prompt, shape, colour in FILL_PROBES:
+        images = ce.sample(pipe, prompt, n, seed=100, steps=20)
+        striped += ce.hits(images, {"fill": "striped"})
+        kept += ce.hits(images, {"fill": "striped", "shape": shape, "color": colour})
+        plain += ce.hits(ce.sample(pipe, prompt.replace("striped ", ""), n, seed=100, steps=20), {"fill": "striped"})
+    mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
+    return {"striped": mean(striped), "striped+shape+colour": mean(kept), "plain_prompt_striped": mean(plain)}
+
+
+def run_finetune(args):
+    data = Path(args.out) / "data-striped"
+    if not (data / "metadata.jsonl").exists():
+        export_folder(data, 512, seed=1, sampler=SceneSampler(fills=("striped",)))
+    out = Path(args.out) / ("ft" + args.tag)
+    method = FineTune(FineTuneOptions(freeze_text_encoder=False))
+    cfg = TrainingConfig(method="finetune", data_dir=str(data), output_dir=str(out), model=args.model,
+                         max_steps=args.steps, batch_size=16, checkpoint_every=max(args.steps // 2, 1), keep_last=2,
+                         seed=0, device="cpu", learning_rate=1e-4 * args.lr_scale, use_ema=False,
+                         validation_prompts=("a red striped circle", "a red circle"), validate_every=args.steps,
+                         validation_images=4, options=method.options)
+    t0 = time.time()
+    result = train(cfg, method)
+    minutes = (time.time() - t0) / 60
+    row = {"method": "ft" + args.tag, "train_minutes": round(minutes, 2), "steps": args.steps,
+           **fill_report(load_artifact(args.model, result.saved[0]), args.n)}
+    if "base" in args.only.split(","):
+        row.update({f"base_{k}": v for k, v in fill_report(load_artifact(args.model, None), args.n).items()})
+    print(json.dumps(row), flush=True)
+    with open(Path(args.out) / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="runs/accept")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--n", type=int, default=16)
-    p.add_argument("--only", default="base,ti,lora,db,db-noprior")
+    p.add_argument("--only", default="base,ti,lora,db,db-noprior,ft")
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiply every method's learning rate")
     p.add_argument("--tag", default="", help="suffix of the run folders")
     args = p.parse_args()
@@ -104,6 +149,8 @@ def main():
             args, learning_rate=1e-4)
     if "db-noprior" in only:
         run("db-noprior", DreamBooth(DreamBoothOptions(prior_preservation=False)), "sks", args, learning_rate=1e-4)
+    if "ft" in only:
+        run_finetune(args)
 
 
 if __name__ == "__main__":

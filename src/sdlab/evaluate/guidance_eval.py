@@ -3,7 +3,8 @@
     python -m sdlab.evaluate.guidance_eval --n 32
 
 - colour: the same prompts and seeds without and with colour-loss guidance toward blue; the
-  object's mean blue and "blueness" (B - (R + G) / 2) inside the oracle's object mask;
+  object's mean blue and "blueness" (B - (R + G) / 2) inside the oracle's object mask. Prompts
+  name a non-blue colour (`named`: guidance against the prompt) or no colour (`uncoloured`);
 - classifier: the empty prompt, without and with classifier guidance toward "triangle"; the
   rate at which the oracle reads a triangle.
 """
@@ -19,9 +20,10 @@ from ..config import GenerationConfig
 from ..guidance.classifier import classifier_guidance
 from ..guidance.loss import loss_guidance
 from ..guidance.losses import color_loss
+from ..io.atomic import atomic_write_text
 from ..pipeline import Pipeline
 from ..world import oracle
-from ..world.captions import full_caption
+from ..world.captions import article, full_caption, object_phrase
 from ..world.evaluate_model import prompt_set
 
 BLUE = (0, 0, 255)
@@ -36,15 +38,27 @@ def object_blue(image) -> tuple[float, float] | None:
     return float(px[:, 2].mean()), float((px[:, 2] - (px[:, 0] + px[:, 1]) / 2).mean())
 
 
-def color_eval(pipe, n: int, scale: float, steps: int) -> dict:
-    scenes = [s for s in prompt_set("seen", 4 * n) if s.objects[0].color != "blue"][:n]
-    base, guided = [], []
-    for i, scene in enumerate(scenes):
-        config = GenerationConfig(full_caption(scene), steps=steps, seed=20_000 + i)
-        base.append(object_blue(pipe.generate(config).images[0]))
-        guided.append(object_blue(pipe.generate(config, guidance=[loss_guidance(color_loss(BLUE), scale)]).images[0]))
+def uncoloured_caption(scene) -> str:
+    """"a large circle on a white background": the object's colour left to the model."""
+    return f"{article(object_phrase(scene.objects[0], color=False))} on a {scene.background} background"
+
+
+def color_eval(pipe, n: int, scales, steps: int, prompts: str = "named") -> dict:
+    scenes = [s for s in prompt_set("seen", 4 * n) if s.objects[0].color != "blue" and s.background != "blue"][:n]
+    caption = full_caption if prompts == "named" else uncoloured_caption
+    configs = [GenerationConfig(caption(scene), steps=steps, seed=20_000 + i) for i, scene in enumerate(scenes)]
+    base = [object_blue(pipe.generate(c).images[0]) for c in configs]
+    out = {"prompts": prompts, "example_prompt": configs[0].prompt}
+    for scale in scales:
+        guided = [object_blue(pipe.generate(c, guidance=[loss_guidance(color_loss(BLUE), scale)]).images[0])
+                  for c in configs]
+        out[f"scale {scale:g}"] = _blue_summary(n, base, guided)
+    return out
+
+
+def _blue_summary(n: int, base: list, guided: list) -> dict:
     pairs = [(b, g) for b, g in zip(base, guided) if b is not None and g is not None]
-    return {"n": n, "scale": scale, "pairs_with_objects": len(pairs),
+    return {"n": n, "pairs_with_objects": len(pairs),
             "object_blue_base": round(float(np.mean([b[0] for b, _ in pairs])), 2),
             "object_blue_guided": round(float(np.mean([g[0] for _, g in pairs])), 2),
             "blueness_base": round(float(np.mean([b[1] for b, _ in pairs])), 2),
@@ -70,17 +84,22 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--color-scale", type=float, default=3000.0)
+    ap.add_argument("--color-scales", type=float, nargs="+", default=[3000.0])
+    ap.add_argument("--color-prompts", choices=("named", "uncoloured"), default="named")
     ap.add_argument("--classifier-scales", type=float, nargs="+", default=[4.0, 16.0, 24.0])
     ap.add_argument("--only", choices=("color", "classifier"), default=None)
+    ap.add_argument("--out", default=None, help="write the JSON report here")
     args = ap.parse_args(argv)
     pipe = Pipeline.load(args.model)
     report = {}
     if args.only in (None, "color"):
-        report["color"] = color_eval(pipe, args.n, args.color_scale, args.steps)
+        report["color"] = color_eval(pipe, args.n, args.color_scales, args.steps, args.color_prompts)
     if args.only in (None, "classifier"):
         report["classifier"] = classifier_eval(pipe, args.n, args.classifier_scales, args.steps)
-    print(json.dumps(report, indent=1))
+    text = json.dumps(report, indent=1)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    print(text)
     return 0
 
 
