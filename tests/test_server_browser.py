@@ -67,6 +67,7 @@ def server(tmp_path_factory):
 def _shot(page, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / name
+    page.wait_for_timeout(400)  # let the progress bar's width transition finish
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
     return path
