@@ -34,16 +34,16 @@ from sdlab.world.scene import SceneSampler, single_object_scene
 from sdlab.world.spec import COLORS, POSITIONS
 
 
-def make_data(folder: Path, token: str, n: int = 8, seed: int = 0) -> Path:
-    """`n` heart renders, captioned like the world's captions with `token` for the shape."""
+def make_data(folder: Path, token: str, n: int = 8, seed: int = 0, shape: str = "heart") -> Path:
+    """`n` renders of `shape`, captioned like the world's captions with `token` for the shape."""
     folder.mkdir(parents=True, exist_ok=True)
     rng, lines = random.Random(seed), []
     for i in range(n):
         color = rng.choice(tuple(COLORS))
         bg = rng.choice([c for c in COLORS if c != color])
-        scene = single_object_scene("heart", color, rng.choice(("small", "large")), rng.choice(tuple(POSITIONS)), bg, rng)
+        scene = single_object_scene(shape, color, rng.choice(("small", "large")), rng.choice(tuple(POSITIONS)), bg, rng)
         render(scene).save(folder / f"{i:02d}.png")
-        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": caption(scene, rng, drop=0.2).replace("heart", token)}))
+        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": caption(scene, rng, drop=0.2).replace(shape, token)}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -52,7 +52,7 @@ def run(name, method, token, args, **kw):
     name += args.tag
     kw["learning_rate"] *= args.lr_scale
     out = Path(args.out) / name
-    data = make_data(Path(args.out) / f"data-{token.strip('<>')}", token)
+    data = make_data(Path(args.out) / f"data-{args.shape}-{token.strip('<>')}", token, shape=args.shape)
     cfg = TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=4, checkpoint_every=max(args.steps // 2, 1),
                          keep_last=2, seed=0, device="cpu", options=method.options,
@@ -63,7 +63,7 @@ def run(name, method, token, args, **kw):
     minutes = (time.time() - t0) / 60
     artifact = result.saved[0] if method.name != "lora" else result.saved[1]
     pipe = load_artifact(args.model, artifact)
-    probes = ce.concept_probes(token, {"shape": "heart"}, color="red")
+    probes = ce.concept_probes(token, {"shape": args.shape}, color="red")
     rates, _ = ce.concept_report(pipe, {k: probes[k] for k in ("detection", "color", "color+concept")}, args.n,
                                  seed=100, steps=20)
     row = {"method": name, "train_minutes": round(minutes, 2), "steps": args.steps, **rates}
@@ -127,28 +127,34 @@ def main():
     p.add_argument("--only", default="base,ti,lora,db,db-noprior,ft")
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiply every method's learning rate")
     p.add_argument("--tag", default="", help="suffix of the run folders")
+    p.add_argument("--shape", default="heart", help="the concept's shape (default: the reserved heart; a base "
+                   "shape such as star checks a method on a concept the model can already draw)")
+    p.add_argument("--ti-vectors", type=int, default=2)
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--text-encoder", action="store_true", help="LoRA and DreamBooth also train the text encoder")
     args = p.parse_args()
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     only = args.only.split(",")
-    if "base" in only:   # what the base model draws for the untrained word "heart"
+    if "base" in only:   # what the base model draws for the shape's own word
         pipe = load_artifact(args.model, None)
-        probes = ce.concept_probes("heart", {"shape": "heart"}, color="red")
+        probes = ce.concept_probes(args.shape, {"shape": args.shape}, color="red")
         rates, _ = ce.concept_report(pipe, {k: probes[k] for k in ("detection", "color", "color+concept")},
                                      args.n, seed=100, steps=20)
-        print(json.dumps({"method": "base model, 'a heart'", **rates}), flush=True)
+        print(json.dumps({"method": f"base model, 'a {args.shape}'", **rates}), flush=True)
         with open(Path(args.out) / "results.jsonl", "a") as f:
             f.write(json.dumps({"method": "base", **rates}) + "\n")
     if "ti" in only:
-        run("ti", TextualInversion(TIOptions("<my-shape>", "circle", 2, "none")), "<my-shape>", args,
+        run("ti", TextualInversion(TIOptions("<my-shape>", "circle", args.ti_vectors, "none")), "<my-shape>", args,
             learning_rate=5e-2, adam_weight_decay=0.0)
     if "lora" in only:
-        run("lora", LoRA(LoraOptions(rank=8)), "sks", args, learning_rate=1e-3)
+        run("lora", LoRA(LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder)), "sks", args, learning_rate=1e-3)
     if "db" in only:
-        run("db", DreamBooth(DreamBoothOptions("a circle", num_class_images=16, class_sampling_steps=20)), "sks",
+        run("db", DreamBooth(DreamBoothOptions("a circle", num_class_images=16, class_sampling_steps=20,
+                                               text_encoder=args.text_encoder)), "sks",
             args, learning_rate=1e-4)
     if "db-noprior" in only:
-        run("db-noprior", DreamBooth(DreamBoothOptions(prior_preservation=False)), "sks", args, learning_rate=1e-4)
+        run("db-noprior", DreamBooth(DreamBoothOptions(prior_preservation=False, text_encoder=args.text_encoder)), "sks", args, learning_rate=1e-4)
     if "ft" in only:
         run_finetune(args)
 
