@@ -51,6 +51,8 @@ def make_data(folder: Path, token: str, n: int = 8, seed: int = 0, shape: str = 
 def run(name, method, token, args, **kw):
     name += args.tag
     kw["learning_rate"] *= args.lr_scale
+    if method.name != "textual-inversion":
+        kw.setdefault("caption_dropout", args.caption_dropout)
     out = Path(args.out) / name
     data = make_data(Path(args.out) / f"data-{args.shape}-{token.strip('<>')}", token, shape=args.shape)
     cfg = TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=args.model,
@@ -103,6 +105,7 @@ def run_finetune(args):
     cfg = TrainingConfig(method="finetune", data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=16, checkpoint_every=max(args.steps // 2, 1), keep_last=2,
                          seed=0, device="cpu", learning_rate=1e-4 * args.lr_scale, use_ema=False,
+                         caption_dropout=args.caption_dropout,
                          validation_prompts=("a red striped circle", "a red circle"), validate_every=args.steps,
                          validation_images=4, options=method.options)
     t0 = time.time()
@@ -130,6 +133,8 @@ def main():
     p.add_argument("--shape", default="heart", help="the concept's shape (default: the reserved heart; a base "
                    "shape such as star checks a method on a concept the model can already draw)")
     p.add_argument("--ti-vectors", type=int, default=2)
+    p.add_argument("--caption-dropout", type=float, default=0.1,
+                   help="empty-prompt share for the methods that train the UNet (keeps CFG working)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--text-encoder", action="store_true", help="LoRA and DreamBooth also train the text encoder")
     args = p.parse_args()

@@ -81,3 +81,18 @@ def test_bad_settings_are_config_errors(tiny_model_dir, data, tmp_path, capsys):
     assert main(["train", "lora", "--data", str(data), "--model", str(tiny_model_dir), "--output-dir",
                  str(tmp_path / "o"), "--resume", str(tmp_path)]) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_caption_dropout_draws_empty_prompts_by_seed(tiny_model_dir, data, tmp_path):
+    from sdlab.training.methods.finetune import FineTune
+
+    method = FineTune()
+    method.config = _cfg(tiny_model_dir, data, tmp_path, method="finetune", caption_dropout=0.3, options=None)
+    texts = [method.caption_or_empty("a red circle", seed) for seed in range(2000)]
+    share = texts.count("") / len(texts)
+    assert 0.25 < share < 0.35 and set(texts) == {"", "a red circle"}
+    assert texts == [method.caption_or_empty("a red circle", seed) for seed in range(2000)]  # same on resume
+    method.config = _cfg(tiny_model_dir, data, tmp_path, method="finetune", options=None)
+    assert all(method.caption_or_empty("x", seed) == "x" for seed in range(200))
+    with pytest.raises(ConfigError, match="caption_dropout must be between 0.0 and 1.0"):
+        _cfg(tiny_model_dir, data, tmp_path, caption_dropout=1.5)

@@ -49,6 +49,7 @@ class TrainingConfig:
     use_8bit_adam: bool = False
     use_ema: bool = False
     ema_decay: float = 0.9999
+    caption_dropout: float = 0.0             # share of samples trained on the empty prompt (keeps CFG working)
     seed: int = 0
     checkpoint_every: int = 100
     keep_last: int = 2
@@ -71,6 +72,7 @@ class TrainingConfig:
                 raise ConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
         _check_int("max_steps", self.max_steps, 1)
         _check_float("learning_rate", self.learning_rate, 0.0, 10.0)
+        _check_float("caption_dropout", self.caption_dropout, 0.0, 1.0)
         _check_int("batch_size", self.batch_size, 1, 4096)
         _check_int("grad_accum", self.grad_accum, 1, 4096)
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)

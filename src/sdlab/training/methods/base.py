@@ -8,6 +8,8 @@ latents at a random timestep and regress the UNet's prediction (epsilon or v) on
 
 from __future__ import annotations
 
+import random
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -117,6 +119,12 @@ class DiffusionMethod:
     def transform_text(self, text: str, seed: int) -> str:
         return text
 
+    def caption_or_empty(self, text: str, seed: int) -> str:
+        """Caption dropout (Ho & Salimans 2022): the empty prompt with probability
+        `config.caption_dropout`, drawn from the sample's seed so a resumed run draws the same."""
+        p = getattr(self.config, "caption_dropout", 0.0)
+        return "" if p and random.Random(seed * 7919 + 17).random() < p else text
+
     # --- the loss ---------------------------------------------------------------------------
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         tok = self.c.tokenizer
@@ -139,7 +147,7 @@ class DiffusionMethod:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        cond = self.encode_text([self.transform_text(t, s) for t, s in zip(texts, seeds)])
+        cond = self.encode_text([self.caption_or_empty(self.transform_text(t, s), s) for t, s in zip(texts, seeds)])
         unet_dtype = next(self.c.unet.parameters()).dtype
         pred = self.unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=cond.to(unet_dtype)).sample
         return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
