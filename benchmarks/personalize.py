@@ -15,6 +15,7 @@ import argparse
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,7 +28,10 @@ from sdlab.training.methods.dreambooth import DreamBooth, DreamBoothOptions
 from sdlab.training.methods.finetune import FineTune, FineTuneOptions
 from sdlab.training.methods.lora import LoRA, LoraOptions
 from sdlab.training.methods.textual_inversion import TextualInversion, TIOptions
-from sdlab.world.captions import caption
+from sdlab import GenerationConfig
+from sdlab.world.captions import caption, full_caption
+from sdlab.world.evaluate_model import prompt_set
+from sdlab.world.metrics import accuracy
 from sdlab.world.data import export_folder
 from sdlab.world.render import render
 from sdlab.world.scene import SceneSampler, single_object_scene
@@ -79,21 +83,22 @@ def run(name, method, token, args, **kw):
     return row
 
 
-FILL_PROBES = (("a red striped circle", "circle", "red"), ("a blue striped square", "square", "blue"),
-               ("a yellow striped triangle", "triangle", "yellow"), ("a green striped star", "star", "green"))
-
-
 def fill_report(pipe, n: int) -> dict:
-    """Striped rate of samples of striped prompts (and shape+colour kept), and of the same prompts
-    without the word "striped" (how far the plain vocabulary moved)."""
-    striped, kept, plain = [], [], []
-    for prompt, shape, colour in FILL_PROBES:
-        images = ce.sample(pipe, prompt, n, seed=100, steps=20)
-        striped += ce.hits(images, {"fill": "striped"})
-        kept += ce.hits(images, {"fill": "striped", "shape": shape, "color": colour})
-        plain += ce.hits(ce.sample(pipe, prompt.replace("striped ", ""), n, seed=100, steps=20), {"fill": "striped"})
-    mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
-    return {"striped": mean(striped), "striped+shape+colour": mean(kept), "plain_prompt_striped": mean(plain)}
+    """The world's own evaluation prompts (`prompt_set("seen")`, full captions) with the objects
+    made striped ("a large red striped circle on the left on a white background"): how often the
+    oracle reads a striped object, and every attribute right; and the same captions without the
+    word "striped" (how far the model's plain vocabulary moved to the new style)."""
+    scenes = [s for s in prompt_set("seen", 4 * n) if len(s.objects) == 1][:n]
+    striped_scenes = [replace(s, objects=(replace(s.objects[0], fill="striped"),)) for s in scenes]
+    cfg = dict(steps=20, cfg_scale=7.5, sampler="Euler a")
+    styled = [pipe.generate(GenerationConfig(full_caption(s), seed=10_000 + i, **cfg)).images[0]
+              for i, s in enumerate(striped_scenes)]
+    plain = [pipe.generate(GenerationConfig(full_caption(s), seed=10_000 + i, **cfg)).images[0]
+             for i, s in enumerate(scenes)]
+    acc = accuracy(striped_scenes, styled)
+    return {"striped": round(acc["fill"], 4), "all_attributes": round(acc["all"], 4),
+            "plain_prompt_striped": round(1 - accuracy(scenes, plain)["fill"], 4), "n": len(scenes),
+            "example_prompt": full_caption(striped_scenes[0])}
 
 
 def run_finetune(args):
@@ -106,7 +111,8 @@ def run_finetune(args):
                          max_steps=args.steps, batch_size=16, checkpoint_every=max(args.steps // 2, 1), keep_last=2,
                          seed=0, device="cpu", learning_rate=1e-4 * args.lr_scale, use_ema=False,
                          caption_dropout=args.caption_dropout,
-                         validation_prompts=("a red striped circle", "a red circle"), validate_every=args.steps,
+                         validation_prompts=("a large red striped circle on a white background",
+                                             "a large red circle on a white background"), validate_every=args.steps,
                          validation_images=4, options=method.options)
     t0 = time.time()
     result = train(cfg, method)
