@@ -1,0 +1,330 @@
+"""Fit a training run into a memory budget (`sdlab train ... --memory-budget 6GiB`).
+
+A ladder of option sets ("rungs") runs from the fastest to the most frugal; the planner takes
+the first whose peak fits. A peak comes from one of three places:
+
+* measured: on CUDA, two real training steps and `torch.cuda.max_memory_allocated`
+  (`measure_peak_bytes`);
+* accounted: on the CPU, the same setup and one forward pass whose saved-for-backward
+  tensors are counted (`sdlab.training.activations`), plus parameter, gradient and optimizer
+  bytes: device independent, so it runs (and is tested) anywhere;
+* estimated: no forward pass at all, from the model configs (`estimate_peak_bytes`).
+
+All three use one model of the peak of a step (see `Breakdown`): the weights, the trainable
+parameters' gradients and optimizer state, and the larger of the activations (live at the
+start of backward) and the optimizer's own scratch (live during `optimizer.step()`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from .config import TrainingConfig
+
+GIB = 2**30
+_UNITS = {"": None, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
+          "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+# Bytes per trainable parameter of the optimizer state: AdamW keeps exp_avg and exp_avg_sq in
+# the parameter's dtype (fp32: 2 x 4); bitsandbytes' AdamW8bit keeps them as 8-bit blocks
+# (Dettmers et al. 2022: 2 x 1 byte plus one fp32 absmax per 2048 values, ~2 bytes).
+ADAM_STATE_BYTES = {False: 8, True: 2}
+# Scratch of torch's multi-tensor (foreach) AdamW step on CUDA: `_foreach_sqrt(exp_avg_sq)`
+# is one fp32 copy of the parameters (torch/optim/adamw.py `_multi_tensor_adamw`); the 8-bit
+# kernels update in place.
+ADAM_SCRATCH_BYTES = {False: 4, True: 0}
+
+
+def parse_size(text) -> int:
+    """'6GiB', '7.5G', '512MiB', '8GB' -> bytes. GiB/MiB/G/M are powers of 2, GB/MB of 10."""
+    m = _SIZE.match(str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or _UNITS.get(unit) is None:
+        raise ConfigError(f"memory size must be a number with a unit, like 6GiB, 7.5G or 512MiB "
+                          f"(GiB/MiB/G/M: powers of 2; GB/MB: powers of 10); got {text!r}")
+    value = float(m.group(1)) * _UNITS[unit]
+    if value < 1:
+        raise ConfigError(f"memory size must be positive, got {text!r}")
+    return int(value)
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+# --- the ladder ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rung:
+    """One option set: TrainingConfig field overrides, cumulative down the ladder."""
+
+    name: str
+    overrides: dict
+
+
+def _cuda(cfg: TrainingConfig) -> bool:
+    return cfg.device != "cpu" and torch.cuda.is_available() and (cfg.device or "cuda").startswith("cuda")
+
+
+def _bnb_available() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:          # ImportError, or a broken CUDA setup inside bitsandbytes
+        return False
+    return True
+
+
+def ladder(cfg: TrainingConfig, *, cuda: bool | None = None, bf16: bool | None = None,
+           bnb: bool | None = None) -> list[Rung]:
+    """Rungs from fastest to most frugal for `cfg`. Options the user already turned on stay on.
+
+    1. mixed precision (bf16 where CUDA supports it, else fp16) and SDPA attention;
+    2. + gradient checkpointing (Chen et al. 2016; ~30 % slower steps);
+    3. + 8-bit AdamW (only with CUDA and bitsandbytes); on the CPU: bf16 weights instead;
+    4. + batch size 1 with gradient accumulation keeping the effective batch (batch > 1 only);
+    5. + sliced attention (a last resort: with torch >= 2 SDPA usually keeps less for backward).
+    """
+    cuda = _cuda(cfg) if cuda is None else cuda
+    if bf16 is None:
+        bf16 = cuda and torch.cuda.is_bf16_supported()
+    bnb = (cuda and _bnb_available()) if bnb is None else bnb
+    first: dict = {}
+    if cuda and cfg.mixed_precision == "no":
+        first["mixed_precision"] = "bf16" if bf16 else "fp16"
+    if cfg.attention == "default":
+        first["attention"] = "sdpa"
+    steps = [("gradient checkpointing", {"gradient_checkpointing": True})]
+    if cuda and bnb:
+        steps.append(("8-bit Adam", {"use_8bit_adam": True}))
+    elif not cuda and cfg.mixed_precision == "no":
+        steps.append(("bf16", {"mixed_precision": "bf16"}))
+    if cfg.batch_size > 1:
+        steps.append((f"batch 1 x {cfg.batch_size * cfg.grad_accum} accumulation",
+                      {"batch_size": 1, "grad_accum": cfg.batch_size * cfg.grad_accum}))
+    if cfg.attention != "sliced":
+        steps.append(("sliced attention", {"attention": "sliced"}))
+    rungs = [Rung(describe(apply_overrides(cfg, first)), first)]
+    current = dict(first)
+    for _, change in steps:
+        if all(getattr(cfg, k) == v for k, v in change.items()):
+            continue                                   # already on
+        current = {**current, **change}
+        rungs.append(Rung(describe(apply_overrides(cfg, current)), dict(current)))
+    return rungs
+
+
+def apply_overrides(cfg: TrainingConfig, overrides: dict) -> TrainingConfig:
+    return dataclasses.replace(cfg, **overrides)
+
+
+def describe(cfg: TrainingConfig) -> str:
+    """The memory options of `cfg` in a few words: 'fp16, sdpa, gradient checkpointing'."""
+    parts = [cfg.mixed_precision if cfg.mixed_precision != "no" else "fp32", f"{cfg.attention} attention"]
+    if cfg.gradient_checkpointing:
+        parts.append("gradient checkpointing")
+    if cfg.use_8bit_adam:
+        parts.append("8-bit Adam")
+    parts.append(f"batch {cfg.batch_size}" + (f" x {cfg.grad_accum} accumulation" if cfg.grad_accum > 1 else ""))
+    return ", ".join(parts)
+
+
+# --- the peak of a step -------------------------------------------------------------------------
+@dataclass
+class Breakdown:
+    """Bytes of one training step. peak = weights + grads + optimizer + autocast copies
+    + max(activations, optimizer scratch)."""
+
+    weights: int = 0              # every parameter and buffer, at its dtype
+    trainable_params: int = 0     # how many parameters train
+    grads: int = 0
+    optimizer: int = 0
+    autocast_copies: int = 0      # low-precision casts of trainable fp32 weights (autocast cache)
+    activations: int = 0
+    optimizer_scratch: int = 0
+
+    @property
+    def peak(self) -> int:
+        return (self.weights + self.grads + self.optimizer + self.autocast_copies
+                + max(self.activations, self.optimizer_scratch))
+
+    def summary(self) -> str:
+        return (f"weights {gib(self.weights)}, grads+optimizer {gib(self.grads + self.optimizer)}, "
+                f"activations {gib(self.activations + self.autocast_copies)}")
+
+
+@dataclass
+class Measurement:
+    peak_bytes: int
+    kind: str                          # "measured on CUDA", "CPU accounting", "estimate"
+    breakdown: Breakdown | None = None
+    steps_per_s: float | None = None
+    load_peak_bytes: int | None = None  # CUDA: the peak while loading and setting up
+
+
+def _optimizer_bytes(cfg: TrainingConfig, params) -> tuple[int, int, int]:
+    """(grads, optimizer state, optimizer scratch) bytes for these trainable parameters."""
+    grads = sum(p.numel() * p.element_size() for p in params)
+    n = sum(p.numel() for p in params)
+    if cfg.use_8bit_adam:
+        return grads, n * ADAM_STATE_BYTES[True], 0
+    return grads, 2 * grads, grads * ADAM_SCRATCH_BYTES[False] // 4
+
+
+def _fresh(method, cfg: TrainingConfig):
+    """An unset-up copy of `method` for a trial run; DreamBooth keeps its class-image cache
+    where the real run will look for it, so the trial's class images are not thrown away."""
+    options = getattr(method, "options", None)
+    if options is not None and getattr(options, "prior_preservation", False) and options.class_data_dir is None:
+        options = dataclasses.replace(options, class_data_dir=str(Path(cfg.output_dir) / "class_images"))
+    return type(method)(options) if options is not None else type(method)()
+
+
+def _trial_config(cfg: TrainingConfig, out: str, steps: int) -> TrainingConfig:
+    return dataclasses.replace(cfg, output_dir=out, max_steps=max(steps, 1), validation_prompts=(), use_ema=False)
+
+
+def _modules(method):
+    c = method.c
+    return [c.unet, c.vae, c.text_encoder]
+
+
+def _weight_bytes(modules) -> int:
+    seen: dict = {}
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            st = t.untyped_storage()
+            seen[(t.device.type, st.data_ptr())] = st.nbytes()
+    return sum(seen.values())
+
+
+def account_step(cfg: TrainingConfig, method, *, steps: int = 0) -> Measurement:
+    """CPU accounting of one training step of `cfg` (fp16 is accounted as bf16: same bytes;
+    8-bit Adam by its state size); with `steps`, also time that many real CPU steps."""
+    from .activations import count_activations
+    from .loop import Trainer
+
+    trial = dataclasses.replace(cfg, device="cpu", use_8bit_adam=False,
+                                mixed_precision="bf16" if cfg.mixed_precision == "fp16" else cfg.mixed_precision)
+    m = _fresh(method, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(_trial_config(trial, tmp, steps), m)
+        for mod in trainer.modules:
+            mod.train()
+        modules = _modules(m)
+        exclude = [t for mod in modules for t in list(mod.parameters()) + list(mod.buffers())]
+        trainable = m.parameters()
+        batch = trainer.micro_batch(0)
+        with trainer.acc.autocast():
+            count, loss = count_activations(lambda: m.loss(batch), [m.c.unet, m.c.text_encoder], exclude,
+                                            trainable=trainable)
+        del loss
+        grads, state, scratch = _optimizer_bytes(cfg, trainable)
+        b = Breakdown(weights=_weight_bytes(modules), trainable_params=sum(p.numel() for p in trainable),
+                      grads=grads, optimizer=state, autocast_copies=count.weight_copies,
+                      activations=count.peak, optimizer_scratch=scratch)
+        rate = None
+        if steps:
+            t = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+            rate = steps / (time.perf_counter() - t)
+        del trainer
+    gc.collect()
+    return Measurement(b.peak, "CPU accounting", b, rate)
+
+
+def measure_run(cfg: TrainingConfig, method, steps: int = 2) -> Measurement:
+    """On CUDA: `steps` real training steps (the first allocates the optimizer state) with the
+    peak of `torch.cuda.max_memory_allocated` over the steps and steps/s after the first.
+    Elsewhere: `account_step` (device-independent accounting, then timed CPU steps)."""
+    from .loop import Trainer
+
+    if not _cuda(cfg):
+        return account_step(cfg, method, steps=steps)
+    steps = max(steps, 2)
+    m = _fresh(method, cfg)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            trainer = Trainer(_trial_config(cfg, tmp, steps), m)
+            for mod in trainer.modules:
+                mod.train()
+            load_peak = torch.cuda.max_memory_allocated() - base
+            torch.cuda.reset_peak_memory_stats()
+            trainer.train_step()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps - 1):
+                trainer.train_step()
+            torch.cuda.synchronize()
+            rate = (steps - 1) / (time.perf_counter() - t)
+            peak = torch.cuda.max_memory_allocated() - base
+        except torch.cuda.OutOfMemoryError:
+            peak, rate, load_peak = torch.cuda.get_device_properties(0).total_memory, 0.0, None
+        finally:
+            trainer = m = None
+            gc.collect()
+            torch.cuda.empty_cache()
+    return Measurement(peak, "measured on CUDA", None, rate, load_peak)
+
+
+def measure_peak_bytes(cfg: TrainingConfig, method) -> int:
+    """Peak bytes of a training step: CUDA measured (the larger of loading and two steps),
+    CPU accounted (see `account_step`)."""
+    r = measure_run(cfg, method)
+    return max(r.peak_bytes, r.load_peak_bytes or 0)
+
+
+# --- the plan -----------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    config: TrainingConfig
+    rung: Rung
+    peak_bytes: int
+    budget_bytes: int
+    kind: str
+    tried: list[tuple[Rung, int]] = field(default_factory=list)
+
+    def explain(self) -> str:
+        skipped = "; ".join(f"{r.name}: {gib(p)}" for r, p in self.tried[:-1])
+        why = f" (faster options too big: {skipped})" if skipped else " (the fastest option set fits)"
+        return (f"memory budget {gib(self.budget_bytes)}: {self.rung.name}, peak {gib(self.peak_bytes)} "
+                f"({self.kind}){why}")
+
+
+def _peak(result) -> tuple[int, str | None]:
+    if isinstance(result, Measurement):
+        return max(result.peak_bytes, result.load_peak_bytes or 0), result.kind
+    return int(result), None
+
+
+def plan_for_budget(cfg: TrainingConfig, method, budget_bytes: int, measure=None, rungs=None) -> Plan:
+    """The first (fastest) rung of `ladder(cfg)` whose peak fits `budget_bytes`.
+
+    `measure(cfg, method)` gives a peak (bytes, or a Measurement); default `measure_run`.
+    Raises ConfigError naming the smallest peak found when no rung fits."""
+    measure = measure or measure_run
+    tried, kind = [], None
+    for rung in rungs or ladder(cfg):
+        trial = apply_overrides(cfg, rung.overrides)
+        peak, kind = _peak(measure(trial, method))
+        kind = kind or getattr(measure, "label", "measured")
+        tried.append((rung, peak))
+        if peak <= budget_bytes:
+            return Plan(trial, rung, peak, budget_bytes, kind, tried)
+    rung, peak = min(tried, key=lambda rp: rp[1])
+    raise ConfigError(f"nothing fits the memory budget of {gib(budget_bytes)}: the smallest peak is {gib(peak)} "
+                      f"({kind}, {rung.name}); lower --resolution or --batch-size, or use LoRA or "
+                      "textual inversion")
