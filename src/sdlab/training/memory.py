@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from .config import TrainingConfig
 
 GIB = 2**30
+TOKENS = 77                 # CLIP text length: the cross-attention keys
 _UNITS = {"": None, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
           "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -206,6 +207,17 @@ def _weight_bytes(modules) -> int:
     return sum(seen.values())
 
 
+def _autocast_copy_bytes(cfg: TrainingConfig, modules, trainable) -> int:
+    """Autocast keeps a low-precision copy of each trainable fp32 Linear/Conv weight for the
+    whole autocast region (torch's autocast weight cache), checkpointing or not."""
+    if cfg.mixed_precision == "no":
+        return 0
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    ids = {id(p) for p in trainable if p.dtype == torch.float32}
+    return sum(2 * p.numel() for mod in modules for m in mod.modules() if isinstance(m, kinds)
+               for p in m.parameters(recurse=False) if id(p) in ids)
+
+
 def account_step(cfg: TrainingConfig, method, *, steps: int = 0) -> Measurement:
     """CPU accounting of one training step of `cfg` (fp16 is accounted as bf16: same bytes;
     8-bit Adam by its state size); with `steps`, also time that many real CPU steps."""
@@ -229,7 +241,7 @@ def account_step(cfg: TrainingConfig, method, *, steps: int = 0) -> Measurement:
         del loss
         grads, state, scratch = _optimizer_bytes(cfg, trainable)
         b = Breakdown(weights=_weight_bytes(modules), trainable_params=sum(p.numel() for p in trainable),
-                      grads=grads, optimizer=state, autocast_copies=count.weight_copies,
+                      grads=grads, optimizer=state, autocast_copies=_autocast_copy_bytes(trial, modules, trainable),
                       activations=count.peak, optimizer_scratch=scratch)
         rate = None
         if steps:
@@ -285,6 +297,158 @@ def measure_peak_bytes(cfg: TrainingConfig, method) -> int:
     CPU accounted (see `account_step`)."""
     r = measure_run(cfg, method)
     return max(r.peak_bytes, r.load_peak_bytes or 0)
+
+
+# --- the estimate -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureVolume:
+    """Elements per sample of a UNet's block outputs at one latent size."""
+
+    resnets: int          # sum of channels x area over resnet blocks
+    transformers: int     # ... over transformer (attention) blocks
+    attn_probs: int       # self-attention probability elements (heads x tokens^2), all blocks
+    cross_probs: int      # cross-attention probability elements (heads x tokens x 77)
+    largest_block: int    # channels x area of the largest single block
+    largest_probs: int    # attention probability elements of the largest transformer block
+
+
+def _per_level(value, levels: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * levels
+
+
+def feature_volume(unet_config, latent_h: int, latent_w: int) -> FeatureVolume:
+    """Walk the diffusers UNet2DConditionModel layout: down blocks (layers_per_block resnets,
+    as many transformers in CrossAttn blocks), the mid block (2 resnets, 1 transformer), up
+    blocks (layers_per_block + 1 of each)."""
+    cfg = dict(unet_config)
+    chans = list(cfg["block_out_channels"])
+    levels = len(chans)
+    layers = _per_level(cfg.get("layers_per_block", 2), levels)
+    heads = _per_level(cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8), levels)
+    per_block = _per_level(cfg.get("transformer_layers_per_block", 1), levels)
+    down, up = cfg["down_block_types"], cfg["up_block_types"]
+    res = attn = probs = cross = largest = largest_probs = 0
+
+    def add(level: int, n_res: int, n_attn: int) -> None:
+        nonlocal res, attn, probs, cross, largest, largest_probs
+        area = (latent_h >> level) * (latent_w >> level)
+        vol = chans[level] * area
+        res += n_res * vol
+        attn += n_attn * vol * per_block[level]
+        probs += n_attn * per_block[level] * heads[level] * area * area
+        cross += n_attn * per_block[level] * heads[level] * area * TOKENS
+        largest = max(largest, vol)
+        if n_attn:
+            largest_probs = max(largest_probs, heads[level] * area * (area + TOKENS))
+
+    for i, kind in enumerate(down):
+        add(i, layers[i], layers[i] if "CrossAttn" in kind else 0)
+    mid = cfg.get("mid_block_type") or "UNetMidBlock2DCrossAttn"
+    add(levels - 1, 2, 1 if "CrossAttn" in mid else 0)
+    for j, kind in enumerate(up):
+        level = levels - 1 - j
+        add(level, layers[level] + 1, layers[level] + 1 if "CrossAttn" in kind else 0)
+    return FeatureVolume(res, attn, probs, cross, largest, largest_probs)
+
+
+# Activation bytes per element of the UNet's feature volume (channels x latent area summed
+# over its resnet and transformer blocks; `feature_volume`), one sample, SDPA attention. From
+# the saved-tensor accounting (`account_step`) of LoRA on the SD 1.5 architecture (random
+# weights) at 256x256; see docs/training.md. Keys: (low precision?, gradient checkpointing?).
+UNET_ACT_BYTES = {(False, False): 0.0, (False, True): 0.0, (True, False): 0.0, (True, True): 0.0}
+# A trained text encoder (textual inversion; LoRA/DreamBooth with --train-text-encoder) adds
+# activations per layer x token x hidden size, from the same accounting.
+TEXT_ACT_BYTES = {(False, False): 0.0, (False, True): 0.0, (True, False): 0.0, (True, True): 0.0}
+
+
+def model_shapes(model=None):
+    """unet, vae and text_encoder of `model` with meta tensors (shapes only, no memory)."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..models.loader import load_pipeline_components
+    from ..pipeline import DEFAULT_MODEL
+
+    path = Path(model or DEFAULT_MODEL)
+    if not path.is_dir():                    # a single-file checkpoint: load it (fp16) to count
+        c = load_pipeline_components(path, dtype="fp16", device="cpu")
+        return SimpleNamespace(unet=c.unet, vae=c.vae, text_encoder=c.text_encoder)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(path / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(path / "text_encoder"))
+    return SimpleNamespace(unet=unet, vae=vae, text_encoder=text)
+
+
+def _numel(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _lora_numel(module, targets, rank: int) -> int:
+    return sum(rank * (m.in_features + m.out_features) for name, m in module.named_modules()
+               if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in targets))
+
+
+def _cast_numel(module) -> int:
+    """Parameters of the Linear and Conv layers (what autocast casts)."""
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    return sum(p.numel() for m in module.modules() if isinstance(m, kinds) for p in m.parameters(recurse=False))
+
+
+def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
+    """Analytic peak of one training step (no forward pass): see the constants above."""
+    from .methods.base import native_resolution
+    from .methods.lora import TEXT_TARGETS, UNET_TARGETS
+
+    c = components or model_shapes(cfg.model)
+    low = cfg.mixed_precision != "no"
+    wb = 2 if low else 4
+    unet_n, vae_n, text_n = _numel(c.unet), _numel(c.vae), _numel(c.text_encoder)
+    opts, name = getattr(method, "options", None), method.name
+    train_text = bool(getattr(method, "train_text_encoder", False))
+    copies = 0
+    if name == "textual-inversion":
+        emb = c.text_encoder.get_input_embeddings().weight
+        trainable = emb.numel() + opts.num_vectors * emb.shape[1]
+        weights = unet_n * wb + vae_n * wb + (text_n + opts.num_vectors * emb.shape[1]) * 4
+        text_trained = True
+    elif name == "lora":
+        trainable = _lora_numel(c.unet, UNET_TARGETS, opts.rank)
+        if opts.text_encoder:
+            trainable += _lora_numel(c.text_encoder, TEXT_TARGETS, opts.rank)
+        weights = (unet_n + vae_n + text_n) * wb + trainable * 4
+        copies = trainable * 2 if low else 0
+        text_trained = opts.text_encoder
+    else:                                            # dreambooth, finetune: the whole UNet
+        trainable = unet_n + (text_n if train_text else 0)
+        weights = unet_n * 4 + vae_n * wb + text_n * (4 if train_text else wb)
+        copies = (_cast_numel(c.unet) + (_cast_numel(c.text_encoder) if train_text else 0)) * 2 if low else 0
+        text_trained = train_text
+    grads = trainable * 4
+    state = trainable * ADAM_STATE_BYTES[cfg.use_8bit_adam]
+    scratch = trainable * ADAM_SCRATCH_BYTES[cfg.use_8bit_adam]
+    res = cfg.resolution or native_resolution(c)
+    lat = res // 2 ** (len(c.vae.config.block_out_channels) - 1)
+    fv = feature_volume(c.unet.config, lat, lat)
+    key = (low, cfg.gradient_checkpointing)
+    per_sample = UNET_ACT_BYTES[key] * (fv.resnets + fv.transformers)
+    if cfg.attention == "sliced":          # attention probabilities saved for backward
+        ab = 2 if low else 4
+        per_sample += ab * (fv.largest_probs if cfg.gradient_checkpointing else fv.attn_probs + fv.cross_probs)
+    if text_trained:
+        t = c.text_encoder.config
+        per_sample += TEXT_ACT_BYTES[key] * t.num_hidden_layers * TOKENS * t.hidden_size
+    samples = cfg.batch_size * (2 if getattr(opts, "prior_preservation", False) else 1)
+    b = Breakdown(weights=int(weights), trainable_params=int(trainable), grads=int(grads), optimizer=int(state),
+                  autocast_copies=int(copies), activations=int(per_sample * samples), optimizer_scratch=int(scratch))
+    return Measurement(b.peak, "estimate", b)
+
+
+def estimate_peak_bytes(cfg: TrainingConfig, method, components=None) -> int:
+    """Analytic peak bytes of a training step (`estimate_step`)."""
+    return estimate_step(cfg, method, components).peak_bytes
 
 
 # --- the plan -----------------------------------------------------------------------------------
