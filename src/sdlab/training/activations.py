@@ -24,6 +24,10 @@ def _key(t: torch.Tensor):
     return (t.device.type, st.data_ptr(), st.nbytes())
 
 
+def _unpack(t):
+    return t
+
+
 @dataclass
 class ActivationCount:
     outside: int = 0          # saved outside checkpointed blocks
@@ -59,7 +63,7 @@ class SavedTensorCounter:
         k = _key(t)
         if k in self.skip:
             return
-        self._refs.append(t)
+        self._refs.append(t.detach())
         into.setdefault(k, k[2])
         self.everything.setdefault(k, k[2])
 
@@ -77,11 +81,13 @@ class SavedTensorCounter:
             self._record(t, self.copies)
         else:
             self._record(t, self._stack[-1] if self._stack else self.outside)
-        return t
+        # a detached alias: packing the saved output of a node itself would tie that node to its
+        # output through C++ (a cycle gc cannot see), leaking the graph and every weight it saved
+        return t.detach() if isinstance(t, torch.Tensor) else t
 
     @contextmanager
     def counting(self):
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
             yield self
 
     def checkpoint(self, fn, *args, **kwargs):
@@ -94,7 +100,7 @@ class SavedTensorCounter:
         block: dict = {}
         self._stack.append(block)
         try:
-            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack):
                 out = fn(*args, **kwargs)
         finally:
             self._stack.pop()
