@@ -24,6 +24,11 @@ def _key(t: torch.Tensor):
     return (t.device.type, st.data_ptr(), st.nbytes())
 
 
+_VIEWS = {"TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0", "UnsafeViewBackward0",
+          "ExpandBackward0", "UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1", "AsStridedBackward0",
+          "SliceBackward0", "SelectBackward0", "AliasBackward0"}
+
+
 def _unpack(t):
     return t
 
@@ -71,10 +76,17 @@ class SavedTensorCounter:
         """A cast of a trainable leaf (autocast's fp16/bf16 copy of an fp32 weight): autocast
         caches these for the whole autocast region, checkpointed or not."""
         fn = t.grad_fn
-        if fn is None or type(fn).__name__ != "ToCopyBackward0" or not fn.next_functions:
-            return False
-        acc = fn.next_functions[0][0]
-        return acc is not None and id(getattr(acc, "variable", None)) in self.trainable
+        for _ in range(4):                         # through views such as linear's weight.t()
+            if fn is None or not fn.next_functions:
+                return False
+            name = type(fn).__name__
+            if name == "ToCopyBackward0":
+                acc = fn.next_functions[0][0]
+                return acc is not None and id(getattr(acc, "variable", None)) in self.trainable
+            if name not in _VIEWS:
+                return False
+            fn = fn.next_functions[0][0]
+        return False
 
     def _pack(self, t):
         if isinstance(t, torch.Tensor) and self.trainable and self._is_weight_copy(t):

@@ -60,7 +60,10 @@ def parse_size(text) -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
+    """Bytes for people: '5.25 GiB', '12.3 MiB', '4.0 KiB'."""
+    if n >= GIB:
+        return f"{n / GIB:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 # --- the ladder ---------------------------------------------------------------------------------
@@ -295,8 +298,13 @@ def measure_run(cfg: TrainingConfig, method, steps: int = 2) -> Measurement:
 def measure_peak_bytes(cfg: TrainingConfig, method) -> int:
     """Peak bytes of a training step: CUDA measured (the larger of loading and two steps),
     CPU accounted (see `account_step`)."""
-    r = measure_run(cfg, method)
+    r = _plan_measure(cfg, method)
     return max(r.peak_bytes, r.load_peak_bytes or 0)
+
+
+def _plan_measure(cfg: TrainingConfig, method) -> Measurement:
+    """The planner's default: 2 CUDA steps, or the CPU accounting without timed steps."""
+    return measure_run(cfg, method, steps=2 if _cuda(cfg) else 0)
 
 
 # --- the estimate -------------------------------------------------------------------------------
@@ -353,12 +361,18 @@ def feature_volume(unet_config, latent_h: int, latent_w: int) -> FeatureVolume:
 
 # Activation bytes per element of the UNet's feature volume (channels x latent area summed
 # over its resnet and transformer blocks; `feature_volume`), one sample, SDPA attention. From
-# the saved-tensor accounting (`account_step`) of LoRA on the SD 1.5 architecture (random
-# weights) at 256x256; see docs/training.md. Keys: (low precision?, gradient checkpointing?).
-UNET_ACT_BYTES = {(False, False): 0.0, (False, True): 0.0, (True, False): 0.0, (True, True): 0.0}
-# A trained text encoder (textual inversion; LoRA/DreamBooth with --train-text-encoder) adds
-# activations per layer x token x hidden size, from the same accounting.
-TEXT_ACT_BYTES = {(False, False): 0.0, (False, True): 0.0, (True, False): 0.0, (True, True): 0.0}
+# the saved-tensor accounting (`account_step`) of LoRA rank 4 on the SD 1.5 architecture
+# (random weights) at 256x256, where they are within 1 % of 512x512 (everything scales with
+# the latent area). Keys: (low precision?, gradient checkpointing?).
+UNET_ACT_BYTES = {(False, False): 68.6, (False, True): 17.7, (True, False): 39.1, (True, True): 9.3}
+# Training the whole UNet also keeps what the layers before LoRA's first trainable one need
+# for their weight gradients: DreamBooth / LoRA activations, same accounting and keys.
+FULL_UNET_FACTOR = {(False, False): 1.17, (False, True): 1.09, (True, False): 1.05, (True, True): 1.04}
+# A text encoder with gradients through it (textual inversion; --train-text-encoder) adds
+# activations per layer x token x hidden size (CLIP ViT-L/14 text model, same accounting);
+# a frozen fp32 one under autocast also saves the low-precision copy of each Linear weight
+# it multiplies (textual inversion keeps the text encoder fp32).
+TEXT_ACT_BYTES = {(False, False): 56.4, (False, True): 8.7, (True, False): 32.2, (True, True): 6.6}
 
 
 def model_shapes(model=None):
@@ -437,9 +451,13 @@ def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
     if cfg.attention == "sliced":          # attention probabilities saved for backward
         ab = 2 if low else 4
         per_sample += ab * (fv.largest_probs if cfg.gradient_checkpointing else fv.attn_probs + fv.cross_probs)
+    if name != "lora" and name != "textual-inversion":
+        per_sample *= FULL_UNET_FACTOR[key]
     if text_trained:
         t = c.text_encoder.config
         per_sample += TEXT_ACT_BYTES[key] * t.num_hidden_layers * TOKENS * t.hidden_size
+        if low and name == "textual-inversion":           # saved casts of the frozen fp32 layers
+            per_sample += 2 * _cast_numel(c.text_encoder) / (t.num_hidden_layers if cfg.gradient_checkpointing else 1)
     samples = cfg.batch_size * (2 if getattr(opts, "prior_preservation", False) else 1)
     b = Breakdown(weights=int(weights), trainable_params=int(trainable), grads=int(grads), optimizer=int(state),
                   autocast_copies=int(copies), activations=int(per_sample * samples), optimizer_scratch=int(scratch))
@@ -477,9 +495,10 @@ def _peak(result) -> tuple[int, str | None]:
 def plan_for_budget(cfg: TrainingConfig, method, budget_bytes: int, measure=None, rungs=None) -> Plan:
     """The first (fastest) rung of `ladder(cfg)` whose peak fits `budget_bytes`.
 
-    `measure(cfg, method)` gives a peak (bytes, or a Measurement); default `measure_run`.
+    `measure(cfg, method)` gives a peak (bytes, or a Measurement); default: two real CUDA
+    steps, or the CPU accounting.
     Raises ConfigError naming the smallest peak found when no rung fits."""
-    measure = measure or measure_run
+    measure = measure or _plan_measure
     tried, kind = [], None
     for rung in rungs or ladder(cfg):
         trial = apply_overrides(cfg, rung.overrides)
