@@ -104,11 +104,11 @@ def row(run: Run, cfg, method, args) -> str:
     gpu_512 = args.device == "cuda" and args.size == 512 and args.batch == 1
     target = TARGET_GIB.get(run.method)
     verdict = ("pass" if r.peak_bytes < target * memory.GIB else "FAIL") if gpu_512 and target else "n/a"
-    load = f"{r.load_peak_bytes / memory.GIB:.2f}" if r.load_peak_bytes else "-"
+    load = memory.gib(r.load_peak_bytes) if r.load_peak_bytes else "-"
     rate = f"{r.steps_per_s:.2f}" if r.steps_per_s else "-"
     trainable = est.breakdown.trainable_params
-    return (f"| {run.method} | {memory.describe(cfg)} | {r.peak_bytes / memory.GIB:.2f} | "
-            f"< {target} GiB | {verdict} | {rate} | {load} | {est.peak_bytes / memory.GIB:.2f} | "
+    return (f"| {run.method} | {memory.describe(cfg)} | {memory.gib(r.peak_bytes)} | "
+            f"< {target} GiB | {verdict} | {rate} | {load} | {memory.gib(est.peak_bytes)} | "
             f"{trainable / 1e6:.2f} M | {'; '.join(notes)} |")
 
 
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         print("train_memory: no CUDA GPU here; use --device cpu for the accounting smoke run", file=sys.stderr)
         return 2
     args.model_path = random_model(args.model.split(":", 1)[1]) if args.model.startswith("random:") else Path(args.model)
-    rows = ["| method | options | peak GiB | target | pass | steps/s | load peak GiB | estimate GiB | trained | notes |",
+    rows = ["| method | options | peak | target | pass | steps/s | load peak | estimate | trained | notes |",
             "|---" * 10 + "|"]
     with tempfile.TemporaryDirectory() as tmp:
         data, cls = synthetic_data(Path(tmp), args.size)

@@ -129,5 +129,5 @@ def test_benchmark_smoke(tiny_model_dir, monkeypatch, capsys):
 
     assert train_memory.main(["--device", "cpu", "--size", "32", "--model", str(tiny_model_dir), "--steps", "1"]) == 0
     out = capsys.readouterr().out
-    assert "| method | options | peak GiB |" in out and "CPU accounting" in out and "NOT GPU memory" in out
+    assert "| method | options | peak | target |" in out and "CPU accounting" in out and "NOT GPU memory" in out
     assert sum(line.startswith("|") for line in out.splitlines()) == 2 + 5    # header, rule, 5 runs

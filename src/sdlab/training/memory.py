@@ -160,10 +160,6 @@ class Breakdown:
         return (self.weights + self.grads + self.optimizer + self.autocast_copies
                 + max(self.activations, self.optimizer_scratch))
 
-    def summary(self) -> str:
-        return (f"weights {gib(self.weights)}, grads+optimizer {gib(self.grads + self.optimizer)}, "
-                f"activations {gib(self.activations + self.autocast_copies)}")
-
 
 @dataclass
 class Measurement:
@@ -222,8 +218,9 @@ def _autocast_copy_bytes(cfg: TrainingConfig, modules, trainable) -> int:
 
 
 def account_step(cfg: TrainingConfig, method, *, steps: int = 0) -> Measurement:
-    """CPU accounting of one training step of `cfg` (fp16 is accounted as bf16: same bytes;
-    8-bit Adam by its state size); with `steps`, also time that many real CPU steps."""
+    """CPU accounting of one training step of `cfg` as it would run on CUDA (fp16 accounted as
+    bf16: same bytes; 8-bit Adam by its state size; AdamW's foreach scratch); with `steps`,
+    also time that many real CPU steps."""
     from .activations import count_activations
     from .loop import Trainer
 
@@ -265,7 +262,7 @@ def measure_run(cfg: TrainingConfig, method, steps: int = 2) -> Measurement:
 
     if not _cuda(cfg):
         return account_step(cfg, method, steps=steps)
-    steps = max(steps, 2)
+    steps, kind = max(steps, 2), "measured on CUDA"
     m = _fresh(method, cfg)
     gc.collect()
     torch.cuda.empty_cache()
@@ -286,13 +283,14 @@ def measure_run(cfg: TrainingConfig, method, steps: int = 2) -> Measurement:
             torch.cuda.synchronize()
             rate = (steps - 1) / (time.perf_counter() - t)
             peak = torch.cuda.max_memory_allocated() - base
-        except torch.cuda.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:       # counts as the whole GPU: it does not fit
             peak, rate, load_peak = torch.cuda.get_device_properties(0).total_memory, 0.0, None
+            kind = "out of memory on CUDA"
         finally:
             trainer = m = None
             gc.collect()
             torch.cuda.empty_cache()
-    return Measurement(peak, "measured on CUDA", None, rate, load_peak)
+    return Measurement(peak, kind, None, rate, load_peak)
 
 
 def measure_peak_bytes(cfg: TrainingConfig, method) -> int:
