@@ -479,9 +479,9 @@ class Plan:
 
     def explain(self) -> str:
         skipped = "; ".join(f"{r.name}: {gib(p)}" for r, p in self.tried[:-1])
-        why = f" (faster options too big: {skipped})" if skipped else " (the fastest option set fits)"
+        why = f"; faster option sets need more ({skipped})" if skipped else "; the fastest option set fits"
         return (f"memory budget {gib(self.budget_bytes)}: {self.rung.name}, peak {gib(self.peak_bytes)} "
-                f"({self.kind}){why}")
+                f"by {self.kind}{why}")
 
 
 def _peak(result) -> tuple[int, str | None]:
@@ -506,6 +506,6 @@ def plan_for_budget(cfg: TrainingConfig, method, budget_bytes: int, measure=None
         if peak <= budget_bytes:
             return Plan(trial, rung, peak, budget_bytes, kind, tried)
     rung, peak = min(tried, key=lambda rp: rp[1])
+    other = ", or train LoRA or textual inversion" if method.name in ("dreambooth", "finetune") else ""
     raise ConfigError(f"nothing fits the memory budget of {gib(budget_bytes)}: the smallest peak is {gib(peak)} "
-                      f"({kind}, {rung.name}); lower --resolution or --batch-size, or use LoRA or "
-                      "textual inversion")
+                      f"({kind}, {rung.name}); lower --resolution or --batch-size{other}")
