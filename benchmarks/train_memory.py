@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("train_memory: no CUDA GPU here; use --device cpu for the accounting smoke run", file=sys.stderr)
         return 2
-    args.model_path = random_model(args.model.split(":", 1)[1]) if args.model.startswith("random:") else Path(args.model)
+    spec = args.model
+    args.model_path = random_model(spec.split(":", 1)[1]) if spec.startswith("random:") else Path(spec)
     rows = ["| method | options | peak | target | pass | steps/s | load peak | estimate | trained | notes |",
             "|---" * 10 + "|"]
     with tempfile.TemporaryDirectory() as tmp:

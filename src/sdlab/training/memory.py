@@ -80,8 +80,10 @@ def _cuda(cfg: TrainingConfig) -> bool:
 
 
 def _bnb_available() -> bool:
+    import importlib
+
     try:
-        import bitsandbytes  # noqa: F401
+        importlib.import_module("bitsandbytes")
     except Exception:          # ImportError, or a broken CUDA setup inside bitsandbytes
         return False
     return True
