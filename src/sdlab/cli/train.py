@@ -9,6 +9,7 @@ EXAMPLES = """examples:
   sdlab train lora --data shapes/ --instance-prompt "a sks shape" --rank 8 --output-dir runs/lora
   sdlab train dreambooth --data shapes/ --instance-prompt "a sks shape" --class-prompt "a shape"
   sdlab train finetune --data striped/ --ema
+  sdlab train dreambooth ... --memory-budget 12GiB   (the fastest memory options that fit)
   sdlab train lora ... --resume latest          (continue exactly where a run stopped)
   accelerate launch --num_processes 2 -m sdlab.cli.main train lora ...   (see docs/training.md)
 """
@@ -31,6 +32,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--attention", default="default", choices=("default", "sdpa", "sliced"))
     p.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (CUDA only)")
+    p.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="e.g. 6GiB: pick the fastest memory options whose peak fits (CUDA: 2 trial steps per "
+                        "option set; CPU: saved-tensor accounting); see docs/training.md")
+    p.add_argument("--memory-estimate", action="store_true",
+                   help="with --memory-budget: plan from the analytic estimate, without trial steps")
     p.add_argument("--lr-scheduler", default="constant",
                    help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial")
     p.add_argument("--lr-warmup-steps", type=int, default=0)
@@ -111,11 +117,31 @@ def config_from_args(args, defaults: dict):
         validation_steps=args.validation_steps, device=args.device, options=defaults["options"])
 
 
-def run_train(args) -> int:
-    from ..training.loop import train
+def fit_memory_budget(config, method, size: str, estimate: bool = False):
+    """`config` with the fastest ladder rung whose peak fits `size`; says which on stderr."""
+    import sys
 
+    from ..training import memory
+
+    budget = memory.parse_size(size)
+    plan = memory.plan_for_budget(config, method, budget, measure=memory.estimate_step if estimate else None)
+    print(f"sdlab train: {plan.explain()}", file=sys.stderr)
+    return plan.config
+
+
+def run_train(args) -> int:
+    from ..errors import ConfigError
+    from ..training.loop import train
+    from ..training.memory import parse_size
+
+    if args.memory_budget is not None:
+        parse_size(args.memory_budget)          # a bad size fails before anything loads
+    elif args.memory_estimate:
+        raise ConfigError("--memory-estimate plans a --memory-budget; give one, e.g. --memory-budget 6GiB")
     method, defaults = method_from_args(args)
     config = config_from_args(args, defaults)
+    if args.memory_budget is not None:
+        config = fit_memory_budget(config, method, args.memory_budget, args.memory_estimate)
     result = train(config, method, resume=args.resume)
     for path in result.saved:
         print(path)

@@ -71,12 +71,13 @@ def make_optimizer(config: TrainingConfig, params):
 
 
 def apply_memory_options(method, config: TrainingConfig) -> None:
-    """Gradient checkpointing (Chen et al. 2016) and the attention implementation."""
+    """Gradient checkpointing (Chen et al. 2016) and the attention implementation. The UNet is
+    checkpointed whatever trains: the loss backpropagates through it even when only the text
+    encoder's embeddings train (textual inversion), and then its activations dominate."""
     unet, text = method.c.unet, method.c.text_encoder
     trained = method.trainable_modules()
     if config.gradient_checkpointing:
-        if unet in trained:
-            unet.enable_gradient_checkpointing()
+        unet.enable_gradient_checkpointing()
         if text in trained:
             text.gradient_checkpointing_enable()
     if config.attention == "sliced":

@@ -52,6 +52,10 @@ class DiffusionMethod:
     name = "base"
     train_unet = False
     train_text_encoder = False
+    # Adapter methods (LoRA) keep their frozen base weights at the mixed-precision dtype, as
+    # diffusers' LoRA scripts do: an fp32 base would cost 4 bytes a weight plus the
+    # low-precision copy autocast saves for backward.
+    adapters_on_cast_base = False
 
     def setup(self, components, config, accelerator) -> None:
         from diffusers import DDPMScheduler
@@ -65,10 +69,14 @@ class DiffusionMethod:
         self.prepare_modules()
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         components.vae.to(dtype=weight_dtype)
-        if not self.train_unet and not getattr(self, "unet_adapters", False):
+        cast_base = self.adapters_on_cast_base
+        if not self.train_unet and (cast_base or not getattr(self, "unet_adapters", False)):
             components.unet.to(dtype=weight_dtype)
-        if not self.train_text_encoder and not getattr(self, "text_adapters", False):
+        if not self.train_text_encoder and (cast_base or not getattr(self, "text_adapters", False)):
             components.text_encoder.to(dtype=weight_dtype)
+        if cast_base:                       # the adapters themselves train in fp32
+            for p in self.parameters():
+                p.data = p.data.float()
 
     def prepare_modules(self) -> None:
         """Mark the trainable parameters (a method overrides this)."""

@@ -34,6 +34,7 @@ class LoraOptions:
 class LoRA(DiffusionMethod):
     name = "lora"
     unet_adapters = True
+    adapters_on_cast_base = True
 
     def __init__(self, options: LoraOptions | None = None):
         self.options = options or LoraOptions()

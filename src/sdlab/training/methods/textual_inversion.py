@@ -66,7 +66,8 @@ class TextualInversion(DiffusionMethod):
         self.original = weight.detach().clone()
         self.keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
         self.keep[self.ids] = False
-        weight.register_hook(lambda g: g.masked_fill(self.keep[:, None], 0.0))
+        keep = self.keep    # the hook must not close over self: autograd holds hooks from C++, out of
+        weight.register_hook(lambda g: g.masked_fill(keep[:, None], 0.0))  # gc's reach: the model would leak
 
     def transform_text(self, text: str, seed: int) -> str:
         o = self.options
