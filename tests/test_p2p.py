@@ -265,3 +265,24 @@ def test_eval_runs_on_a_tiny_model(pipe):
     assert set(report["replace"]) == {"p2p_cross0.8_self0.4", "p2p_cross0.4_self0.4", "plain_prompt"}
     assert report["reweight_colour"]["factors"] == [0.5, 1.0] and report["reweight_colour"]["n"] == 2
     assert all(0 <= r["n"] <= 2 for r in report["replace"].values())
+
+
+def test_word_cross_replace_frees_one_word_early(pipe):
+    """The paper's per-word cross_replace_steps: the swapped word's injection stops at its own
+    fraction while the others keep the default."""
+    cfg = EditConfig(mode="replace", cross_replace=0.8, word_cross_replace={"square": 0.2})
+    ctrl = build_controller(pipe.c.tokenizer, "a red circle", "a red square", cfg, steps=10)
+    pos = prompt_tokens(pipe.c.tokenizer, "a red square").positions("square")[0]
+    assert ctrl.cross_steps == 8 and ctrl.token_steps[0, pos] == 2
+    assert (ctrl.token_steps[0, :pos] == 8).all()
+    base, target = torch.rand(1, 2, 4, ctrl.mapper.shape[1]), torch.rand(1, 2, 4, ctrl.mapper.shape[1])
+    ctrl.step = 1
+    early = ctrl.edit_cross(base, target)
+    ctrl.step = 5
+    late = ctrl.edit_cross(base, target)
+    assert torch.allclose(early[..., pos], base[..., pos]) and torch.allclose(late[..., pos], target[..., pos])
+    assert torch.allclose(late[..., 1], base[..., 1])
+    with pytest.raises(ConfigError, match="word_cross_replace of 'square' must be a number in"):
+        EditConfig(word_cross_replace={"square": 1.5})
+    with pytest.raises(ConfigError, match="is not in the prompt|not in"):
+        build_controller(pipe.c.tokenizer, "a red circle", "a red square", EditConfig(word_cross_replace={"star": 0.2}), 10)

@@ -61,6 +61,7 @@ class EditConfig:
     mode: str = "replace"
     cross_replace: float = 0.8
     self_replace: float = 0.4
+    word_cross_replace: tuple[tuple[str, float], ...] = ()   # per target word, e.g. {"square": 0.2}
     reweight: tuple[tuple[str, float], ...] = ()
     blend: tuple[str, ...] = ()
     blend_threshold: float = 0.3
@@ -73,6 +74,7 @@ class EditConfig:
         for name in ("cross_replace", "self_replace", "blend_threshold", "blend_start"):
             object.__setattr__(self, name, _fraction(name, getattr(self, name)))
         object.__setattr__(self, "reweight", _reweights(self.reweight))
+        object.__setattr__(self, "word_cross_replace", _word_fractions(self.word_cross_replace))
         if isinstance(self.blend, str):
             object.__setattr__(self, "blend", (self.blend,))
         object.__setattr__(self, "blend", tuple(str(w) for w in self.blend))
@@ -113,8 +115,26 @@ def _blend_positions(src: PromptTokens, tgt: PromptTokens, words) -> tuple[list[
     return out
 
 
+def _word_fractions(value: Any) -> tuple[tuple[str, float], ...]:
+    items = value.items() if isinstance(value, dict) else value
+    try:
+        pairs = tuple((str(w), v) for w, v in items)
+    except (TypeError, ValueError):
+        raise ConfigError("word_cross_replace must map target words to step fractions, e.g. {'square': 0.2}, "
+                          f"got {value!r}") from None
+    return tuple((w, _fraction(f"word_cross_replace of {w!r}", v)) for w, v in pairs)
+
+
+def _token_fractions(tgt: PromptTokens, cfg: EditConfig) -> torch.Tensor:
+    """Cross-replace fraction per target token: cfg.cross_replace, or the word's own."""
+    fractions = torch.full((len(tgt.ids),), cfg.cross_replace)
+    for word, fraction in cfg.word_cross_replace:
+        fractions[tgt.positions(word)] = fraction
+    return fractions
+
+
 def _pair_tables(tokenizer, source: str, target: str, cfg: EditConfig):
-    """(mapper, alphas, equalizer, blend positions) of one source/target pair."""
+    """(mapper, alphas, equalizer, blend positions, per-token cross fractions) of one pair."""
     src, tgt = prompt_tokens(tokenizer, source), prompt_tokens(tokenizer, target)
     mapping = replace_mapping if cfg.mode == "replace" else refine_mapping
     mapper, alphas = mapping(src, tgt)
@@ -122,7 +142,7 @@ def _pair_tables(tokenizer, source: str, target: str, cfg: EditConfig):
     for word, factor in cfg.reweight:
         equalizer[tgt.positions(word)] = factor
     positions = _blend_positions(src, tgt, cfg.blend) if cfg.blend else None
-    return mapper, alphas, equalizer, positions
+    return mapper, alphas, equalizer, positions, _token_fractions(tgt, cfg)
 
 
 def build_controller(tokenizer, sources, targets, cfg: EditConfig, steps: int, *,
@@ -133,8 +153,8 @@ def build_controller(tokenizer, sources, targets, cfg: EditConfig, steps: int, *
     targets = [targets] if isinstance(targets, str) else list(targets)
     if not sources or len(sources) != len(targets):
         raise ConfigError(f"need as many target prompts as source prompts, got {len(sources)} and {len(targets)}")
-    mappers, alphas, equalizers, positions = zip(*(_pair_tables(tokenizer, s, t, cfg)
-                                                   for s, t in zip(sources, targets)))
+    mappers, alphas, equalizers, positions, fractions = zip(*(_pair_tables(tokenizer, s, t, cfg)
+                                                              for s, t in zip(sources, targets)))
     blend = None
     if cfg.blend:
         blend = LocalBlend(positions, cfg.blend_threshold, start=int(cfg.blend_start * steps))
@@ -142,7 +162,9 @@ def build_controller(tokenizer, sources, targets, cfg: EditConfig, steps: int, *
                                     cross_steps=int(cfg.cross_replace * steps),
                                     self_steps=int(cfg.self_replace * steps),
                                     equalizer=torch.stack(equalizers) if cfg.reweight else None,
-                                    self_max_queries=cfg.self_max_queries, blend=blend, cfg=guidance)
+                                    self_max_queries=cfg.self_max_queries, blend=blend, cfg=guidance,
+                                    token_steps=(torch.stack(fractions) * steps).floor()
+                                    if cfg.word_cross_replace else None)
 
 
 def edit_batch(pipe, sources, targets, config: GenerationConfig, cfg: EditConfig, *, seeds=None,

@@ -85,13 +85,19 @@ class PromptToPromptController(AttentionController):
 
     For k pairs the conditional rows are [source_1..source_k, target_1..target_k].
     mapper, alphas: (k, K) or (K,) from sdlab.attention.align; equalizer: (k, K) / (K,) per-token
-    factors or None; cross_steps, self_steps: numbers of leading steps with cross / self replacement.
+    factors or None; cross_steps, self_steps: numbers of leading steps with cross / self replacement;
+    token_steps: (k, K) / (K,) per-target-token cross-replace step counts (the paper's per-word
+    `cross_replace_steps`), or None for `cross_steps` everywhere.
     """
 
     def __init__(self, mapper: torch.Tensor, alphas: torch.Tensor, *, cross_steps: int, self_steps: int,
                  equalizer: Optional[torch.Tensor] = None, self_max_queries: int = 256,
-                 blend: Optional[LocalBlend] = None, cfg: Optional[bool] = None):
+                 blend: Optional[LocalBlend] = None, cfg: Optional[bool] = None,
+                 token_steps: Optional[torch.Tensor] = None):
         self.mapper, self.alphas = _rows(mapper, torch.long), _rows(alphas, torch.float32)
+        self.token_steps = _rows(token_steps, torch.float32)
+        if self.token_steps is not None:
+            cross_steps = max(cross_steps, int(self.token_steps.max().item()))
         self.equalizer = _rows(equalizer, torch.float32)
         self.pairs = self.mapper.shape[0]
         super().__init__(batch_size=2 * self.pairs, cfg=cfg)
@@ -121,7 +127,10 @@ class PromptToPromptController(AttentionController):
         keys, new = target.shape[-1], target
         if self.step < self.cross_steps:
             mapper = self._fit(self.mapper, keys, True).to(target.device)[:, None, None, :]
-            alphas = self._fit(self.alphas, keys, False).to(target.device, target.dtype)[:, None, None, :]
+            alphas = self.alphas
+            if self.token_steps is not None:
+                alphas = alphas * (self.step < self.token_steps).to(alphas.dtype)
+            alphas = self._fit(alphas, keys, False).to(target.device, target.dtype)[:, None, None, :]
             mapped = torch.gather(base, -1, mapper.expand(-1, *base.shape[1:3], -1))
             new = alphas * mapped + (1 - alphas) * target
         if self.equalizer is not None:

@@ -31,6 +31,9 @@ def register(sub) -> None:
                                                                      "injected (default 0.8)")
     p.add_argument("--self-replace", type=float, default=0.4, help="fraction of steps with self-attention "
                                                                     "injected (default 0.4)")
+    p.add_argument("--word-cross-replace", nargs="+", default=[], metavar="WORD=FRACTION",
+                   help="a target word's own cross-replace fraction, e.g. square=0.2 (the new shape "
+                        "then forms its own outline instead of filling the old one's)")
     p.add_argument("--reweight", nargs="+", default=[], metavar="WORD=FACTOR",
                    help="scale the attention of target words, e.g. red=2.0")
     p.add_argument("--blend", nargs="+", default=[], metavar="WORD",
@@ -48,7 +51,8 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def parse_reweight(items: list[str]) -> dict[str, float]:
+def parse_reweight(items: list[str], option: str = "--reweight", metavar: str = "WORD=FACTOR",
+                   example: str = "red=2.0") -> dict[str, float]:
     """["red=2", "circle=0.5"] -> {"red": 2.0, "circle": 0.5}, or ConfigError."""
     out = {}
     for item in items:
@@ -58,7 +62,7 @@ def parse_reweight(items: list[str]) -> dict[str, float]:
         except ValueError:
             word = ""
         if not sep or not word:
-            raise ConfigError(f"--reweight takes WORD=FACTOR, e.g. red=2.0; got {item!r}")
+            raise ConfigError(f"{option} takes {metavar}, e.g. {example}; got {item!r}")
     return out
 
 
@@ -72,7 +76,9 @@ def run(args) -> int:
 
     cfg = EditConfig(mode=args.mode, cross_replace=args.cross_replace, self_replace=args.self_replace,
                      reweight=parse_reweight(args.reweight), blend=tuple(args.blend),
-                     blend_threshold=args.blend_threshold)
+                     blend_threshold=args.blend_threshold,
+                     word_cross_replace=parse_reweight(args.word_cross_replace, "--word-cross-replace",
+                                                       "WORD=FRACTION", "square=0.2"))
     config = GenerationConfig(prompt=args.source, negative_prompt=args.negative_prompt, steps=args.steps,
                               cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
     pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)

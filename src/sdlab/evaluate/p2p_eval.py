@@ -160,20 +160,36 @@ def _summary(rows: list) -> dict:
     return out
 
 
+def _edit_targets(pipe, config, cfg: EditConfig, idx, sources, targets, new_words) -> list:
+    """Edited images of the pairs; with `word_fraction`, the new shape word gets its own
+    cross-replace fraction (one batch per target word)."""
+    if cfg.word_cross_replace == ():
+        return [e.target_image for e in edit_batch(pipe, sources, targets, config, cfg,
+                                                   seeds=[SEED0 + i for i in idx])]
+    fraction, out = cfg.word_cross_replace[0][1], {}
+    for word in sorted(set(new_words)):
+        sub = [j for j, w in enumerate(new_words) if w == word]
+        word_cfg = replace(cfg, word_cross_replace=((word, fraction),))
+        edits = edit_batch(pipe, [sources[j] for j in sub], [targets[j] for j in sub], config, word_cfg,
+                           seeds=[SEED0 + idx[j] for j in sub])
+        out.update({j: e.target_image for j, e in zip(sub, edits)})
+    return [out[j] for j in range(len(idx))]
+
+
 def replace_eval(pipe, scenes, sources, config, edit_cfgs, batch: int, rng: random.Random, caption=full_caption):
     """p2p replace of the shape word (one run per EditConfig) vs the plain target prompt, both
     compared with the source image."""
     new = [rng.choice([s for s in spec.BASE_SHAPES if s != sc.objects[0].shape]) for sc in scenes]
     targets = [_swap_shape(caption(sc), sc.objects[0].shape, s) for sc, s in zip(scenes, new)]
-    rows = {f"p2p_cross{c.cross_replace:g}_self{c.self_replace:g}": [] for c in edit_cfgs}
+    rows = {f"p2p_cross{c.cross_replace:g}_self{c.self_replace:g}"
+            + (f"_word{c.word_cross_replace[0][1]:g}" if c.word_cross_replace else ""): [] for c in edit_cfgs}
     rows["plain_prompt"], examples = [], []
     for idx in _chunks(len(scenes), batch):
         src = [oracle.read(sources[i]).main for i in idx]
         outs = {"plain_prompt": _generate(pipe, config, [targets[i] for i in idx], SEED0 + idx[0])}
         for name, c in zip(rows, edit_cfgs):
-            edits = edit_batch(pipe, [caption(scenes[i]) for i in idx], [targets[i] for i in idx], config, c,
-                               seeds=[SEED0 + i for i in idx])
-            outs[name] = [e.target_image for e in edits]
+            outs[name] = _edit_targets(pipe, config, c, idx, [caption(scenes[i]) for i in idx],
+                                       [targets[i] for i in idx], [new[i] for i in idx])
         for name, images in outs.items():
             rows[name] += [_compare(s, oracle.read(im).main, new[i]) for s, im, i in zip(src, images, idx)]
         examples += [(sources[i], *(outs[name][j] for name in rows)) for j, i in enumerate(idx)]
@@ -246,10 +262,13 @@ def save_examples(examples, folder, limit: int = 16) -> None:
 
 def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, cfg_scale: float = 7.5,
              sampler: str = "Euler a", batch: int = 8, cross_replace=(0.8,), self_replace: float = 0.4,
-             factors=(0.0, 0.5, 1.0, 2.0, 4.0), examples_dir=None, captions: str = "full") -> dict:
+             factors=(0.0, 0.5, 1.0, 2.0, 4.0), examples_dir=None, captions: str = "full",
+             word_cross_replace: float | None = None) -> dict:
     config = GenerationConfig("", steps=steps, cfg_scale=cfg_scale, sampler=sampler)
     edit_cfgs = [EditConfig(mode="replace", cross_replace=c, self_replace=min(self_replace, c)) for c in cross_replace]
-    edit_cfg = edit_cfgs[0]
+    if word_cross_replace is not None:  # "*" stands for the new shape word of each pair
+        edit_cfgs = [replace(c, word_cross_replace=(("*", word_cross_replace),)) for c in edit_cfgs]
+    edit_cfg = replace(edit_cfgs[0], word_cross_replace=())
     scenes = scenes_for(n)
     report = {"model": pipe.c.name, "model_hash": pipe.c.model_hash, "n": n, "steps": steps,
               "cfg_scale": cfg_scale, "sampler": sampler, "captions": captions}
@@ -280,6 +299,8 @@ def main(argv=None) -> int:
     p.add_argument("--cross-replace", type=float, nargs="+", default=[0.8, 0.4],
                    help="cross-replace fractions to try for the replace test (default 0.8 0.4)")
     p.add_argument("--self-replace", type=float, default=0.4)
+    p.add_argument("--word-cross-replace", type=float, default=None,
+                   help="the new shape word's own cross-replace fraction (default: as the others)")
     p.add_argument("--captions", choices=sorted(CAPTIONS), default="full",
                    help="full: every attribute named; short: colour and shape only, layout left to the seed")
     p.add_argument("--out", default=None, help="write the JSON report here")
@@ -291,7 +312,7 @@ def main(argv=None) -> int:
     report = evaluate(Pipeline.load(args.model), n=args.n, n_reweight=args.n_reweight, steps=args.steps,
                       cfg_scale=args.cfg_scale, sampler=args.sampler, batch=args.batch,
                       cross_replace=args.cross_replace, self_replace=args.self_replace, examples_dir=args.examples,
-                      captions=args.captions)
+                      captions=args.captions, word_cross_replace=args.word_cross_replace)
     text = json.dumps(report, indent=2)
     if args.out:
         atomic_write_text(args.out, text + "\n")
