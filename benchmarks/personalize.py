@@ -52,6 +52,22 @@ def make_data(folder: Path, token: str, n: int = 8, seed: int = 0, shape: str = 
     return folder
 
 
+def concept_rates(pipe, token: str, args) -> dict:
+    """Oracle rates of "a <token>" (the shape) and "a red <token>" (red; red and the shape)."""
+    probes = ce.concept_probes(token, {"shape": args.shape}, color="red")
+    rates, _ = ce.concept_report(pipe, {k: probes[k] for k in ("detection", "color", "color+concept")}, args.n,
+                                 seed=100, steps=20)
+    return rates
+
+
+def record(args, row: dict, shown: str | None = None) -> dict:
+    """Print the row (its method shown as `shown`) and append it to OUT/results.jsonl."""
+    print(json.dumps({**row, "method": shown} if shown else row), flush=True)
+    with open(Path(args.out) / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
 def run(name, method, token, args, **kw):
     name += args.tag
     kw["learning_rate"] *= args.lr_scale
@@ -69,18 +85,13 @@ def run(name, method, token, args, **kw):
     minutes = (time.time() - t0) / 60
     artifact = result.saved[0] if method.name != "lora" else result.saved[1]
     pipe = load_artifact(args.model, artifact)
-    probes = ce.concept_probes(token, {"shape": args.shape}, color="red")
-    rates, _ = ce.concept_report(pipe, {k: probes[k] for k in ("detection", "color", "color+concept")}, args.n,
-                                 seed=100, steps=20)
+    rates = concept_rates(pipe, token, args)
     row = {"method": name, "train_minutes": round(minutes, 2), "steps": args.steps, **rates}
     if method.name == "dreambooth":
         base = load_artifact(args.model, None)
         row.update({f"drift_{k}": v for k, v in ce.drift(base, pipe, ce.class_probes(), max(2, args.n // 4),
                                                          seed=100, steps=20).items()})
-    print(json.dumps(row), flush=True)
-    with open(Path(args.out) / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    return row
+    return record(args, row)
 
 
 def fill_report(pipe, n: int) -> dict:
@@ -121,10 +132,7 @@ def run_finetune(args):
            **fill_report(load_artifact(args.model, result.saved[0]), args.n)}
     if "base" in args.only.split(","):
         row.update({f"base_{k}": v for k, v in fill_report(load_artifact(args.model, None), args.n).items()})
-    print(json.dumps(row), flush=True)
-    with open(Path(args.out) / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    return row
+    return record(args, row)
 
 
 def main():
@@ -148,13 +156,8 @@ def main():
     Path(args.out).mkdir(parents=True, exist_ok=True)
     only = args.only.split(",")
     if "base" in only:   # what the base model draws for the shape's own word
-        pipe = load_artifact(args.model, None)
-        probes = ce.concept_probes(args.shape, {"shape": args.shape}, color="red")
-        rates, _ = ce.concept_report(pipe, {k: probes[k] for k in ("detection", "color", "color+concept")},
-                                     args.n, seed=100, steps=20)
-        print(json.dumps({"method": f"base model, 'a {args.shape}'", **rates}), flush=True)
-        with open(Path(args.out) / "results.jsonl", "a") as f:
-            f.write(json.dumps({"method": "base", **rates}) + "\n")
+        rates = concept_rates(load_artifact(args.model, None), args.shape, args)
+        record(args, {"method": "base", **rates}, shown=f"base model, 'a {args.shape}'")
     if "ti" in only:
         run("ti", TextualInversion(TIOptions("<my-shape>", "circle", args.ti_vectors, "none")), "<my-shape>", args,
             learning_rate=5e-2, adam_weight_decay=0.0)

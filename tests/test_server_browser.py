@@ -64,6 +64,16 @@ def server(tmp_path_factory):
     thread.join(30)
 
 
+def _open_studio(browser, base: str, **page_options):
+    """A new page on the studio, loaded (samplers listed), and the list its page errors go to."""
+    page = browser.new_page(**(page_options or {"viewport": {"width": 1280, "height": 860}}))
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    return page, errors
+
+
 def _shot(page, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / name
@@ -85,11 +95,7 @@ WATCH = """() => {
 
 def test_new_user_generates_cancels_and_browses_the_gallery(browser, server):
     base, out = server
-    page = browser.new_page(viewport={"width": 1280, "height": 860})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(base + "/")
-    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    page, errors = _open_studio(browser, base)
     assert page.input_value("#width") == "64" and page.input_value("#sampler") == "Euler a"  # the model's size
     page.click("#seed-random")
     assert 0 <= int(page.input_value("#seed")) < 2**32
@@ -147,9 +153,8 @@ def test_new_user_generates_cancels_and_browses_the_gallery(browser, server):
 
 def test_phone_width_layout(browser, server):
     base, _ = server
-    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
-    page.goto(base + "/")
-    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    page, _ = _open_studio(browser, base, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                           is_mobile=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
     form, output = page.locator("#gen-form").bounding_box(), page.locator(".output").bounding_box()
     assert output["y"] >= form["y"] + form["height"] and form["width"] > 330  # one column, full width
@@ -159,11 +164,7 @@ def test_phone_width_layout(browser, server):
 
 def test_attention_chips_and_a_side_by_side_edit(browser, server):
     base, out = server
-    page = browser.new_page(viewport={"width": 1280, "height": 860})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(base + "/")
-    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    page, errors = _open_studio(browser, base)
     page.click("#tab-attend")
     assert page.is_hidden("#batch-fields") and page.is_visible("#layer-up")
     page.uncheck("#layer-down")
@@ -216,11 +217,7 @@ def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
     for i, colour in enumerate(["red", "orange"]):
         images.append(tmp_path / f"{i}.png")
         Image.new("RGB", (64, 64), colour).save(images[-1])
-    page = browser.new_page(viewport={"width": 1280, "height": 860})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(base + "/")
-    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    page, errors = _open_studio(browser, base)
     page.click("#tab-train")
     assert page.text_content("#prompt-label") == "Instance prompt" and page.is_hidden("#sampling-fields")
     page.fill("#prompt", "a sks shape")

@@ -37,12 +37,17 @@ def _fraction(name: str, value: Any) -> float:
     return float(value)
 
 
-def _reweights(value: Any) -> tuple[tuple[str, float], ...]:
+def _word_pairs(name: str, value: Any, meaning: str) -> tuple[tuple[str, Any], ...]:
+    """A {word: number} mapping (or pairs) as a tuple of (word, value) pairs, or ConfigError."""
     items = value.items() if isinstance(value, dict) else value
     try:
-        pairs = tuple((str(w), v) for w, v in items)
+        return tuple((str(w), v) for w, v in items)
     except (TypeError, ValueError):
-        raise ConfigError(f"reweight must map words to factors, e.g. {{'red': 2.0}}, got {value!r}") from None
+        raise ConfigError(f"{name} must map {meaning}, got {value!r}") from None
+
+
+def _reweights(value: Any) -> tuple[tuple[str, float], ...]:
+    pairs = _word_pairs("reweight", value, "words to factors, e.g. {'red': 2.0}")
     for word, v in pairs:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > MAX_WEIGHT:
             raise ConfigError(f"reweight factor of {word!r} must be a number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}], "
@@ -116,12 +121,7 @@ def _blend_positions(src: PromptTokens, tgt: PromptTokens, words) -> tuple[list[
 
 
 def _word_fractions(value: Any) -> tuple[tuple[str, float], ...]:
-    items = value.items() if isinstance(value, dict) else value
-    try:
-        pairs = tuple((str(w), v) for w, v in items)
-    except (TypeError, ValueError):
-        raise ConfigError("word_cross_replace must map target words to step fractions, e.g. {'square': 0.2}, "
-                          f"got {value!r}") from None
+    pairs = _word_pairs("word_cross_replace", value, "target words to step fractions, e.g. {'square': 0.2}")
     return tuple((w, _fraction(f"word_cross_replace of {w!r}", v)) for w, v in pairs)
 
 

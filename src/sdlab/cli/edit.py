@@ -51,9 +51,9 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def parse_reweight(items: list[str], option: str = "--reweight", metavar: str = "WORD=FACTOR",
-                   example: str = "red=2.0") -> dict[str, float]:
-    """["red=2", "circle=0.5"] -> {"red": 2.0, "circle": 0.5}, or ConfigError."""
+def parse_word_numbers(items: list[str], option: str = "--reweight", metavar: str = "WORD=FACTOR",
+                       example: str = "red=2.0") -> dict[str, float]:
+    """["red=2", "circle=0.5"] -> {"red": 2.0, "circle": 0.5}, or ConfigError naming `option`."""
     out = {}
     for item in items:
         word, sep, value = item.rpartition("=")
@@ -75,10 +75,10 @@ def run(args) -> int:
     from ..pipeline import Pipeline
 
     cfg = EditConfig(mode=args.mode, cross_replace=args.cross_replace, self_replace=args.self_replace,
-                     reweight=parse_reweight(args.reweight), blend=tuple(args.blend),
+                     reweight=parse_word_numbers(args.reweight), blend=tuple(args.blend),
                      blend_threshold=args.blend_threshold,
-                     word_cross_replace=parse_reweight(args.word_cross_replace, "--word-cross-replace",
-                                                       "WORD=FRACTION", "square=0.2"))
+                     word_cross_replace=parse_word_numbers(args.word_cross_replace, "--word-cross-replace",
+                                                           "WORD=FRACTION", "square=0.2"))
     config = GenerationConfig(prompt=args.source, negative_prompt=args.negative_prompt, steps=args.steps,
                               cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
     pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -20,11 +19,11 @@ from ..config import GenerationConfig
 from ..guidance.classifier import classifier_guidance
 from ..guidance.loss import loss_guidance
 from ..guidance.losses import color_loss
-from ..io.atomic import atomic_write_text
 from ..pipeline import Pipeline
 from ..world import oracle
 from ..world.captions import article, full_caption, object_phrase
 from ..world.evaluate_model import prompt_set
+from . import emit_report
 
 BLUE = (0, 0, 255)
 
@@ -96,10 +95,7 @@ def main(argv=None) -> int:
         report["color"] = color_eval(pipe, args.n, args.color_scales, args.steps, args.color_prompts)
     if args.only in (None, "classifier"):
         report["classifier"] = classifier_eval(pipe, args.n, args.classifier_scales, args.steps)
-    text = json.dumps(report, indent=1)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
-    print(text)
+    emit_report(report, args.out)
     return 0
 
 

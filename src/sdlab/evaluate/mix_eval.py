@@ -18,7 +18,6 @@ is sampled with the prompt's own seed, the same for every w. The oracle reads ea
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -31,6 +30,7 @@ from ..config import GenerationConfig
 from ..world import oracle, spec
 from ..world.captions import full_caption
 from ..world.scene import single_object_scene
+from . import emit_report
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 WORDS = ("circle", "square")
@@ -152,15 +152,13 @@ def main(argv=None) -> int:
 
     report, images = evaluate_mix(Pipeline.load(args.model), args.n, sorted(args.weights), args.steps, args.cfg,
                                   args.sampler, args.size)
-    text = json.dumps(report, indent=2)
-    print(text)
+    emit_report(report, Path(args.out) / "mix_eval.json" if args.out else None)
     if args.out:
-        from ..io.atomic import atomic_save, atomic_write_text
+        from ..io.atomic import atomic_save
         from ..io.labels import labelled_grid
         from ..io.sweeps import value_labels
 
         out = Path(args.out)
-        atomic_write_text(out / "mix_eval.json", text + "\n")
         ws = sorted(images)
         grid = labelled_grid([[images[w][i] for w in ws] for i in range(min(8, args.n))],
                              col_labels=value_labels(ws, "w"), scale=2)

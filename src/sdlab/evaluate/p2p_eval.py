@@ -16,7 +16,6 @@ Scenes are single objects of the training split with their full captions; seeds 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import time
@@ -34,6 +33,7 @@ from ..config import GenerationConfig
 from ..world import oracle, spec
 from ..world.captions import article, full_caption, object_phrase
 from ..world.scene import SceneSampler
+from . import emit_report
 
 SEED0 = 20_000
 KEPT = ("position", "size", "color")
@@ -160,36 +160,38 @@ def _summary(rows: list) -> dict:
     return out
 
 
-def _edit_targets(pipe, config, cfg: EditConfig, idx, sources, targets, new_words) -> list:
+def _edit_targets(pipe, config, cfg: EditConfig, idx, sources, targets, new_words,
+                  word_fraction: float | None = None) -> list:
     """Edited images of the pairs; with `word_fraction`, the new shape word gets its own
     cross-replace fraction (one batch per target word)."""
-    if cfg.word_cross_replace == ():
+    if word_fraction is None:
         return [e.target_image for e in edit_batch(pipe, sources, targets, config, cfg,
                                                    seeds=[SEED0 + i for i in idx])]
-    fraction, out = cfg.word_cross_replace[0][1], {}
+    out = {}
     for word in sorted(set(new_words)):
         sub = [j for j, w in enumerate(new_words) if w == word]
-        word_cfg = replace(cfg, word_cross_replace=((word, fraction),))
+        word_cfg = replace(cfg, word_cross_replace=((word, word_fraction),))
         edits = edit_batch(pipe, [sources[j] for j in sub], [targets[j] for j in sub], config, word_cfg,
                            seeds=[SEED0 + idx[j] for j in sub])
         out.update({j: e.target_image for j, e in zip(sub, edits)})
     return [out[j] for j in range(len(idx))]
 
 
-def replace_eval(pipe, scenes, sources, config, edit_cfgs, batch: int, rng: random.Random, caption=full_caption):
+def replace_eval(pipe, scenes, sources, config, edit_cfgs, batch: int, rng: random.Random, caption=full_caption,
+                 word_fraction: float | None = None):
     """p2p replace of the shape word (one run per EditConfig) vs the plain target prompt, both
     compared with the source image."""
     new = [rng.choice([s for s in spec.BASE_SHAPES if s != sc.objects[0].shape]) for sc in scenes]
     targets = [_swap_shape(caption(sc), sc.objects[0].shape, s) for sc, s in zip(scenes, new)]
-    rows = {f"p2p_cross{c.cross_replace:g}_self{c.self_replace:g}"
-            + (f"_word{c.word_cross_replace[0][1]:g}" if c.word_cross_replace else ""): [] for c in edit_cfgs}
+    word = "" if word_fraction is None else f"_word{word_fraction:g}"
+    rows = {f"p2p_cross{c.cross_replace:g}_self{c.self_replace:g}{word}": [] for c in edit_cfgs}
     rows["plain_prompt"], examples = [], []
     for idx in _chunks(len(scenes), batch):
         src = [oracle.read(sources[i]).main for i in idx]
         outs = {"plain_prompt": _generate(pipe, config, [targets[i] for i in idx], SEED0 + idx[0])}
         for name, c in zip(rows, edit_cfgs):
             outs[name] = _edit_targets(pipe, config, c, idx, [caption(scenes[i]) for i in idx],
-                                       [targets[i] for i in idx], [new[i] for i in idx])
+                                       [targets[i] for i in idx], [new[i] for i in idx], word_fraction)
         for name, images in outs.items():
             rows[name] += [_compare(s, oracle.read(im).main, new[i]) for s, im, i in zip(src, images, idx)]
         examples += [(sources[i], *(outs[name][j] for name in rows)) for j, i in enumerate(idx)]
@@ -266,9 +268,7 @@ def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, 
              word_cross_replace: float | None = None) -> dict:
     config = GenerationConfig("", steps=steps, cfg_scale=cfg_scale, sampler=sampler)
     edit_cfgs = [EditConfig(mode="replace", cross_replace=c, self_replace=min(self_replace, c)) for c in cross_replace]
-    if word_cross_replace is not None:  # "*" stands for the new shape word of each pair
-        edit_cfgs = [replace(c, word_cross_replace=(("*", word_cross_replace),)) for c in edit_cfgs]
-    edit_cfg = replace(edit_cfgs[0], word_cross_replace=())
+    edit_cfg = edit_cfgs[0]
     scenes = scenes_for(n)
     report = {"model": pipe.c.name, "model_hash": pipe.c.model_hash, "n": n, "steps": steps,
               "cfg_scale": cfg_scale, "sampler": sampler, "captions": captions}
@@ -276,7 +276,7 @@ def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, 
     caption = CAPTIONS[captions]
     report["attention_iou"], sources = attention_eval(pipe, scenes, config, batch, caption)
     report["replace"], examples = replace_eval(pipe, scenes, sources, config, edit_cfgs, batch, random.Random(7),
-                                               caption)
+                                               caption, word_cross_replace)
     k = n if n_reweight is None else min(n, n_reweight)
     report["reweight_colour"] = reweight_eval(pipe, scenes[:k], sources[:k], config, tuple(factors), batch, edit_cfg,
                                                caption)
@@ -306,17 +306,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--examples", default=None, help="folder for an example grid (source | p2p... | plain)")
     args = p.parse_args(argv)
-    from ..io.atomic import atomic_write_text
     from ..pipeline import Pipeline
 
     report = evaluate(Pipeline.load(args.model), n=args.n, n_reweight=args.n_reweight, steps=args.steps,
                       cfg_scale=args.cfg_scale, sampler=args.sampler, batch=args.batch,
                       cross_replace=args.cross_replace, self_replace=args.self_replace, examples_dir=args.examples,
                       captions=args.captions, word_cross_replace=args.word_cross_replace)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        atomic_write_text(args.out, text + "\n")
-    print(text)
+    emit_report(report, args.out)
     return 0
 
 

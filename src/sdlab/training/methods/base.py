@@ -9,7 +9,6 @@ latents at a random timestep and regress the UNet's prediction (epsilon or v) on
 from __future__ import annotations
 
 import random
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -130,7 +129,7 @@ class DiffusionMethod:
     def caption_or_empty(self, text: str, seed: int) -> str:
         """Caption dropout (Ho & Salimans 2022): the empty prompt with probability
         `config.caption_dropout`, drawn from the sample's seed so a resumed run draws the same."""
-        p = getattr(self.config, "caption_dropout", 0.0)
+        p = self.config.caption_dropout
         return "" if p and random.Random(seed * 7919 + 17).random() < p else text
 
     # --- the loss ---------------------------------------------------------------------------
