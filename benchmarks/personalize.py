@@ -68,6 +68,15 @@ def record(args, row: dict, shown: str | None = None) -> dict:
     return row
 
 
+def class_prompts(args) -> str | tuple[str, ...]:
+    """DreamBooth's class prompt: "a circle", or `world`: captions of random scenes of the
+    world (every base shape, colour, size, position), one per class image."""
+    if args.class_prompts == "circle":
+        return "a circle"
+    rng, sampler = random.Random(7), SceneSampler()
+    return tuple(caption(sampler.sample(rng), rng, drop=0.2) for _ in range(args.class_images))
+
+
 def run(name, method, token, args, **kw):
     name += args.tag
     kw["learning_rate"] *= args.lr_scale
@@ -113,9 +122,9 @@ def fill_report(pipe, n: int) -> dict:
 
 
 def run_finetune(args):
-    data = Path(args.out) / "data-striped"
+    data = Path(args.out) / f"data-striped-{args.ft_images}"
     if not (data / "metadata.jsonl").exists():
-        export_folder(data, 512, seed=1, sampler=SceneSampler(fills=("striped",)))
+        export_folder(data, args.ft_images, seed=1, sampler=SceneSampler(fills=("striped",)))
     out = Path(args.out) / ("ft" + args.tag)
     method = FineTune(FineTuneOptions(freeze_text_encoder=False))
     cfg = TrainingConfig(method="finetune", data_dir=str(data), output_dir=str(out), model=args.model,
@@ -150,6 +159,10 @@ def main():
     p.add_argument("--caption-dropout", type=float, default=0.1,
                    help="empty-prompt share for the methods that train the UNet (keeps CFG working)")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--class-prompts", choices=("circle", "world"), default="circle",
+                   help="DreamBooth's prior: 'a circle', or one world caption per class image")
+    p.add_argument("--class-images", type=int, default=16)
+    p.add_argument("--ft-images", type=int, default=512, help="size of the striped data set of `ft`")
     p.add_argument("--text-encoder", action="store_true", help="LoRA and DreamBooth also train the text encoder")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -164,9 +177,10 @@ def main():
     if "lora" in only:
         run("lora", LoRA(LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder)), "sks", args, learning_rate=1e-3)
     if "db" in only:
-        run("db", DreamBooth(DreamBoothOptions("a circle", num_class_images=16, class_sampling_steps=20,
-                                               text_encoder=args.text_encoder)), "sks",
-            args, learning_rate=1e-4)
+        run("db", DreamBooth(DreamBoothOptions(class_prompts(args), num_class_images=args.class_images,
+                                               class_sampling_steps=20, text_encoder=args.text_encoder,
+                                               class_data_dir=str(Path(args.out) / f"class-{args.class_prompts}"))),
+            "sks", args, learning_rate=1e-4)
     if "db-noprior" in only:
         run("db-noprior", DreamBooth(DreamBoothOptions(prior_preservation=False, text_encoder=args.text_encoder)), "sks", args, learning_rate=1e-4)
     if "ft" in only:

@@ -53,6 +53,56 @@ def test_dreambooth_prior_preservation(tiny_model_dir, data, tmp_path):
 def test_dreambooth_needs_class_prompt():
     with pytest.raises(ConfigError, match="class_prompt"):
         DreamBoothOptions(class_prompt=None)
+    with pytest.raises(ConfigError, match="non-empty string"):
+        DreamBoothOptions(class_prompt=["a circle", ""])
+
+
+def test_several_class_prompts_are_cached_with_their_captions(tiny_model_dir, tmp_path):
+    import json
+
+    from sdlab.pipeline import Pipeline
+    from sdlab.training.data import read_examples
+
+    components = Pipeline.load(tiny_model_dir, device="cpu").c
+    folder = tmp_path / "class"
+    opts = DreamBoothOptions(class_prompt=["a circle", "a red square"], num_class_images=3, class_sampling_steps=2)
+    assert generate_class_images(components, opts, folder) == 3
+    assert [(e.path.name, e.text) for e in read_examples(folder)] == [
+        ("class-00000.png", "a circle"), ("class-00001.png", "a red square"), ("class-00002.png", "a circle")]
+    assert generate_class_images(components, opts, folder) == 0
+    changed = DreamBoothOptions(class_prompt=["a circle", "a blue star"], num_class_images=3, class_sampling_steps=2)
+    assert generate_class_images(components, changed, folder) == 1      # only image 1 had another prompt
+    assert [json.loads(line)["text"] for line in (folder / "metadata.jsonl").read_text().splitlines()] == [
+        "a circle", "a blue star", "a circle"]
+
+
+def test_prior_loss_uses_each_class_image_caption(tiny_model_dir, data, tmp_path):
+    """A captioned class folder of one's own (no class prompt): the prior loss reads each image
+    with its own caption, so changing a caption changes the loss."""
+    import json
+    import shutil
+
+    own = tmp_path / "reg"
+    shutil.copytree(data, own)
+    lines = [json.loads(line) for line in (own / "metadata.jsonl").read_text().splitlines()]
+    losses = []
+    for captions in (["a circle"] * 3, ["a green star"] * 3):
+        (own / "metadata.jsonl").write_text("".join(json.dumps({"file_name": r["file_name"], "text": t}) + "\n"
+                                                    for r, t in zip(lines, captions)))
+        method = DreamBooth(DreamBoothOptions(class_data_dir=str(own), num_class_images=3))
+        trainer = Trainer(_cfg(method, tiny_model_dir, data, tmp_path / f"out{len(losses)}", max_steps=1), method)
+        assert method.class_data.texts == captions
+        with torch.no_grad():
+            losses.append(method.loss(trainer.micro_batch(0)).item())
+    assert losses[0] != losses[1]
+
+
+def test_class_folder_without_captions_is_refused(tiny_model_dir, data, tmp_path):
+    empty = tmp_path / "reg"
+    empty.mkdir()
+    method = DreamBooth(DreamBoothOptions(class_data_dir=str(empty)))
+    with pytest.raises(ConfigError, match="no metadata.jsonl"):
+        Trainer(_cfg(method, tiny_model_dir, data, tmp_path / "out", max_steps=1), method)
 
 
 def test_finetune_saves_ema_weights_and_keeps_text_encoder(tiny_model_dir, data, tmp_path):
