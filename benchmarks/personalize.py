@@ -162,6 +162,7 @@ def main():
     p.add_argument("--class-prompts", choices=("circle", "world"), default="circle",
                    help="DreamBooth's prior: 'a circle', or one world caption per class image")
     p.add_argument("--class-images", type=int, default=16)
+    p.add_argument("--prior-weight", type=float, default=1.0, help="DreamBooth's prior-loss weight")
     p.add_argument("--ft-images", type=int, default=512, help="size of the striped data set of `ft`")
     p.add_argument("--text-encoder", action="store_true", help="LoRA and DreamBooth also train the text encoder")
     args = p.parse_args()
@@ -178,6 +179,7 @@ def main():
         run("lora", LoRA(LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder)), "sks", args, learning_rate=1e-3)
     if "db" in only:
         run("db", DreamBooth(DreamBoothOptions(class_prompts(args), num_class_images=args.class_images,
+                                               prior_loss_weight=args.prior_weight,
                                                class_sampling_steps=20, text_encoder=args.text_encoder,
                                                class_data_dir=str(Path(args.out) / f"class-{args.class_prompts}"))),
             "sks", args, learning_rate=1e-4)

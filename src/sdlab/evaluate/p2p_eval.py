@@ -44,7 +44,12 @@ def short_caption(scene) -> str:
     return article(object_phrase(scene.objects[0], size=False))
 
 
-CAPTIONS = {"full": full_caption, "short": short_caption}
+def sized_caption(scene) -> str:
+    """Size, colour and shape ("a large red circle"): position and background left to the seed."""
+    return article(object_phrase(scene.objects[0]))
+
+
+CAPTIONS = {"full": full_caption, "short": short_caption, "sized": sized_caption}
 
 
 def scenes_for(n: int, seed: int = 5) -> list:
@@ -302,7 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--word-cross-replace", type=float, default=None,
                    help="the new shape word's own cross-replace fraction (default: as the others)")
     p.add_argument("--captions", choices=sorted(CAPTIONS), default="full",
-                   help="full: every attribute named; short: colour and shape only, layout left to the seed")
+                   help="full: every attribute named; sized: size, colour and shape (position and background left "
+                        "to the seed); short: colour and shape only (size too left to the seed)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--examples", default=None, help="folder for an example grid (source | p2p... | plain)")
     args = p.parse_args(argv)
