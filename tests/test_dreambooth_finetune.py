@@ -6,7 +6,8 @@ import torch
 from sdlab.errors import ConfigError
 from sdlab.training.config import TrainingConfig
 from sdlab.training.loop import Trainer
-from sdlab.training.methods.dreambooth import DreamBooth, DreamBoothOptions, generate_class_images
+from sdlab.training.methods.dreambooth import DreamBooth, DreamBoothOptions
+from sdlab.training.methods.prior import generate_class_images
 from sdlab.training.methods.finetune import FineTune, FineTuneOptions
 
 
@@ -95,6 +96,29 @@ def test_prior_loss_uses_each_class_image_caption(tiny_model_dir, data, tmp_path
         with torch.no_grad():
             losses.append(method.loss(trainer.micro_batch(0)).item())
     assert losses[0] != losses[1]
+
+
+def test_lora_with_prior_preservation(tiny_model_dir, data, tmp_path):
+    """LoRA takes DreamBooth's prior (as diffusers' DreamBooth-LoRA script does): the CLI turns
+    it on with --class-prompt, class images are generated and the loss grows with the weight."""
+    from sdlab.cli.main import build_parser
+    from sdlab.training.methods import build_method
+    from sdlab.training.methods.lora import LoRA, LoraOptions
+
+    args = build_parser().parse_args(["train", "lora", "--data", str(data), "--class-prompt", "a circle",
+                                      "--class-prompt", "a square", "--num-class-images", "2"])
+    method, _ = build_method("lora", vars(args))
+    assert method.options.prior_preservation and method.options.class_prompts == ("a circle", "a square")
+    assert not build_method("lora", {**vars(args), "class_prompt": None})[0].options.prior_preservation
+    losses = []
+    for w in (0.0, 1.0):
+        method = LoRA(LoraOptions(rank=2, prior_preservation=True, class_prompt=("a circle", "a square"),
+                                  num_class_images=2, class_sampling_steps=2, prior_loss_weight=w))
+        trainer = Trainer(_cfg(method, tiny_model_dir, data, tmp_path / "out", max_steps=1), method)
+        assert method.class_data.texts == ["a circle", "a square"]
+        with torch.no_grad():
+            losses.append(method.loss(trainer.micro_batch(0)).item())
+    assert losses[1] > losses[0]
 
 
 def test_class_folder_without_captions_is_refused(tiny_model_dir, data, tmp_path):

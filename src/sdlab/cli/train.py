@@ -68,14 +68,16 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--rank", type=int, default=4)
         p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
         p.add_argument("--train-text-encoder", action="store_true", help="adapters on the text encoder too")
-    if name == "dreambooth":
+    if name in ("dreambooth", "lora"):
         p.add_argument("--class-prompt", action="append", default=None,
-                       help="prompt of the class, e.g. 'a shape'; repeat for several (class image i uses prompt i mod k)")
+                       help="prompt of the class for prior preservation, e.g. 'a shape'; repeat for several "
+                            "(class image i uses prompt i mod k)" + ("; turns the prior on" if name == "lora" else ""))
         p.add_argument("--class-data-dir", default=None,
                        help="class images cache (default OUTPUT/class_images); with metadata.jsonl and no "
                             "--class-prompt, your own captioned class images")
         p.add_argument("--num-class-images", type=int, default=50)
         p.add_argument("--prior-loss-weight", type=float, default=1.0)
+    if name == "dreambooth":
         p.add_argument("--no-prior-preservation", action="store_true")
         p.add_argument("--train-text-encoder", action="store_true")
     if name == "finetune":

@@ -10,7 +10,9 @@ def build_method(name: str, args: dict):
     if name == "lora":
         from .lora import LoRA, LoraOptions
 
-        opts = LoraOptions(rank=args["rank"], alpha=args["alpha"], text_encoder=args["train_text_encoder"])
+        prior = bool(args.get("class_prompt") or args.get("class_data_dir"))
+        opts = LoraOptions(rank=args["rank"], alpha=args["alpha"], text_encoder=args["train_text_encoder"],
+                           prior_preservation=prior, **_prior_args(args))
         return LoRA(opts), {"learning_rate": 1e-4, "weight_decay": 1e-2, "options": opts}
     if name == "textual-inversion":
         from .textual_inversion import TextualInversion, TIOptions
@@ -21,11 +23,8 @@ def build_method(name: str, args: dict):
     if name == "dreambooth":
         from .dreambooth import DreamBooth, DreamBoothOptions
 
-        opts = DreamBoothOptions(class_prompt=args["class_prompt"], class_data_dir=args["class_data_dir"],
-                                 num_class_images=args["num_class_images"],
-                                 prior_loss_weight=args["prior_loss_weight"],
-                                 prior_preservation=not args["no_prior_preservation"],
-                                 text_encoder=args["train_text_encoder"])
+        opts = DreamBoothOptions(prior_preservation=not args["no_prior_preservation"],
+                                 text_encoder=args["train_text_encoder"], **_prior_args(args))
         return DreamBooth(opts), {"learning_rate": 5e-6, "weight_decay": 1e-2, "options": opts}
     if name == "finetune":
         from .finetune import FineTune, FineTuneOptions
@@ -33,3 +32,9 @@ def build_method(name: str, args: dict):
         opts = FineTuneOptions(freeze_text_encoder=not args["train_text_encoder"])
         return FineTune(opts), {"learning_rate": 1e-5, "weight_decay": 1e-2, "options": opts}
     raise ConfigError(f"unknown training method {name!r}; use textual-inversion, dreambooth, lora or finetune")
+
+
+def _prior_args(args: dict) -> dict:
+    """PriorOptions fields from the CLI's prior-preservation flags (defaults where absent)."""
+    return {"class_prompt": args.get("class_prompt"), "class_data_dir": args.get("class_data_dir"),
+            "num_class_images": args.get("num_class_images", 50), "prior_loss_weight": args.get("prior_loss_weight", 1.0)}

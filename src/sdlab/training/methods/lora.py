@@ -1,5 +1,6 @@
 """LoRA (Hu et al. 2021): low-rank adapters on the UNet's attention projections (and
-optionally the text encoder's), trained with peft; the base weights stay frozen.
+optionally the text encoder's), trained with peft; the base weights stay frozen. Optionally
+with DreamBooth's prior preservation (`prior.py`).
 
 Saves `lora/pytorch_lora_weights.safetensors` (diffusers/peft: what
 `StableDiffusionPipeline.load_lora_weights` reads) and `lora_kohya.safetensors` (kohya /
@@ -14,24 +15,30 @@ from pathlib import Path
 from ...config import _check_float, _check_int
 from ...models import lora as lora_files
 from .base import DiffusionMethod
+from .prior import PriorOptions, PriorPreservation
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 @dataclass(frozen=True)
-class LoraOptions:
+class LoraOptions(PriorOptions):
+    """Adapter shape, and (off by default) DreamBooth's prior preservation, as diffusers'
+    DreamBooth-LoRA script offers it."""
+
+    prior_preservation: bool = False
     rank: int = 4
     alpha: float | None = None          # None: alpha = rank (scale 1)
     text_encoder: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         _check_int("rank", self.rank, 1, 1024)
         if self.alpha is not None:
             _check_float("alpha", self.alpha, 1e-6, 1e6)
 
 
-class LoRA(DiffusionMethod):
+class LoRA(PriorPreservation, DiffusionMethod):
     name = "lora"
     unet_adapters = True
     adapters_on_cast_base = True
@@ -51,6 +58,7 @@ class LoRA(DiffusionMethod):
         self.c.unet.add_adapter(self.lora_config(UNET_TARGETS))
         if self.text_adapters:
             self.c.text_encoder.add_adapter(self.lora_config(TEXT_TARGETS))
+        self.prepare_prior()
 
     def layers(self) -> dict[str, lora_files.LoraLayer]:
         """The trained adapters as {"unet.<module>": LoraLayer}."""
