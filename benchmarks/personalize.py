@@ -56,8 +56,30 @@ def concept_rates(pipe, token: str, args) -> dict:
     """Oracle rates of "a <token>" (the shape) and "a red <token>" (red; red and the shape)."""
     probes = ce.concept_probes(token, {"shape": args.shape}, color="red")
     rates, _ = ce.concept_report(pipe, {k: probes[k] for k in ("detection", "color", "color+concept")}, args.n,
-                                 seed=100, steps=20)
+                                 seed=args.eval_seed, steps=20)
     return rates
+
+
+def palette_rates(pipe, token: str, args) -> dict:
+    """"a <colour> <token>" for every colour of the palette (n // 8, at least 4, samples each):
+    how often the colour is kept, and the colour and the shape both, over all colours and over
+    those none of the training images has (read from the training renders by the oracle)."""
+    from sdlab.world import oracle
+    from PIL import Image
+
+    data = Path(args.out) / f"data-{args.shape}-{token.strip('<>')}"
+    trained = {oracle.read(Image.open(f)).main.color for f in data.glob("*.png")}
+    per = max(4, args.n // len(COLORS))
+    kept, both = {}, {}
+    for colour in COLORS:
+        probes = ce.concept_probes(token, {"shape": args.shape}, color=colour)
+        rates, _ = ce.concept_report(pipe, {k: probes[k] for k in ("color", "color+concept")}, per,
+                                     seed=args.eval_seed, steps=20)
+        kept[colour], both[colour] = rates["color"], rates["color+concept"]
+    unseen = [c for c in COLORS if c not in trained]
+    mean = lambda d, cs: round(sum(d[c] for c in cs) / max(len(cs), 1), 4)  # noqa: E731
+    return {"palette_color": mean(kept, COLORS), "palette_color+concept": mean(both, COLORS),
+            "unseen_colors": unseen, "unseen_color": mean(kept, unseen), "unseen_color+concept": mean(both, unseen)}
 
 
 def record(args, row: dict, shown: str | None = None) -> dict:
@@ -75,6 +97,12 @@ def class_prompts(args) -> str | tuple[str, ...]:
         return "a circle"
     rng, sampler = random.Random(7), SceneSampler()
     return tuple(caption(sampler.sample(rng), rng, drop=0.2) for _ in range(args.class_images))
+
+
+def prior_options(args) -> dict:
+    """PriorOptions fields of the run: class prompts, images (cached per prompt set), weight."""
+    return dict(class_prompt=class_prompts(args), num_class_images=args.class_images, class_sampling_steps=20,
+                prior_loss_weight=args.prior_weight, class_data_dir=str(Path(args.out) / f"class-{args.class_prompts}"))
 
 
 def run(name, method, token, args, **kw):
@@ -95,6 +123,8 @@ def run(name, method, token, args, **kw):
     artifact = result.saved[0] if method.name != "lora" else result.saved[1]
     pipe = load_artifact(args.model, artifact)
     rates = concept_rates(pipe, token, args)
+    if args.all_colours:
+        rates.update(palette_rates(pipe, token, args))
     row = {"method": name, "train_minutes": round(minutes, 2), "steps": args.steps, **rates}
     if method.name == "dreambooth":
         base = load_artifact(args.model, None)
@@ -156,6 +186,8 @@ def main():
     p.add_argument("--shape", default="heart", help="the concept's shape (default: the reserved heart; a base "
                    "shape such as star checks a method on a concept the model can already draw)")
     p.add_argument("--ti-vectors", type=int, default=2)
+    p.add_argument("--ti-templates", choices=("none", "object"), default="none",
+                   help="none: the world-style captions; object: textual inversion's 'a photo of a {}' templates")
     p.add_argument("--caption-dropout", type=float, default=0.1,
                    help="empty-prompt share for the methods that train the UNet (keeps CFG working)")
     p.add_argument("--lora-rank", type=int, default=8)
@@ -163,26 +195,39 @@ def main():
                    help="DreamBooth's prior: 'a circle', or one world caption per class image")
     p.add_argument("--class-images", type=int, default=16)
     p.add_argument("--prior-weight", type=float, default=1.0, help="DreamBooth's prior-loss weight")
+    p.add_argument("--eval-seed", type=int, default=100, help="first seed of the oracle-read samples")
+    p.add_argument("--all-colours", action="store_true", help="also ask for every colour of the palette")
+    p.add_argument("--reread", default=None, metavar="ARTIFACT",
+                   help="only evaluate a saved result (LoRA file, embeddings, model folder) of --shape's data; "
+                        "TOKEN is <my-shape> for embeddings, else sks")
+    p.add_argument("--lora-prior", action="store_true", help="LoRA with DreamBooth's prior preservation")
     p.add_argument("--ft-images", type=int, default=512, help="size of the striped data set of `ft`")
     p.add_argument("--text-encoder", action="store_true", help="LoRA and DreamBooth also train the text encoder")
     args = p.parse_args()
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     only = args.only.split(",")
+    if args.reread:
+        token = "<my-shape>" if "embeds" in args.reread or args.reread.endswith(".pt") else "sks"
+        pipe = load_artifact(args.model, args.reread)
+        rates = concept_rates(pipe, token, args)
+        if args.all_colours:
+            rates.update(palette_rates(pipe, token, args))
+        record(args, {"method": "reread", "artifact": args.reread, "eval_seed": args.eval_seed, "n": args.n, **rates})
+        return
     if "base" in only:   # what the base model draws for the shape's own word
         rates = concept_rates(load_artifact(args.model, None), args.shape, args)
         record(args, {"method": "base", **rates}, shown=f"base model, 'a {args.shape}'")
     if "ti" in only:
-        run("ti", TextualInversion(TIOptions("<my-shape>", "circle", args.ti_vectors, "none")), "<my-shape>", args,
+        run("ti", TextualInversion(TIOptions("<my-shape>", "circle", args.ti_vectors, args.ti_templates)), "<my-shape>", args,
             learning_rate=5e-2, adam_weight_decay=0.0)
     if "lora" in only:
-        run("lora", LoRA(LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder)), "sks", args, learning_rate=1e-3)
+        prior = dict(prior_preservation=True, **prior_options(args)) if args.lora_prior else {}
+        run("lora", LoRA(LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, **prior)), "sks", args,
+            learning_rate=1e-3)
     if "db" in only:
-        run("db", DreamBooth(DreamBoothOptions(class_prompts(args), num_class_images=args.class_images,
-                                               prior_loss_weight=args.prior_weight,
-                                               class_sampling_steps=20, text_encoder=args.text_encoder,
-                                               class_data_dir=str(Path(args.out) / f"class-{args.class_prompts}"))),
-            "sks", args, learning_rate=1e-4)
+        run("db", DreamBooth(DreamBoothOptions(text_encoder=args.text_encoder, **prior_options(args))), "sks", args,
+            learning_rate=1e-4)
     if "db-noprior" in only:
         run("db-noprior", DreamBooth(DreamBoothOptions(prior_preservation=False, text_encoder=args.text_encoder)), "sks", args, learning_rate=1e-4)
     if "ft" in only:
