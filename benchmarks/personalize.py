@@ -38,8 +38,10 @@ from sdlab.world.scene import SceneSampler, single_object_scene
 from sdlab.world.spec import COLORS, POSITIONS
 
 
-def make_data(folder: Path, token: str, n: int = 8, seed: int = 0, shape: str = "heart") -> Path:
-    """`n` renders of `shape`, captioned like the world's captions with `token` for the shape."""
+def make_data(folder: Path, token: str, n: int = 8, seed: int = 0, shape: str = "heart", drop: float = 0.2) -> Path:
+    """`n` renders of `shape`, captioned like the world's captions with `token` for the shape
+    (each attribute left out with probability `drop`; scenes and captions share one generator,
+    so another `drop` also draws other scenes)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng, lines = random.Random(seed), []
     for i in range(n):
@@ -47,16 +49,25 @@ def make_data(folder: Path, token: str, n: int = 8, seed: int = 0, shape: str = 
         bg = rng.choice([c for c in COLORS if c != color])
         scene = single_object_scene(shape, color, rng.choice(("small", "large")), rng.choice(tuple(POSITIONS)), bg, rng)
         render(scene).save(folder / f"{i:02d}.png")
-        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": caption(scene, rng, drop=0.2).replace(shape, token)}))
+        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": caption(scene, rng, drop=drop).replace(shape, token)}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
 
+def data_folder(args, token: str) -> Path:
+    drop = "" if args.caption_drop == 0.2 else f"-drop{args.caption_drop:g}"
+    return Path(args.out) / f"data-{args.shape}-{token.strip('<>')}{drop}"
+
+
 def concept_rates(pipe, token: str, args) -> dict:
-    """Oracle rates of "a <token>" (the shape) and "a red <token>" (red; red and the shape)."""
+    """Oracle rates of "a <token>" (the shape) and "a red <token>" (red; red and the shape), and
+    of a caption as long as the training ones ("a large red <token> on the left on a white
+    background": red and the shape)."""
     probes = ce.concept_probes(token, {"shape": args.shape}, color="red")
-    rates, _ = ce.concept_report(pipe, {k: probes[k] for k in ("detection", "color", "color+concept")}, args.n,
-                                 seed=args.eval_seed, steps=20)
+    probes = {k: probes[k] for k in ("detection", "color", "color+concept")}
+    probes["long_color+concept"] = ce.Probe(f"a large red {token} on the left on a white background",
+                                            {"shape": args.shape, "color": "red"})
+    rates, _ = ce.concept_report(pipe, probes, args.n, seed=args.eval_seed, steps=20)
     return rates
 
 
@@ -67,7 +78,7 @@ def palette_rates(pipe, token: str, args) -> dict:
     from sdlab.world import oracle
     from PIL import Image
 
-    data = Path(args.out) / f"data-{args.shape}-{token.strip('<>')}"
+    data = data_folder(args, token)
     trained = {oracle.read(Image.open(f)).main.color for f in data.glob("*.png")}
     per = max(4, args.n // len(COLORS))
     kept, both = {}, {}
@@ -111,7 +122,7 @@ def run(name, method, token, args, **kw):
     if method.name != "textual-inversion":
         kw.setdefault("caption_dropout", args.caption_dropout)
     out = Path(args.out) / name
-    data = make_data(Path(args.out) / f"data-{args.shape}-{token.strip('<>')}", token, shape=args.shape)
+    data = make_data(data_folder(args, token), token, shape=args.shape, drop=args.caption_drop)
     cfg = TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=4, checkpoint_every=max(args.steps // 2, 1),
                          keep_last=2, seed=0, device="cpu", options=method.options,
@@ -195,6 +206,8 @@ def main():
                    help="DreamBooth's prior: 'a circle', or one world caption per class image")
     p.add_argument("--class-images", type=int, default=16)
     p.add_argument("--prior-weight", type=float, default=1.0, help="DreamBooth's prior-loss weight")
+    p.add_argument("--caption-drop", type=float, default=0.2,
+                   help="chance that a training caption leaves out each attribute (higher: more short captions)")
     p.add_argument("--eval-seed", type=int, default=100, help="first seed of the oracle-read samples")
     p.add_argument("--all-colours", action="store_true", help="also ask for every colour of the palette")
     p.add_argument("--reread", default=None, metavar="ARTIFACT",
