@@ -171,6 +171,7 @@ def run_finetune(args):
     cfg = TrainingConfig(method="finetune", data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=16, checkpoint_every=max(args.steps // 2, 1), keep_last=2,
                          seed=0, device="cpu", learning_rate=1e-4 * args.lr_scale, use_ema=False,
+                         lr_scheduler=args.lr_scheduler,
                          caption_dropout=args.caption_dropout,
                          validation_prompts=("a large red striped circle on a white background",
                                              "a large red circle on a white background"), validate_every=args.steps,
@@ -214,6 +215,7 @@ def main():
                    help="only evaluate a saved result (LoRA file, embeddings, model folder) of --shape's data; "
                         "TOKEN is <my-shape> for embeddings, else sks")
     p.add_argument("--lora-prior", action="store_true", help="LoRA with DreamBooth's prior preservation")
+    p.add_argument("--lr-scheduler", default="constant", help="fine-tune's schedule (constant, cosine, ...)")
     p.add_argument("--ft-images", type=int, default=512, help="size of the striped data set of `ft`")
     p.add_argument("--text-encoder", action="store_true", help="LoRA and DreamBooth also train the text encoder")
     args = p.parse_args()
