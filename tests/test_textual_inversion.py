@@ -92,3 +92,20 @@ def test_bad_files_and_options(tmp_path, tiny_model_dir):
         embeddings.add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, ["circle"], torch.zeros(1, 32))
     with pytest.raises(ConfigError, match="num_vectors"):
         TIOptions(num_vectors=0)
+
+
+def test_max_norm_clips_only_the_new_vectors(tiny_model_dir, tmp_path):
+    from sdlab.world.data import export_folder
+
+    data = export_folder(tmp_path / "data", 2, seed=3)
+    method = TextualInversion(TIOptions(placeholder="<c>", initializer="circle", num_vectors=2, templates="object",
+                                        max_norm=0.05))
+    cfg = TrainingConfig(method="textual-inversion", data_dir=str(data), output_dir=str(tmp_path / "out"),
+                         model=str(tiny_model_dir), instance_prompt="unused", max_steps=2, learning_rate=0.5,
+                         checkpoint_every=100, device="cpu", options=method.options)
+    train(cfg, method)
+    weight = method.c.text_encoder.get_input_embeddings().weight.detach()
+    assert torch.allclose(weight[method.ids].norm(dim=-1), torch.full((2,), 0.05), atol=1e-5)
+    assert torch.equal(weight[: method.ids[0]], method.original[: method.ids[0]])
+    with pytest.raises(ConfigError, match="max_norm"):
+        TIOptions(max_norm=0.0)

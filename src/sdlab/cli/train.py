@@ -62,6 +62,8 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--placeholder", default="<my-shape>", help="the new token (default <my-shape>)")
         p.add_argument("--initializer", default="shape", help="word(s) whose embedding starts the new vectors")
         p.add_argument("--num-vectors", type=int, default=1, help="vectors per placeholder (N new tokens)")
+        p.add_argument("--max-norm", type=float, default=None,
+                       help="clip each new vector's norm after every step (e.g. the vocabulary's typical norm)")
         p.add_argument("--templates", default="object", choices=("object", "style", "none"),
                        help="prompt templates (none: use the captions, which must contain the placeholder)")
     if name == "lora":

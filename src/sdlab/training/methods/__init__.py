@@ -18,7 +18,8 @@ def build_method(name: str, args: dict):
         from .textual_inversion import TextualInversion, TIOptions
 
         opts = TIOptions(placeholder=args["placeholder"], initializer=args["initializer"],
-                         num_vectors=args["num_vectors"], templates=args["templates"])
+                         num_vectors=args["num_vectors"], templates=args["templates"],
+                         max_norm=args.get("max_norm"))
         return TextualInversion(opts), {"learning_rate": 5e-3, "weight_decay": 0.0, "options": opts}
     if name == "dreambooth":
         from .dreambooth import DreamBooth, DreamBoothOptions

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ...config import _check_int
+from ...config import _check_float, _check_int
 from ...errors import ConfigError
 from ...text import embeddings
 from .base import DiffusionMethod
@@ -34,6 +34,7 @@ class TIOptions:
     initializer: str = "shape"
     num_vectors: int = 1
     templates: str = "object"            # object, style, or none (use the captions)
+    max_norm: float | None = None        # clip each new vector's norm after every step
 
     def __post_init__(self):
         if not isinstance(self.placeholder, str) or not self.placeholder.strip() or " " in self.placeholder:
@@ -43,6 +44,8 @@ class TIOptions:
         _check_int("num_vectors", self.num_vectors, 1, 75)
         if self.templates not in ("object", "style", "none"):
             raise ConfigError(f"templates must be object, style or none; got {self.templates!r}")
+        if self.max_norm is not None:
+            _check_float("max_norm", self.max_norm, 1e-6, 1e6)
 
 
 class TextualInversion(DiffusionMethod):
@@ -86,6 +89,10 @@ class TextualInversion(DiffusionMethod):
     def after_step(self) -> None:
         with torch.no_grad():
             self.weight[self.keep] = self.original[self.keep]
+            if self.options.max_norm is not None:
+                new = self.weight[self.ids]
+                scale = (self.options.max_norm / new.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+                self.weight[self.ids] = new * scale
 
     def learned(self) -> torch.Tensor:
         return self.weight[self.ids].detach().float().cpu().clone()
