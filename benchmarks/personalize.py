@@ -215,6 +215,7 @@ def main():
     p.add_argument("--reread", default=None, metavar="ARTIFACT",
                    help="only evaluate a saved result (LoRA file, embeddings, model folder) of --shape's data; "
                         "TOKEN is <my-shape> for embeddings, else sks")
+    p.add_argument("--identifier", default="sks", help="the rare word of LoRA and DreamBooth captions")
     p.add_argument("--lora-prior", action="store_true", help="LoRA with DreamBooth's prior preservation")
     p.add_argument("--lr-scheduler", default="constant", help="fine-tune's schedule (constant, cosine, ...)")
     p.add_argument("--ft-images", type=int, default=512, help="size of the striped data set of `ft`")
@@ -224,7 +225,7 @@ def main():
     Path(args.out).mkdir(parents=True, exist_ok=True)
     only = args.only.split(",")
     if args.reread:
-        token = "<my-shape>" if "embeds" in args.reread or args.reread.endswith(".pt") else "sks"
+        token = "<my-shape>" if "embeds" in args.reread or args.reread.endswith(".pt") else args.identifier
         pipe = load_artifact(args.model, args.reread)
         rates = concept_rates(pipe, token, args)
         if args.all_colours:
@@ -240,13 +241,14 @@ def main():
             learning_rate=5e-2, adam_weight_decay=0.0)
     if "lora" in only:
         prior = dict(prior_preservation=True, **prior_options(args)) if args.lora_prior else {}
-        run("lora", LoRA(LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, **prior)), "sks", args,
+        run("lora", LoRA(LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, **prior)), args.identifier, args,
             learning_rate=1e-3)
     if "db" in only:
-        run("db", DreamBooth(DreamBoothOptions(text_encoder=args.text_encoder, **prior_options(args))), "sks", args,
+        run("db", DreamBooth(DreamBoothOptions(text_encoder=args.text_encoder, **prior_options(args))), args.identifier, args,
             learning_rate=1e-4)
     if "db-noprior" in only:
-        run("db-noprior", DreamBooth(DreamBoothOptions(prior_preservation=False, text_encoder=args.text_encoder)), "sks", args, learning_rate=1e-4)
+        run("db-noprior", DreamBooth(DreamBoothOptions(prior_preservation=False, text_encoder=args.text_encoder)), args.identifier, args,
+            learning_rate=1e-4)
     if "ft" in only:
         run_finetune(args)
 
