@@ -198,6 +198,7 @@ def main():
     p.add_argument("--shape", default="heart", help="the concept's shape (default: the reserved heart; a base "
                    "shape such as star checks a method on a concept the model can already draw)")
     p.add_argument("--ti-vectors", type=int, default=2)
+    p.add_argument("--ti-init", default="circle", help="textual inversion's initializer word(s)")
     p.add_argument("--ti-max-norm", type=float, default=None, help="clip the new vectors' norms after each step")
     p.add_argument("--ti-templates", choices=("none", "object"), default="none",
                    help="none: the world-style captions; object: textual inversion's 'a photo of a {}' templates")
@@ -236,7 +237,7 @@ def main():
         rates = concept_rates(load_artifact(args.model, None), args.shape, args)
         record(args, {"method": "base", **rates}, shown=f"base model, 'a {args.shape}'")
     if "ti" in only:
-        run("ti", TextualInversion(TIOptions("<my-shape>", "circle", args.ti_vectors, args.ti_templates,
+        run("ti", TextualInversion(TIOptions("<my-shape>", args.ti_init, args.ti_vectors, args.ti_templates,
                                            max_norm=args.ti_max_norm)), "<my-shape>", args,
             learning_rate=5e-2, adam_weight_decay=0.0)
     if "lora" in only:
