@@ -93,6 +93,14 @@ def palette_rates(pipe, token: str, args) -> dict:
             "unseen_colors": unseen, "unseen_color": mean(kept, unseen), "unseen_color+concept": mean(both, unseen)}
 
 
+def learned_rates(pipe, token: str, args) -> dict:
+    """concept_rates, and with --all-colours the palette_rates too, of a trained result."""
+    rates = concept_rates(pipe, token, args)
+    if args.all_colours:
+        rates.update(palette_rates(pipe, token, args))
+    return rates
+
+
 def record(args, row: dict, shown: str | None = None) -> dict:
     """Print the row (its method shown as `shown`) and append it to OUT/results.jsonl."""
     print(json.dumps({**row, "method": shown} if shown else row), flush=True)
@@ -133,9 +141,7 @@ def run(name, method, token, args, **kw):
     minutes = (time.time() - t0) / 60
     artifact = result.saved[0] if method.name != "lora" else result.saved[1]
     pipe = load_artifact(args.model, artifact)
-    rates = concept_rates(pipe, token, args)
-    if args.all_colours:
-        rates.update(palette_rates(pipe, token, args))
+    rates = learned_rates(pipe, token, args)
     row = {"method": name, "train_minutes": round(minutes, 2), "steps": args.steps, **rates}
     if method.name == "dreambooth":
         base = load_artifact(args.model, None)
@@ -215,7 +221,7 @@ def main():
     p.add_argument("--all-colours", action="store_true", help="also ask for every colour of the palette")
     p.add_argument("--reread", default=None, metavar="ARTIFACT",
                    help="only evaluate a saved result (LoRA file, embeddings, model folder) of --shape's data; "
-                        "TOKEN is <my-shape> for embeddings, else sks")
+                        "the token is <my-shape> for embeddings, else --identifier")
     p.add_argument("--identifier", default="sks", help="the rare word of LoRA and DreamBooth captions")
     p.add_argument("--lora-prior", action="store_true", help="LoRA with DreamBooth's prior preservation")
     p.add_argument("--lr-scheduler", default="constant", help="fine-tune's schedule (constant, cosine, ...)")
@@ -228,9 +234,7 @@ def main():
     if args.reread:
         token = "<my-shape>" if "embeds" in args.reread or args.reread.endswith(".pt") else args.identifier
         pipe = load_artifact(args.model, args.reread)
-        rates = concept_rates(pipe, token, args)
-        if args.all_colours:
-            rates.update(palette_rates(pipe, token, args))
+        rates = learned_rates(pipe, token, args)
         record(args, {"method": "reread", "artifact": args.reread, "eval_seed": args.eval_seed, "n": args.n, **rates})
         return
     if "base" in only:   # what the base model draws for the shape's own word

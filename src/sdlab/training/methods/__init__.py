@@ -36,6 +36,6 @@ def build_method(name: str, args: dict):
 
 
 def _prior_args(args: dict) -> dict:
-    """PriorOptions fields from the CLI's prior-preservation flags (defaults where absent)."""
-    return {"class_prompt": args.get("class_prompt"), "class_data_dir": args.get("class_data_dir"),
-            "num_class_images": args.get("num_class_images", 50), "prior_loss_weight": args.get("prior_loss_weight", 1.0)}
+    """PriorOptions fields from the CLI's prior-preservation flags; absent ones keep PriorOptions' defaults."""
+    keys = ("class_prompt", "class_data_dir", "num_class_images", "prior_loss_weight")
+    return {k: args[k] for k in keys if args.get(k) is not None}

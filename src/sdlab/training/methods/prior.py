@@ -105,11 +105,11 @@ def generate_class_images(components, options: PriorOptions, folder: Path) -> in
     prompts = options.class_prompts
     wanted = {f"class-{i:05d}.png": prompts[i % len(prompts)] for i in range(options.num_class_images)}
     cached = _cached_prompts(folder, prompts[0])
-    missing = [name for name, prompt in wanted.items() if cached.get(name) != prompt or not (folder / name).exists()]
+    missing = [(i, name) for i, (name, prompt) in enumerate(wanted.items())
+               if cached.get(name) != prompt or not (folder / name).exists()]
     pipe = Pipeline(components) if missing else None
-    for name in missing:
-        cfg = GenerationConfig(wanted[name], steps=options.class_sampling_steps, seed=list(wanted).index(name))
-        image = pipe.generate(cfg).images[0]
+    for seed, name in missing:
+        image = pipe.generate(GenerationConfig(wanted[name], steps=options.class_sampling_steps, seed=seed)).images[0]
         atomic_save(folder / name, lambda tmp, im=image: im.save(tmp, format="PNG"))
     lines = "".join(json.dumps({"file_name": name, "text": prompt}) + "\n" for name, prompt in wanted.items())
     if missing or not (folder / "metadata.jsonl").is_file():
