@@ -121,6 +121,21 @@ def test_lora_with_prior_preservation(tiny_model_dir, data, tmp_path):
     assert losses[1] > losses[0]
 
 
+def test_own_class_folder_is_not_overwritten_by_generated_images(tiny_model_dir, data, tmp_path):
+    """A captioned folder of one's own plus --class-prompt: refused, and the folder untouched."""
+    import shutil
+
+    from sdlab.pipeline import Pipeline
+
+    own = tmp_path / "reg"
+    shutil.copytree(data, own)
+    before = {p.name: p.read_bytes() for p in own.iterdir()}
+    opts = DreamBoothOptions(class_prompt="a circle", class_data_dir=str(own), num_class_images=2, class_sampling_steps=2)
+    with pytest.raises(ConfigError, match="images of its own"):
+        generate_class_images(Pipeline.load(tiny_model_dir, device="cpu").c, opts, own)
+    assert {p.name: p.read_bytes() for p in own.iterdir()} == before
+
+
 def test_class_folder_without_captions_is_refused(tiny_model_dir, data, tmp_path):
     empty = tmp_path / "reg"
     empty.mkdir()

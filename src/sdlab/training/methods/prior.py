@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ..data import ImageDataset, read_examples, sample_index, sample_seed
 from .base import Batch, native_resolution
 
 CLASS_SEED = 1_000_000
+CLASS_IMAGE = re.compile(r"class-\d{5}\.png")      # the names generate_class_images writes
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,10 @@ def generate_class_images(components, options: PriorOptions, folder: Path) -> in
     prompts = options.class_prompts
     wanted = {f"class-{i:05d}.png": prompts[i % len(prompts)] for i in range(options.num_class_images)}
     cached = _cached_prompts(folder, prompts[0])
+    own = sorted(name for name in cached if not CLASS_IMAGE.fullmatch(name))
+    if own:
+        raise ConfigError(f"class data folder '{folder}' lists images of its own in metadata.jsonl ({own[0]}, ...); "
+                          "use it without --class-prompt, or give another --class-data-dir for generated class images")
     missing = [(i, name) for i, (name, prompt) in enumerate(wanted.items())
                if cached.get(name) != prompt or not (folder / name).exists()]
     pipe = Pipeline(components) if missing else None
