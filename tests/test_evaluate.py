@@ -66,7 +66,7 @@ def test_shipped_clip_scores_prefer_the_right_text_and_set():
     assert frechet_distance(f_red, f_red.flip(0)) < frechet_distance(f_red, f_star)
 
 
-def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path):
+def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
     from sdlab.cli.main import main
     from sdlab.evaluate import apply
     from sdlab.models import lora as lora_files
@@ -90,13 +90,29 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path):
 
     out = tmp_path / "report"
     assert main(["eval", "--model", str(tiny_model_dir), "--run-dir", str(tmp_path / "ti"), "--n", "2", "--steps", "2",
-                 "--out", str(out), "--encoder", str(_tiny_clip(tmp_path))]) == 0
+                 "--out", str(out), "--encoder", str(_tiny_clip(tmp_path)), "--confirm-seed", "50"]) == 0
     import json
     rows = json.loads((out / "report.json").read_text())
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2, rows[-1]["step"]] and rows[-1]["confirm_seed"] == 50
+    assert rows[-1]["label"] in ("step-00000001", "step-00000002")
     assert all(0 <= r["detection"] <= 1 and r["frechet_distance"] >= 0 for r in rows)
     md = (out / "report.md").read_text()
-    assert "| step-00000001 | 1 |" in md and "rates.png" in md
+    assert "| step-00000001 | 1 |" in md and "rates.png" in md and "Re-read on fresh samples (seed 50)" in md
+    code = main(["eval", "--model", str(tiny_model_dir), "--run-dir", str(tmp_path / "ti"), "--n", "4",
+                 "--confirm-seed", "2"])
+    assert code == 2 and "reuses samples" in capsys.readouterr().err
+
+
+def test_wilson_interval_and_pick():
+    from sdlab.evaluate.report import pick_best, wilson_interval
+
+    lo, hi = wilson_interval(0.5, 32)
+    assert abs(lo - 0.336) < 1e-3 and abs(hi - 0.664) < 1e-3
+    assert wilson_interval(0.0, 32)[0] == 0.0 and abs(wilson_interval(0.0, 32)[1] - 0.107) < 1e-3
+    assert wilson_interval(1.0, 8)[1] == 1.0 and wilson_interval(1.0, 8)[0] < 0.7
+    rows = [("a", 1, {"detection": 0.5, "color+concept": 0.5}, []), ("b", 2, {"detection": 1.0, "color+concept": 0.0}, []),
+            ("c", 3, {"detection": 0.75, "color+concept": 0.25}, []), ("d", 4, {"detection": 0.75}, [])]
+    assert pick_best(rows)[0] == "a"   # ties go to the earlier step
 
 
 def _tiny_clip(tmp_path):

@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--encoder", default=None, help="local feature model folder (default: the shipped CLIP)")
     p.add_argument("--no-clip", action="store_true", help="skip CLIP scores and the Frechet distance")
     p.add_argument("--drift", action="store_true", help="also measure drift on class prompts against the base model")
+    p.add_argument("--confirm-seed", type=int, default=None,
+                   help="re-read the best checkpoint on fresh samples from this seed (the pick's own rates are biased up)")
     p.add_argument("--out", default=None, help="report folder (default RUN/eval or ./eval)")
     p.set_defaults(run=run_eval)
 
@@ -49,14 +51,20 @@ def _concept(items: list[str]) -> dict:
 
 
 def run_eval(args) -> int:
+    import dataclasses
+
+    from ..errors import ConfigError
     from ..evaluate import apply
     from ..evaluate.concept import concept_images
     from ..evaluate.features import Encoder
-    from ..evaluate.report import EvalSettings, evaluate, write_report
+    from ..evaluate.report import EvalSettings, evaluate, pick_best, write_report
     from ..io.images import load_image
     from ..training.data import IMAGE_SUFFIXES
 
     concept = _concept(args.concept)
+    if args.confirm_seed is not None and abs(args.confirm_seed - args.seed) < args.n:
+        raise ConfigError(f"--confirm-seed {args.confirm_seed} reuses samples of --seed {args.seed} "
+                          f"(seeds {args.seed}..{args.seed + args.n - 1}); pick one at least --n ({args.n}) away")
     text = args.concept_text or "a " + " ".join(concept.values())
     s = EvalSettings(args.token, concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color)
     encoder = None if args.no_clip else Encoder(args.encoder)
@@ -76,6 +84,14 @@ def run_eval(args) -> int:
         metrics, images = evaluate(pipe, s, encoder, reference, base)
         rows.append((label, step, metrics, images))
         print(f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    confirmed = None
+    if args.confirm_seed is not None:
+        label, _, _, _ = pick_best(rows)
+        target = next(t for lb, _, t in targets if lb == label)
+        fresh = dataclasses.replace(s, seed=args.confirm_seed)
+        metrics, _ = evaluate(apply.load_artifact(args.model, target, scale=args.lora_scale), fresh, encoder, reference, base)
+        confirmed = (args.confirm_seed, metrics)
+        print(f"{label} on seed {args.confirm_seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     out = Path(args.out or (Path(args.run_dir) / "eval" if args.run_dir else "eval"))
-    print(write_report(out, rows, s))
+    print(write_report(out, rows, s, confirmed=confirmed))
     return 0

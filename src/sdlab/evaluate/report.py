@@ -4,6 +4,7 @@ so a user can pick the best step."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ..io.images import make_grid
 from . import concept as oracle_eval
 from .scores import clip_score, frechet_distance, image_similarity
 
+RATE_KEYS = ("detection", "color", "color+concept", "position", "position+concept")
 PALETTE = [(20, 60, 160), (200, 60, 40), (40, 150, 60), (150, 60, 190), (230, 150, 20), (40, 170, 190)]
 
 
@@ -50,6 +52,27 @@ def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None
     return metrics, shown
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a rate measured on n samples (Wilson 1927)."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pick_best(rows: list[tuple]) -> tuple:
+    """The checkpoint with the highest detection + colour-with-concept rate (earliest on ties)."""
+    return max(rows, key=lambda r: (r[2].get("detection", 0) + r[2].get("color+concept", 0), -r[1]))
+
+
+def _cell(key: str, value: float, n: int) -> str:
+    if key not in RATE_KEYS:
+        return f"{value:.3f}"
+    lo, hi = wilson_interval(value, n)
+    return f"{value:.2f} ({lo:.2f}-{hi:.2f})"
+
+
 def metric_plot(steps: list[int], series: dict[str, list[float]], size=(640, 320)) -> Image.Image:
     """Rates in [0, 1] against step, one coloured line per metric, with a legend."""
     w, h = size
@@ -75,26 +98,37 @@ def metric_plot(steps: list[int], series: dict[str, list[float]], size=(640, 320
 
 
 def write_report(out_dir: str | Path, rows: list[tuple[str, int, dict, list]], settings: EvalSettings,
-                 title: str = "Personalization report") -> Path:
-    """rows: (label, step, metrics, detection images) per checkpoint -> report.md, plot, grids, json."""
+                 title: str = "Personalization report", confirmed: tuple[int, dict] | None = None) -> Path:
+    """rows: (label, step, metrics, detection images) per checkpoint -> report.md, plot, grids, json.
+    confirmed: (seed, metrics) of the best checkpoint re-read on fresh samples."""
     out = Path(out_dir)
     lines = [f"# {title}", "", f"Concept token `{settings.token}`, oracle target {settings.concept}; "
              f"{settings.n} samples per prompt, seed {settings.seed}, {settings.steps} steps, CFG {settings.cfg_scale}.",
-             "", "Rates: share of samples whose main object the shapes-world oracle reads with the target attributes.",
-             ""]
+             "", "Rates: share of samples whose main object the shapes-world oracle reads with the target attributes, "
+             f"with the 95 % Wilson interval for {settings.n} samples.", ""]
     keys = [k for k in rows[0][2]]
     lines += ["| checkpoint | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for label, step, metrics, images in rows:
-        lines.append(f"| {label} | {step} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |")
+        lines.append(f"| {label} | {step} | " + " | ".join(_cell(k, metrics[k], settings.n) for k in keys) + " |")
         grid = make_grid(images, cols=min(8, len(images)))
         atomic_save(out / f"samples-{label}.png", lambda tmp, g=grid: g.save(tmp, format="PNG"))
-    rate_keys = [k for k in keys if k in ("detection", "color", "color+concept", "position", "position+concept")]
+    rate_keys = [k for k in keys if k in RATE_KEYS]
     if len(rows) > 1 and rate_keys:
         plot = metric_plot([r[1] for r in rows], {k: [r[2][k] for r in rows] for k in rate_keys})
         atomic_save(out / "rates.png", lambda tmp: plot.save(tmp, format="PNG"))
         lines += ["", "![oracle rates per step](rates.png)"]
-    best = max(rows, key=lambda r: r[2].get("detection", 0) + r[2].get("color+concept", 0))
-    lines += ["", f"Best by detection + colour-with-concept: **{best[0]}** (step {best[1]}).", ""]
-    lines += [f"![{label} samples of \"a {settings.token}\"](samples-{label}.png)" for label, *_ in rows]
-    atomic_write_text(out / "report.json", json.dumps([{"label": r[0], "step": r[1], **r[2]} for r in rows], indent=1))
+    best = pick_best(rows)
+    lines += ["", f"Best by detection + colour-with-concept: **{best[0]}** (step {best[1]})."]
+    if confirmed is not None:
+        seed, metrics = confirmed
+        lines += ["", f"Re-read on fresh samples (seed {seed}), since the best of {len(rows)} noisy rates is biased "
+                  "upward: " + ", ".join(f"{k} {_cell(k, v, settings.n)}" for k, v in metrics.items()) + "."]
+    elif len(rows) > 1:
+        lines += ["", f"The best of {len(rows)} noisy rates is biased upward: confirm it on fresh samples "
+                  "(`--confirm-seed`)."]
+    lines += [""] + [f"![{label} samples of \"a {settings.token}\"](samples-{label}.png)" for label, *_ in rows]
+    summary = [{"label": r[0], "step": r[1], **r[2]} for r in rows]
+    if confirmed is not None:
+        summary.append({"label": best[0], "step": best[1], "confirm_seed": confirmed[0], **confirmed[1]})
+    atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
     return atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
