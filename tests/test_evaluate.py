@@ -4,7 +4,6 @@ shipped CLIP's scores, checkpoints applied to a pipeline, and the report end to 
 import random
 
 import numpy as np
-import pytest
 import torch
 
 from sdlab.evaluate import concept as ce
