@@ -124,10 +124,11 @@ def prior_options(args) -> dict:
                 prior_loss_weight=args.prior_weight, class_data_dir=str(Path(args.out) / f"class-{args.class_prompts}"))
 
 
-def checkpointing(args) -> dict:
-    """TrainingConfig fields for checkpoints (default: halfway and the end, both kept) and EMA."""
+def loop_options(args) -> dict:
+    """TrainingConfig fields for checkpoints (default: halfway and the end, both kept), EMA and
+    Min-SNR weighting."""
     return dict(checkpoint_every=args.checkpoint_every or max(args.steps // 2, 1), keep_last=args.keep_last,
-                use_ema=args.ema_decay is not None, ema_decay=args.ema_decay or 0.9999)
+                use_ema=args.ema_decay is not None, ema_decay=args.ema_decay or 0.9999, snr_gamma=args.snr_gamma)
 
 
 def run(name, method, token, args, **kw):
@@ -139,7 +140,7 @@ def run(name, method, token, args, **kw):
     data = make_data(data_folder(args, token), token, shape=args.shape, drop=args.caption_drop)
     cfg = TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=4, seed=0, device="cpu", options=method.options,
-                         **checkpointing(args),
+                         **loop_options(args),
                          validation_prompts=(f"a {token}", f"a red {token}"), validate_every=args.steps,
                          validation_images=4, **kw)
     t0 = time.time()
@@ -182,7 +183,7 @@ def run_finetune(args):
     method = FineTune(FineTuneOptions(freeze_text_encoder=False))
     cfg = TrainingConfig(method="finetune", data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=16, seed=0, device="cpu", learning_rate=1e-4 * args.lr_scale,
-                         **checkpointing(args),
+                         **loop_options(args),
                          lr_scheduler=args.lr_scheduler,
                          caption_dropout=args.caption_dropout,
                          validation_prompts=("a large red striped circle on a white background",
@@ -236,6 +237,7 @@ def main():
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: half the steps")
     p.add_argument("--keep-last", type=int, default=2, help="checkpoints kept (for `sdlab eval --run-dir`)")
     p.add_argument("--ema-decay", type=float, default=None, help="train with EMA weights of this decay (saved model = EMA)")
+    p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (Hang et al. 2023)")
     args = p.parse_args()
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -96,3 +96,24 @@ def test_caption_dropout_draws_empty_prompts_by_seed(tiny_model_dir, data, tmp_p
     assert all(method.caption_or_empty("x", seed) == "x" for seed in range(200))
     with pytest.raises(ConfigError, match="caption_dropout must be between 0.0 and 1.0"):
         _cfg(tiny_model_dir, data, tmp_path, caption_dropout=1.5)
+
+
+def test_min_snr_weights_cap_the_easy_timesteps(tiny_model_dir, data, tmp_path):
+    from diffusers import DDPMScheduler
+
+    from sdlab.training.methods.base import min_snr_weights
+
+    ac = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    t = torch.tensor([0, 100, 500, 999])
+    snr = ac[t] / (1 - ac[t])
+    w = min_snr_weights(ac, t, 5.0)
+    assert torch.allclose(w.double(), torch.where(snr > 5, 5 / snr, torch.ones_like(snr)).double(), rtol=1e-5)
+    assert w[0] < 0.01 and w[-1] == 1.0     # nearly clean step down-weighted, the noisiest untouched
+    v = min_snr_weights(ac, t, 5.0, "v_prediction")
+    assert torch.allclose(v.double(), (snr.clamp(max=5) / (snr + 1)).double(), rtol=1e-5)
+    # in the loop: the same first batch, weighted, gives a smaller loss (every weight <= 1 here)
+    plain = train(_cfg(tiny_model_dir, data, tmp_path / "plain", max_steps=1), LoRA(LoraOptions(rank=2)))
+    weighted = train(_cfg(tiny_model_dir, data, tmp_path / "snr", max_steps=1, snr_gamma=0.01), LoRA(LoraOptions(rank=2)))
+    assert 0 < weighted.losses[0] < plain.losses[0]
+    with pytest.raises(ConfigError, match="snr_gamma"):
+        _cfg(tiny_model_dir, data, tmp_path, snr_gamma=-1.0)

@@ -42,6 +42,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-warmup-steps", type=int, default=0)
     p.add_argument("--ema", action="store_true", help="keep an EMA of the trained weights (saved results use it)")
     p.add_argument("--ema-decay", type=float, default=0.9999)
+    p.add_argument("--snr-gamma", type=float, default=None,
+                   help="Min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is the paper's choice")
     p.add_argument("--caption-dropout", type=float, default=0.0,
                    help="share of samples trained with the empty prompt, so classifier-free guidance keeps "
                         "working when the UNet or text encoder change (e.g. 0.1)")
@@ -117,7 +119,7 @@ def config_from_args(args, defaults: dict):
         batch_size=args.batch_size, grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, attention=args.attention,
         use_8bit_adam=args.use_8bit_adam, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
-        use_ema=args.ema, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout, seed=args.seed,
+        use_ema=args.ema, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout, snr_gamma=args.snr_gamma, seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         keep_last=args.keep_last, validation_prompts=tuple(args.validation_prompt),
         validate_every=args.validate_every, validation_images=args.validation_images,

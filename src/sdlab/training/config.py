@@ -50,6 +50,7 @@ class TrainingConfig:
     use_ema: bool = False
     ema_decay: float = 0.9999
     caption_dropout: float = 0.0             # share of samples trained on the empty prompt (keeps CFG working)
+    snr_gamma: float | None = None           # Min-SNR-gamma loss weighting (Hang et al. 2023); 5 is the paper's
     seed: int = 0
     checkpoint_every: int = 100
     keep_last: int = 2
@@ -73,6 +74,8 @@ class TrainingConfig:
         _check_int("max_steps", self.max_steps, 1)
         _check_float("learning_rate", self.learning_rate, 0.0, 10.0)
         _check_float("caption_dropout", self.caption_dropout, 0.0, 1.0)
+        if self.snr_gamma is not None:
+            _check_float("snr_gamma", self.snr_gamma, 1e-3, 1e4)
         _check_int("batch_size", self.batch_size, 1, 4096)
         _check_int("grad_accum", self.grad_accum, 1, 4096)
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)

@@ -157,7 +157,12 @@ class DiffusionMethod:
         cond = self.encode_text([self.caption_or_empty(self.transform_text(t, s), s) for t, s in zip(texts, seeds)])
         unet_dtype = next(self.c.unet.parameters()).dtype
         pred = self.unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=cond.to(unet_dtype)).sample
-        return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.config.snr_gamma is None:
+            return mse
+        cfg = self.noise_scheduler.config
+        return mse * min_snr_weights(self.noise_scheduler.alphas_cumprod, timesteps.cpu(), self.config.snr_gamma,
+                                     cfg.prediction_type).to(mse.device)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.per_sample_loss(batch.pixels, batch.texts, batch.seeds).mean()
@@ -184,6 +189,17 @@ def save_model_folder(components, path: Path) -> Path:
             if (src / name).is_file() and not (Path(tmp) / "tokenizer" / name).exists():
                 shutil.copy(src / name, Path(tmp) / "tokenizer" / name)
     return Path(path)
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
+                    prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al. 2023): weight each timestep's loss by min(SNR, gamma) / SNR
+    for epsilon targets (/ (SNR + 1) for v), so the nearly clean, easy timesteps stop
+    dominating the gradient."""
+    alpha = alphas_cumprod[timesteps].double()
+    snr = alpha / (1 - alpha)
+    capped = snr.clamp(max=gamma)
+    return (capped / (snr + 1) if prediction_type == "v_prediction" else capped / snr).float()
 
 
 def sample_noise(shape, seeds: list[int], num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
