@@ -33,6 +33,7 @@ def test_oracle_rates_on_known_images():
     rates, images = ce.concept_report(RenderPipe(), probes, n=3)
     assert rates["detection"] == 1.0 and rates["color"] == 1.0 and rates["color+concept"] == 1.0
     assert rates["position"] == 0.0                   # the stand-in always draws in the centre
+    assert rates["color+position+concept"] == 0.0 and "a red <tok> on the left" in images
     assert len(images["a <tok>"]) == 3
     d = ce.drift(RenderPipe(), RenderPipe(), ce.class_probes(shapes=("circle", "square"), colors=("red",)), n=2)
     assert d["same_seed_agreement"] == 1.0 and d["accuracy_drop"] == 0.0 and d["base_accuracy"] == 0.5

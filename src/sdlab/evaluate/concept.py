@@ -2,8 +2,9 @@
 
 - detection: share of samples of "a <concept>" whose main object has the concept's
   attributes (e.g. shape "heart", or fill "striped");
-- fidelity: share of "a red <concept> on the left" samples that keep the requested colour /
-  position, and both those and the concept;
+- fidelity: share of "a red <concept>" / "a <concept> on the left" samples that keep the
+  requested colour / position, with and without the concept, and of "a red <concept> on the
+  left" that have all three;
 - drift (DreamBooth's "language drift", Ruiz et al. 2023): on class prompts, the tuned
   model's oracle accuracy next to the base model's, and how often the two models, given the
   same seed, draw objects the oracle reads alike.
@@ -57,7 +58,9 @@ def concept_probes(token: str, concept: dict, color: str = "red", position: str 
             "color": Probe(f"a {color} {token}", {"color": color}),
             "color+concept": Probe(f"a {color} {token}", {**concept, "color": color}),
             "position": Probe(f"a {token} on the {position}", {"position": position}),
-            "position+concept": Probe(f"a {token} on the {position}", {**concept, "position": position})}
+            "position+concept": Probe(f"a {token} on the {position}", {**concept, "position": position}),
+            "color+position+concept": Probe(f"a {color} {token} on the {position}",
+                                            {**concept, "color": color, "position": position})}
 
 
 def concept_report(pipe, probes: dict[str, Probe], n: int, seed: int = 0, steps: int = 20,

@@ -15,7 +15,7 @@ from ..io.images import make_grid
 from . import concept as oracle_eval
 from .scores import clip_score, frechet_distance, image_similarity
 
-RATE_KEYS = ("detection", "color", "color+concept", "position", "position+concept")
+RATE_KEYS = ("detection", "color", "color+concept", "position", "position+concept", "color+position+concept")
 PALETTE = [(20, 60, 160), (200, 60, 40), (40, 150, 60), (150, 60, 190), (230, 150, 20), (40, 170, 190)]
 
 
