@@ -157,17 +157,18 @@ def run(name, method, token, args, **kw):
     return record(args, row)
 
 
-def fill_report(pipe, n: int) -> dict:
+def fill_report(pipe, n: int, seed: int = 10_000) -> dict:
     """The world's own evaluation prompts (`prompt_set("seen")`, full captions) with the objects
     made striped ("a large red striped circle on the left on a white background"): how often the
     oracle reads a striped object, and every attribute right; and the same captions without the
-    word "striped" (how far the model's plain vocabulary moved to the new style)."""
+    word "striped" (how far the model's plain vocabulary moved to the new style). Prompt i uses
+    seed `seed` + i."""
     scenes = [s for s in prompt_set("seen", 4 * n) if len(s.objects) == 1][:n]
     striped_scenes = [replace(s, objects=(replace(s.objects[0], fill="striped"),)) for s in scenes]
     cfg = dict(steps=20, cfg_scale=7.5, sampler="Euler a")
-    styled = [pipe.generate(GenerationConfig(full_caption(s), seed=10_000 + i, **cfg)).images[0]
+    styled = [pipe.generate(GenerationConfig(full_caption(s), seed=seed + i, **cfg)).images[0]
               for i, s in enumerate(striped_scenes)]
-    plain = [pipe.generate(GenerationConfig(full_caption(s), seed=10_000 + i, **cfg)).images[0]
+    plain = [pipe.generate(GenerationConfig(full_caption(s), seed=seed + i, **cfg)).images[0]
              for i, s in enumerate(scenes)]
     acc = accuracy(striped_scenes, styled)
     return {"striped": round(acc["fill"], 4), "all_attributes": round(acc["all"], 4),
