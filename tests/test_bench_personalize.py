@@ -35,3 +35,12 @@ def test_personalize_benchmark_smoke(tiny_model_dir, tmp_path, monkeypatch):
     _run([*common, "--reread", str(out / "lora" / "lora_kohya.safetensors")], monkeypatch)
     last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
     assert last["method"] == "reread" and last["artifact"].endswith("lora_kohya.safetensors")
+
+
+def test_personalize_benchmark_finetune_smoke(tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    _run(["--model", str(tiny_model_dir), "--out", str(out), "--steps", "2", "--n", "2", "--only", "ft",
+          "--ft-images", "4", "--snr-gamma", "5", "--ema-decay", "0.9"], monkeypatch)
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert row["method"] == "ft" and row["n"] == 2
+    assert 0 <= row["all_attributes"] <= row["striped"] <= 1 and 0 <= row["plain_prompt_striped"] <= 1
