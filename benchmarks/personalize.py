@@ -165,11 +165,12 @@ def fill_report(pipe, n: int, seed: int = 10_000) -> dict:
     seed `seed` + i."""
     scenes = [s for s in prompt_set("seen", 4 * n) if len(s.objects) == 1][:n]
     striped_scenes = [replace(s, objects=(replace(s.objects[0], fill="striped"),)) for s in scenes]
-    cfg = dict(steps=20, cfg_scale=7.5, sampler="Euler a")
-    styled = [pipe.generate(GenerationConfig(full_caption(s), seed=seed + i, **cfg)).images[0]
-              for i, s in enumerate(striped_scenes)]
-    plain = [pipe.generate(GenerationConfig(full_caption(s), seed=seed + i, **cfg)).images[0]
-             for i, s in enumerate(scenes)]
+
+    def draw(scenes_):
+        return [pipe.generate(GenerationConfig(full_caption(s), seed=seed + i, steps=20, cfg_scale=7.5,
+                                               sampler="Euler a")).images[0] for i, s in enumerate(scenes_)]
+
+    styled, plain = draw(striped_scenes), draw(scenes)
     acc = accuracy(striped_scenes, styled)
     return {"striped": round(acc["fill"], 4), "all_attributes": round(acc["all"], 4),
             "plain_prompt_striped": round(1 - accuracy(scenes, plain)["fill"], 4), "n": len(scenes),

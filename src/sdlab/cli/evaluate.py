@@ -78,20 +78,21 @@ def run_eval(args) -> int:
         targets = [(p.name, int(p.name.split("-")[1]), p) for p in apply.checkpoints_of(args.run_dir)]
     else:
         targets = [(Path(a).stem or Path(a).name, i, a) for i, a in enumerate(args.artifact)]
-    rows = []
-    for label, step, target in targets:
-        pipe = apply.load_artifact(args.model, target, scale=args.lora_scale)
-        metrics, images = evaluate(pipe, s, encoder, reference, base)
-        rows.append((label, step, metrics, images))
-        print(f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+    def read(name: str, target, settings: EvalSettings):
+        metrics, images = evaluate(apply.load_artifact(args.model, target, scale=args.lora_scale), settings,
+                                   encoder, reference, base)
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        return metrics, images
+
+    rows = [(label, step, *read(label, target, s)) for label, step, target in targets]
     confirmed = None
     if args.confirm_seed is not None:
         label, _, _, _ = pick_best(rows)
         target = next(t for lb, _, t in targets if lb == label)
-        fresh = dataclasses.replace(s, seed=args.confirm_seed)
-        metrics, _ = evaluate(apply.load_artifact(args.model, target, scale=args.lora_scale), fresh, encoder, reference, base)
+        metrics, _ = read(f"{label} on seed {args.confirm_seed}", target,
+                          dataclasses.replace(s, seed=args.confirm_seed))
         confirmed = (args.confirm_seed, metrics)
-        print(f"{label} on seed {args.confirm_seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     out = Path(args.out or (Path(args.run_dir) / "eval" if args.run_dir else "eval"))
     print(write_report(out, rows, s, confirmed=confirmed))
     return 0
