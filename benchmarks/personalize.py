@@ -125,9 +125,9 @@ def prior_options(args) -> dict:
 
 
 def loop_options(args) -> dict:
-    """TrainingConfig fields for checkpoints (default: halfway and the end, both kept), EMA and
-    Min-SNR weighting."""
-    return dict(checkpoint_every=args.checkpoint_every or max(args.steps // 2, 1), keep_last=args.keep_last,
+    """TrainingConfig fields for the training seed, checkpoints (default: halfway and the end, both
+    kept), EMA and Min-SNR weighting."""
+    return dict(seed=args.train_seed, checkpoint_every=args.checkpoint_every or max(args.steps // 2, 1), keep_last=args.keep_last,
                 use_ema=args.ema_decay is not None, ema_decay=args.ema_decay or 0.9999, snr_gamma=args.snr_gamma)
 
 
@@ -139,7 +139,7 @@ def run(name, method, token, args, **kw):
     out = Path(args.out) / name
     data = make_data(data_folder(args, token), token, shape=args.shape, drop=args.caption_drop)
     cfg = TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=args.model,
-                         max_steps=args.steps, batch_size=4, seed=0, device="cpu", options=method.options,
+                         max_steps=args.steps, batch_size=4, device="cpu", options=method.options,
                          **loop_options(args),
                          validation_prompts=(f"a {token}", f"a red {token}"), validate_every=args.steps,
                          validation_images=4, **kw)
@@ -184,7 +184,7 @@ def run_finetune(args):
     out = Path(args.out) / ("ft" + args.tag)
     method = FineTune(FineTuneOptions(freeze_text_encoder=False))
     cfg = TrainingConfig(method="finetune", data_dir=str(data), output_dir=str(out), model=args.model,
-                         max_steps=args.steps, batch_size=16, seed=0, device="cpu", learning_rate=1e-4 * args.lr_scale,
+                         max_steps=args.steps, batch_size=16, device="cpu", learning_rate=1e-4 * args.lr_scale,
                          **loop_options(args),
                          lr_scheduler=args.lr_scheduler,
                          caption_dropout=args.caption_dropout,
@@ -239,6 +239,7 @@ def main():
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: half the steps")
     p.add_argument("--keep-last", type=int, default=2, help="checkpoints kept (for `sdlab eval --run-dir`)")
     p.add_argument("--ema-decay", type=float, default=None, help="train with EMA weights of this decay (saved model = EMA)")
+    p.add_argument("--train-seed", type=int, default=0, help="the training run's seed (data order, noise, dropout)")
     p.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (Hang et al. 2023)")
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import torch
+from PIL import Image
 
 from sdlab.evaluate import concept as ce
 from sdlab.evaluate.scores import frechet_distance
@@ -113,6 +114,29 @@ def test_wilson_interval_and_pick():
     rows = [("a", 1, {"detection": 0.5, "color+concept": 0.5}, []), ("b", 2, {"detection": 1.0, "color+concept": 0.0}, []),
             ("c", 3, {"detection": 0.75, "color+concept": 0.25}, []), ("d", 4, {"detection": 0.75}, [])]
     assert pick_best(rows)[0] == "a"   # ties go to the earlier step
+
+
+def test_pick_skips_drifted_checkpoints(tmp_path):
+    from sdlab.evaluate.report import EvalSettings, pick_best, write_report
+
+    img = [Image.new("RGB", (8, 8))]
+    rows = [("a", 1, {"detection": 0.5, "color+concept": 0.5, "drift_accuracy_drop": 0.05}, img),
+            ("b", 2, {"detection": 1.0, "color+concept": 1.0, "drift_accuracy_drop": 0.40}, img),
+            ("c", 3, {"detection": 0.75, "color+concept": 0.5, "drift_accuracy_drop": 0.10}, img)]
+    assert pick_best(rows)[0] == "b"
+    assert pick_best(rows, max_drift=0.1)[0] == "c"     # the drop limit is inclusive
+    assert pick_best(rows, max_drift=0.01)[0] == "b"    # none within the limit: best over all
+    md = write_report(tmp_path / "r1", rows, EvalSettings(n=4, max_drift=0.1)).read_text()
+    assert "fell by at most 0.10: **c** (step 3)" in md
+    md = write_report(tmp_path / "r2", rows, EvalSettings(n=4, max_drift=0.01)).read_text()
+    assert "No checkpoint kept" in md and "**b** (step 2)" in md
+
+
+def test_eval_refuses_a_bad_max_drift(capsys):
+    from sdlab.cli.main import main
+
+    assert main(["eval", "--artifact", "x", "--max-drift", "1.5"]) == 2
+    assert "--max-drift is a drop in accuracy between 0 and 1, got 1.5" in capsys.readouterr().err
 
 
 def _tiny_clip(tmp_path):

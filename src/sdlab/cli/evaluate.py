@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--encoder", default=None, help="local feature model folder (default: the shipped CLIP)")
     p.add_argument("--no-clip", action="store_true", help="skip CLIP scores and the Frechet distance")
     p.add_argument("--drift", action="store_true", help="also measure drift on class prompts against the base model")
+    p.add_argument("--max-drift", type=float, default=0.1,
+                   help="with --drift, pick the best checkpoint only among those whose class-prompt accuracy fell "
+                        "by at most this (0-1; default 0.1)")
     p.add_argument("--confirm-seed", type=int, default=None,
                    help="re-read the best checkpoint on fresh samples from this seed (the pick's own rates are biased up)")
     p.add_argument("--out", default=None, help="report folder (default RUN/eval or ./eval)")
@@ -65,8 +68,11 @@ def run_eval(args) -> int:
     if args.confirm_seed is not None and abs(args.confirm_seed - args.seed) < args.n:
         raise ConfigError(f"--confirm-seed {args.confirm_seed} reuses samples of --seed {args.seed} "
                           f"(seeds {args.seed}..{args.seed + args.n - 1}); pick one at least --n ({args.n}) away")
+    if not 0.0 <= args.max_drift <= 1.0:
+        raise ConfigError(f"--max-drift is a drop in accuracy between 0 and 1, got {args.max_drift}")
     text = args.concept_text or "a " + " ".join(concept.values())
-    s = EvalSettings(args.token, concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color)
+    s = EvalSettings(args.token, concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color,
+                     max_drift=args.max_drift)
     encoder = None if args.no_clip else Encoder(args.encoder)
     if args.reference:
         reference = [load_image(p) for p in sorted(Path(args.reference).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -88,7 +94,7 @@ def run_eval(args) -> int:
     rows = [(label, step, *read(label, target, s)) for label, step, target in targets]
     confirmed = None
     if args.confirm_seed is not None:
-        label, _, _, _ = pick_best(rows)
+        label, _, _, _ = pick_best(rows, s.max_drift)
         target = next(t for lb, _, t in targets if lb == label)
         metrics, _ = read(f"{label} on seed {args.confirm_seed}", target,
                           dataclasses.replace(s, seed=args.confirm_seed))

@@ -30,6 +30,7 @@ class EvalSettings:
     cfg_scale: float = 7.5
     color: str = "red"
     position: str = "left"
+    max_drift: float | None = 0.1            # pick only checkpoints whose class-prompt accuracy fell at most this
 
 
 def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None) -> tuple[dict, list]:
@@ -61,9 +62,22 @@ def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def pick_best(rows: list[tuple]) -> tuple:
-    """The checkpoint with the highest detection + colour-with-concept rate (earliest on ties)."""
-    return max(rows, key=lambda r: (r[2].get("detection", 0) + r[2].get("color+concept", 0), -r[1]))
+def pick_best(rows: list[tuple], max_drift: float | None = None) -> tuple:
+    """The checkpoint with the highest detection + colour-with-concept rate (earliest on ties),
+    among those whose class-prompt accuracy fell by at most `max_drift` when drift was measured
+    (all checkpoints if none did)."""
+    kept = [r for r in rows if max_drift is None or r[2].get("drift_accuracy_drop", 0.0) <= max_drift + 1e-9]
+    return max(kept or rows, key=lambda r: (r[2].get("detection", 0) + r[2].get("color+concept", 0), -r[1]))
+
+
+def _pick_rule(rows: list[tuple], max_drift: float | None) -> str:
+    if max_drift is None or not any("drift_accuracy_drop" in r[2] for r in rows):
+        return "Best by detection + colour-with-concept"
+    if all(r[2]["drift_accuracy_drop"] > max_drift + 1e-9 for r in rows):
+        return (f"No checkpoint kept its class-prompt accuracy within {max_drift:.2f} of the base model's; "
+                "best by detection + colour-with-concept over all of them")
+    return (f"Best by detection + colour-with-concept among the checkpoints whose class-prompt accuracy fell by "
+            f"at most {max_drift:.2f}")
 
 
 def _cell(key: str, value: float, n: int) -> str:
@@ -117,8 +131,8 @@ def write_report(out_dir: str | Path, rows: list[tuple[str, int, dict, list]], s
         plot = metric_plot([r[1] for r in rows], {k: [r[2][k] for r in rows] for k in rate_keys})
         atomic_save(out / "rates.png", lambda tmp: plot.save(tmp, format="PNG"))
         lines += ["", "![oracle rates per step](rates.png)"]
-    best = pick_best(rows)
-    lines += ["", f"Best by detection + colour-with-concept: **{best[0]}** (step {best[1]})."]
+    best = pick_best(rows, settings.max_drift)
+    lines += ["", f"{_pick_rule(rows, settings.max_drift)}: **{best[0]}** (step {best[1]})."]
     if confirmed is not None:
         seed, metrics = confirmed
         lines += ["", f"Re-read on fresh samples (seed {seed}), since the best of {len(rows)} noisy rates is biased "
