@@ -186,7 +186,7 @@ def run_finetune(args):
     cfg = TrainingConfig(method="finetune", data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=16, device="cpu", learning_rate=1e-4 * args.lr_scale,
                          **loop_options(args),
-                         lr_scheduler=args.lr_scheduler,
+                         lr_scheduler=args.lr_scheduler, lr_decay_steps=args.lr_decay_steps,
                          caption_dropout=args.caption_dropout,
                          validation_prompts=("a large red striped circle on a white background",
                                              "a large red circle on a white background"), validate_every=args.steps,
@@ -234,6 +234,7 @@ def main():
     p.add_argument("--identifier", default="sks", help="the rare word of LoRA and DreamBooth captions")
     p.add_argument("--lora-prior", action="store_true", help="LoRA with DreamBooth's prior preservation")
     p.add_argument("--lr-scheduler", default="constant", help="fine-tune's schedule (constant, cosine, ...)")
+    p.add_argument("--lr-decay-steps", type=int, default=None, help="warmup_stable_decay's decay length")
     p.add_argument("--ft-images", type=int, default=512, help="size of the striped data set of `ft`")
     p.add_argument("--text-encoder", action="store_true", help="LoRA and DreamBooth also train the text encoder")
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: half the steps")

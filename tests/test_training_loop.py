@@ -83,6 +83,34 @@ def test_bad_settings_are_config_errors(tiny_model_dir, data, tmp_path, capsys):
     assert "not a checkpoint folder" in capsys.readouterr().err
 
 
+def test_warmup_stable_decay_holds_then_decays_and_resumes(tiny_model_dir, data, tmp_path):
+    from sdlab.callbacks import CancelToken
+    from sdlab.cli.main import main
+
+    kw = dict(max_steps=6, lr_scheduler="warmup_stable_decay", lr_decay_steps=3, checkpoint_every=2)
+    whole, resumed, token = [], [], CancelToken()
+    train(_cfg(tiny_model_dir, data, tmp_path / "a", **kw), LoRA(LoraOptions(rank=2)),
+          callback=lambda e: whole.append(e.metrics["lr"]))
+    # the rate after each step: constant, then a cosine that reaches 0 at the last step
+    assert whole[:3] == [1e-2] * 3 and whole[2] > whole[3] > whole[4] > whole[5] == 0
+
+    def stop_after_two(event):
+        resumed.append(event.metrics["lr"])
+        if event.step == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train(_cfg(tiny_model_dir, data, tmp_path / "b", **kw), LoRA(LoraOptions(rank=2)), callback=stop_after_two,
+              cancel=token)
+    train(_cfg(tiny_model_dir, data, tmp_path / "b", **kw), LoRA(LoraOptions(rank=2)), resume="latest",
+          callback=lambda e: resumed.append(e.metrics["lr"]))
+    assert resumed == pytest.approx(whole)
+    with pytest.raises(ConfigError, match="lr_decay_steps must be between 1 and 6"):
+        _cfg(tiny_model_dir, data, tmp_path, **{**kw, "lr_decay_steps": 7})
+    assert main(["train", "lora", "--data", str(data), "--model", str(tiny_model_dir), "--lr-scheduler",
+                 "warmup_stable_decay", "--lr-decay-steps", "0"]) == 2
+
+
 def test_caption_dropout_draws_empty_prompts_by_seed(tiny_model_dir, data, tmp_path):
     from sdlab.training.methods.finetune import FineTune
 

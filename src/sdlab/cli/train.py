@@ -38,8 +38,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-estimate", action="store_true",
                    help="with --memory-budget: plan from the analytic estimate, without trial steps")
     p.add_argument("--lr-scheduler", default="constant",
-                   help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial")
+                   help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, "
+                        "warmup_stable_decay (constant, then a cosine to 0 over --lr-decay-steps)")
     p.add_argument("--lr-warmup-steps", type=int, default=0)
+    p.add_argument("--lr-decay-steps", type=int, default=None,
+                   help="warmup_stable_decay's decay length (default: a third of --max-steps)")
     p.add_argument("--ema", action="store_true", help="keep an EMA of the trained weights (saved results use it)")
     p.add_argument("--ema-decay", type=float, default=0.9999)
     p.add_argument("--snr-gamma", type=float, default=None,
@@ -119,6 +122,7 @@ def config_from_args(args, defaults: dict):
         batch_size=args.batch_size, grad_accum=args.grad_accum, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, attention=args.attention,
         use_8bit_adam=args.use_8bit_adam, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+        lr_decay_steps=args.lr_decay_steps,
         use_ema=args.ema, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout, snr_gamma=args.snr_gamma, seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         keep_last=args.keep_last, validation_prompts=tuple(args.validation_prompt),

@@ -9,7 +9,8 @@ from ..errors import ConfigError
 
 METHODS = ("textual-inversion", "dreambooth", "lora", "finetune")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                "warmup_stable_decay")
 ATTENTION = ("default", "sdpa", "sliced")
 
 
@@ -41,6 +42,7 @@ class TrainingConfig:
     attention: str = "default"
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
+    lr_decay_steps: int | None = None        # warmup_stable_decay: cosine to 0 over the last N steps (default a third)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
@@ -82,6 +84,8 @@ class TrainingConfig:
         _check_choice("attention", self.attention, ATTENTION)
         _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULES)
         _check_int("lr_warmup_steps", self.lr_warmup_steps, 0)
+        if self.lr_decay_steps is not None:
+            _check_int("lr_decay_steps", self.lr_decay_steps, 1, max(1, self.max_steps - self.lr_warmup_steps))
         _check_float("adam_beta1", self.adam_beta1, 0.0, 0.999999)
         _check_float("adam_beta2", self.adam_beta2, 0.0, 0.999999)
         _check_float("adam_weight_decay", self.adam_weight_decay, 0.0, 1.0)

@@ -70,6 +70,21 @@ def make_optimizer(config: TrainingConfig, params):
     return bnb.optim.AdamW8bit(params, **kwargs)
 
 
+def make_lr_scheduler(config: TrainingConfig, optimizer):
+    """diffusers' schedules by name, and transformers' warmup-stable-decay (Hu et al. 2024,
+    MiniCPM): warm-up, a constant rate, then a cosine decay to 0 over the last `lr_decay_steps`."""
+    if config.lr_scheduler == "warmup_stable_decay":
+        from transformers.optimization import get_wsd_schedule
+
+        decay = config.lr_decay_steps or max(1, config.max_steps // 3)
+        return get_wsd_schedule(optimizer, num_warmup_steps=config.lr_warmup_steps, num_decay_steps=decay,
+                                num_training_steps=config.max_steps, decay_type="cosine")
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                         num_training_steps=config.max_steps)
+
+
 def apply_memory_options(method, config: TrainingConfig) -> None:
     """Gradient checkpointing (Chen et al. 2016) and the attention implementation. The UNet is
     checkpointed whatever trains: the loss backpropagates through it even when only the text
@@ -94,7 +109,6 @@ class Trainer:
     def __init__(self, config: TrainingConfig, method, *, callback: StepCallback | None = None,
                  cancel: CancelToken | None = None, components=None):
         from accelerate.utils import set_seed
-        from diffusers.optimization import get_scheduler
 
         self.config, self.method, self.callback, self.cancel = config, method, callback, cancel
         self.out = Path(config.output_dir)
@@ -112,8 +126,7 @@ class Trainer:
         if not self.params:
             raise ConfigError(f"method {method.name} has no trainable parameters")
         optimizer = make_optimizer(config, self.params)
-        self.lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                                          num_training_steps=config.max_steps)
+        self.lr_scheduler = make_lr_scheduler(config, optimizer)
         modules = method.trainable_modules()
         prepared = self.acc.prepare(*modules, optimizer)
         prepared = prepared if isinstance(prepared, (tuple, list)) else (prepared,)
