@@ -127,8 +127,9 @@ def prior_options(args) -> dict:
 def loop_options(args) -> dict:
     """TrainingConfig fields for the training seed, checkpoints (default: halfway and the end, both
     kept), EMA and Min-SNR weighting."""
-    return dict(seed=args.train_seed, checkpoint_every=args.checkpoint_every or max(args.steps // 2, 1), keep_last=args.keep_last,
-                use_ema=args.ema_decay is not None, ema_decay=args.ema_decay or 0.9999, snr_gamma=args.snr_gamma)
+    return dict(seed=args.train_seed, checkpoint_every=args.checkpoint_every or max(args.steps // 2, 1),
+                keep_last=args.keep_last, use_ema=args.ema_decay is not None, ema_decay=args.ema_decay or 0.9999,
+                snr_gamma=args.snr_gamma)
 
 
 def run(name, method, token, args, **kw):

@@ -107,6 +107,8 @@ def test_warmup_stable_decay_holds_then_decays_and_resumes(tiny_model_dir, data,
     assert resumed == pytest.approx(whole)
     with pytest.raises(ConfigError, match="lr_decay_steps must be between 1 and 6"):
         _cfg(tiny_model_dir, data, tmp_path, **{**kw, "lr_decay_steps": 7})
+    with pytest.raises(ConfigError, match="lr_decay_steps is warmup_stable_decay's decay length"):
+        _cfg(tiny_model_dir, data, tmp_path, lr_decay_steps=2)
     assert main(["train", "lora", "--data", str(data), "--model", str(tiny_model_dir), "--lr-scheduler",
                  "warmup_stable_decay", "--lr-decay-steps", "0"]) == 2
 

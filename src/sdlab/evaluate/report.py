@@ -62,18 +62,22 @@ def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _drifted(row: tuple, max_drift: float) -> bool:
+    return row[2].get("drift_accuracy_drop", 0.0) > max_drift + 1e-9
+
+
 def pick_best(rows: list[tuple], max_drift: float | None = None) -> tuple:
     """The checkpoint with the highest detection + colour-with-concept rate (earliest on ties),
     among those whose class-prompt accuracy fell by at most `max_drift` when drift was measured
     (all checkpoints if none did)."""
-    kept = [r for r in rows if max_drift is None or r[2].get("drift_accuracy_drop", 0.0) <= max_drift + 1e-9]
+    kept = [r for r in rows if max_drift is None or not _drifted(r, max_drift)]
     return max(kept or rows, key=lambda r: (r[2].get("detection", 0) + r[2].get("color+concept", 0), -r[1]))
 
 
 def _pick_rule(rows: list[tuple], max_drift: float | None) -> str:
     if max_drift is None or not any("drift_accuracy_drop" in r[2] for r in rows):
         return "Best by detection + colour-with-concept"
-    if all(r[2]["drift_accuracy_drop"] > max_drift + 1e-9 for r in rows):
+    if all(_drifted(r, max_drift) for r in rows):
         return (f"No checkpoint kept its class-prompt accuracy within {max_drift:.2f} of the base model's; "
                 "best by detection + colour-with-concept over all of them")
     return (f"Best by detection + colour-with-concept among the checkpoints whose class-prompt accuracy fell by "

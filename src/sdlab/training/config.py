@@ -85,6 +85,9 @@ class TrainingConfig:
         _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULES)
         _check_int("lr_warmup_steps", self.lr_warmup_steps, 0)
         if self.lr_decay_steps is not None:
+            if self.lr_scheduler != "warmup_stable_decay":
+                raise ConfigError(f"lr_decay_steps is warmup_stable_decay's decay length; lr_scheduler is "
+                                  f"{self.lr_scheduler!r}")
             _check_int("lr_decay_steps", self.lr_decay_steps, 1, max(1, self.max_steps - self.lr_warmup_steps))
         _check_float("adam_beta1", self.adam_beta1, 0.0, 0.999999)
         _check_float("adam_beta2", self.adam_beta2, 0.0, 0.999999)

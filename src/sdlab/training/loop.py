@@ -76,7 +76,7 @@ def make_lr_scheduler(config: TrainingConfig, optimizer):
     if config.lr_scheduler == "warmup_stable_decay":
         from transformers.optimization import get_wsd_schedule
 
-        decay = config.lr_decay_steps or max(1, config.max_steps // 3)
+        decay = config.lr_decay_steps or max(1, min(config.max_steps // 3, config.max_steps - config.lr_warmup_steps))
         return get_wsd_schedule(optimizer, num_warmup_steps=config.lr_warmup_steps, num_decay_steps=decay,
                                 num_training_steps=config.max_steps, decay_type="cosine")
     from diffusers.optimization import get_scheduler
