@@ -196,9 +196,9 @@ def run_finetune(args):
     result = train(cfg, method)
     minutes = (time.time() - t0) / 60
     row = {"method": "ft" + args.tag, "train_minutes": round(minutes, 2), "steps": args.steps,
-           **fill_report(load_artifact(args.model, result.saved[0]), args.n)}
+           **fill_report(load_artifact(args.model, result.saved[0]), args.n, args.fill_seed)}
     if "base" in args.only.split(","):
-        row.update({f"base_{k}": v for k, v in fill_report(load_artifact(args.model, None), args.n).items()})
+        row.update({f"base_{k}": v for k, v in fill_report(load_artifact(args.model, None), args.n, args.fill_seed).items()})
     return record(args, row)
 
 
@@ -232,6 +232,9 @@ def main():
     p.add_argument("--reread", default=None, metavar="ARTIFACT",
                    help="only evaluate a saved result (LoRA file, embeddings, model folder) of --shape's data; "
                         "the token is <my-shape> for embeddings, else --identifier")
+    p.add_argument("--reread-fill", default=None, metavar="MODEL",
+                   help="only read the striped fill of a fine-tuned model folder (--n prompts from --fill-seed)")
+    p.add_argument("--fill-seed", type=int, default=10_000, help="first seed of the fine-tune's fill report")
     p.add_argument("--identifier", default="sks", help="the rare word of LoRA and DreamBooth captions")
     p.add_argument("--lora-prior", action="store_true", help="LoRA with DreamBooth's prior preservation")
     p.add_argument("--lr-scheduler", default="constant", help="fine-tune's schedule (constant, cosine, ...)")
@@ -247,6 +250,10 @@ def main():
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     only = args.only.split(",")
+    if args.reread_fill:
+        rates = fill_report(load_artifact(args.model, args.reread_fill), args.n, args.fill_seed)
+        record(args, {"method": "reread-fill", "artifact": args.reread_fill, "fill_seed": args.fill_seed, **rates})
+        return
     if args.reread:
         token = "<my-shape>" if "embeds" in args.reread or args.reread.endswith(".pt") else args.identifier
         pipe = load_artifact(args.model, args.reread)

@@ -44,3 +44,7 @@ def test_personalize_benchmark_finetune_smoke(tiny_model_dir, tmp_path, monkeypa
     row = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
     assert row["method"] == "ft" and row["n"] == 2
     assert 0 <= row["all_attributes"] <= row["striped"] <= 1 and 0 <= row["plain_prompt_striped"] <= 1
+    _run(["--model", str(tiny_model_dir), "--out", str(out), "--n", "2", "--reread-fill", str(out / "ft" / "model"),
+          "--fill-seed", "20000"], monkeypatch)
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert row["method"] == "reread-fill" and row["fill_seed"] == 20000 and row["n"] == 2
