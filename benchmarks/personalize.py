@@ -198,7 +198,8 @@ def run_finetune(args):
     row = {"method": "ft" + args.tag, "train_minutes": round(minutes, 2), "steps": args.steps,
            **fill_report(load_artifact(args.model, result.saved[0]), args.n, args.fill_seed)}
     if "base" in args.only.split(","):
-        row.update({f"base_{k}": v for k, v in fill_report(load_artifact(args.model, None), args.n, args.fill_seed).items()})
+        base = fill_report(load_artifact(args.model, None), args.n, args.fill_seed)
+        row.update({f"base_{k}": v for k, v in base.items()})
     return record(args, row)
 
 
