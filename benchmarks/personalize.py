@@ -222,6 +222,7 @@ def main():
     p.add_argument("--caption-dropout", type=float, default=0.1,
                    help="empty-prompt share for the methods that train the UNet (keeps CFG working)")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-targets", default="attention", help="LoRA's layers: attention, transformer, all (LoCon)")
     p.add_argument("--class-prompts", choices=("circle", "world"), default="circle",
                    help="DreamBooth's prior: 'a circle', or one world caption per class image")
     p.add_argument("--class-images", type=int, default=16)
@@ -270,8 +271,8 @@ def main():
             learning_rate=5e-2, adam_weight_decay=0.0)
     if "lora" in only:
         prior = dict(prior_preservation=True, **prior_options(args)) if args.lora_prior else {}
-        run("lora", LoRA(LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, **prior)), args.identifier, args,
-            learning_rate=1e-3)
+        options = LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, targets=args.lora_targets, **prior)
+        run("lora", LoRA(options), args.identifier, args, learning_rate=1e-3)
     if "db" in only:
         run("db", DreamBooth(DreamBoothOptions(text_encoder=args.text_encoder, **prior_options(args))), args.identifier, args,
             learning_rate=1e-4)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from safetensors.torch import load_file
 
 from sdlab.cli.main import main
 from sdlab.errors import ConfigError
@@ -464,7 +465,8 @@ def test_train_job_streams_the_loss(make_client, tiny_model_dir, tmp_path):
     files = [("images", (f"{i}.png", png_bytes((40, 40), colour), "image/png"))
              for i, colour in enumerate(["red", "blue"])]
     # enough steps to outlast several 0.1 s polls of the event stream on a fast idle CPU
-    r = c.post("/api/train", data={"method": "lora", "instance_prompt": "a sks shape", "max_steps": "60", "rank": "2"},
+    r = c.post("/api/train", data={"method": "lora", "instance_prompt": "a sks shape", "max_steps": "60", "rank": "2",
+                                   "lora_targets": "all"},
                files=files)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
@@ -479,7 +481,8 @@ def test_train_job_streams_the_loss(make_client, tiny_model_dir, tmp_path):
     assert running and all(e["losses"] == losses[:len(e["losses"])] for e in running)  # the curve grows live
     saved = job["result"]["saved"]
     assert saved and all((tmp_path / "out" / s).is_file() for s in saved)
-    assert any(s.endswith(".safetensors") for s in saved)
+    kohya = [s for s in saved if s.endswith("lora_kohya.safetensors")]
+    assert kohya and any("resnets_0_conv1" in k for k in load_file(tmp_path / "out" / kohya[0]))  # LoCon layers
     data_dir = tmp_path / "out" / ".sdlab-server" / "uploads" / job["params"]["data"]
     assert len(list(data_dir.glob("*.png"))) == 2
 
@@ -489,6 +492,7 @@ def test_train_job_streams_the_loss(make_client, tiny_model_dir, tmp_path):
     ({"instance_prompt": "x", "max_steps": "0"}, 1, "max_steps"),
     ({"instance_prompt": "x", "learning_rate": "-1"}, 1, "learning_rate"),
     ({"instance_prompt": "x", "placeholder": "two words"}, 1, "placeholder"),
+    ({"instance_prompt": "x", "lora_targets": "convs"}, 1, "lora_targets"),
     ({"max_steps": "2"}, 1, "instance_prompt"),
     ({"instance_prompt": "x"}, 0, "images"),
     ({"instance_prompt": "x"}, 17, "images"),

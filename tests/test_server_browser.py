@@ -211,6 +211,7 @@ def test_attention_chips_and_a_side_by_side_edit(browser, server):
 
 def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
     from PIL import Image
+    from safetensors.torch import load_file
 
     base, out = server
     images = []
@@ -225,13 +226,15 @@ def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
     assert "at least one image" in page.text_content("#error")
     page.set_input_files("#train-images", [str(p) for p in images])
     page.fill("#max_steps", "6")
+    page.select_option("#lora-targets", "all")
     page.click("#generate")
     page.wait_for_function("document.getElementById('job-state').textContent === 'done'", timeout=180_000)
     points = page.get_attribute("#loss-line", "points").split()
     assert len(points) == 6 and page.is_visible("#loss-curve")
     assert float(page.text_content("#loss-value")) > 0 and "step 6" in page.text_content("#loss-step")
     assert ".safetensors" in page.text_content("#meta")
-    assert list((out / "training").glob("*/*.safetensors"))
+    kohya = list((out / "training").glob("*/lora_kohya.safetensors"))
+    assert kohya and any("_conv1." in k for k in load_file(kohya[0]))     # the chosen layers reached the run
     _shot(page, "studio-train.png")
     assert errors == []
     page.close()

@@ -75,6 +75,10 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--rank", type=int, default=4)
         p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
         p.add_argument("--train-text-encoder", action="store_true", help="adapters on the text encoder too")
+        p.add_argument("--targets", default="attention",
+                       help="layers that get adapters: attention (q, k, v, out; default), transformer (+ proj_in/out "
+                            "and feed-forward), all (+ every resnet conv and the samplers: LoCon), or module "
+                            "names, e.g. to_q,to_v,conv1")
     if name in ("dreambooth", "lora"):
         p.add_argument("--class-prompt", action="append", default=None,
                        help="prompt of the class for prior preservation, e.g. 'a shape'; repeat for several "

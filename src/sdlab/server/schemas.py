@@ -139,6 +139,8 @@ class TrainRequest(BaseModel):
     max_steps: int = Field(50, ge=1, le=MAX_TRAIN_STEPS)
     learning_rate: Optional[float] = Field(None, gt=0.0, le=1.0, description="default: the method's")
     rank: int = Field(4, ge=1, le=64, description="lora rank")
+    lora_targets: Literal["attention", "transformer", "all"] = Field(
+        "attention", description="lora layers: attention projections, whole transformer blocks, or every conv too")
     placeholder: str = Field("<my-shape>", min_length=1, max_length=50, pattern=r"^\S+$",
                              description="textual inversion: the new token")
     initializer: str = Field("shape", min_length=1, max_length=50, description="textual inversion: start word(s)")

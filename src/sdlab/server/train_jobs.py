@@ -20,7 +20,8 @@ def run_train(ctx: JobContext) -> dict:
 
     p, out_dir = ctx.params, ctx.settings.output_dir
     method, defaults = build_method(p["method"], {**METHOD_ARGS, "rank": p["rank"], "placeholder": p["placeholder"],
-                                                  "initializer": p["initializer"]})
+                                                  "initializer": p["initializer"],
+                                                  "targets": p.get("lora_targets", "attention")})
     run_dir = out_dir / "training" / ctx.job["id"]
     config = TrainingConfig(
         method=p["method"], data_dir=str(ctx.settings.upload_dir / p["data"]), output_dir=str(run_dir),

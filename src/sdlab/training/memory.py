@@ -400,9 +400,17 @@ def _numel(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _lora_numel(module, targets, rank: int) -> int:
-    return sum(rank * (m.in_features + m.out_features) for name, m in module.named_modules()
-               if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in targets))
+def _lora_numel(module, names, rank: int) -> int:
+    """Parameters of peft's LoRA on the matching layers: down (in x k x k -> rank), up (rank -> out)."""
+    from .methods.lora import matching_modules
+
+    total = 0
+    for m in matching_modules(module, names).values():
+        if isinstance(m, torch.nn.Linear):
+            total += rank * (m.in_features + m.out_features)
+        else:
+            total += rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
+    return total
 
 
 def _cast_numel(module) -> int:
@@ -414,7 +422,7 @@ def _cast_numel(module) -> int:
 def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
     """Analytic peak of one training step (no forward pass): see the constants above."""
     from .methods.base import native_resolution
-    from .methods.lora import TEXT_TARGETS, UNET_TARGETS
+    from .methods.lora import target_names
 
     c = components or model_shapes(cfg.model)
     low = cfg.mixed_precision != "no"
@@ -429,9 +437,10 @@ def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
         weights = unet_n * wb + vae_n * wb + (text_n + opts.num_vectors * emb.shape[1]) * 4
         text_trained = True
     elif name == "lora":
-        trainable = _lora_numel(c.unet, UNET_TARGETS, opts.rank)
+        unet_names, text_names = target_names(opts.targets, c.unet, c.text_encoder if opts.text_encoder else None)
+        trainable = _lora_numel(c.unet, unet_names, opts.rank)
         if opts.text_encoder:
-            trainable += _lora_numel(c.text_encoder, TEXT_TARGETS, opts.rank)
+            trainable += _lora_numel(c.text_encoder, text_names, opts.rank)
         weights = (unet_n + vae_n + text_n) * wb + trainable * 4
         copies = trainable * 2 if low else 0
         text_trained = opts.text_encoder

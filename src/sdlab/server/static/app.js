@@ -90,7 +90,7 @@ function trainRequest() {
   form.append("instance_prompt", $("prompt").value);
   form.append("method", $("train-method").value);
   const fields = { max_steps: "max_steps", learning_rate: "learning_rate", rank: "rank",
-                   placeholder: "ti-placeholder", initializer: "ti-initializer" };
+                   lora_targets: "lora-targets", placeholder: "ti-placeholder", initializer: "ti-initializer" };
   for (const [name, id] of Object.entries(fields)) {
     if ($(id).value.trim() !== "") form.append(name, $(id).value.trim());
   }

@@ -1,6 +1,7 @@
 """LoRA (Hu et al. 2021): low-rank adapters on the UNet's attention projections (and
-optionally the text encoder's), trained with peft; the base weights stay frozen. Optionally
-with DreamBooth's prior preservation (`prior.py`).
+optionally the text encoder's), trained with peft; the base weights stay frozen. `targets`
+widens them to whole transformer blocks or to every resnet convolution too (what kohya's
+LoCon / LyCORIS calls conv LoRA). Optionally with DreamBooth's prior preservation (`prior.py`).
 
 Saves `lora/pytorch_lora_weights.safetensors` (diffusers/peft: what
 `StableDiffusionPipeline.load_lora_weights` reads) and `lora_kohya.safetensors` (kohya /
@@ -9,16 +10,52 @@ AUTOMATIC1111 keys with `.alpha`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ...config import _check_float, _check_int
+from ...errors import ConfigError
 from ...models import lora as lora_files
 from .base import DiffusionMethod
 from .prior import PriorOptions, PriorPreservation
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+_BLOCKS = ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+_CONVS = ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "conv")   # "conv": the down/upsamplers
+# preset -> (UNet module names, text-encoder module names), matched as peft does: by name suffix
+TARGET_PRESETS = {
+    "attention": (UNET_TARGETS, TEXT_TARGETS),
+    "transformer": (UNET_TARGETS + _BLOCKS, TEXT_TARGETS + ("fc1", "fc2")),
+    "all": (UNET_TARGETS + _BLOCKS + _CONVS, TEXT_TARGETS + ("fc1", "fc2")),
+}
+_NAME_LIST = re.compile(r"^[A-Za-z_][\w.]*(,[A-Za-z_][\w.]*)*$")
+
+
+def matching_modules(module, names) -> dict[str, torch.nn.Module]:
+    """Linear/Conv2d submodules whose name is one of `names` or ends with "." + one (peft's rule)."""
+    return {n: m for n, m in module.named_modules()
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+            and any(n == t or n.endswith("." + t) for t in names)}
+
+
+def target_names(targets: str, unet, text_encoder=None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(UNet names, text-encoder names) for a preset or a comma-separated list of module
+    names; a listed name that matches no Linear/Conv2d module of either is an error."""
+    if targets in TARGET_PRESETS:
+        return TARGET_PRESETS[targets]
+    names = tuple(targets.split(","))
+    comps = [("UNet", unet)] + ([("text encoder", text_encoder)] if text_encoder is not None else [])
+    found = {label: tuple(t for t in names if matching_modules(m, (t,))) for label, m in comps}
+    missing = [t for t in names if not any(t in f for f in found.values())]
+    if missing:
+        where = " or ".join(label for label, _ in comps)
+        raise ConfigError(f"LoRA target {missing[0]!r} matches no Linear or Conv2d module of the {where}; use "
+                          f"{', '.join(TARGET_PRESETS)} or module names such as to_q,to_v,ff.net.2,conv1")
+    return found["UNet"], found.get("text encoder", ())
 
 
 @dataclass(frozen=True)
@@ -30,10 +67,14 @@ class LoraOptions(PriorOptions):
     rank: int = 4
     alpha: float | None = None          # None: alpha = rank (scale 1)
     text_encoder: bool = False
+    targets: str = "attention"          # a TARGET_PRESETS key or module names "to_q,to_v,conv1"
 
     def __post_init__(self):
         super().__post_init__()
         _check_int("rank", self.rank, 1, 1024)
+        if not isinstance(self.targets, str) or not (self.targets in TARGET_PRESETS or _NAME_LIST.match(self.targets)):
+            raise ConfigError(f"LoRA targets must be one of {', '.join(TARGET_PRESETS)} or comma-separated "
+                              f"module names (to_q,to_v,conv1), got {self.targets!r}")
         if self.alpha is not None:
             _check_float("alpha", self.alpha, 1e-6, 1e6)
 
@@ -55,9 +96,16 @@ class LoRA(PriorPreservation, DiffusionMethod):
                           target_modules=list(targets))
 
     def prepare_modules(self) -> None:
-        self.c.unet.add_adapter(self.lora_config(UNET_TARGETS))
+        unet_names, text_names = target_names(self.options.targets, self.c.unet,
+                                              self.c.text_encoder if self.text_adapters else None)
+        if not unet_names:
+            raise ConfigError(f"LoRA targets {self.options.targets!r} name no UNet module; the UNet needs adapters")
+        self.c.unet.add_adapter(self.lora_config(unet_names))
         if self.text_adapters:
-            self.c.text_encoder.add_adapter(self.lora_config(TEXT_TARGETS))
+            if not text_names:
+                raise ConfigError(f"LoRA targets {self.options.targets!r} name no text-encoder module, "
+                                  "but --train-text-encoder asks for adapters there")
+            self.c.text_encoder.add_adapter(self.lora_config(text_names))
         self.prepare_prior()
 
     def layers(self) -> dict[str, lora_files.LoraLayer]:
