@@ -51,6 +51,8 @@ class Pipeline:
         self.schedule = NoiseSchedule.from_config(components.scheduler_config)
         self.denoiser = Denoiser(components.unet, self.schedule)
         self.vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+        self.loras: list[dict] = []          # applied LoRA files: name, hash, scale (sdlab.models.lora)
+        self.embeddings: list[dict] = []     # added embeddings: name, hash, vectors (sdlab.text.embeddings)
 
     @classmethod
     def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None,
@@ -197,6 +199,10 @@ class Pipeline:
         d = replace(config, seed=seed, width=width, height=height).to_dict()
         d.update(mode="img2img" if img2img else "txt2img", model=self.c.name, model_hash=self.c.model_hash,
                  sdlab_version=_version())
+        if self.loras:
+            d["loras"] = [dict(r) for r in self.loras]
+        if self.embeddings:
+            d["embeddings"] = [dict(r) for r in self.embeddings]
         if not img2img:
             d.pop("strength")
         return d
@@ -208,6 +214,10 @@ class Pipeline:
             params["Denoising strength"] = config.strength
         if config.guidance_rescale:
             params["CFG Rescale phi"] = config.guidance_rescale
+        if self.loras:                        # A1111's keys, which civitai and others read
+            params["Lora hashes"] = ", ".join(f"{r['name']}: {r['hash']}" for r in self.loras)
+        if self.embeddings:
+            params["TI hashes"] = ", ".join(f"{r['name']}: {r['hash']}" for r in self.embeddings)
         return format_infotext(config.prompt, config.negative_prompt, params)
 
 

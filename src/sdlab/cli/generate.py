@@ -17,6 +17,8 @@ EXAMPLES = """examples:
   sdlab generate "a small white star at the top on a black background" --sampler "DPM++ 2M Karras" --steps 20
   sdlab generate "a green square" --negative-prompt "black background" --seed 7 --batch-size 4 --batch-count 2
   sdlab generate "a large red circle on a blue background" --seed 1 --trajectory steps.gif
+  sdlab generate "a red sks" --lora runs/lora/lora_kohya.safetensors:0.8 --seed 1
+  sdlab generate "a red <my-shape>" --embedding runs/ti/learned_embeds.safetensors --seed 1
 """
 
 
@@ -33,6 +35,12 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="diffusers folder or .safetensors/.ckpt file (default: the shipped model)")
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    a = p.add_argument_group("what `sdlab train` learned")
+    a.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="apply a LoRA file (diffusers or kohya layout) at SCALE (default 1); repeat to stack")
+    a.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="add a textual-inversion embedding (diffusers learned_embeds, A1111 .pt/.safetensors); "
+                        "use its token in the prompt; repeat for several")
     f = p.add_argument_group("speed and memory (sdlab.models.speed)")
     f.add_argument("--fast", action="store_true", help="channels_last + fused QKV projections")
     f.add_argument("--compile", default="off", help="torch.compile the UNet: off, default, reduce-overhead "
@@ -97,9 +105,38 @@ def config_from_args(args, **extra) -> GenerationConfig:
 
 
 def load_pipeline(args):
+    """The model with --embedding and --lora applied, then the speed options (a fused or
+    compiled UNet would not see weights merged after it)."""
     from ..pipeline import Pipeline
 
-    return Pipeline.load(args.model, dtype=args.dtype, device=args.device, speed=speed_from_args(args))
+    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
+    apply_learned(pipe, getattr(args, "embedding", []), getattr(args, "lora", []))
+    pipe.apply_speed(speed_from_args(args))
+    return pipe
+
+
+def apply_learned(pipe, embeddings: list[str], loras: list[str]) -> None:
+    """Add embedding files and merge LoRA files ("FILE" or "FILE:SCALE") into `pipe`."""
+    from ..models.lora import apply_lora
+    from ..text.embeddings import load_embedding
+
+    for path in embeddings:
+        tokens = load_embedding(pipe, path)
+        print(f"embedding {path}: token {', '.join(tokens)}", file=sys.stderr)
+    for spec in loras:
+        path, scale = lora_spec(spec)
+        apply_lora(pipe, path, scale)
+
+
+def lora_spec(spec: str) -> tuple[str, float]:
+    """"FILE:SCALE" -> (FILE, SCALE); a bare FILE (or one whose last ':' part is no number) has scale 1."""
+    path, sep, tail = spec.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
 
 
 def speed_from_args(args):

@@ -25,6 +25,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def short_hash(path: str | Path) -> str:
+    """A1111's shorthash of a LoRA or embedding file ("Lora hashes", "TI hashes" in infotext):
+    the first 12 hex digits of the file's sha256."""
+    return sha256_file(path)[:12]
+
+
 def unet_weights_file(folder: str | Path) -> Path | None:
     """The UNet weight file of a diffusers folder (sharded weights: their index file), or None."""
     unet = Path(folder) / "unet"

@@ -199,9 +199,14 @@ def convert(src: str | Path, dst: str | Path, fmt: str, unet, text_encoder) -> t
 
 
 class AppliedLora:
-    """LoRA deltas merged into a model's weights; `remove()` takes them out again."""
+    """LoRA deltas merged into a model's weights; `remove()` takes them out again (and its
+    record out of `registry`, the pipeline's list of applied files)."""
 
-    def __init__(self, modules: dict[str, torch.nn.Module], layers: dict[str, LoraLayer], scale: float):
+    def __init__(self, modules: dict[str, torch.nn.Module], layers: dict[str, LoraLayer], scale: float,
+                 registry: list | None = None, record: dict | None = None):
+        self.registry, self.record = registry, record
+        if registry is not None:
+            registry.append(record)
         self.applied = []
         with torch.no_grad():
             for path, layer in layers.items():
@@ -215,11 +220,17 @@ class AppliedLora:
             for w, delta in self.applied:
                 w.sub_(delta)
         self.applied = []
+        if self.registry is not None and self.record in self.registry:
+            self.registry.remove(self.record)
 
 
 def apply_lora(pipe, path: str | Path, scale: float = 1.0) -> AppliedLora:
     """Merge a LoRA file (either layout) into an sdlab Pipeline at `scale`."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not -10 <= scale <= 10:
         raise ConfigError(f"LoRA scale must be a number in [-10, 10], got {scale!r}")
+    from .hashing import short_hash
+
     layers = load_layers(path, pipe.c.unet, pipe.c.text_encoder)
-    return AppliedLora(model_modules(pipe.c.unet, pipe.c.text_encoder), layers, float(scale))
+    record = {"name": Path(path).stem, "hash": short_hash(path), "scale": float(scale)}
+    return AppliedLora(model_modules(pipe.c.unet, pipe.c.text_encoder), layers, float(scale),
+                       getattr(pipe, "loras", None), record)

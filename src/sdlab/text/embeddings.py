@@ -72,6 +72,9 @@ def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
             meta = f.metadata() or {}
         if "emb_params" in data:
             return {meta.get("name", path.stem): _as_2d(data["emb_params"], path)}
+        if any("lora_" in k for k in data):
+            raise ModelLoadError(f"'{path}' is a LoRA file, not a textual-inversion embedding "
+                                 "(sdlab generate --lora, sdlab.models.lora.apply_lora)")
         return {k: _as_2d(v, path) for k, v in data.items()}
     if path.suffix in (".pt", ".bin", ".ckpt"):
         try:
@@ -103,8 +106,13 @@ def load_embedding(pipe, path: str | Path, token: str | None = None) -> list[str
         if len(found) != 1:
             raise ConfigError(f"'{path}' holds {len(found)} embeddings; token= needs exactly one")
         found = {token: next(iter(found.values()))}
+    from ..models.hashing import short_hash
+
+    digest = short_hash(path)
     for name, vectors in found.items():
         add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, token_names(name, len(vectors)), vectors)
+        if getattr(pipe, "embeddings", None) is not None:
+            pipe.embeddings.append({"name": name, "hash": digest, "vectors": len(vectors)})
     return list(found)
 
 

@@ -1,0 +1,100 @@
+"""`sdlab generate --lora FILE[:SCALE] --embedding FILE`: what `sdlab train` learned, applied
+from the CLI and recorded in the image metadata (A1111's "Lora hashes" / "TI hashes")."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdlab.cli.generate import lora_spec
+from sdlab.cli.main import main
+from sdlab.io.metadata import read_png_metadata
+from sdlab.models.hashing import sha256_file
+
+
+@pytest.fixture(scope="module")
+def lora_file(tiny_model_dir, tmp_path_factory):
+    from sdlab.training.config import TrainingConfig
+    from sdlab.training.loop import train
+    from sdlab.training.methods.lora import LoRA, LoraOptions
+    from sdlab.world.data import export_folder
+
+    root = tmp_path_factory.mktemp("lora-cli")
+    data = export_folder(root / "data", 4, seed=4)
+    method = LoRA(LoraOptions(rank=2, targets="all"))
+    cfg = TrainingConfig(method="lora", data_dir=str(data), output_dir=str(root / "out"), model=str(tiny_model_dir),
+                         max_steps=3, learning_rate=5e-2, checkpoint_every=100, device="cpu", options=method.options)
+    train(cfg, method)
+    return root / "out" / "lora_kohya.safetensors"
+
+
+def generate(capsys, tiny_model_dir, out, *extra):
+    code = main(["generate", "a red circle", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "3",
+                 "--out", str(out), *map(str, extra)])
+    captured = capsys.readouterr()
+    return code, captured.out.split(), captured.err
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_lora_changes_the_image_and_is_recorded(capsys, tiny_model_dir, tmp_path, lora_file):
+    code, plain, _ = generate(capsys, tiny_model_dir, tmp_path / "plain")
+    assert code == 0
+    code, half, _ = generate(capsys, tiny_model_dir, tmp_path / "half", "--lora", f"{lora_file}:0.5")
+    assert code == 0
+    assert np.abs(pixels(half[0]) - pixels(plain[0])).max() > 0
+    meta = read_png_metadata(half[0])
+    digest = sha256_file(lora_file)[:12]
+    assert meta["params"]["Lora hashes"] == f"lora_kohya: {digest}"
+    assert meta["settings"]["loras"] == [{"name": "lora_kohya", "hash": digest, "scale": 0.5}]
+    assert "Lora hashes" not in read_png_metadata(plain[0])["params"]
+
+
+def test_lora_at_scale_zero_is_the_plain_model(capsys, tiny_model_dir, tmp_path, lora_file):
+    _, plain, _ = generate(capsys, tiny_model_dir, tmp_path / "plain")
+    _, zero, _ = generate(capsys, tiny_model_dir, tmp_path / "zero", "--lora", f"{lora_file}:0")
+    assert np.abs(pixels(zero[0]) - pixels(plain[0])).max() <= 1
+
+
+def test_embedding_token_draws_and_is_recorded(capsys, tiny_model_dir, tmp_path):
+    from sdlab.text.embeddings import save_a1111
+
+    from transformers import CLIPTextConfig
+
+    dim = CLIPTextConfig.from_pretrained(tiny_model_dir / "text_encoder").hidden_size
+    emb = save_a1111(tmp_path / "my-shape.safetensors", "my-shape", torch.randn(2, dim) * 0.3)
+    code = main(["generate", "a red my-shape", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "3",
+                 "--embedding", str(emb), "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 0 and "token my-shape" in captured.err
+    meta = read_png_metadata(captured.out.split()[0])
+    digest = sha256_file(emb)[:12]
+    assert meta["params"]["TI hashes"] == f"my-shape: {digest}"
+    assert meta["settings"]["embeddings"] == [{"name": "my-shape", "hash": digest, "vectors": 2}]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lora", "/nonexistent/x.safetensors"], "LoRA file '/nonexistent/x.safetensors' does not exist"),
+    (["--lora", "EMB:0.5"], "unknown LoRA keys"),
+    (["--lora", "LORA:50"], "LoRA scale must be a number in [-10, 10], got 50.0"),
+    (["--embedding", "LORA"], "is a LoRA file, not a textual-inversion embedding"),
+])
+def test_bad_files_are_one_line_errors(capsys, tiny_model_dir, tmp_path, lora_file, extra, message):
+    from sdlab.text.embeddings import save_diffusers
+
+    emb = save_diffusers(tmp_path / "learned_embeds.safetensors", {"<x>": torch.zeros(1, 8)})
+    extra = [e.replace("EMB", str(emb)).replace("LORA", str(lora_file)) for e in extra]
+    code, out, err = generate(capsys, tiny_model_dir, tmp_path / "o", *extra)
+    assert code == 2 and message in err and "Traceback" not in err and out == []
+
+
+@pytest.mark.parametrize("spec, parsed", [
+    ("a.safetensors", ("a.safetensors", 1.0)),
+    ("a.safetensors:0.7", ("a.safetensors", 0.7)),
+    ("dir:with:colons/a.safetensors", ("dir:with:colons/a.safetensors", 1.0)),
+    ("C:/loras/a.safetensors:-1", ("C:/loras/a.safetensors", -1.0)),
+])
+def test_lora_spec(spec, parsed):
+    assert lora_spec(spec) == parsed
