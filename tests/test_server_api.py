@@ -487,6 +487,58 @@ def test_train_job_streams_the_loss(make_client, tiny_model_dir, tmp_path):
     assert len(list(data_dir.glob("*.png"))) == 2
 
 
+def _train_job(c, method: str, **extra) -> str:
+    files = [("images", ("a.png", png_bytes((32, 32), "green"), "image/png"))]
+    r = c.post("/api/train", data={"method": method, "instance_prompt": "a sks shape", "max_steps": "3", **extra},
+               files=files)
+    job = wait_job(c, r.json()["id"])
+    assert job["state"] == "done", job["error"]
+    return job["id"]
+
+
+def _image(c, job_id: str) -> tuple[np.ndarray, str]:
+    job = wait_job(c, job_id)
+    assert job["state"] == "done", job["error"]
+    im = job["result"]["images"][0]
+    return np.asarray(Image.open(io.BytesIO(c.get(im["url"]).content)), dtype=np.int16), im["infotext"]
+
+
+def test_generate_with_a_trained_lora_applies_it_for_that_job_only(make_client, tiny_model_dir):
+    c = make_client(model=str(tiny_model_dir))
+    run = _train_job(c, "lora", rank="2", learning_rate="0.05")
+    body = {"prompt": "a sks shape", "steps": 2, "seed": 4, **SMALL}
+    before, text = _image(c, c.post("/api/generate", json=body).json()["id"])
+    assert "Lora hashes" not in text
+    r = c.post("/api/generate", json={**body, "trained": run, "trained_scale": 0.8})
+    assert r.status_code == 202, r.text
+    with_lora, text = _image(c, r.json()["id"])
+    assert "Lora hashes: \"lora_kohya: " in text and np.abs(with_lora - before).max() > 0
+    after, text = _image(c, c.post("/api/generate", json=body).json()["id"])
+    assert "Lora hashes" not in text and np.abs(after - before).max() <= 1      # taken out (float rounding)
+
+
+def test_generate_with_trained_embeddings_replaces_a_reused_token(make_client, tiny_model_dir):
+    c = make_client(model=str(tiny_model_dir))
+    runs = [_train_job(c, "textual-inversion", placeholder="<web-x>", seed=str(s)) for s in (1, 2)]
+    texts = []
+    for run in runs:            # the second run reuses the token: its vectors replace the first's
+        r = c.post("/api/generate", json={"prompt": "a <web-x>", "steps": 2, "seed": 4, "trained": run, **SMALL})
+        texts.append(_image(c, r.json()["id"])[1])
+    hashes = [t.split("TI hashes: ")[1] for t in texts]
+    assert all(h.startswith('"<web-x>: ') for h in hashes) and hashes[0] != hashes[1]
+
+
+@pytest.mark.parametrize("trained, status, text", [
+    ("0123456789abcdef", 422, "no finished training run '0123456789abcdef'"),
+    ("../../etc/passwd", 422, "trained"),
+])
+def test_generate_with_an_unknown_training_run_is_refused(make_client, trained, status, text):
+    c = make_client()
+    r = c.post("/api/generate", json={"prompt": "x", "steps": 2, "trained": trained, **SMALL})
+    assert r.status_code == status and text in r.text
+    assert c.get("/api/jobs").json()["jobs"] == []
+
+
 @pytest.mark.parametrize("data, n_images, text", [
     ({"method": "dreambooth", "instance_prompt": "x"}, 1, "method"),
     ({"instance_prompt": "x", "max_steps": "0"}, 1, "max_steps"),

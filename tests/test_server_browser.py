@@ -236,5 +236,13 @@ def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
     kohya = list((out / "training").glob("*/lora_kohya.safetensors"))
     assert kohya and any("_conv1." in k for k in load_file(kohya[0]))     # the chosen layers reached the run
     _shot(page, "studio-train.png")
+    page.click("#use-trained")                     # generate with what was just trained
+    assert page.get_attribute("#tab-txt2img", "aria-selected") == "true"
+    assert page.input_value("#trained") == kohya[0].parent.name and page.is_visible("#trained-fields")
+    page.fill("#prompt", "a sks shape")
+    page.fill("#steps", "2")
+    page.click("#generate")               # job-state still reads the train job's "done" until the reply
+    page.wait_for_function("document.getElementById('meta').textContent.includes('Lora hashes')", timeout=60_000)
+    assert 'Lora hashes: "lora_kohya: ' in page.text_content("#meta") and page.is_visible("#results img")
     assert errors == []
     page.close()

@@ -119,6 +119,10 @@ def _job_params(body: SamplingRequest, settings: ServerSettings) -> dict:
         raise ConfigError(f"batch_size * batch_count must be at most {settings.max_images}, got {images}")
     if params["seed"] is None:
         params["seed"] = random.randrange(2**32)
+    if params.get("trained"):
+        from .train_jobs import trained_result
+
+        trained_result(settings.output_dir, params["trained"])
     return params
 
 

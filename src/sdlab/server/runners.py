@@ -25,9 +25,13 @@ def file_links(paths: list[Path], out_dir: Path) -> list[dict]:
 
 
 def _generate(ctx: JobContext, init_image=None) -> dict:
+    from .train_jobs import trained_applied
+
     config = generation_config(ctx.params)
-    result = ctx.pipe.generate(config, init_image=init_image, callback=ctx.callback(config.batch_count),
-                               cancel=ctx.cancel)
+    with trained_applied(ctx.pipe, ctx.settings.output_dir, ctx.params.get("trained"),
+                         ctx.params.get("trained_scale", 1.0)):
+        result = ctx.pipe.generate(config, init_image=init_image, callback=ctx.callback(config.batch_count),
+                                   cancel=ctx.cancel)
     out_dir = ctx.settings.output_dir
     with ctx.save_lock:  # running numbers in the folder: one writer at a time
         paths = save_result(result, out_dir, grid=len(result.images) > 1)

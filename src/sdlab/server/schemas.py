@@ -54,6 +54,9 @@ class GenerateRequest(SamplingRequest):
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
+    trained: Optional[str] = Field(None, pattern=r"^[0-9a-f]{16}$",
+                                   description="id of a finished train job: its LoRA or embedding is applied")
+    trained_scale: float = Field(1.0, ge=-10.0, le=10.0, description="the trained LoRA's scale")
 
     @field_validator("prompt")
     @classmethod

@@ -7,6 +7,10 @@ the trained weights); a resumed job continues from its latest checkpoint.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import ConfigError
 from .jobs import JobContext, register_kind
 
 METHOD_ARGS = {"alpha": None, "train_text_encoder": False, "num_vectors": 1, "templates": "object"}
@@ -32,3 +36,37 @@ def run_train(ctx: JobContext) -> dict:
     result = train(config, method, resume="latest", callback=ctx.callback(), cancel=ctx.cancel)
     return {"steps": result.step, "losses": result.losses, "method": p["method"],
             "saved": [path.relative_to(out_dir).as_posix() for path in result.saved]}
+
+
+RESULT_FILES = ("lora_kohya.safetensors", "learned_embeds.safetensors")
+
+
+def trained_result(output_dir: Path, job_id: str) -> Path:
+    """The LoRA or embedding file a finished train job saved (ConfigError if there is none)."""
+    run = output_dir / "training" / job_id
+    for name in RESULT_FILES:
+        if (run / name).is_file():
+            return run / name
+    raise ConfigError(f"trained: no finished training run {job_id!r} (train a LoRA or an embedding first)")
+
+
+@contextmanager
+def trained_applied(pipe, output_dir: Path, job_id: str | None, scale: float):
+    """A LoRA merged into `pipe` for the job and taken out after it; an embedding's token
+    added (or its vectors replaced, when an earlier run used the same token) and kept."""
+    if job_id is None:
+        yield
+        return
+    from ..models.lora import apply_lora
+    from ..text.embeddings import load_embedding
+
+    path = trained_result(output_dir, job_id)
+    if path.name == "learned_embeds.safetensors":
+        load_embedding(pipe, path, replace=True)
+        yield
+        return
+    handle = apply_lora(pipe, path, scale)
+    try:
+        yield
+    finally:
+        handle.remove()

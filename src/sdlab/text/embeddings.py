@@ -47,6 +47,20 @@ def add_tokens(tokenizer, text_encoder, tokens: list[str], vectors: torch.Tensor
     return ids
 
 
+def set_token_vectors(tokenizer, text_encoder, tokens: list[str], vectors: torch.Tensor) -> None:
+    """New vectors for tokens an embedding added before; the count must match what was added."""
+    added, weight = tokenizer.get_added_vocab(), text_encoder.get_input_embeddings().weight
+    had = 1
+    while f"{tokens[0]}_{had}" in added:
+        had += 1
+    if had != len(tokens):
+        raise ConfigError(f"token {tokens[0]!r} was added with {had} vector(s); this embedding has {len(tokens)}")
+    if vectors.shape[1] != weight.shape[1]:
+        raise ConfigError(f"embedding has dimension {vectors.shape[1]}, the text encoder needs {weight.shape[1]}")
+    with torch.no_grad():
+        weight[[added[t] for t in tokens]] = vectors.to(weight.device, weight.dtype)
+
+
 def expand_prompt(prompt: str, tokenizer) -> str:
     """Replace each multi-vector token `tok` (one with `tok_1` in the vocab) by `tok tok_1 ...`."""
     added = getattr(tokenizer, "get_added_vocab", dict)()
@@ -98,9 +112,10 @@ def _as_2d(t, path) -> torch.Tensor:
     return (t[None] if t.ndim == 1 else t).float()
 
 
-def load_embedding(pipe, path: str | Path, token: str | None = None) -> list[str]:
+def load_embedding(pipe, path: str | Path, token: str | None = None, replace: bool = False) -> list[str]:
     """Add the embedding(s) of `path` to an sdlab Pipeline; returns the prompt tokens.
-    `token` renames a single-embedding file (e.g. A1111 names it after the file)."""
+    `token` renames a single-embedding file (e.g. A1111 names it after the file); `replace`
+    overwrites the vectors of a token an earlier file added (same number of vectors)."""
     found = read_embedding(path)
     if token is not None:
         if len(found) != 1:
@@ -110,9 +125,15 @@ def load_embedding(pipe, path: str | Path, token: str | None = None) -> list[str
 
     digest = short_hash(path)
     for name, vectors in found.items():
-        add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, token_names(name, len(vectors)), vectors)
-        if getattr(pipe, "embeddings", None) is not None:
-            pipe.embeddings.append({"name": name, "hash": digest, "vectors": len(vectors)})
+        names = token_names(name, len(vectors))
+        if replace and name in pipe.c.tokenizer.get_added_vocab():
+            set_token_vectors(pipe.c.tokenizer, pipe.c.text_encoder, names, vectors)
+        else:
+            add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, names, vectors)
+        records = getattr(pipe, "embeddings", None)
+        if records is not None:
+            records[:] = [r for r in records if r["name"] != name]
+            records.append({"name": name, "hash": digest, "vectors": len(vectors)})
     return list(found)
 
 

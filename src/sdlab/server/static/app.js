@@ -58,6 +58,7 @@ function setMode(mode) {
   $("generate").textContent = mode === "train" ? "Train" : "Generate";
   $("sampling-fields").hidden = mode === "train";
   $("batch-fields").hidden = mode !== "txt2img" && mode !== "img2img";
+  $("trained-fields").hidden = mode !== "txt2img" && mode !== "img2img";
   $("prompt-label").textContent = { edit: "Source prompt", train: "Instance prompt" }[mode] || "Prompt";
 }
 
@@ -108,6 +109,10 @@ function request() {
     batch_size: numberOrNull("batch_size"), batch_count: numberOrNull("batch_count"),
   };
   for (const k of Object.keys(p)) if (p[k] === null) delete p[k];
+  if ($("trained").value && (S.mode === "txt2img" || S.mode === "img2img")) {
+    p.trained = $("trained").value;
+    p.trained_scale = numberOrNull("trained_scale") ?? 1;
+  }
   if (S.mode === "txt2img") return postJson("/api/generate", p);
   if (S.mode === "attend" || S.mode === "edit") { delete p.batch_size; delete p.batch_count; }
   if (S.mode === "attend") {
@@ -200,6 +205,11 @@ function finish(job) {
       showLoss(job);
       $("preview").hidden = true;
       showMeta(`${r.method}: ${r.steps} steps\nsaved: ${r.saved.join(", ")}`);
+      refreshTrained().then(() => {
+        const use = button("Generate with this", () => { $("trained").value = job.id; setMode("txt2img"); });
+        use.id = "use-trained";
+        $("results").appendChild(use);
+      });
     } else if (job.kind === "attend") showAttention(r);
     else if (job.kind === "edit") {
       showImages([{ url: r.source.url, caption: `source · seed ${r.source.seed}`, infotext: r.source.infotext },
@@ -317,6 +327,19 @@ async function refreshJobs() {
   $("status").textContent = `${S.model || "model"} · ${c.running} running · ${c.queued} queued`;
 }
 
+// Finished train jobs, for the "Trained" select (their LoRA or embedding is applied server-side).
+async function refreshTrained() {
+  let data;
+  try { data = await api("/api/jobs?state=done&limit=100"); } catch (e) { return; }
+  const select = $("trained"), keep = select.value;
+  select.length = 1;
+  for (const j of data.jobs.filter((j) => j.kind === "train")) {
+    const what = j.params.method === "lora" ? "LoRA" : `embedding ${j.params.placeholder}`;
+    select.add(new Option(`${what} · ${j.params.instance_prompt} · ${j.id.slice(0, 6)}`, j.id));
+  }
+  select.value = [...select.options].some((o) => o.value === keep) ? keep : "";
+}
+
 function button(label, fn) {
   const b = document.createElement("button");
   b.type = "button";
@@ -380,6 +403,7 @@ async function init2() {
   }
   refreshJobs();
   refreshGallery();
+  refreshTrained();
 }
 
 document.addEventListener("DOMContentLoaded", init);
