@@ -98,3 +98,35 @@ def test_bad_files_are_one_line_errors(capsys, tiny_model_dir, tmp_path, lora_fi
 ])
 def test_lora_spec(spec, parsed):
     assert lora_spec(spec) == parsed
+
+
+def test_only_embeddings_the_prompt_uses_are_recorded(capsys, tiny_model_dir, tmp_path):
+    from transformers import CLIPTextConfig
+
+    from sdlab.text.embeddings import save_a1111
+
+    dim = CLIPTextConfig.from_pretrained(tiny_model_dir / "text_encoder").hidden_size
+    emb = save_a1111(tmp_path / "unused.safetensors", "unused-token", torch.randn(1, dim))
+    code = main(["generate", "a red circle", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "3",
+                 "--embedding", str(emb), "--out", str(tmp_path / "o")])
+    meta = read_png_metadata(capsys.readouterr().out.split()[0])
+    assert code == 0 and "TI hashes" not in meta["params"] and "embeddings" not in meta["settings"]
+
+
+def test_lora_after_fused_projections_is_refused(tiny_model_dir, lora_file):
+    from sdlab.errors import ConfigError
+    from sdlab.models.lora import apply_lora
+    from sdlab.models.speed import SpeedOptions
+    from sdlab.pipeline import Pipeline
+
+    pipe = Pipeline.load(tiny_model_dir, speed=SpeedOptions(fuse_qkv=True))
+    with pytest.raises(ConfigError, match="apply LoRA before fusing the QKV projections"):
+        apply_lora(pipe, lora_file)
+
+
+def test_cli_merges_the_lora_before_fusing(capsys, tiny_model_dir, tmp_path, lora_file):
+    _, plain, _ = generate(capsys, tiny_model_dir, tmp_path / "plain", "--fast")
+    _, slow, _ = generate(capsys, tiny_model_dir, tmp_path / "slow", "--lora", lora_file)
+    code, fast, _ = generate(capsys, tiny_model_dir, tmp_path / "fast", "--lora", lora_file, "--fast")
+    assert code == 0
+    assert np.abs(pixels(fast[0]) - pixels(slow[0])).max() <= 2 < np.abs(pixels(fast[0]) - pixels(plain[0])).max()

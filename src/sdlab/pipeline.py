@@ -201,11 +201,16 @@ class Pipeline:
                  sdlab_version=_version())
         if self.loras:
             d["loras"] = [dict(r) for r in self.loras]
-        if self.embeddings:
-            d["embeddings"] = [dict(r) for r in self.embeddings]
+        if used := self.embeddings_used(config):
+            d["embeddings"] = used
         if not img2img:
             d.pop("strength")
         return d
+
+    def embeddings_used(self, config: GenerationConfig) -> list[dict]:
+        """Records of the added embeddings whose token the prompt or negative prompt uses (as A1111 lists them)."""
+        text = f"{config.prompt} {config.negative_prompt or ''}"
+        return [dict(r) for r in self.embeddings if r["name"] in text]
 
     def infotext(self, config: GenerationConfig, seed: int, width: int, height: int, *, img2img=False) -> str:
         params = {"Steps": config.steps, "Sampler": get_sampler(config.sampler).name, "CFG scale": config.cfg_scale,
@@ -216,8 +221,8 @@ class Pipeline:
             params["CFG Rescale phi"] = config.guidance_rescale
         if self.loras:                        # A1111's keys, which civitai and others read
             params["Lora hashes"] = ", ".join(f"{r['name']}: {r['hash']}" for r in self.loras)
-        if self.embeddings:
-            params["TI hashes"] = ", ".join(f"{r['name']}: {r['hash']}" for r in self.embeddings)
+        if used := self.embeddings_used(config):
+            params["TI hashes"] = ", ".join(f"{r['name']}: {r['hash']}" for r in used)
         return format_infotext(config.prompt, config.negative_prompt, params)
 
 

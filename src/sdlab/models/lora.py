@@ -230,6 +230,9 @@ def apply_lora(pipe, path: str | Path, scale: float = 1.0) -> AppliedLora:
         raise ConfigError(f"LoRA scale must be a number in [-10, 10], got {scale!r}")
     from .hashing import short_hash
 
+    if any(getattr(m, "fused_projections", False) for m in pipe.c.unet.modules()):
+        raise ConfigError("apply LoRA before fusing the QKV projections (--fast): the fused layers would not "
+                          "see the merged weights")
     layers = load_layers(path, pipe.c.unet, pipe.c.text_encoder)
     record = {"name": Path(path).stem, "hash": short_hash(path), "scale": float(scale)}
     return AppliedLora(model_modules(pipe.c.unet, pipe.c.text_encoder), layers, float(scale),
