@@ -130,3 +130,16 @@ def test_cli_merges_the_lora_before_fusing(capsys, tiny_model_dir, tmp_path, lor
     code, fast, _ = generate(capsys, tiny_model_dir, tmp_path / "fast", "--lora", lora_file, "--fast")
     assert code == 0
     assert np.abs(pixels(fast[0]) - pixels(slow[0])).max() <= 2 < np.abs(pixels(fast[0]) - pixels(plain[0])).max()
+
+
+def test_info_describes_embedding_files(capsys, tmp_path):
+    from sdlab.text.embeddings import save_a1111, save_diffusers
+
+    vectors = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+    files = [save_a1111(tmp_path / "a.safetensors", "my-shape", vectors),
+             save_diffusers(tmp_path / "learned_embeds.safetensors", {"my-shape": vectors})]
+    torch.save({"string_to_param": {"*": vectors}, "name": "my-shape"}, tmp_path / "a.pt")
+    for path in files + [tmp_path / "a.pt"]:
+        assert main(["info", str(path)]) == 0
+        text = capsys.readouterr().out
+        assert "textual-inversion embedding" in text and "my-shape: 2 vector(s) of 3, norms 5.0, 1.0" in text, path

@@ -103,3 +103,24 @@ def test_cli_refuses_bad_targets(tiny_model_dir, tmp_path, capsys):
     rc = main(["train", "lora", "--data", str(tmp_path), "--instance-prompt", "a sks", "--targets", "all convs",
                "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "out")])
     assert rc == 2 and "LoRA targets must be one of" in capsys.readouterr().err
+
+
+def test_info_describes_a_lora_file_in_either_layout(conv_lora, capsys):
+    import json
+
+    from sdlab.cli.main import main
+
+    method, out = conv_lora
+    described = []
+    for name in ("lora_kohya.safetensors", "lora/pytorch_lora_weights.safetensors"):
+        assert main(["info", str(out / name), "--json"]) == 0
+        described.append(json.loads(capsys.readouterr().out))
+    for d in described:
+        unet = d["components"]["unet"]
+        assert d["kind"] == "LoRA" and unet["layers"] == len(method.layers()) and unet["ranks"] == {"2": unet["layers"]}
+        assert unet["targets"]["conv1"] > 0 and unet["conv"] > unet["targets"]["conv1"]
+        assert unet["parameters"] == sum(l.down.numel() + l.up.numel() for l in method.layers().values())
+    assert [d["format"] for d in described] == ["kohya", "diffusers"]
+    assert main(["info", str(out / "lora_kohya.safetensors")]) == 0
+    text = capsys.readouterr().out
+    assert "LoRA (kohya layout)" in text and "rank 2, alpha 2" in text and "conv1 x" in text

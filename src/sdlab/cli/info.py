@@ -1,4 +1,5 @@
-"""`sdlab info [MODEL]`: what a model is, its size and settings."""
+"""`sdlab info [MODEL | FILE]`: what a model is, its size and settings; or what a LoRA or
+textual-inversion file holds."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="describe a model (default: the shipped model)")
-    p.add_argument("model", nargs="?", default=None, help="diffusers folder or single-file checkpoint")
+    p = sub.add_parser("info", help="describe a model (default: the shipped model), a LoRA or an embedding file")
+    p.add_argument("model", nargs="?", default=None,
+                   help="diffusers folder or single-file checkpoint; or a LoRA / embedding file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 
@@ -26,14 +28,59 @@ def describe(pipe) -> dict:
     }
 
 
+def _readable(d: dict) -> dict:
+    """A LoRA's or embedding's description as one line per component or token."""
+    if d.get("kind") == "LoRA":
+        out = {"file": d["file"], "kind": f"LoRA ({d['format']} layout)", "hash": d["hash"]}
+        for comp, c in d["components"].items():
+            join = lambda counts: ", ".join(f"{k:g}" if isinstance(k, float) else str(k) for k in counts)
+            out[comp] = (f"{c['layers']} layers ({c['conv']} conv), {c['parameters']:,} parameters, "
+                         f"rank {join(c['ranks'])}, alpha {join(c['alphas'])}")
+            out[f"{comp} targets"] = ", ".join(f"{k} x{n}" for k, n in c["targets"].items())
+        return out
+    if "tokens" in d:
+        out = {"file": d["file"], "kind": d["kind"], "hash": d["hash"]}
+        for name, t in d["tokens"].items():
+            out[name] = f"{t['vectors']} vector(s) of {t['dim']}, norms {', '.join(map(str, t['norms']))}"
+        return out
+    return d
+
+
+def describe_file(path: str) -> dict | None:
+    """A LoRA or embedding file's description; None for anything else (a checkpoint)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file() or p.suffix not in (".safetensors", ".pt", ".bin"):
+        return None
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            keys = list(f.keys())
+        if any(k.startswith(("lora_unet_", "lora_te_", "unet.", "text_encoder.")) for k in keys):
+            from ..models.lora_info import describe_lora
+
+            return describe_lora(p)
+        if len(keys) > 20:                  # a model checkpoint, not an embedding
+            return None
+    from ..models.hashing import short_hash
+    from ..text.embeddings import read_embedding
+
+    found = read_embedding(p)
+    return {"file": str(p), "kind": "textual-inversion embedding", "hash": short_hash(p),
+            "tokens": {name: {"vectors": v.shape[0], "dim": v.shape[1], "norms": [round(float(n), 3) for n in v.norm(dim=1)]}
+                       for name, v in found.items()}}
+
+
 def run(args) -> int:
     from ..pipeline import Pipeline
 
-    d = describe(Pipeline.load(args.model))
+    d = (args.model and describe_file(args.model)) or describe(Pipeline.load(args.model))
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
-    for key, value in d.items():
+    for key, value in _readable(d).items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{key:>17}: {value}")
