@@ -106,6 +106,18 @@ def test_estimate_tracks_the_accounting_on_the_tiny_model(tiny_model_dir, data, 
     assert 0.5 < est.peak_bytes / acc.peak_bytes < 2
 
 
+def test_conv_adapters_are_estimated_like_the_whole_unet(tiny_model_dir, data, tmp_path):
+    """LoRA on the resnet convolutions keeps their inputs for backward, as DreamBooth does."""
+    acts = {}
+    for targets in ("attention", "all"):
+        opts = LoraOptions(rank=2, targets=targets)
+        cfg = _cfg(tiny_model_dir, data, tmp_path / targets, options=opts, resolution=32)
+        est, acc = memory.estimate_step(cfg, LoRA(opts)), memory.account_step(cfg, LoRA(opts))
+        acts[targets] = est.breakdown.activations, acc.breakdown.activations
+        assert est.breakdown.trainable_params == acc.breakdown.trainable_params, targets
+    assert acts["all"][1] > acts["attention"][1] and acts["all"][0] > acts["attention"][0]
+
+
 def test_cli_memory_budget(tiny_model_dir, data, tmp_path, capsys):
     from sdlab.cli.main import main
 

@@ -422,7 +422,7 @@ def _cast_numel(module) -> int:
 def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
     """Analytic peak of one training step (no forward pass): see the constants above."""
     from .methods.base import native_resolution
-    from .methods.lora import target_names
+    from .methods.lora import matching_modules, target_names
 
     c = components or model_shapes(cfg.model)
     low = cfg.mixed_precision != "no"
@@ -430,7 +430,7 @@ def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
     unet_n, vae_n, text_n = _numel(c.unet), _numel(c.vae), _numel(c.text_encoder)
     opts, name = getattr(method, "options", None), method.name
     train_text = bool(getattr(method, "train_text_encoder", False))
-    copies = 0
+    copies, whole_unet_activations = 0, name not in ("lora", "textual-inversion")
     if name == "textual-inversion":
         emb = c.text_encoder.get_input_embeddings().weight
         trainable = emb.numel() + opts.num_vectors * emb.shape[1]
@@ -439,6 +439,8 @@ def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
     elif name == "lora":
         unet_names, text_names = target_names(opts.targets, c.unet, c.text_encoder if opts.text_encoder else None)
         trainable = _lora_numel(c.unet, unet_names, opts.rank)
+        # adapters on the resnet convolutions keep every conv's input, as training the whole UNet does
+        whole_unet_activations = any(".resnets." in n for n in matching_modules(c.unet, unet_names))
         if opts.text_encoder:
             trainable += _lora_numel(c.text_encoder, text_names, opts.rank)
         weights = (unet_n + vae_n + text_n) * wb + trainable * 4
@@ -460,7 +462,7 @@ def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
     if cfg.attention == "sliced":          # attention probabilities saved for backward
         ab = 2 if low else 4
         per_sample += ab * (fv.largest_probs if cfg.gradient_checkpointing else fv.attn_probs + fv.cross_probs)
-    if name != "lora" and name != "textual-inversion":
+    if whole_unet_activations:
         per_sample *= FULL_UNET_FACTOR[key]
     if text_trained:
         t = c.text_encoder.config
