@@ -143,3 +143,48 @@ def test_info_describes_embedding_files(capsys, tmp_path):
         assert main(["info", str(path)]) == 0
         text = capsys.readouterr().out
         assert "textual-inversion embedding" in text and "my-shape: 2 vector(s) of 3, norms 5.0, 1.0" in text, path
+
+
+def test_a1111_lora_tag_in_the_prompt_is_the_same_as_the_flag(capsys, tiny_model_dir, tmp_path, lora_file):
+    import shutil
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(lora_file, folder / "my-heart.safetensors")
+    _, flag, _ = generate(capsys, tiny_model_dir, tmp_path / "flag", "--lora", f"{lora_file}:0.5")
+    code = main(["generate", "a red circle <lora:my-heart:0.5>", "--model", str(tiny_model_dir), "--steps", "2",
+                 "--seed", "3", "--lora-dir", str(folder), "--out", str(tmp_path / "tag")])
+    tag = capsys.readouterr().out.split()
+    assert code == 0 and np.abs(pixels(tag[0]) - pixels(flag[0])).max() == 0
+    meta = read_png_metadata(tag[0])
+    assert meta["prompt"] == "a red circle <lora:my-heart:0.5>"          # kept, as A1111 keeps it
+    assert meta["params"]["Lora hashes"] == f"my-heart: {sha256_file(lora_file)[:12]}"
+
+
+@pytest.mark.parametrize("prompt, dirs, message", [
+    ("a <lora:my-heart:0.5>", False, "needs a folder of LoRA files to look in"),
+    ("a <lora:other>", True, "<lora:other>: no other.safetensors in"),
+    ("a <lora:my-heart:lots>", True, "the weight must be a number"),
+    ("a <lora::1>", True, "a LoRA tag needs a name"),
+    ("a <lora:../x>", True, "no ../x.safetensors"),
+])
+def test_bad_lora_tags_are_one_line_errors(capsys, tiny_model_dir, tmp_path, lora_file, prompt, dirs, message):
+    import shutil
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(lora_file, folder / "my-heart.safetensors")
+    shutil.copy(lora_file, tmp_path / "x.safetensors")              # outside the folder: not found
+    extra = ["--lora-dir", str(folder)] if dirs else []
+    code = main(["generate", prompt, "--model", str(tiny_model_dir), "--steps", "1", *extra,
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_lora_tags_are_parsed_and_stripped():
+    from sdlab.text.extra_networks import lora_tags, strip_lora_tags
+
+    prompt = "a red <lora:a:0.7> circle <lora:b>, (star:1.2)"
+    assert lora_tags(prompt) == [("a", 0.7), ("b", 1.0)]
+    assert strip_lora_tags(prompt) == "a red circle , (star:1.2)"

@@ -53,6 +53,7 @@ class Pipeline:
         self.vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
         self.loras: list[dict] = []          # applied LoRA files: name, hash, scale (sdlab.models.lora)
         self.embeddings: list[dict] = []     # added embeddings: name, hash, vectors (sdlab.text.embeddings)
+        self.lora_dirs: list[Path] = []      # where <lora:NAME:W> prompt tags find NAME.safetensors
 
     @classmethod
     def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None,
@@ -92,8 +93,9 @@ class Pipeline:
         """CLIP last hidden states (B, 77 * chunks, dim), as SD conditions on them, with the
         AUTOMATIC1111 prompt syntax: (word:1.3) weights, BREAK, prompts past 75 tokens."""
         from .text.embeddings import expand_prompt
+        from .text.extra_networks import strip_lora_tags
 
-        prompts = [expand_prompt(p, self.c.tokenizer) for p in prompts]  # multi-vector embeddings
+        prompts = [expand_prompt(strip_lora_tags(p), self.c.tokenizer) for p in prompts]  # multi-vector embeddings
         return encode_weighted_batch(self.c.text_encoder, self.c.tokenizer, prompts)
 
     @torch.no_grad()
@@ -134,18 +136,34 @@ class Pipeline:
         if init_image is not None:
             init = self._init_latent(init_image, width, height)
         result = GenerationResult([], [], [], [])
-        for b in range(config.batch_count):
-            seeds = [config.seed + b * config.batch_size + i for i in range(config.batch_size)]
-            latents = self.sample_latents(config, seeds, width, height, init=init, callback=callback, cancel=cancel,
-                                          guidance=guidance, attention=attention, cond=cond)
-            images = _to_pil(self.decode(latents))
-            for seed, image in zip(seeds, images):
-                settings = self.settings_for(config, seed, width, height, img2img=init is not None)
-                result.images.append(image)
-                result.seeds.append(seed)
-                result.settings.append(settings)
-                result.infotexts.append(self.infotext(config, seed, width, height, img2img=init is not None))
+        with self.prompt_loras(config.prompt):
+            for b in range(config.batch_count):
+                seeds = [config.seed + b * config.batch_size + i for i in range(config.batch_size)]
+                latents = self.sample_latents(config, seeds, width, height, init=init, callback=callback,
+                                              cancel=cancel, guidance=guidance, attention=attention, cond=cond)
+                images = _to_pil(self.decode(latents))
+                for seed, image in zip(seeds, images):
+                    settings = self.settings_for(config, seed, width, height, img2img=init is not None)
+                    result.images.append(image)
+                    result.seeds.append(seed)
+                    result.settings.append(settings)
+                    result.infotexts.append(self.infotext(config, seed, width, height, img2img=init is not None))
         return result
+
+    @contextlib.contextmanager
+    def prompt_loras(self, prompt: str):
+        """The prompt's `<lora:NAME:W>` tags applied from `lora_dirs` while sampling, then taken out."""
+        from .models.lora import apply_lora
+        from .text.extra_networks import find_lora, lora_tags
+
+        handles = []
+        try:
+            for name, weight in lora_tags(prompt):
+                handles.append(apply_lora(self, find_lora(name, self.lora_dirs), weight))
+            yield
+        finally:
+            for handle in reversed(handles):
+                handle.remove()
 
     def sample_latents(self, config: GenerationConfig, seeds: list[int], width: int, height: int, *,
                        init: Optional[torch.Tensor] = None, callback=None, cancel=None,

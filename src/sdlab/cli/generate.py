@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   sdlab generate "a green square" --negative-prompt "black background" --seed 7 --batch-size 4 --batch-count 2
   sdlab generate "a large red circle on a blue background" --seed 1 --trajectory steps.gif
   sdlab generate "a red sks" --lora runs/lora/lora_kohya.safetensors:0.8 --seed 1
+  sdlab generate "a red sks <lora:my-heart:0.8>" --lora-dir my_loras --seed 1
   sdlab generate "a red <my-shape>" --embedding runs/ti/learned_embeds.safetensors --seed 1
 """
 
@@ -41,6 +42,8 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--embedding", action="append", default=[], metavar="FILE",
                    help="add a textual-inversion embedding (diffusers learned_embeds, A1111 .pt/.safetensors); "
                         "use its token in the prompt; repeat for several")
+    a.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
+                   help="where prompt tags <lora:NAME:WEIGHT> (A1111 syntax) find NAME.safetensors; repeatable")
     f = p.add_argument_group("speed and memory (sdlab.models.speed)")
     f.add_argument("--fast", action="store_true", help="channels_last + fused QKV projections")
     f.add_argument("--compile", default="off", help="torch.compile the UNet: off, default, reduce-overhead "
@@ -111,6 +114,7 @@ def load_pipeline(args):
 
     pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
     apply_learned(pipe, getattr(args, "embedding", []), getattr(args, "lora", []))
+    pipe.lora_dirs = [Path(d) for d in getattr(args, "lora_dir", [])]
     pipe.apply_speed(speed_from_args(args))
     return pipe
 
