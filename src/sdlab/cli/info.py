@@ -67,10 +67,9 @@ def describe_file(path: str) -> dict | None:
     from ..models.hashing import short_hash
     from ..text.embeddings import read_embedding
 
-    found = read_embedding(p)
-    return {"file": str(p), "kind": "textual-inversion embedding", "hash": short_hash(p),
-            "tokens": {name: {"vectors": v.shape[0], "dim": v.shape[1], "norms": [round(float(n), 3) for n in v.norm(dim=1)]}
-                       for name, v in found.items()}}
+    tokens = {name: {"vectors": v.shape[0], "dim": v.shape[1], "norms": [round(float(n), 3) for n in v.norm(dim=1)]}
+              for name, v in read_embedding(p).items()}
+    return {"file": str(p), "kind": "textual-inversion embedding", "hash": short_hash(p), "tokens": tokens}
 
 
 def run(args) -> int:
