@@ -28,14 +28,17 @@ def describe(pipe) -> dict:
     }
 
 
+def _values(counts: dict) -> str:
+    return ", ".join(f"{k:g}" if isinstance(k, float) else str(k) for k in counts)
+
+
 def _readable(d: dict) -> dict:
     """A LoRA's or embedding's description as one line per component or token."""
     if d.get("kind") == "LoRA":
         out = {"file": d["file"], "kind": f"LoRA ({d['format']} layout)", "hash": d["hash"]}
         for comp, c in d["components"].items():
-            join = lambda counts: ", ".join(f"{k:g}" if isinstance(k, float) else str(k) for k in counts)
             out[comp] = (f"{c['layers']} layers ({c['conv']} conv), {c['parameters']:,} parameters, "
-                         f"rank {join(c['ranks'])}, alpha {join(c['alphas'])}")
+                         f"rank {_values(c['ranks'])}, alpha {_values(c['alphas'])}")
             out[f"{comp} targets"] = ", ".join(f"{k} x{n}" for k, n in c["targets"].items())
         return out
     if "tokens" in d:

@@ -83,21 +83,29 @@ def detect_format(tensors: dict) -> str:
     raise ConfigError("the LoRA file mixes diffusers and kohya keys")
 
 
+KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
+
+
+def split_key(key: str, fmt: str) -> tuple[str, str, str]:
+    """(component, stem, part) of a LoRA key; part is down, up or alpha, the stem is the module
+    path (diffusers) or its kohya spelling with underscores (`down_blocks_0_...`)."""
+    if fmt == "kohya":
+        prefix, stem, part = KOHYA_KEY.match(key).groups()
+        return ("unet" if prefix == PREFIXES["unet"] else "text_encoder"), stem, KOHYA_PARTS[part]
+    comp, stem, ab = PEFT_KEY.match(key).groups()
+    return comp, stem, "down" if ab == "A" else "up"
+
+
 def parse(tensors: dict, metadata: dict, names: dict[str, str]) -> dict[str, LoraLayer]:
     """Tensors of either layout -> {"unet.<module>": LoraLayer}. `names` maps kohya stems
     (`lora_unet_down_blocks_0_...`) to module paths (`unet.down_blocks.0...`)."""
     fmt = detect_format(tensors)
     parts: dict[str, dict] = {}
     for key, value in tensors.items():
-        if fmt == "kohya":
-            pre, stem, kind = KOHYA_KEY.match(key).groups()
-            module = names.get(pre + stem)
-            if module is None:
-                raise ConfigError(f"LoRA key '{key}' names no module of this model")
-            kind = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}[kind]
-        else:
-            comp, path, ab = PEFT_KEY.match(key).groups()
-            module, kind = f"{comp}.{path}", "down" if ab == "A" else "up"
+        comp, stem, kind = split_key(key, fmt)
+        module = names.get(PREFIXES[comp] + stem) if fmt == "kohya" else f"{comp}.{stem}"
+        if module is None:
+            raise ConfigError(f"LoRA key '{key}' names no module of this model")
         parts.setdefault(module, {})[kind] = value
     alphas = _metadata_alphas(metadata)
     layers = {}

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from .hashing import short_hash
-from .lora import KOHYA_KEY, PEFT_KEY, _metadata_alphas, detect_format, read_file
+from .lora import _metadata_alphas, detect_format, read_file, split_key
 
 # module-name endings, most specific first; kohya spells the dots as underscores
 KINDS = ("ff.net.0.proj", "ff.net.2", "to_out.0", "conv_shortcut", "time_emb_proj", "proj_in", "proj_out",
@@ -22,12 +22,7 @@ def _layers(tensors: dict, fmt: str) -> dict[tuple[str, str], dict]:
     """(component, module stem) -> {"down", "up", "alpha"?} for either layout."""
     out: dict[tuple[str, str], dict] = {}
     for key, value in tensors.items():
-        if fmt == "kohya":
-            prefix, stem, part = KOHYA_KEY.match(key).groups()
-            comp, part = ("unet" if prefix == "lora_unet_" else "text_encoder"), part.split("_")[-1].split(".")[0]
-        else:
-            comp, stem, ab = PEFT_KEY.match(key).groups()
-            part = "down" if ab == "A" else "up"
+        comp, stem, part = split_key(key, fmt)
         out.setdefault((comp, stem), {})[part] = value
     return out
 
