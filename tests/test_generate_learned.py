@@ -106,8 +106,8 @@ def test_only_embeddings_the_prompt_uses_are_recorded(capsys, tiny_model_dir, tm
     from sdlab.text.embeddings import save_a1111
 
     dim = CLIPTextConfig.from_pretrained(tiny_model_dir / "text_encoder").hidden_size
-    emb = save_a1111(tmp_path / "unused.safetensors", "unused-token", torch.randn(1, dim))
-    code = main(["generate", "a red circle", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "3",
+    emb = save_a1111(tmp_path / "unused.safetensors", "zq", torch.randn(1, dim))   # "zqx" does not use it
+    code = main(["generate", "a zqx circle", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "3",
                  "--embedding", str(emb), "--out", str(tmp_path / "o")])
     meta = read_png_metadata(capsys.readouterr().out.split()[0])
     assert code == 0 and "TI hashes" not in meta["params"] and "embeddings" not in meta["settings"]

@@ -227,8 +227,10 @@ class Pipeline:
 
     def embeddings_used(self, config: GenerationConfig) -> list[dict]:
         """Records of the added embeddings whose token the prompt or negative prompt uses (as A1111 lists them)."""
+        import re
+
         text = f"{config.prompt} {config.negative_prompt or ''}"
-        return [dict(r) for r in self.embeddings if r["name"] in text]
+        return [dict(r) for r in self.embeddings if re.search(rf"(?<!\w){re.escape(r['name'])}(?!\w)", text)]
 
     def infotext(self, config: GenerationConfig, seed: int, width: int, height: int, *, img2img=False) -> str:
         params = {"Steps": config.steps, "Sampler": get_sampler(config.sampler).name, "CFG scale": config.cfg_scale,
