@@ -10,6 +10,7 @@ from sdlab.models import lora as lora_files
 from sdlab.training.config import TrainingConfig
 from sdlab.training.loop import train
 from sdlab.training.methods.lora import LoRA, LoraOptions
+from lora_util import assert_files_load_alike
 
 
 @pytest.fixture(scope="module")
@@ -25,38 +26,12 @@ def trained(tiny_model_dir, tmp_path_factory):
     return method, root / "out"
 
 
-def _unet_out(unet, text_encoder, tokenizer):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, 8, 8, generator=g)
-    ids = tokenizer(["a red circle"], padding="max_length", max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return unet(x, torch.tensor([500]), encoder_hidden_states=text_encoder(ids)[0]).sample
-
-
 def test_trained_lora_loads_in_sdlab_and_diffusers_alike(trained, tiny_model_dir):
-    from diffusers import StableDiffusionPipeline
-
-    from sdlab.pipeline import Pipeline
-
     method, out = trained
     layers = method.layers()
     assert len(layers) == 4 * 2 * 4 + 2 * 4   # UNet: 4 transformer blocks x attn1/2 x q,k,v,out; text: 2 layers x 4
     assert all(l.up.abs().max() > 0 for l in layers.values())          # B moved from its zero init
-    pipe = Pipeline.load(tiny_model_dir, device="cpu")
-    base = _unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer)
-    outs = {}
-    for name in ("lora/pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
-        handle = lora_files.apply_lora(pipe, out / name, scale=1.0)
-        outs[name] = _unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer)
-        handle.remove()
-    assert torch.allclose(_unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer), base, atol=1e-6)
-    a, b = outs.values()
-    assert torch.allclose(a, b, atol=1e-6) and (a - base).abs().max() > 1e-4
-    for name in ("lora", "lora_kohya.safetensors"):            # diffusers reads both files
-        dp = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
-        dp.load_lora_weights(str(out / name))
-        assert torch.allclose(_unet_out(dp.unet, dp.text_encoder, dp.tokenizer), a, atol=1e-5), name
+    assert_files_load_alike(out, tiny_model_dir)
 
 
 def test_scale_is_linear(trained, tiny_model_dir):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from sdlab.errors import ConfigError
-from sdlab.models import lora as lora_files
 from sdlab.training.config import TrainingConfig
 from sdlab.training.loop import train
 from sdlab.training.methods.lora import LoRA, LoraOptions
+from lora_util import assert_files_load_alike
 
 
 def _train(tiny_model_dir, root, **options):
@@ -27,18 +27,7 @@ def conv_lora(tiny_model_dir, tmp_path_factory):
     return _train(tiny_model_dir, tmp_path_factory.mktemp("lora-all"), targets="all")
 
 
-def _unet_out(unet, text_encoder, tokenizer):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, 8, 8, generator=g)
-    ids = tokenizer(["a red circle"], padding="max_length", max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return unet(x, torch.tensor([500]), encoder_hidden_states=text_encoder(ids)[0]).sample
-
-
 def test_all_targets_every_resnet_conv_and_loads_alike(conv_lora, tiny_model_dir):
-    from diffusers import StableDiffusionPipeline
-
     from sdlab.pipeline import Pipeline
 
     method, out = conv_lora
@@ -50,17 +39,7 @@ def test_all_targets_every_resnet_conv_and_loads_alike(conv_lora, tiny_model_dir
     assert "unet.conv_in" not in layers and "unet.conv_out" not in layers
     conv = layers[f"unet.{sorted(convs)[0]}"]
     assert conv.down.dim() == 4 and conv.down.shape[0] == 2 and conv.up.abs().max() > 0
-    base = _unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer)
-    outs = []
-    for name in ("lora/pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
-        handle = lora_files.apply_lora(pipe, out / name, scale=1.0)
-        outs.append(_unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer))
-        handle.remove()
-    assert torch.allclose(outs[0], outs[1], atol=1e-6) and (outs[0] - base).abs().max() > 1e-4
-    for name in ("lora", "lora_kohya.safetensors"):            # diffusers reads both files, convs included
-        dp = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
-        dp.load_lora_weights(str(out / name))
-        assert torch.allclose(_unet_out(dp.unet, dp.text_encoder, dp.tokenizer), outs[0], atol=1e-5), name
+    assert_files_load_alike(out, tiny_model_dir)           # diffusers reads both files, convs included
 
 
 def test_presets_nest_and_the_memory_estimate_counts_them(conv_lora, tiny_model_dir):
