@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -227,8 +228,6 @@ class Pipeline:
 
     def embeddings_used(self, config: GenerationConfig) -> list[dict]:
         """Records of the added embeddings whose token the prompt or negative prompt uses (as A1111 lists them)."""
-        import re
-
         text = f"{config.prompt} {config.negative_prompt or ''}"
         return [dict(r) for r in self.embeddings if re.search(rf"(?<!\w){re.escape(r['name'])}(?!\w)", text)]
 

@@ -27,13 +27,16 @@ def token_names(token: str, n: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, n)]
 
 
+def _check_dim(vectors: torch.Tensor, weight: torch.Tensor) -> None:
+    if vectors.shape[1] != weight.shape[1]:
+        raise ConfigError(f"embedding has dimension {vectors.shape[1]}, the text encoder needs {weight.shape[1]}")
+
+
 def add_tokens(tokenizer, text_encoder, tokens: list[str], vectors: torch.Tensor) -> list[int]:
     """Add `tokens` to the tokenizer, grow the embedding matrix, set their rows; their ids."""
     if vectors.ndim != 2 or vectors.shape[0] != len(tokens):
         raise ConfigError(f"need one vector per token: {len(tokens)} tokens, vectors {tuple(vectors.shape)}")
-    emb = text_encoder.get_input_embeddings()
-    if vectors.shape[1] != emb.weight.shape[1]:
-        raise ConfigError(f"embedding has dimension {vectors.shape[1]}, the text encoder needs {emb.weight.shape[1]}")
+    _check_dim(vectors, text_encoder.get_input_embeddings().weight)
     vocab = tokenizer.get_vocab()
     taken = [t for t in tokens if t in vocab or f"{t}</w>" in vocab]
     if taken:
@@ -47,16 +50,21 @@ def add_tokens(tokenizer, text_encoder, tokens: list[str], vectors: torch.Tensor
     return ids
 
 
+def vectors_added(token: str, added: dict) -> int:
+    """How many vectors `token` has in the added vocabulary: `tok`, `tok_1`, ... (token_names)."""
+    n = 1
+    while f"{token}_{n}" in added:
+        n += 1
+    return n
+
+
 def set_token_vectors(tokenizer, text_encoder, tokens: list[str], vectors: torch.Tensor) -> None:
     """New vectors for tokens an embedding added before; the count must match what was added."""
     added, weight = tokenizer.get_added_vocab(), text_encoder.get_input_embeddings().weight
-    had = 1
-    while f"{tokens[0]}_{had}" in added:
-        had += 1
+    had = vectors_added(tokens[0], added)
     if had != len(tokens):
         raise ConfigError(f"token {tokens[0]!r} was added with {had} vector(s); this embedding has {len(tokens)}")
-    if vectors.shape[1] != weight.shape[1]:
-        raise ConfigError(f"embedding has dimension {vectors.shape[1]}, the text encoder needs {weight.shape[1]}")
+    _check_dim(vectors, weight)
     with torch.no_grad():
         weight[[added[t] for t in tokens]] = vectors.to(weight.device, weight.dtype)
 
@@ -67,11 +75,8 @@ def expand_prompt(prompt: str, tokenizer) -> str:
     if not added:
         return prompt
     for token in sorted({t for t in added if f"{t}_1" in added}, key=len, reverse=True):
-        n = 1
-        while f"{token}_{n}" in added:
-            n += 1
         pattern = re.compile(re.escape(token) + r"(?!_\d)")
-        prompt = pattern.sub(" ".join(token_names(token, n)), prompt)
+        prompt = pattern.sub(" ".join(token_names(token, vectors_added(token, added))), prompt)
     return prompt
 
 
