@@ -54,19 +54,18 @@ def trained_result(output_dir: Path, job_id: str) -> Path:
 def trained_applied(pipe, output_dir: Path, job_id: str | None, scale: float):
     """A LoRA merged into `pipe` for the job and taken out after it; an embedding's token
     added (or its vectors replaced, when an earlier run used the same token) and kept."""
-    if job_id is None:
-        yield
-        return
     from ..models.lora import apply_lora
     from ..text.embeddings import load_embedding
 
-    path = trained_result(output_dir, job_id)
-    if path.name == "learned_embeds.safetensors":
-        load_embedding(pipe, path, replace=True)
-        yield
-        return
-    handle = apply_lora(pipe, path, scale)
+    handle = None
+    if job_id is not None:
+        path = trained_result(output_dir, job_id)
+        if path.name == "learned_embeds.safetensors":
+            load_embedding(pipe, path, replace=True)
+        else:
+            handle = apply_lora(pipe, path, scale)
     try:
         yield
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()

@@ -400,12 +400,10 @@ def _numel(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _lora_numel(module, names, rank: int) -> int:
-    """Parameters of peft's LoRA on the matching layers: down (in x k x k -> rank), up (rank -> out)."""
-    from .methods.lora import matching_modules
-
+def _lora_numel(layers: dict, rank: int) -> int:
+    """Parameters of peft's LoRA on `layers` (Linear / Conv2d): down (in x k x k -> rank), up (rank -> out)."""
     total = 0
-    for m in matching_modules(module, names).values():
+    for m in layers.values():
         if isinstance(m, torch.nn.Linear):
             total += rank * (m.in_features + m.out_features)
         else:
@@ -438,11 +436,12 @@ def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
         text_trained = True
     elif name == "lora":
         unet_names, text_names = target_names(opts.targets, c.unet, c.text_encoder if opts.text_encoder else None)
-        trainable = _lora_numel(c.unet, unet_names, opts.rank)
+        unet_layers = matching_modules(c.unet, unet_names)
+        trainable = _lora_numel(unet_layers, opts.rank)
         # adapters on the resnet convolutions keep every conv's input, as training the whole UNet does
-        whole_unet_activations = any(".resnets." in n for n in matching_modules(c.unet, unet_names))
+        whole_unet_activations = any(".resnets." in n for n in unet_layers)
         if opts.text_encoder:
-            trainable += _lora_numel(c.text_encoder, text_names, opts.rank)
+            trainable += _lora_numel(matching_modules(c.text_encoder, text_names), opts.rank)
         weights = (unet_n + vae_n + text_n) * wb + trainable * 4
         copies = trainable * 2 if low else 0
         text_trained = opts.text_encoder
