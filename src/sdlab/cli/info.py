@@ -59,9 +59,11 @@ def describe_file(path: str) -> dict | None:
     if p.suffix == ".safetensors":
         from safetensors import safe_open
 
+        from ..models.lora import looks_like_lora
+
         with safe_open(str(p), framework="pt") as f:
             keys = list(f.keys())
-        if any(k.startswith(("lora_unet_", "lora_te_", "unet.", "text_encoder.")) for k in keys):
+        if looks_like_lora(keys):
             from ..models.lora_info import describe_lora
 
             return describe_lora(p)

@@ -24,16 +24,11 @@ def load_artifact(model, artifact: str | Path | None, scale: float = 1.0, device
     if path.is_dir() and (path / "state.json").is_file():
         return load_checkpoint(model, path, device)
     pipe = Pipeline.load(model, device=device)
-    if path.suffix == ".safetensors" and _looks_like_lora(path):
+    if path.suffix == ".safetensors" and lora_files.looks_like_lora(lora_files.read_file(path)[0]):
         lora_files.apply_lora(pipe, path, scale)
     else:
         embeddings.load_embedding(pipe, path)
     return pipe
-
-
-def _looks_like_lora(path: Path) -> bool:
-    tensors, _ = lora_files.read_file(path)
-    return any(k.startswith(("unet.", "text_encoder.", "lora_unet_", "lora_te_")) for k in tensors)
 
 
 def load_checkpoint(model, ckpt: str | Path, device: str = "cpu"):

@@ -56,6 +56,11 @@ def lora_modules(model, component: str) -> dict[str, torch.nn.Module]:
     return out
 
 
+def looks_like_lora(keys) -> bool:
+    """Whether tensor names are a LoRA's (either layout) rather than an embedding's or a model's."""
+    return any(k.startswith(("unet.", "text_encoder.", "lora_unet_", "lora_te_")) for k in keys)
+
+
 def read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file():

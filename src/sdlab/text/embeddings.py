@@ -86,12 +86,14 @@ def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError(f"embedding file '{path}' does not exist")
     if path.suffix == ".safetensors":
+        from ..models.lora import looks_like_lora
+
         with safe_open(str(path), framework="pt") as f:
             data = {k: f.get_tensor(k) for k in f.keys()}
             meta = f.metadata() or {}
         if "emb_params" in data:
             return {meta.get("name", path.stem): _as_2d(data["emb_params"], path)}
-        if any("lora_" in k for k in data):
+        if looks_like_lora(data):
             raise ModelLoadError(f"'{path}' is a LoRA file, not a textual-inversion embedding "
                                  "(sdlab generate --lora, sdlab.models.lora.apply_lora)")
         return {k: _as_2d(v, path) for k, v in data.items()}
