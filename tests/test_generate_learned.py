@@ -80,12 +80,16 @@ def test_embedding_token_draws_and_is_recorded(capsys, tiny_model_dir, tmp_path)
     (["--lora", "EMB:0.5"], "unknown LoRA keys"),
     (["--lora", "LORA:50"], "LoRA scale must be a number in [-10, 10], got 50.0"),
     (["--embedding", "LORA"], "is a LoRA file, not a textual-inversion embedding"),
+    (["--embedding", "BAD"], "cannot read embedding file"),
+    (["--lora", "BAD"], "cannot read LoRA file"),
 ])
 def test_bad_files_are_one_line_errors(capsys, tiny_model_dir, tmp_path, lora_file, extra, message):
     from sdlab.text.embeddings import save_diffusers
 
     emb = save_diffusers(tmp_path / "learned_embeds.safetensors", {"<x>": torch.zeros(1, 8)})
-    extra = [e.replace("EMB", str(emb)).replace("LORA", str(lora_file)) for e in extra]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    extra = [e.replace("EMB", str(emb)).replace("LORA", str(lora_file)).replace("BAD", str(bad)) for e in extra]
     code, out, err = generate(capsys, tiny_model_dir, tmp_path / "o", *extra)
     assert code == 2 and message in err and "Traceback" not in err and out == []
 
@@ -188,3 +192,11 @@ def test_lora_tags_are_parsed_and_stripped():
     prompt = "a red <lora:a:0.7> circle <lora:b>, (star:1.2)"
     assert lora_tags(prompt) == [("a", 0.7), ("b", 1.0)]
     assert strip_lora_tags(prompt) == "a red circle , (star:1.2)"
+
+
+def test_info_on_an_unreadable_file_is_a_one_line_error(capsys, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read file" in err and str(bad) in err and "Traceback" not in err

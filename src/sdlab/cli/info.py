@@ -57,12 +57,10 @@ def describe_file(path: str) -> dict | None:
     if not p.is_file() or p.suffix not in (".safetensors", ".pt", ".bin"):
         return None
     if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
+        from ..io.tensor_files import safetensors_keys
         from ..models.lora import looks_like_lora
 
-        with safe_open(str(p), framework="pt") as f:
-            keys = list(f.keys())
+        keys = safetensors_keys(p)
         if looks_like_lora(keys):
             from ..models.lora_info import describe_lora
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError, ModelLoadError
 from ..io.atomic import atomic_save
+from ..io.tensor_files import read_safetensors
 
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 METADATA_KEY = "lora_adapter_metadata"
@@ -63,15 +63,9 @@ def looks_like_lora(keys) -> bool:
 
 def read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"LoRA file '{path}' does not exist")
-    if path.suffix != ".safetensors":
+    if path.is_file() and path.suffix != ".safetensors":
         raise ModelLoadError(f"LoRA file '{path}': only .safetensors is read")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except Exception as exc:  # safetensors raises its own error types
-        raise ModelLoadError(f"cannot read LoRA file '{path}': {exc}") from exc
+    return read_safetensors(path, "LoRA file")
 
 
 def detect_format(tensors: dict) -> str:

@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError, ModelLoadError
 from ..io.atomic import atomic_save
+from ..io.tensor_files import read_safetensors
 
 
 def token_names(token: str, n: int) -> list[str]:
@@ -88,9 +88,7 @@ def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from ..models.lora import looks_like_lora
 
-        with safe_open(str(path), framework="pt") as f:
-            data = {k: f.get_tensor(k) for k in f.keys()}
-            meta = f.metadata() or {}
+        data, meta = read_safetensors(path, "embedding file")
         if "emb_params" in data:
             return {meta.get("name", path.stem): _as_2d(data["emb_params"], path)}
         if looks_like_lora(data):
