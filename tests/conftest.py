@@ -44,3 +44,20 @@ def tiny_model_dir(tmp_path_factory):
     out = root / "tiny-sd"
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def lora_file(tiny_model_dir, tmp_path_factory):
+    """A 3-step LoRA (all layers, rank 2) of the tiny model, kohya layout."""
+    from sdlab.training.config import TrainingConfig
+    from sdlab.training.loop import train
+    from sdlab.training.methods.lora import LoRA, LoraOptions
+    from sdlab.world.data import export_folder
+
+    root = tmp_path_factory.mktemp("lora-cli")
+    data = export_folder(root / "data", 4, seed=4)
+    method = LoRA(LoraOptions(rank=2, targets="all"))
+    cfg = TrainingConfig(method="lora", data_dir=str(data), output_dir=str(root / "out"), model=str(tiny_model_dir),
+                         max_steps=3, learning_rate=5e-2, checkpoint_every=100, device="cpu", options=method.options)
+    train(cfg, method)
+    return root / "out" / "lora_kohya.safetensors"

@@ -12,20 +12,15 @@ from sdlab.io.metadata import read_png_metadata
 from sdlab.models.hashing import sha256_file
 
 
-@pytest.fixture(scope="module")
-def lora_file(tiny_model_dir, tmp_path_factory):
-    from sdlab.training.config import TrainingConfig
-    from sdlab.training.loop import train
-    from sdlab.training.methods.lora import LoRA, LoraOptions
-    from sdlab.world.data import export_folder
+@pytest.fixture
+def lora_folder(tmp_path, lora_file):
+    """A --lora-dir with the LoRA as my-heart.safetensors."""
+    import shutil
 
-    root = tmp_path_factory.mktemp("lora-cli")
-    data = export_folder(root / "data", 4, seed=4)
-    method = LoRA(LoraOptions(rank=2, targets="all"))
-    cfg = TrainingConfig(method="lora", data_dir=str(data), output_dir=str(root / "out"), model=str(tiny_model_dir),
-                         max_steps=3, learning_rate=5e-2, checkpoint_every=100, device="cpu", options=method.options)
-    train(cfg, method)
-    return root / "out" / "lora_kohya.safetensors"
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(lora_file, folder / "my-heart.safetensors")
+    return folder
 
 
 def generate(capsys, tiny_model_dir, out, *extra):
@@ -117,15 +112,23 @@ def test_only_embeddings_the_prompt_uses_are_recorded(capsys, tiny_model_dir, tm
     assert code == 0 and "TI hashes" not in meta["params"] and "embeddings" not in meta["settings"]
 
 
-def test_lora_after_fused_projections_is_refused(tiny_model_dir, lora_file):
-    from sdlab.errors import ConfigError
+def test_lora_on_fused_projections_matches_the_unfused_model(tiny_model_dir, lora_file):
+    """--fast fuses QKV (diffusers' to_qkv / to_kv): a LoRA merged afterwards is copied into the
+    fused weights, and taken out of them again."""
+    from lora_util import unet_out
     from sdlab.models.lora import apply_lora
     from sdlab.models.speed import SpeedOptions
     from sdlab.pipeline import Pipeline
 
-    pipe = Pipeline.load(tiny_model_dir, speed=SpeedOptions(fuse_qkv=True))
-    with pytest.raises(ConfigError, match="apply LoRA before fusing the QKV projections"):
-        apply_lora(pipe, lora_file)
+    def out(pipe):
+        return unet_out(pipe.c.unet, pipe.c.text_encoder, pipe.c.tokenizer)
+
+    plain, fused = Pipeline.load(tiny_model_dir), Pipeline.load(tiny_model_dir, speed=SpeedOptions(fuse_qkv=True))
+    base = out(fused)
+    handles = [apply_lora(p, lora_file) for p in (plain, fused)]
+    assert torch.allclose(out(fused), out(plain), atol=1e-5) and (out(fused) - base).abs().max() > 1e-4
+    handles[1].remove()
+    assert torch.allclose(out(fused), base, atol=1e-6)
 
 
 def test_cli_merges_the_lora_before_fusing(capsys, tiny_model_dir, tmp_path, lora_file):
@@ -134,6 +137,58 @@ def test_cli_merges_the_lora_before_fusing(capsys, tiny_model_dir, tmp_path, lor
     code, fast, _ = generate(capsys, tiny_model_dir, tmp_path / "fast", "--lora", lora_file, "--fast")
     assert code == 0
     assert np.abs(pixels(fast[0]) - pixels(slow[0])).max() <= 2 < np.abs(pixels(fast[0]) - pixels(plain[0])).max()
+
+
+def test_lora_tag_with_fast_is_the_tag_without(capsys, tiny_model_dir, tmp_path, lora_folder):
+    prompt = "a red circle <lora:my-heart:0.5>"
+    outs = []
+    for extra in ([], ["--fast"]):
+        code = main(["generate", prompt, "--model", str(tiny_model_dir), "--steps", "2", "--seed", "3",
+                     "--lora-dir", str(lora_folder), "--out", str(tmp_path / str(len(extra))), *extra])
+        outs.append(capsys.readouterr().out.split()[0])
+        assert code == 0
+    assert np.abs(pixels(outs[0]) - pixels(outs[1])).max() <= 2
+
+
+def test_lora_tags_in_interpolate_and_edit_prompts_are_applied(capsys, tiny_model_dir, tmp_path, lora_file,
+                                                               lora_folder):
+    """Commands that sample several prompts together apply the tags of all of them, like --lora."""
+    common = ["--model", str(tiny_model_dir), "--steps", "2", "--seed", "3"]
+    runs = {
+        "interpolate": (["interpolate", "a red circle <lora:my-heart:0.5>", "a blue square", "--frames", "2"],
+                        ["interpolate", "a red circle", "a blue square", "--frames", "2"], "--out", "i.png"),
+        "edit": (["edit", "a red circle <lora:my-heart:0.5>", "a red square <lora:my-heart:0.5>"],
+                 ["edit", "a red circle", "a red square"], "--out", "."),
+    }
+    for name, (tagged, plain, out_flag, out_name) in runs.items():
+        paths = []
+        for i, args in enumerate((tagged + ["--lora-dir", str(lora_folder)], plain + ["--lora", f"{lora_file}:0.5"],
+                                  plain)):
+            folder = tmp_path / f"{name}{i}"
+            folder.mkdir()
+            out = folder / out_name if out_name != "." else folder
+            assert main([*args, *common, out_flag, str(out)]) == 0, name
+            paths.append(capsys.readouterr().out.split()[0])
+        tag, flag, none = (pixels(p) for p in paths)
+        assert np.abs(tag - flag).max() == 0 < np.abs(tag - none).max(), name
+
+
+def test_one_lora_with_two_weights_in_prompts_sampled_together_is_refused(capsys, tiny_model_dir, tmp_path,
+                                                                          lora_folder):
+    code = main(["edit", "a red circle <lora:my-heart:0.5>", "a red square <lora:my-heart:1>", "--steps", "1",
+                 "--model", str(tiny_model_dir), "--lora-dir", str(lora_folder), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "<lora:my-heart> has weight 0.5 in one prompt and 1 in another" in err
+
+
+def test_lora_tags_are_not_tokens_of_the_prompt(tiny_model_dir):
+    from transformers import CLIPTokenizer
+
+    from sdlab.attention.maps import token_labels
+
+    tok = CLIPTokenizer.from_pretrained(tiny_model_dir / "tokenizer")
+    labels = token_labels(tok, "a red <lora:my-heart:0.5> circle")
+    assert labels == token_labels(tok, "a red circle") and [t.text for t in labels] == ["a", "red", "circle"]
 
 
 def test_info_describes_embedding_files(capsys, tmp_path):
@@ -149,12 +204,9 @@ def test_info_describes_embedding_files(capsys, tmp_path):
         assert "textual-inversion embedding" in text and "my-shape: 2 vector(s) of 3, norms 5.0, 1.0" in text, path
 
 
-def test_a1111_lora_tag_in_the_prompt_is_the_same_as_the_flag(capsys, tiny_model_dir, tmp_path, lora_file):
-    import shutil
-
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    shutil.copy(lora_file, folder / "my-heart.safetensors")
+def test_a1111_lora_tag_in_the_prompt_is_the_same_as_the_flag(capsys, tiny_model_dir, tmp_path, lora_file,
+                                                              lora_folder):
+    folder = lora_folder
     _, flag, _ = generate(capsys, tiny_model_dir, tmp_path / "flag", "--lora", f"{lora_file}:0.5")
     code = main(["generate", "a red circle <lora:my-heart:0.5>", "--model", str(tiny_model_dir), "--steps", "2",
                  "--seed", "3", "--lora-dir", str(folder), "--out", str(tmp_path / "tag")])
@@ -172,12 +224,11 @@ def test_a1111_lora_tag_in_the_prompt_is_the_same_as_the_flag(capsys, tiny_model
     ("a <lora::1>", True, "a LoRA tag needs a name"),
     ("a <lora:../x>", True, "no ../x.safetensors"),
 ])
-def test_bad_lora_tags_are_one_line_errors(capsys, tiny_model_dir, tmp_path, lora_file, prompt, dirs, message):
+def test_bad_lora_tags_are_one_line_errors(capsys, tiny_model_dir, tmp_path, lora_file, lora_folder, prompt, dirs,
+                                           message):
     import shutil
 
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    shutil.copy(lora_file, folder / "my-heart.safetensors")
+    folder = lora_folder
     shutil.copy(lora_file, tmp_path / "x.safetensors")              # outside the folder: not found
     extra = ["--lora-dir", str(folder)] if dirs else []
     code = main(["generate", prompt, "--model", str(tiny_model_dir), "--steps", "1", *extra,

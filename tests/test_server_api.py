@@ -539,6 +539,39 @@ def test_generate_with_an_unknown_training_run_is_refused(make_client, trained, 
     assert c.get("/api/jobs").json()["jobs"] == []
 
 
+def test_lora_tags_in_prompts_use_the_lora_dir(make_client, tiny_model_dir, tmp_path, lora_file):
+    import shutil
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(lora_file, folder / "my-heart.safetensors")
+    c = make_client(model=str(tiny_model_dir), lora_dirs=(folder,))
+    assert c.get("/api/options").json()["loras"] == ["my-heart"]
+    body = {"prompt": "a red circle", "steps": 2, "seed": 4, **SMALL}
+    plain, _ = _image(c, c.post("/api/generate", json=body).json()["id"])
+    r = c.post("/api/generate", json={**body, "prompt": "a red circle <lora:my-heart:0.7>"})
+    assert r.status_code == 202, r.text
+    tagged, text = _image(c, r.json()["id"])
+    assert 'Lora hashes: "my-heart: ' in text and np.abs(tagged - plain).max() > 0
+    after, _ = _image(c, c.post("/api/generate", json=body).json()["id"])
+    assert np.abs(after - plain).max() <= 1                                    # only for that job
+    for prompt, message in [("a <lora:nope>", "no nope.safetensors in"),
+                            ("a <lora:my-heart:lots>", "the weight must be a number")]:
+        r = c.post("/api/generate", json={**body, "prompt": prompt})
+        assert r.status_code == 422 and message in r.text
+    r = c.post("/api/edit", json={"source": "a red circle <lora:my-heart:1>", "target": "a red square <lora:my-heart>",
+                                  "steps": 2, **SMALL})
+    assert r.status_code == 202, r.text                                        # one weight (1) in both prompts
+
+
+def test_lora_tags_without_a_lora_dir_are_refused(make_client):
+    c = make_client()
+    assert c.get("/api/options").json()["loras"] == []
+    r = c.post("/api/attend", json={"prompt": "a <lora:x:1>", "steps": 2, **SMALL})
+    assert r.status_code == 422 and "needs a folder of LoRA files" in r.text
+    assert c.get("/api/jobs").json()["jobs"] == []
+
+
 @pytest.mark.parametrize("data, n_images, text", [
     ({"method": "dreambooth", "instance_prompt": "x"}, 1, "method"),
     ({"instance_prompt": "x", "max_steps": "0"}, 1, "max_steps"),

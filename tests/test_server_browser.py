@@ -50,8 +50,10 @@ def server(tmp_path_factory):
     from sdlab.server.settings import ServerSettings
 
     out = tmp_path_factory.mktemp("studio") / "outputs"
+    loras = out.parent / "loras"       # --lora-dir, empty until the training test fills it
+    loras.mkdir()
     port = free_port()
-    app = create_app(ServerSettings(output_dir=out, port=port, preview_interval=0.0))
+    app = create_app(ServerSettings(output_dir=out, port=port, preview_interval=0.0, lora_dirs=(loras,)))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -245,4 +247,16 @@ def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
     page.wait_for_function("document.getElementById('meta').textContent.includes('Lora hashes')", timeout=60_000)
     assert 'Lora hashes: "lora_kohya: ' in page.text_content("#meta") and page.is_visible("#results img")
     assert errors == []
+    page.close()
+
+    shutil.copy(kohya[0], out.parent / "loras" / "web-heart.safetensors")   # now in --lora-dir
+    page, errors = _open_studio(browser, base)
+    page.wait_for_selector("#lora-tag-fields", state="visible")
+    page.fill("#prompt", "a sks shape")
+    page.select_option("#lora-tag", "web-heart")          # A1111's extra-networks click: the tag is added
+    assert page.input_value("#prompt") == "a sks shape <lora:web-heart:1>" and page.input_value("#lora-tag") == ""
+    page.fill("#steps", "2")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('meta').textContent.includes('web-heart')", timeout=60_000)
+    assert 'Lora hashes: "web-heart: ' in page.text_content("#meta") and errors == []
     page.close()

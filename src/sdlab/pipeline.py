@@ -152,14 +152,14 @@ class Pipeline:
         return result
 
     @contextlib.contextmanager
-    def prompt_loras(self, prompt: str):
-        """The prompt's `<lora:NAME:W>` tags applied from `lora_dirs` while sampling, then taken out."""
+    def prompt_loras(self, *prompts: str):
+        """The prompts' `<lora:NAME:W>` tags applied from `lora_dirs` while sampling, then taken out."""
         from .models.lora import apply_lora
-        from .text.extra_networks import find_lora, lora_tags
+        from .text.extra_networks import find_lora, tags_of_prompts
 
         handles = []
         try:
-            for name, weight in lora_tags(prompt):
+            for name, weight in tags_of_prompts(prompts):
                 handles.append(apply_lora(self, find_lora(name, self.lora_dirs), weight))
             yield
         finally:

@@ -149,8 +149,10 @@ def build_controller(tokenizer, sources, targets, cfg: EditConfig, steps: int, *
                      guidance: bool = True) -> PromptToPromptController:
     """The prompt-to-prompt controller for `steps` sampling steps and the pairs (sources[i],
     targets[i]) (a string each for one pair), sampled as rows [sources, targets]."""
-    sources = [sources] if isinstance(sources, str) else list(sources)
-    targets = [targets] if isinstance(targets, str) else list(targets)
+    from ..text.extra_networks import strip_lora_tags
+
+    sources = [strip_lora_tags(p) for p in ([sources] if isinstance(sources, str) else sources)]
+    targets = [strip_lora_tags(p) for p in ([targets] if isinstance(targets, str) else targets)]
     if not sources or len(sources) != len(targets):
         raise ConfigError(f"need as many target prompts as source prompts, got {len(sources)} and {len(targets)}")
     mappers, alphas, equalizers, positions, fractions = zip(*(_pair_tables(tokenizer, s, t, cfg)
@@ -180,10 +182,11 @@ def edit_batch(pipe, sources, targets, config: GenerationConfig, cfg: EditConfig
     width, height = config.width or pipe.native_size, config.height or pipe.native_size
     # a pair's rows share its seed: the same starting and ancestral noise, drawn in the order a
     # plain generation draws them, so the source row is the plain source image
-    latents = pipe.sample_latents(config, seeds + seeds, width, height,
-                                  callback=combine([controller.step_callback, callback]), cancel=cancel,
-                                  attention=controller, cond=pipe.encode_prompt(sources + targets),
-                                  uncond=pipe.encode_prompt([config.negative_prompt]))
+    with pipe.prompt_loras(*sources, *targets):
+        latents = pipe.sample_latents(config, seeds + seeds, width, height,
+                                      callback=combine([controller.step_callback, callback]), cancel=cancel,
+                                      attention=controller, cond=pipe.encode_prompt(sources + targets),
+                                      uncond=pipe.encode_prompt([config.negative_prompt]))
     images, k = _to_images(pipe.decode(latents)), len(sources)
     mask = controller.blend.mask if controller.blend is not None else None
     out = []

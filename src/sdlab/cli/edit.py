@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..sampling import sampler_names
+from .generate import learned_options, load_learned
 
 EXAMPLES = """examples:
   sdlab edit "a red circle on a blue background" "a red square on a blue background" --seed 3
@@ -48,6 +49,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     p.add_argument("--out", default="edits", help="output folder (default ./edits)")
+    learned_options(p)
     p.set_defaults(run=run)
 
 
@@ -72,7 +74,6 @@ def run(args) -> int:
     from ..io.atomic import atomic_save
     from ..io.images import make_grid
     from ..io.metadata import save_png
-    from ..pipeline import Pipeline
 
     cfg = EditConfig(mode=args.mode, cross_replace=args.cross_replace, self_replace=args.self_replace,
                      reweight=parse_word_numbers(args.reweight), blend=tuple(args.blend),
@@ -81,7 +82,7 @@ def run(args) -> int:
                                                            "WORD=FRACTION", "square=0.2"))
     config = GenerationConfig(prompt=args.source, negative_prompt=args.negative_prompt, steps=args.steps,
                               cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
-    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
+    pipe = load_learned(args)
     r = edit(pipe, args.source, args.target, config=config, edit=cfg)
     out = Path(args.out)
     infos = {"source": pipe.infotext(config, r.seed, *r.source_image.size),

@@ -108,9 +108,11 @@ def _mix_sweep(args, prompt: str, target: str, words: list[str]) -> int:
     pipe = load_pipeline(args)
     ws = [k / (args.sweep - 1) for k in range(args.sweep)]
     images = []
-    for w in tqdm(ws, desc="mix sweep", file=sys.stderr):
-        cond = encode_with_overrides(pipe, prompt, {target: mix({words[0]: 1 - w, words[1]: w})})
-        images += _to_pil(pipe.decode(pipe.sample_latents(config, [config.seed], *pipe._size(config), cond=cond)))
+    with pipe.prompt_loras(prompt):
+        for w in tqdm(ws, desc="mix sweep", file=sys.stderr):
+            cond = encode_with_overrides(pipe, prompt, {target: mix({words[0]: 1 - w, words[1]: w})})
+            images += _to_pil(pipe.decode(pipe.sample_latents(config, [config.seed], *pipe._size(config),
+                                                              cond=cond)))
     print(save_sweep(images, value_labels(ws, f"w({words[1]})"), Path(args.out) / "mix-sweep.png"))
     return 0
 

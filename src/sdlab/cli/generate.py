@@ -36,14 +36,7 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="diffusers folder or .safetensors/.ckpt file (default: the shipped model)")
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
-    a = p.add_argument_group("what `sdlab train` learned")
-    a.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                   help="apply a LoRA file (diffusers or kohya layout) at SCALE (default 1); repeat to stack")
-    a.add_argument("--embedding", action="append", default=[], metavar="FILE",
-                   help="add a textual-inversion embedding (diffusers learned_embeds, A1111 .pt/.safetensors); "
-                        "use its token in the prompt; repeat for several")
-    a.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
-                   help="where prompt tags <lora:NAME:WEIGHT> (A1111 syntax) find NAME.safetensors; repeatable")
+    learned_options(p)
     f = p.add_argument_group("speed and memory (sdlab.models.speed)")
     f.add_argument("--fast", action="store_true", help="channels_last + fused QKV projections")
     f.add_argument("--compile", default="off", help="torch.compile the UNet: off, default, reduce-overhead "
@@ -62,6 +55,18 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-scale", type=float, default=None,
                    help="strength of the guidance above (default: 3000 colour, 3000 CLIP, 16 classifier)")
     g.add_argument("--guidance-every", type=int, default=1, help="apply it every N denoiser calls (default 1)")
+
+
+def learned_options(p: argparse.ArgumentParser) -> None:
+    """--lora, --embedding and --lora-dir: shared by every command that samples."""
+    a = p.add_argument_group("what `sdlab train` learned")
+    a.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="apply a LoRA file (diffusers or kohya layout) at SCALE (default 1); repeat to stack")
+    a.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="add a textual-inversion embedding (diffusers learned_embeds, A1111 .pt/.safetensors); "
+                        "use its token in the prompt; repeat for several")
+    a.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
+                   help="where prompt tags <lora:NAME:WEIGHT> (A1111 syntax) find NAME.safetensors; repeatable")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -108,14 +113,19 @@ def config_from_args(args, **extra) -> GenerationConfig:
 
 
 def load_pipeline(args):
-    """The model with --embedding and --lora applied, then the speed options (a fused or
-    compiled UNet would not see weights merged after it)."""
+    """The model with --embedding and --lora applied, then the speed options."""
+    pipe = load_learned(args)
+    pipe.apply_speed(speed_from_args(args))
+    return pipe
+
+
+def load_learned(args):
+    """The model with the learned_options() applied (--embedding, --lora, --lora-dir)."""
     from ..pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
-    apply_learned(pipe, getattr(args, "embedding", []), getattr(args, "lora", []))
-    pipe.lora_dirs = [Path(d) for d in getattr(args, "lora_dir", [])]
-    pipe.apply_speed(speed_from_args(args))
+    apply_learned(pipe, args.embedding, args.lora)
+    pipe.lora_dirs = [Path(d) for d in args.lora_dir]
     return pipe
 
 

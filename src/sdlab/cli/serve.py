@@ -8,6 +8,7 @@ import os
 EXAMPLES = """examples:
   sdlab serve                                   # http://127.0.0.1:7860, the shipped model
   sdlab serve --model path/to/model --output-dir outputs
+  sdlab serve --lora-dir my_loras                # prompts may use <lora:NAME:0.8>
   SDLAB_TOKEN=a-long-secret sdlab serve --host 0.0.0.0   # other hosts need a token
 """
 
@@ -27,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--max-queue", type=int, default=100, help="waiting jobs beyond this get 503 (default 100)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="upload size limit in MiB (default 10)")
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height accepted (default 1024)")
+    p.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
+                   help="where prompt tags <lora:NAME:WEIGHT> (A1111 syntax) find NAME.safetensors; repeatable")
     p.set_defaults(run=run_serve)
 
 
@@ -37,7 +40,8 @@ def settings_from_args(args):
     return ServerSettings(output_dir=args.output_dir, model=args.model, host=args.host, port=args.port,
                           token=token, state_dir=args.state_dir, devices=tuple(args.device or [None]),
                           dtype=args.dtype, max_queue=args.max_queue,
-                          max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side)
+                          max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
+                          lora_dirs=tuple(args.lora_dir))
 
 
 def run_serve(args) -> int:

@@ -205,12 +205,25 @@ def convert(src: str | Path, dst: str | Path, fmt: str, unet, text_encoder) -> t
     return write(dst, layers, fmt), len(layers)
 
 
+@torch.no_grad()
+def refresh_fused_projections(attentions) -> None:
+    """Copy merged to_q/to_k/to_v weights into diffusers' fused `to_qkv` (self-attention) or
+    `to_kv` (cross-attention) of attention modules fused by `fuse_qkv_projections` (--fast)."""
+    for attn in attentions:
+        parts = [attn.to_k, attn.to_v] if attn.is_cross_attention else [attn.to_q, attn.to_k, attn.to_v]
+        fused = attn.to_kv if attn.is_cross_attention else attn.to_qkv
+        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+
+
 class AppliedLora:
     """LoRA deltas merged into a model's weights; `remove()` takes them out again (and its
-    record out of `registry`, the pipeline's list of applied files)."""
+    record out of `registry`, the pipeline's list of applied files). `fused` attention modules
+    (--fast) get their fused projections rebuilt after each change."""
 
     def __init__(self, modules: dict[str, torch.nn.Module], layers: dict[str, LoraLayer], scale: float,
-                 registry: list | None = None, record: dict | None = None):
+                 registry: list | None = None, record: dict | None = None, fused=()):
         self.registry, self.record = registry, record
         if registry is not None:
             registry.append(record)
@@ -221,11 +234,14 @@ class AppliedLora:
                 delta = (layer.delta(w.shape) * scale).to(w.device, w.dtype)
                 w.add_(delta)
                 self.applied.append((w, delta))
+        self.fused = list(fused)
+        refresh_fused_projections(self.fused)
 
     def remove(self) -> None:
         with torch.no_grad():
             for w, delta in self.applied:
                 w.sub_(delta)
+        refresh_fused_projections(self.fused)
         self.applied = []
         if self.registry is not None and self.record in self.registry:
             self.registry.remove(self.record)
@@ -237,10 +253,8 @@ def apply_lora(pipe, path: str | Path, scale: float = 1.0) -> AppliedLora:
         raise ConfigError(f"LoRA scale must be a number in [-10, 10], got {scale!r}")
     from .hashing import short_hash
 
-    if any(getattr(m, "fused_projections", False) for m in pipe.c.unet.modules()):
-        raise ConfigError("apply LoRA before fusing the QKV projections (--fast): the fused layers would not "
-                          "see the merged weights")
     layers = load_layers(path, pipe.c.unet, pipe.c.text_encoder)
     record = {"name": Path(path).stem, "hash": short_hash(path), "scale": float(scale)}
+    fused = [m for m in pipe.c.unet.modules() if getattr(m, "fused_projections", False)]
     return AppliedLora(model_modules(pipe.c.unet, pipe.c.text_encoder), layers, float(scale),
-                       getattr(pipe, "loras", None), record)
+                       getattr(pipe, "loras", None), record, fused)

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..errors import ConfigError
 from ..sampling import sampler_names
+from ..text.extra_networks import lora_names
 from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
 from .auth import AccessMiddleware
 from .files import UploadError, gallery, safe_output_path, save_upload
@@ -123,7 +124,17 @@ def _job_params(body: SamplingRequest, settings: ServerSettings) -> dict:
         from .train_jobs import trained_result
 
         trained_result(settings.output_dir, params["trained"])
+    _check_lora_tags(params, settings)
     return params
+
+
+def _check_lora_tags(params: dict, settings: ServerSettings) -> None:
+    """Every `<lora:NAME:W>` tag of the job's prompts names a file in --lora-dir (422 if not)."""
+    from ..text.extra_networks import find_lora, tags_of_prompts
+
+    prompts = [params.get(k) for k in ("prompt", "source", "target") if params.get(k)]
+    for name, _ in tags_of_prompts(prompts):
+        find_lora(name, list(settings.lora_dirs))
 
 
 def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
@@ -142,7 +153,7 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
     def options(request: Request) -> dict:
         pipe = next(iter(_queue(request).pipes.values()), None)
         return {"samplers": sampler_names(), "default_sampler": "Euler a", "model": pipe.c.name if pipe else None,
-                "native_size": pipe.native_size if pipe else None,
+                "native_size": pipe.native_size if pipe else None, "loras": lora_names(settings.lora_dirs),
                 "limits": {"max_side": settings.max_side, "max_images": settings.max_images,
                            "max_upload_bytes": settings.max_upload_bytes, "max_queue": settings.max_queue}}
 

@@ -100,6 +100,7 @@ class JobQueue:
         """Load one pipeline per device (errors surface here) and start one worker per device."""
         for device in self.settings.devices:
             self.pipes[device] = self._load(device)
+            self.pipes[device].lora_dirs = list(self.settings.lora_dirs)
         for device in self.settings.devices:
             t = threading.Thread(target=self._work, args=(device,), name=f"sdlab-worker-{device}", daemon=True)
             t.start()

@@ -207,4 +207,5 @@ class Options(BaseModel):
     default_sampler: str
     model: Optional[str]
     native_size: Optional[int]
+    loras: list[str] = Field(default_factory=list, description="names for <lora:NAME:W> prompt tags (--lora-dir)")
     limits: dict[str, int]

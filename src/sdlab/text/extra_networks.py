@@ -31,12 +31,39 @@ def lora_tags(prompt: str) -> list[tuple[str, float]]:
     return tags
 
 
+def tags_of_prompts(prompts) -> list[tuple[str, float]]:
+    """The LoRA tags of prompts that sample together (prompt-to-prompt pairs, interpolation
+    ends): each name once; a name with two different weights is refused."""
+    weights: dict[str, float] = {}
+    for prompt in prompts:
+        for name, weight in lora_tags(prompt):
+            if weights.setdefault(name, weight) != weight:
+                raise ConfigError(f"<lora:{name}> has weight {weights[name]:g} in one prompt and {weight:g} in "
+                                  "another; these prompts are sampled together, so give it one weight")
+    return list(weights.items())
+
+
 def find_lora(name: str, folders: list[Path]) -> Path:
     """NAME.safetensors in the first of `folders` that has it."""
     if not folders:
-        raise ConfigError(f"<lora:{name}> needs a folder of LoRA files to look in (sdlab generate --lora-dir DIR)")
+        raise ConfigError(f"<lora:{name}> needs a folder of LoRA files to look in (--lora-dir DIR)")
     for folder in folders:
         path = Path(folder) / f"{name}.safetensors"
-        if path.is_file() and path.resolve().parent == Path(folder).resolve():
+        if _inside(path, folder):
             return path
     raise ConfigError(f"<lora:{name}>: no {name}.safetensors in {', '.join(str(f) for f in folders)}")
+
+
+def lora_names(folders) -> list[str]:
+    """The NAMEs a `<lora:NAME:W>` tag can use: the .safetensors files of `folders`, first wins."""
+    names: dict[str, None] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.safetensors")):
+            if _inside(path, folder):
+                names.setdefault(path.stem)
+    return list(names)
+
+
+def _inside(path: Path, folder) -> bool:
+    """A file that is really in `folder` (not a name or link that leads out of it)."""
+    return path.is_file() and path.resolve().parent == Path(folder).resolve()

@@ -79,7 +79,8 @@ def interpolate(pipe, prompt_a: str, prompt_b: str, n: int = 8, seed: int = 0, *
 
     width, height = pipe._size(config)
     images = []
-    for rows in cond.split(batch_size):
-        latents = pipe.sample_latents(config, [seed] * len(rows), width, height, cond=rows, callback=callback)
-        images += _to_pil(pipe.decode(latents))
+    with pipe.prompt_loras(prompt_a, prompt_b):
+        for rows in cond.split(batch_size):
+            latents = pipe.sample_latents(config, [seed] * len(rows), width, height, cond=rows, callback=callback)
+            images += _to_pil(pipe.decode(latents))
     return Interpolation(images, [i / (n - 1) for i in range(n)], cond, seed)

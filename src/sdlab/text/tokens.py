@@ -90,11 +90,15 @@ def inspect_tokens(tokenizer, prompt: str, *, chunks: bool = True, literal: bool
     chunks=True: the A1111 long-prompt layout (sdlab.text.chunks), positions 0 .. 77*n-1.
     chunks=False: one 77-token window; tokens past it are listed with truncated=True and
     position/chunk None (what a plain tokenizer call with truncation drops).
-    literal=True: no prompt syntax, brackets and BREAK are plain text (implies one window), the
-    tokenization sdlab's plain `Pipeline.tokenize` uses.
+    literal=True: no prompt syntax, brackets, BREAK and <lora:...> tags are plain text (implies
+    one window), the tokenization sdlab's plain `Pipeline.tokenize` uses.
     """
     if not isinstance(prompt, str):
         raise ConfigError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not literal:
+        from .extra_networks import strip_lora_tags
+
+        prompt = strip_lora_tags(prompt)   # <lora:...> tags are not encoded
     if chunks and not literal:
         return _chunked(tokenizer, prompt)
     return _single_window(tokenizer, prompt, literal)

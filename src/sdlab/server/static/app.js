@@ -372,6 +372,13 @@ async function init() {
   $("gen-form").addEventListener("submit", submit);
   $("cancel").addEventListener("click", () => S.job && cancelJob(S.job.id));
   $("seed-random").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
+  $("lora-tag").addEventListener("change", (e) => {  // A1111's extra-networks click: append the tag
+    const name = e.target.value;
+    if (!name) return;
+    const prompt = $("prompt");
+    prompt.value = `${prompt.value.trimEnd()} <lora:${name}:1>`.trimStart();
+    e.target.value = "";
+  });
   for (const m of MODES) $("tab-" + m).addEventListener("click", () => setMode(m));
   for (const id of ["strength", "cross_replace", "self_replace"]) {
     $(id).addEventListener("input", () => { $(id + "-out").textContent = $(id).value; });
@@ -397,6 +404,8 @@ async function init2() {
       for (const id of ["width", "height"]) if (!$(id).value) $(id).value = o.native_size;
     }
     for (const id of ["width", "height"]) $(id).max = o.limits.max_side;
+    for (const name of o.loras) $("lora-tag").add(new Option(name, name));
+    $("lora-tag-fields").hidden = o.loras.length === 0;
   } catch (e) {
     $("status").textContent = e.message;
     return;
