@@ -251,3 +251,15 @@ def test_info_on_an_unreadable_file_is_a_one_line_error(capsys, tmp_path):
     assert main(["info", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "cannot read file" in err and str(bad) in err and "Traceback" not in err
+
+
+def test_model_weight_files_are_named_as_such(capsys, tmp_path, tiny_model_dir):
+    """A diffusers component file or a weights .bin is not taken for an embedding."""
+    torch.save({f"down_blocks.{i}.weight": torch.zeros(2, 2) for i in range(30)}, tmp_path / "weights.bin")
+    component = tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    for args, message in [(["info", str(tmp_path / "weights.bin")], "holds model weights (30 tensors)"),
+                          (["info", str(component)], "holds only the unet of the diffusers folder"),
+                          (["generate", "x", "--model", str(component)], "give the folder")]:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, args

@@ -56,6 +56,10 @@ def describe_file(path: str) -> dict | None:
     p = Path(path)
     if not p.is_file() or p.suffix not in (".safetensors", ".pt", ".bin"):
         return None
+    if p.parent.parent.joinpath("model_index.json").is_file():
+        return None                         # a component of a diffusers folder: the loader says so
+    from ..text.embeddings import holds_model_weights
+
     if p.suffix == ".safetensors":
         from ..io.tensor_files import safetensors_keys
         from ..models.lora import looks_like_lora
@@ -65,7 +69,13 @@ def describe_file(path: str) -> dict | None:
             from ..models.lora_info import describe_lora
 
             return describe_lora(p)
-        if len(keys) > 20:                  # a model checkpoint, not an embedding
+        if holds_model_weights(keys):       # a model checkpoint, not an embedding
+            return None
+    elif p.suffix == ".pt":                 # A1111 embeddings and some model checkpoints share it
+        from ..models.checkpoint import load_pickled
+
+        data = load_pickled(p)
+        if isinstance(data, dict) and ("state_dict" in data or holds_model_weights(data)):
             return None
     from ..models.hashing import short_hash
     from ..text.embeddings import read_embedding

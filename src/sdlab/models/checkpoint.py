@@ -41,14 +41,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             reason = first_line(exc)
             raise ModelLoadError(f"'{p}' is not a valid safetensors file: {reason}") from exc
     elif suffix in PICKLE_SUFFIXES:
-        state = _torch_load(p)
+        state = load_pickled(p)
     else:
         raise ModelLoadError(f"unknown model file type '{p.suffix}' for '{p}'; allowed: a "
                              "diffusers folder, .safetensors, .ckpt")
     return _unwrap(state, p)
 
 
-def _torch_load(p: Path) -> dict:
+def load_pickled(p: Path) -> dict:
+    """A pickled checkpoint read with weights_only=True (tensors and plain containers only),
+    memory-mapped when zipped."""
     mmap = zipfile.is_zipfile(p)
     try:
         with warnings.catch_warnings():

@@ -83,6 +83,9 @@ def load_pipeline_components(path: str | Path, *, dtype=None, device=None,
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     pred = ckpt.normalize_prediction_type(prediction_type) if prediction_type else None
+    if p.is_file() and (p.parent.parent / "model_index.json").is_file():
+        raise ModelLoadError(f"'{p}' holds only the {p.parent.name} of the diffusers folder '{p.parent.parent}'; "
+                             "give the folder")
     if p.is_dir():
         parts = _load_folder(p, dt, tokenizer)
         if pred:

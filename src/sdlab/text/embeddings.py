@@ -86,14 +86,10 @@ def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError(f"embedding file '{path}' does not exist")
     if path.suffix == ".safetensors":
-        from ..models.lora import looks_like_lora
-
         data, meta = read_safetensors(path, "embedding file")
         if "emb_params" in data:
             return {meta.get("name", path.stem): _as_2d(data["emb_params"], path)}
-        if looks_like_lora(data):
-            raise ModelLoadError(f"'{path}' is a LoRA file, not a textual-inversion embedding "
-                                 "(sdlab generate --lora, sdlab.models.lora.apply_lora)")
+        _refuse_non_embedding(path, data)
         return {k: _as_2d(v, path) for k, v in data.items()}
     if path.suffix in (".pt", ".bin", ".ckpt"):
         try:
@@ -106,9 +102,29 @@ def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
                 raise ModelLoadError(f"'{path}': string_to_param must hold exactly one tensor")
             return {str(data.get("name") or path.stem): _as_2d(next(iter(params.values())), path)}
         if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            _refuse_non_embedding(path, data)
             return {k: _as_2d(v, path) for k, v in data.items()}
     raise ModelLoadError(f"'{path}' is not a textual-inversion embedding (diffusers learned_embeds, "
                          "A1111 string_to_param .pt or emb_params .safetensors)")
+
+
+MAX_TOKENS_PER_FILE = 20   # more tensors than this: model weights, not embeddings
+
+
+def holds_model_weights(tensors) -> bool:
+    """Whether a file's tensors look like model weights rather than a few token vectors."""
+    return len(tensors) > MAX_TOKENS_PER_FILE
+
+
+def _refuse_non_embedding(path: Path, tensors: dict) -> None:
+    from ..models.lora import looks_like_lora
+
+    if looks_like_lora(tensors):
+        raise ModelLoadError(f"'{path}' is a LoRA file, not a textual-inversion embedding "
+                             "(sdlab generate --lora, sdlab.models.lora.apply_lora)")
+    if holds_model_weights(tensors):
+        raise ModelLoadError(f"'{path}' holds model weights ({len(tensors)} tensors), not a textual-inversion "
+                             "embedding; models load from a diffusers folder or a .safetensors/.ckpt checkpoint")
 
 
 def _as_2d(t, path) -> torch.Tensor:
