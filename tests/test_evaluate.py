@@ -4,6 +4,7 @@ shipped CLIP's scores, checkpoints applied to a pipeline, and the report end to 
 import random
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -103,6 +104,12 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
                  "--confirm-seed", "2"])
     assert code == 2 and "reuses samples" in capsys.readouterr().err
 
+    # without --model, a run is evaluated on the base model it recorded (the shipped one would not fit)
+    recorded = json.loads((tmp_path / "lora" / "training_config.json").read_text())
+    assert recorded["model"] == str(tiny_model_dir.resolve()) and recorded["method"] == "lora"
+    assert main(["eval", "--run-dir", str(tmp_path / "lora"), "--n", "1", "--steps", "1", "--no-clip",
+                 "--out", str(tmp_path / "report-lora")]) == 0
+
 
 def test_wilson_interval_and_pick():
     from sdlab.evaluate.report import pick_best, wilson_interval
@@ -132,11 +139,18 @@ def test_pick_skips_drifted_checkpoints(tmp_path):
     assert "No checkpoint kept" in md and "**b** (step 2)" in md
 
 
-def test_eval_refuses_a_bad_max_drift(capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--max-drift", "1.5"], "--max-drift is a drop in accuracy between 0 and 1, got 1.5"),
+    (["--concept", "shape=hexagon"], "--concept shape=hexagon: the oracle knows shape circle, square"),
+    (["--concept", "fill"], "--concept must be ATTR=VALUE"),
+    (["--n", "0"], "--n must be >= 1, got 0"),
+])
+def test_eval_refuses_bad_settings(capsys, args, message):
     from sdlab.cli.main import main
 
-    assert main(["eval", "--artifact", "x", "--max-drift", "1.5"]) == 2
-    assert "--max-drift is a drop in accuracy between 0 and 1, got 1.5" in capsys.readouterr().err
+    assert main(["eval", "--artifact", "x", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def _tiny_clip(tmp_path):

@@ -72,6 +72,9 @@ def test_convert_round_trip_and_refusals(trained, tiny_model_dir, tmp_path, caps
     assert main(["convert", str(tmp_path / "unknown.safetensors"), str(tmp_path / "x.safetensors"), "--to",
                  "diffusers", *model]) == 2
     assert "names no module" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+    for dst, message in [(tmp_path, "is a folder; give the output file"), (tmp_path / "x.pt", "must be a .safetensors")]:
+        assert main(["convert", str(kohya), str(dst), "--to", "diffusers", *model]) == 2
+        assert message in capsys.readouterr().err
     half = {x: v for x, v in orig.items() if not x.endswith("attn1_to_q.lora_up.weight")}
     save_file(half, str(tmp_path / "half.safetensors"))
     with pytest.raises(ConfigError, match="has no up weight"):

@@ -25,18 +25,20 @@ def register(sub) -> None:
 
 
 def _is_lora(path: Path) -> bool:
-    from ..models import lora
+    from ..io.tensor_files import safetensors_keys
+    from ..models.lora import looks_like_lora
 
-    if path.suffix != ".safetensors":
-        return False
-    tensors, _ = lora.read_file(path)
-    return any(k.startswith(("unet.", "text_encoder.", "lora_unet_", "lora_te_")) for k in tensors)
+    return path.suffix == ".safetensors" and looks_like_lora(safetensors_keys(path, "input file"))
 
 
 def run_convert(args) -> int:
     from ..errors import ConfigError
 
     src, dst = Path(args.src), Path(args.dst)
+    if dst.is_dir():
+        raise ConfigError(f"'{dst}' is a folder; give the output file, e.g. {dst / 'converted.safetensors'}")
+    if dst.suffix != ".safetensors":
+        raise ConfigError(f"the output '{dst}' must be a .safetensors file (sdlab writes no pickles)")
     if _is_lora(src):
         from ..models import lora
         from ..pipeline import Pipeline

@@ -43,12 +43,17 @@ def register(sub) -> None:
 
 def _concept(items: list[str]) -> dict:
     from ..errors import ConfigError
+    from ..world import spec
 
+    values = {"shape": spec.SHAPES, "color": tuple(spec.COLORS), "fill": spec.FILLS, "size": tuple(spec.SIZES),
+              "position": tuple(spec.POSITIONS)}
     out = {}
     for item in items or ["shape=heart"]:
         key, _, value = item.partition("=")
-        if key not in ("shape", "color", "fill", "size", "position") or not value:
+        if key not in values or not value:
             raise ConfigError(f"--concept must be ATTR=VALUE with ATTR shape/color/fill/size/position, got {item!r}")
+        if value not in values[key]:
+            raise ConfigError(f"--concept {item}: the oracle knows {key} {', '.join(values[key])}")
         out[key] = value
     return out
 
@@ -65,6 +70,12 @@ def run_eval(args) -> int:
     from ..training.data import IMAGE_SUFFIXES
 
     concept = _concept(args.concept)
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    if args.run_dir and args.model is None:
+        from ..training.loop import run_base_model
+
+        args.model = run_base_model(args.run_dir)   # the run's own base model, when it recorded one
     if args.confirm_seed is not None and abs(args.confirm_seed - args.seed) < args.n:
         raise ConfigError(f"--confirm-seed {args.confirm_seed} reuses samples of --seed {args.seed} "
                           f"(seeds {args.seed}..{args.seed + args.n - 1}); pick one at least --n ({args.n}) away")

@@ -103,6 +103,30 @@ def apply_memory_options(method, config: TrainingConfig) -> None:
         unet.set_attn_processor(AttnProcessor2_0())
 
 
+RUN_CONFIG = "training_config.json"
+
+
+def save_run_config(out: Path, config: TrainingConfig) -> None:
+    """The run's settings beside its checkpoints, so `sdlab eval --run-dir` knows the base model."""
+    import json
+
+    from ..io.atomic import atomic_write_text
+
+    d = config.to_dict()
+    if d["model"] is not None and Path(d["model"]).exists():
+        d["model"] = str(Path(d["model"]).resolve())      # eval may run from another folder
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RUN_CONFIG, json.dumps(d, indent=2, default=str) + "\n")
+
+
+def run_base_model(run_dir: str | Path) -> str | None:
+    """The base model a run in `run_dir` trained on (None: the shipped model, or not recorded)."""
+    import json
+
+    path = Path(run_dir) / RUN_CONFIG
+    return json.loads(path.read_text()).get("model") if path.is_file() else None
+
+
 class Trainer:
     """Holds the run's objects; `run()` trains to max_steps (or is interrupted)."""
 
@@ -219,6 +243,8 @@ class Trainer:
     def run(self, resume=None) -> TrainResult:
         self.restore(resume)
         cfg = self.config
+        if self.acc.is_main_process:
+            save_run_config(self.out, cfg)
         logs = LossLog(self.out / "logs", self.step) if self.acc.is_main_process else None
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {self.method.name}", unit="step",
                    file=sys.stderr, disable=not self.acc.is_main_process)

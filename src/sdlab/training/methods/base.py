@@ -67,12 +67,13 @@ class DiffusionMethod:
             module.eval()
         self.prepare_modules()
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
-        components.vae.to(dtype=weight_dtype)
+        cast = lambda module: torch.nn.Module.to(module, dtype=weight_dtype)  # diffusers' own .to() warns
+        cast(components.vae)
         cast_base = self.adapters_on_cast_base
         if not self.train_unet and (cast_base or not getattr(self, "unet_adapters", False)):
-            components.unet.to(dtype=weight_dtype)
+            cast(components.unet)
         if not self.train_text_encoder and (cast_base or not getattr(self, "text_adapters", False)):
-            components.text_encoder.to(dtype=weight_dtype)
+            cast(components.text_encoder)
         if cast_base:                       # the adapters themselves train in fp32
             for p in self.parameters():
                 p.data = p.data.float()
