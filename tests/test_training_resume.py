@@ -111,3 +111,25 @@ def test_checkpoint_pack_roundtrip_and_bad_resume(tmp_path):
     assert ck.resolve_resume("latest", tmp_path / "none") is None
     with pytest.raises(ConfigError, match="not a checkpoint folder"):
         ck.resolve_resume(tmp_path / "missing", tmp_path)
+    with pytest.raises(ConfigError, match="already holds a run .checkpoint step-00000006.; continue it"):
+        ck.resolve_resume(None, tmp_path)      # a fresh start would overwrite that run
+
+
+def test_a_run_is_not_lost_to_a_new_start_or_resumed_with_other_settings(capsys, tiny_model_dir, data_dir, tmp_path):
+    from sdlab.cli.main import main
+
+    def train(out, *extra):
+        return main(["train", "lora", "--model", str(tiny_model_dir), "--data", str(data_dir), "--output-dir", str(out),
+                     "--device", "cpu", "--max-steps", "2", "--checkpoint-every", "2", *extra])
+
+    out = tmp_path / "run"
+    assert train(out, "--rank", "2") == 0
+    saved = (out / "lora_kohya.safetensors").read_bytes()
+    for extra, message in [(["--rank", "2"], "already holds a run"),
+                           (["--rank", "4", "--resume", "latest"], "rank 2 -> 4")]:
+        assert train(out, *extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert (out / "lora_kohya.safetensors").read_bytes() == saved
+    (tmp_path / "file").write_text("x")
+    assert train(tmp_path / "file") == 2 and "cannot use" in capsys.readouterr().err

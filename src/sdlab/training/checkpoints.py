@@ -111,8 +111,13 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str | Path | None, root: Path) -> Path | None:
-    """`latest` -> newest checkpoint under `root` (None if there is none yet); a path -> it."""
+    """`latest` -> newest checkpoint under `root` (None if there is none yet); a path -> it;
+    None -> None, refused when `root` holds checkpoints (another run's)."""
     if resume is None:
+        found = list_checkpoints(root)
+        if found:   # a fresh start would overwrite that run's results and rotate its checkpoints away
+            raise ConfigError(f"'{root.parent}' already holds a run (checkpoint {found[-1].name}); continue it "
+                              "with --resume latest, or give another --output-dir")
         return None
     if str(resume) == "latest":
         found = list_checkpoints(root)

@@ -104,6 +104,8 @@ def apply_memory_options(method, config: TrainingConfig) -> None:
 
 
 RUN_CONFIG = "training_config.json"
+# method options that decide what trains (and its shapes): a resume must keep them
+STRUCTURE_OPTIONS = ("rank", "alpha", "targets", "text_encoder", "num_vectors", "placeholder", "freeze_text_encoder")
 
 
 def save_run_config(out: Path, config: TrainingConfig) -> None:
@@ -136,6 +138,10 @@ class Trainer:
 
         self.config, self.method, self.callback, self.cancel = config, method, callback, cancel
         self.out = Path(config.output_dir)
+        try:                                # before the model loads: a bad folder fails fast
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use '{self.out}' as the output folder: {exc.strerror}") from None
         self.acc = make_accelerator(config)
         set_seed(config.seed)
         if components is None:
@@ -192,6 +198,12 @@ class Trainer:
         step, state = ck.load_checkpoint(path)
         if state.get("method") != self.method.name:
             raise ConfigError(f"checkpoint '{path}' is from method {state.get('method')!r}, not {self.method.name!r}")
+        mine = dataclasses.asdict(self.config.options) if self.config.options is not None else {}
+        changed = [f"{k} {state['options'][k]!r} -> {mine[k]!r}" for k in STRUCTURE_OPTIONS
+                   if k in mine and k in state.get("options", {}) and state["options"][k] != mine[k]]
+        if changed:
+            raise ConfigError(f"checkpoint '{path}' was trained with other settings ({', '.join(changed)}); "
+                              "resume with the run's own (see its training_config.json)")
         self.method.load_state_dict(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])

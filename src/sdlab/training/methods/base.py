@@ -120,6 +120,10 @@ class DiffusionMethod:
         if set(params) != set(state):
             diff = sorted(set(params) ^ set(state))[:3]
             raise ConfigError(f"checkpoint does not match this method's trainable parameters (e.g. {diff})")
+        wrong = [k for k, p in params.items() if p.shape != state[k].shape]
+        if wrong:
+            raise ConfigError(f"checkpoint shapes differ from this run's (e.g. {wrong[0]}: "
+                              f"{tuple(state[wrong[0]].shape)} saved, {tuple(params[wrong[0]].shape)} here)")
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(state[k])
