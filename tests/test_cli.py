@@ -61,6 +61,21 @@ def test_bad_input_gives_one_line_error(capsys, tiny_model_dir, tmp_path, argv, 
     assert len(lines) == 1 and lines[0].startswith("sdlab: error: ") and message in lines[0], err
 
 
+@pytest.mark.parametrize("command", [["generate", "x"], ["attend", "x"], ["edit", "x", "--mode", "reweight", "--reweight", "x=2"]])
+def test_an_output_folder_that_cannot_be_made_fails_before_sampling(capsys, tiny_model_dir, tmp_path, command):
+    (tmp_path / "taken").write_text("a file")
+    code, out, err = run(capsys, *command, "--model", tiny_model_dir, "--steps", 1, "--out", tmp_path / "taken")
+    assert code == 2 and "cannot use" in err and "as the output folder: File exists" in err
+    assert "sampling" not in err and "Traceback" not in err
+
+
+def test_a_lora_scale_that_is_no_number_is_named(capsys, tiny_model_dir, tmp_path):
+    lora = tmp_path / "l.safetensors"
+    lora.write_bytes(b"")
+    code, _, err = run(capsys, "generate", "x", "--model", tiny_model_dir, "--lora", f"{lora}:lots")
+    assert code == 2 and "the scale 'lots' must be a number" in err
+
+
 def test_malformed_model_folder(capsys, tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "model_index.json").write_text("{not json")

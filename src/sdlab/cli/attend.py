@@ -54,12 +54,14 @@ def run(args) -> int:
 
     if not 0 <= args.alpha <= 1:
         raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
+    from ..io.outputs import output_folder
+
     config = config_from_args(args)
+    out = output_folder(args.out)
     pipe = load_pipeline(args)
     steps = tuple(args.step_range) if args.step_range else None
     result, maps = attend(pipe, config, places=args.layers, resolutions=args.res, steps=steps)
     tokens = token_labels(pipe.c.tokenizer, config.prompt)
-    out = Path(args.out)
     for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
         overlays, grid = attention_figure(image, maps[i], tokens, alpha=args.alpha)
         stem = f"{seed}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
 from ..errors import ConfigError
 from ..sampling import sampler_names
@@ -74,6 +73,7 @@ def run(args) -> int:
     from ..io.atomic import atomic_save
     from ..io.images import make_grid
     from ..io.metadata import save_png
+    from ..io.outputs import output_folder
 
     cfg = EditConfig(mode=args.mode, cross_replace=args.cross_replace, self_replace=args.self_replace,
                      reweight=parse_word_numbers(args.reweight), blend=tuple(args.blend),
@@ -82,9 +82,9 @@ def run(args) -> int:
                                                            "WORD=FRACTION", "square=0.2"))
     config = GenerationConfig(prompt=args.source, negative_prompt=args.negative_prompt, steps=args.steps,
                               cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
+    out = output_folder(args.out)
     pipe = load_learned(args)
     r = edit(pipe, args.source, args.target, config=config, edit=cfg)
-    out = Path(args.out)
     infos = {"source": pipe.infotext(config, r.seed, *r.source_image.size),
              "target": pipe.infotext(replace(config, prompt=r.target_prompt), r.seed, *r.target_image.size)}
     for name, image in (("source", r.source_image), ("target", r.target_image)):

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from ..callbacks import combine
 from ..config import GenerationConfig
+from ..errors import ConfigError
 from ..sampling import sampler_names
 
 EXAMPLES = """examples:
@@ -149,7 +150,8 @@ def lora_spec(spec: str) -> tuple[str, float]:
         try:
             return path, float(tail)
         except ValueError:
-            pass
+            if Path(path).is_file() and not Path(spec).exists():
+                raise ConfigError(f"--lora {spec}: the scale '{tail}' must be a number, as in {path}:0.8") from None
     return spec, 1.0
 
 
@@ -203,8 +205,9 @@ def guidance_from_args(args) -> list:
 def run_and_save(args, config: GenerationConfig, init_image=None, cond_fn=None, settings: dict | None = None) -> int:
     """Generate, save the images (and --trajectory), print the paths. `cond_fn(pipe)` may give
     prompt embeddings to use instead of the prompt; `settings` are added to each image's metadata."""
-    from ..io.outputs import save_result
+    from ..io.outputs import output_folder, save_result
 
+    output_folder(args.out)
     recorder = _trajectory_recorder(args)
     guidance = guidance_from_args(args)
     pipe = load_pipeline(args)

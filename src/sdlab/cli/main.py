@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except SdlabError as err:
         print(f"sdlab: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:      # a file the command had to read or write (disk full, permissions)
+        print(f"sdlab: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("sdlab: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,18 @@ from .metadata import save_png
 _NUMBERED = re.compile(r"^(\d{5})-")
 
 
+def output_folder(path: str | Path) -> Path:
+    """`path`, made if missing; a clear ConfigError (before any sampling) if it cannot be."""
+    from ..errors import ConfigError
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use '{out}' as the output folder: {exc.strerror}") from None
+    return out
+
+
 def next_index(folder: Path) -> int:
     """The next free AUTOMATIC1111-style running number in `folder`."""
     used = [int(m.group(1)) for p in folder.glob("*.png") if (m := _NUMBERED.match(p.name))]
@@ -20,8 +32,7 @@ def next_index(folder: Path) -> int:
 def save_result(result, out_dir: str | Path, *, grid: bool = True) -> list[Path]:
     """Save every image as `NNNNN-SEED.png` (A1111 `parameters` chunk + sdlab settings JSON)
     and, for more than one image, `grid-NNNNN.png`. Returns the written paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     index, paths = next_index(out), []
     for image, seed, info, settings in zip(result.images, result.seeds, result.infotexts, result.settings):
         path = out / f"{index:05d}-{seed}.png"

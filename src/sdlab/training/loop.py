@@ -137,11 +137,9 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.config, self.method, self.callback, self.cancel = config, method, callback, cancel
-        self.out = Path(config.output_dir)
-        try:                                # before the model loads: a bad folder fails fast
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot use '{self.out}' as the output folder: {exc.strerror}") from None
+        from ..io.outputs import output_folder
+
+        self.out = output_folder(config.output_dir)     # before the model loads: a bad folder fails fast
         self.acc = make_accelerator(config)
         set_seed(config.seed)
         if components is None:
