@@ -207,9 +207,9 @@ def run_and_save(args, config: GenerationConfig, init_image=None, cond_fn=None, 
     prompt embeddings to use instead of the prompt; `settings` are added to each image's metadata."""
     from ..io.outputs import output_folder, save_result
 
-    output_folder(args.out)
     recorder = _trajectory_recorder(args)
     guidance = guidance_from_args(args)
+    output_folder(args.out)                 # after the checks above: a refused run leaves no folder
     pipe = load_pipeline(args)
     cond = cond_fn(pipe) if cond_fn is not None else None
     steps_per_batch = config.steps if init_image is None else max(int(config.steps * config.strength), 0)

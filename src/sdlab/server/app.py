@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..errors import ConfigError
 from ..sampling import sampler_names
-from ..text.extra_networks import lora_names
+from ..text.extra_networks import find_lora, lora_names, tags_of_prompts
 from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
 from .auth import AccessMiddleware
 from .files import UploadError, gallery, safe_output_path, save_upload
@@ -130,8 +130,6 @@ def _job_params(body: SamplingRequest, settings: ServerSettings) -> dict:
 
 def _check_lora_tags(params: dict, settings: ServerSettings) -> None:
     """Every `<lora:NAME:W>` tag of the job's prompts names a file in --lora-dir (422 if not)."""
-    from ..text.extra_networks import find_lora, tags_of_prompts
-
     prompts = [params.get(k) for k in ("prompt", "source", "target") if params.get(k)]
     for name, _ in tags_of_prompts(prompts):
         find_lora(name, list(settings.lora_dirs))

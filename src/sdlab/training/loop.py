@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..callbacks import CancelToken, StepCallback, StepEvent
 from ..errors import Cancelled, ConfigError
+from ..io.outputs import output_folder
 from . import checkpoints as ck
 from .config import TrainingConfig
 from .data import ImageDataset, read_examples, sample_index, sample_seed
@@ -117,7 +118,6 @@ def save_run_config(out: Path, config: TrainingConfig) -> None:
     d = config.to_dict()
     if d["model"] is not None and Path(d["model"]).exists():
         d["model"] = str(Path(d["model"]).resolve())      # eval may run from another folder
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RUN_CONFIG, json.dumps(d, indent=2, default=str) + "\n")
 
 
@@ -137,8 +137,6 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.config, self.method, self.callback, self.cancel = config, method, callback, cancel
-        from ..io.outputs import output_folder
-
         self.out = output_folder(config.output_dir)     # before the model loads: a bad folder fails fast
         self.acc = make_accelerator(config)
         set_seed(config.seed)
