@@ -110,6 +110,24 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
     assert main(["eval", "--run-dir", str(tmp_path / "lora"), "--n", "1", "--steps", "1", "--no-clip",
                  "--out", str(tmp_path / "report-lora")]) == 0
 
+    # any model: no oracle, the encoder's scores only (subject and prompt fidelity, same-seed drift)
+    refs = export_folder(tmp_path / "refs", 2, seed=4)
+    clip = _tiny_clip(tmp_path)
+    off = ["eval", "--run-dir", str(tmp_path / "lora"), "--oracle", "off", "--n", "2", "--steps", "1",
+           "--encoder", str(clip), "--out", str(tmp_path / "report-off")]
+    for extra, message in [([], "--concept-text"), (["--concept-text", "a dog", "--drift"], "--class-prompt"),
+                           (["--concept-text", "a dog", "--no-clip"], "drop --no-clip")]:
+        assert main(off + extra) == 2 and message in capsys.readouterr().err
+    assert main(off + ["--concept-text", "a dog", "--reference", str(refs), "--drift", "--class-prompt",
+                       "a red circle"]) == 0
+    rows = json.loads((tmp_path / "report-off" / "report.json").read_text())
+    assert "detection" not in rows[0]
+    assert {"clip_text_image", "image_similarity", "frechet_distance", "clip_text_context",
+            "drift_similarity"} <= set(rows[0])
+    assert all(-1 <= r["drift_similarity"] <= 1.0 + 1e-6 for r in rows)
+    md = (tmp_path / "report-off" / "report.md").read_text()
+    assert "No oracle (any model)" in md and "image similarity + context CLIP score" in md
+
 
 def test_wilson_interval_and_pick():
     from sdlab.evaluate.report import pick_best, wilson_interval

@@ -9,6 +9,8 @@ EXAMPLES = """examples:
   sdlab eval --run-dir runs/ti --token "<my-shape>" --concept shape=heart --out runs/ti/eval
   sdlab eval --artifact runs/lora/lora_kohya.safetensors --token "sks shape" --concept shape=heart
   sdlab eval --artifact runs/db/model --token "sks shape" --concept shape=heart --drift
+  sdlab eval --model sd15/ --run-dir runs/dog --token "sks dog" --concept-text "a dog" --reference dog_photos/ \
+      --encoder clip-vit-b32/ --context "on the beach" --drift --class-prompt "a dog"     # any model: no oracle
 """
 
 
@@ -33,10 +35,18 @@ def register(sub) -> None:
     p.add_argument("--no-clip", action="store_true", help="skip CLIP scores and the Frechet distance")
     p.add_argument("--drift", action="store_true", help="also measure drift on class prompts against the base model")
     p.add_argument("--max-drift", type=float, default=0.1,
-                   help="with --drift, pick the best checkpoint only among those whose class-prompt accuracy fell "
-                        "by at most this (0-1; default 0.1)")
+                   help="with --drift, pick the best checkpoint only among those whose class-prompt accuracy (without "
+                        "the oracle: same-seed similarity) fell by at most this (0-1; default 0.1)")
     p.add_argument("--confirm-seed", type=int, default=None,
                    help="re-read the best checkpoint on fresh samples from this seed (the pick's own rates are biased up)")
+    p.add_argument("--oracle", choices=("auto", "on", "off"), default="auto",
+                   help="shapes-world oracle rates: auto = on for the shipped world's models, off for SD 1.x/2.x "
+                        "(then only the encoder's scores)")
+    p.add_argument("--context", default=None,
+                   help="also sample 'a TOKEN CONTEXT' and CLIP-score it (prompt fidelity; default without the "
+                        "oracle: 'on the beach')")
+    p.add_argument("--class-prompt", default=None,
+                   help="without the oracle, --drift compares base and tuned samples of this prompt (e.g. 'a dog')")
     p.add_argument("--out", default=None, help="report folder (default RUN/eval or ./eval)")
     p.set_defaults(run=run_eval)
 
@@ -81,16 +91,28 @@ def run_eval(args) -> int:
                           f"(seeds {args.seed}..{args.seed + args.n - 1}); pick one at least --n ({args.n}) away")
     if not 0.0 <= args.max_drift <= 1.0:
         raise ConfigError(f"--max-drift is a drop in accuracy between 0 and 1, got {args.max_drift}")
+    base = apply.load_artifact(args.model, None) if args.drift or (args.oracle == "auto" and args.model) else None
+    oracle = args.oracle == "on" or (args.oracle == "auto" and (base is None or base.c.family == "custom"))
+    base = base if args.drift else None
+    if not oracle:
+        if args.no_clip:
+            raise ConfigError("without the oracle the scores come from the feature encoder: drop --no-clip")
+        if not args.concept_text:
+            raise ConfigError("without the oracle, say what the concept is for CLIP: --concept-text 'a dog'")
+        if args.drift and not args.class_prompt:
+            raise ConfigError("--drift without the oracle needs --class-prompt (e.g. 'a dog')")
     text = args.concept_text or "a " + " ".join(concept.values())
     s = EvalSettings(args.token, concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color,
-                     max_drift=args.max_drift)
+                     max_drift=args.max_drift, oracle=oracle, class_prompt=args.class_prompt,
+                     context=args.context or (None if oracle else "on the beach"))
     encoder = None if args.no_clip else Encoder(args.encoder)
     if args.reference:
         reference = [load_image(p) for p in sorted(Path(args.reference).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    else:
+    elif oracle:
         reference = concept_images(max(args.n, 8), shape=concept.get("shape", "heart"),
                                    fill=concept.get("fill", "solid"), seed=12345)
-    base = apply.load_artifact(args.model, None) if args.drift else None
+    else:
+        reference = None                    # no renders of a real concept: image similarity needs --reference
     if args.run_dir:
         targets = [(p.name, int(p.name.split("-")[1]), p) for p in apply.checkpoints_of(args.run_dir)]
     else:

@@ -16,6 +16,12 @@ from . import concept as oracle_eval
 from .scores import clip_score, frechet_distance, image_similarity
 
 RATE_KEYS = ("detection", "color", "color+concept", "position", "position+concept", "color+position+concept")
+UNIT_KEYS = ("image_similarity", "drift_similarity")          # in [0, 1] too: plotted with the rates
+SCORES_NOTE = ("clip_text_image: CLIP score (100 x cosine) of the \"a <token>\" samples against the concept's "
+               "words; image_similarity / frechet_distance: mean cosine / Frechet distance of their features to "
+               "the reference images; clip_text_context: CLIP score of \"a <token> <context>\" samples against "
+               "the concept's words and the context; drift_similarity: same-seed similarity of class-prompt "
+               "samples to the base model's.")
 PALETTE = [(20, 60, 160), (200, 60, 40), (40, 150, 60), (150, 60, 190), (230, 150, 20), (40, 170, 190)]
 
 
@@ -31,25 +37,42 @@ class EvalSettings:
     color: str = "red"
     position: str = "left"
     max_drift: float | None = 0.1            # pick only checkpoints whose class-prompt accuracy fell at most this
+    oracle: bool = True                      # False: any model, scored by the encoder only (no shapes world)
+    context: str | None = None               # "a <token> <context>" samples, CLIP-scored against the context
+    class_prompt: str | None = None          # drift without the oracle: same-seed base vs tuned similarity
 
 
 def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None) -> tuple[dict, list]:
-    """Oracle rates (+ CLIP score, image similarity and Frechet distance to `reference`
-    images with `encoder`, + drift against `base_pipe`); returns (metrics, detection images)."""
-    probes = oracle_eval.concept_probes(s.token, s.concept, s.color, s.position)
-    metrics, images = oracle_eval.concept_report(pipe, probes, s.n, s.seed, s.steps, s.cfg_scale)
-    shown = images[probes["detection"].prompt]
+    """Oracle rates (shapes world), then the general scores of any model: CLIP score, image
+    similarity and Frechet distance to `reference` images with `encoder`, the CLIP score of
+    "a <token> <context>" samples, and drift against `base_pipe`. Returns (metrics, the
+    samples of "a <token>")."""
+    sample = lambda prompt, seed=s.seed: oracle_eval.sample(pipe, prompt, s.n, seed, s.steps, s.cfg_scale)
+    if s.oracle:
+        probes = oracle_eval.concept_probes(s.token, s.concept, s.color, s.position)
+        metrics, images = oracle_eval.concept_report(pipe, probes, s.n, s.seed, s.steps, s.cfg_scale)
+        shown = images[probes["detection"].prompt]
+    else:
+        metrics, shown = {}, sample(f"a {s.token}")
     if encoder is not None:
         feats = encoder.images(shown)
-        metrics["clip_text_image"] = clip_score(feats, encoder.texts([s.concept_text] * len(shown)))
+        if encoder.is_clip:
+            metrics["clip_text_image"] = clip_score(feats, encoder.texts([s.concept_text] * len(shown)))
         if reference:
             ref = encoder.images(reference)
             metrics["image_similarity"] = image_similarity(feats, ref)
             metrics["frechet_distance"] = frechet_distance(feats, ref)
-    if base_pipe is not None:
+        if s.context and encoder.is_clip:
+            context = encoder.images(sample(f"a {s.token} {s.context}"))
+            metrics["clip_text_context"] = clip_score(context, encoder.texts([f"{s.concept_text} {s.context}"] *
+                                                                             len(context)))
+    if base_pipe is not None and s.oracle:
         d = oracle_eval.drift(base_pipe, pipe, oracle_eval.class_probes(), max(2, s.n // 4), s.seed, s.steps,
                               s.cfg_scale)
         metrics.update({f"drift_{k}": v for k, v in d.items()})
+    elif base_pipe is not None and s.class_prompt and encoder is not None:
+        base = encoder.images(oracle_eval.sample(base_pipe, s.class_prompt, s.n, s.seed, s.steps, s.cfg_scale))
+        metrics["drift_similarity"] = image_similarity(base, encoder.images(sample(s.class_prompt)), paired=True)
     return metrics, shown
 
 
@@ -62,26 +85,43 @@ def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _drift(metrics: dict) -> float:
+    """How far the class prompts moved: the oracle's accuracy drop, or 1 - same-seed similarity."""
+    if "drift_accuracy_drop" in metrics:
+        return metrics["drift_accuracy_drop"]
+    return 1.0 - metrics["drift_similarity"] if "drift_similarity" in metrics else 0.0
+
+
 def _drifted(row: tuple, max_drift: float) -> bool:
-    return row[2].get("drift_accuracy_drop", 0.0) > max_drift + 1e-9
+    return _drift(row[2]) > max_drift + 1e-9
+
+
+def _score(metrics: dict) -> tuple[str, float]:
+    """(rule, value) that ranks checkpoints: the oracle's detection + colour-with-concept rates;
+    without the oracle, subject fidelity (image similarity) + prompt fidelity (context CLIP score)."""
+    if "detection" in metrics:
+        return "detection + colour-with-concept", metrics["detection"] + metrics.get("color+concept", 0)
+    return ("image similarity + context CLIP score / 100",
+            metrics.get("image_similarity", 0) + metrics.get("clip_text_context", 0) / 100)
 
 
 def pick_best(rows: list[tuple], max_drift: float | None = None) -> tuple:
-    """The checkpoint with the highest detection + colour-with-concept rate (earliest on ties),
-    among those whose class-prompt accuracy fell by at most `max_drift` when drift was measured
-    (all checkpoints if none did)."""
+    """The checkpoint with the best `_score` (earliest on ties), among those whose class prompts
+    moved by at most `max_drift` when drift was measured (all checkpoints if none did)."""
     kept = [r for r in rows if max_drift is None or not _drifted(r, max_drift)]
-    return max(kept or rows, key=lambda r: (r[2].get("detection", 0) + r[2].get("color+concept", 0), -r[1]))
+    return max(kept or rows, key=lambda r: (_score(r[2])[1], -r[1]))
 
 
 def _pick_rule(rows: list[tuple], max_drift: float | None) -> str:
-    if max_drift is None or not any("drift_accuracy_drop" in r[2] for r in rows):
-        return "Best by detection + colour-with-concept"
+    rule, first = _score(rows[0][2])[0], rows[0][2]
+    if max_drift is None or not ("drift_accuracy_drop" in first or "drift_similarity" in first):
+        return f"Best by {rule}"
+    what = ("class-prompt accuracy" if "drift_accuracy_drop" in first
+            else "same-seed similarity of class-prompt samples")
     if all(_drifted(r, max_drift) for r in rows):
-        return (f"No checkpoint kept its class-prompt accuracy within {max_drift:.2f} of the base model's; "
-                "best by detection + colour-with-concept over all of them")
-    return (f"Best by detection + colour-with-concept among the checkpoints whose class-prompt accuracy fell by "
-            f"at most {max_drift:.2f}")
+        return (f"No checkpoint kept its {what} within {max_drift:.2f} of the base model's; best by {rule} over all "
+                "of them")
+    return f"Best by {rule} among the checkpoints whose {what} fell by at most {max_drift:.2f}"
 
 
 def _cell(key: str, value: float, n: int) -> str:
@@ -120,21 +160,23 @@ def write_report(out_dir: str | Path, rows: list[tuple[str, int, dict, list]], s
     """rows: (label, step, metrics, detection images) per checkpoint -> report.md, plot, grids, json.
     confirmed: (seed, metrics) of the best checkpoint re-read on fresh samples."""
     out = Path(out_dir)
-    lines = [f"# {title}", "", f"Concept token `{settings.token}`, oracle target {settings.concept}; "
-             f"{settings.n} samples per prompt, seed {settings.seed}, {settings.steps} steps, CFG {settings.cfg_scale}.",
-             "", "Rates: share of samples whose main object the shapes-world oracle reads with the target attributes, "
-             f"with the 95 % Wilson interval for {settings.n} samples.", ""]
+    target = f"oracle target {settings.concept}" if settings.oracle else f"read as \"{settings.concept_text}\""
+    lines = [f"# {title}", "", f"Concept token `{settings.token}`, {target}; {settings.n} samples per prompt, "
+             f"seed {settings.seed}, {settings.steps} steps, CFG {settings.cfg_scale}.", ""]
+    lines += [("Rates: share of samples whose main object the shapes-world oracle reads with the target attributes, "
+               f"with the 95 % Wilson interval for {settings.n} samples." if settings.oracle else
+               "No oracle (any model): scores from the feature encoder only."), SCORES_NOTE, ""]
     keys = [k for k in rows[0][2]]
     lines += ["| checkpoint | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for label, step, metrics, images in rows:
         lines.append(f"| {label} | {step} | " + " | ".join(_cell(k, metrics[k], settings.n) for k in keys) + " |")
         grid = make_grid(images, cols=min(8, len(images)))
         atomic_save(out / f"samples-{label}.png", lambda tmp, g=grid: g.save(tmp, format="PNG"))
-    rate_keys = [k for k in keys if k in RATE_KEYS]
+    rate_keys = [k for k in keys if k in RATE_KEYS + UNIT_KEYS]
     if len(rows) > 1 and rate_keys:
         plot = metric_plot([r[1] for r in rows], {k: [r[2][k] for r in rows] for k in rate_keys})
         atomic_save(out / "rates.png", lambda tmp: plot.save(tmp, format="PNG"))
-        lines += ["", "![oracle rates per step](rates.png)"]
+        lines += ["", "![rates and similarities per step](rates.png)"]
     best = pick_best(rows, settings.max_drift)
     lines += ["", f"{_pick_rule(rows, settings.max_drift)}: **{best[0]}** (step {best[1]})."]
     if confirmed is not None:
