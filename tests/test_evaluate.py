@@ -108,7 +108,12 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
     recorded = json.loads((tmp_path / "lora" / "training_config.json").read_text())
     assert recorded["model"] == str(tiny_model_dir.resolve()) and recorded["method"] == "lora"
     assert main(["eval", "--run-dir", str(tmp_path / "lora"), "--n", "1", "--steps", "1", "--no-clip",
-                 "--out", str(tmp_path / "report-lora")]) == 0
+                 "--baseline", "--out", str(tmp_path / "report-lora")]) == 0
+    rows = json.loads((tmp_path / "report-lora" / "report.json").read_text())
+    assert [r["label"] for r in rows] == ["base-model", "step-00000001", "step-00000002"]
+    pick = next(line for line in (tmp_path / "report-lora" / "report.md").read_text().splitlines()
+                if line.startswith("Best by"))
+    assert "**step-0000000" in pick                               # the base model is shown, never picked
 
     # any model: no oracle, the encoder's scores only (subject and prompt fidelity, same-seed drift)
     refs = export_folder(tmp_path / "refs", 2, seed=4)

@@ -47,6 +47,8 @@ def register(sub) -> None:
                         "oracle: 'on the beach')")
     p.add_argument("--class-prompt", default=None,
                    help="without the oracle, --drift compares base and tuned samples of this prompt (e.g. 'a dog')")
+    p.add_argument("--baseline", action="store_true",
+                   help="add a row for the base model itself (what the prompts gave before training)")
     p.add_argument("--out", default=None, help="report folder (default RUN/eval or ./eval)")
     p.set_defaults(run=run_eval)
 
@@ -75,7 +77,7 @@ def run_eval(args) -> int:
     from ..evaluate import apply
     from ..evaluate.concept import concept_images
     from ..evaluate.features import Encoder
-    from ..evaluate.report import EvalSettings, evaluate, pick_best, write_report
+    from ..evaluate.report import BASELINE, EvalSettings, evaluate, pick_best, write_report
     from ..io.images import load_image
     from ..training.data import IMAGE_SUFFIXES
 
@@ -117,6 +119,8 @@ def run_eval(args) -> int:
         targets = [(p.name, int(p.name.split("-")[1]), p) for p in apply.checkpoints_of(args.run_dir)]
     else:
         targets = [(Path(a).stem or Path(a).name, i, a) for i, a in enumerate(args.artifact)]
+    if args.baseline:
+        targets.insert(0, (BASELINE, 0, None))
 
     def read(name: str, target, settings: EvalSettings):
         metrics, images = evaluate(apply.load_artifact(args.model, target, scale=args.lora_scale), settings,

@@ -105,9 +105,13 @@ def _score(metrics: dict) -> tuple[str, float]:
             metrics.get("image_similarity", 0) + metrics.get("clip_text_context", 0) / 100)
 
 
+BASELINE = "base-model"                   # the label of the untrained model's row (--baseline): never picked
+
+
 def pick_best(rows: list[tuple], max_drift: float | None = None) -> tuple:
     """The checkpoint with the best `_score` (earliest on ties), among those whose class prompts
     moved by at most `max_drift` when drift was measured (all checkpoints if none did)."""
+    rows = [r for r in rows if r[0] != BASELINE] or rows
     kept = [r for r in rows if max_drift is None or not _drifted(r, max_drift)]
     return max(kept or rows, key=lambda r: (_score(r[2])[1], -r[1]))
 
