@@ -9,8 +9,8 @@ EXAMPLES = """examples:
   sdlab eval --run-dir runs/ti --token "<my-shape>" --concept shape=heart --out runs/ti/eval
   sdlab eval --artifact runs/lora/lora_kohya.safetensors --token "sks shape" --concept shape=heart
   sdlab eval --artifact runs/db/model --token "sks shape" --concept shape=heart --drift
-  sdlab eval --model sd15/ --run-dir runs/dog --token "sks dog" --concept-text "a dog" --reference dog_photos/ \
-      --encoder clip-vit-b32/ --context "on the beach" --drift --class-prompt "a dog"     # any model: no oracle
+  sdlab eval --model sd15/ --run-dir runs/dog --token "sks dog" --concept-text "a dog" --oracle off
+      --reference dog_photos/ --encoder clip-vit-b32/ --drift --class-prompt "a dog"    (any model: no oracle)
 """
 
 
@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--color", default="red", help="colour asked for in the fidelity prompt")
     p.add_argument("--lora-scale", type=float, default=1.0)
-    p.add_argument("--reference", default=None, help="folder of reference images (default: renders of the concept)")
+    p.add_argument("--reference", default=None, help="folder of reference images (default with the oracle: renders of the concept)")
     p.add_argument("--encoder", default=None, help="local feature model folder (default: the shipped CLIP)")
     p.add_argument("--no-clip", action="store_true", help="skip CLIP scores and the Frechet distance")
     p.add_argument("--drift", action="store_true", help="also measure drift on class prompts against the base model")
