@@ -38,25 +38,31 @@ from sdlab.world.scene import SceneSampler, single_object_scene
 from sdlab.world.spec import COLORS, POSITIONS
 
 
-def make_data(folder: Path, token: str, n: int = 8, seed: int = 0, shape: str = "heart", drop: float = 0.2) -> Path:
+def make_data(folder: Path, token: str, n: int = 8, seed: int = 0, shape: str = "heart", drop: float = 0.2,
+              captions: int = 1) -> Path:
     """`n` renders of `shape`, captioned like the world's captions with `token` for the shape
     (each attribute left out with probability `drop`; scenes and captions share one generator,
-    so another `drop` also draws other scenes)."""
+    so another `drop` also draws other scenes). `captions` > 1 writes that many captions per
+    image (one drawn per use); the extra ones come from their own generator, so the scenes and
+    first captions stay those of `captions` = 1."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng, lines = random.Random(seed), []
+    rng, extra, lines = random.Random(seed), random.Random(seed + 7919), []
     for i in range(n):
         color = rng.choice(tuple(COLORS))
         bg = rng.choice([c for c in COLORS if c != color])
         scene = single_object_scene(shape, color, rng.choice(("small", "large")), rng.choice(tuple(POSITIONS)), bg, rng)
         render(scene).save(folder / f"{i:02d}.png")
-        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": caption(scene, rng, drop=drop).replace(shape, token)}))
+        texts = [caption(scene, rng, drop=drop)] + [caption(scene, extra, drop=drop) for _ in range(captions - 1)]
+        texts = [t.replace(shape, token) for t in texts]
+        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": texts[0] if captions == 1 else texts}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
 
 def data_folder(args, token: str) -> Path:
     drop = "" if args.caption_drop == 0.2 else f"-drop{args.caption_drop:g}"
-    return Path(args.out) / f"data-{args.shape}-{token.strip('<>')}{drop}"
+    many = "" if args.captions_per_image == 1 else f"-x{args.captions_per_image}"
+    return Path(args.out) / f"data-{args.shape}-{token.strip('<>')}{drop}{many}"
 
 
 def concept_rates(pipe, token: str, args) -> dict:
@@ -138,7 +144,8 @@ def run(name, method, token, args, **kw):
     if method.name != "textual-inversion":
         kw.setdefault("caption_dropout", args.caption_dropout)
     out = Path(args.out) / name
-    data = make_data(data_folder(args, token), token, shape=args.shape, drop=args.caption_drop)
+    data = make_data(data_folder(args, token), token, shape=args.shape, drop=args.caption_drop,
+                     captions=args.captions_per_image)
     cfg = TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=4, device="cpu", options=method.options,
                          **loop_options(args),
@@ -229,6 +236,8 @@ def main():
     p.add_argument("--prior-weight", type=float, default=1.0, help="DreamBooth's prior-loss weight")
     p.add_argument("--caption-drop", type=float, default=0.2,
                    help="chance that a training caption leaves out each attribute (higher: more short captions)")
+    p.add_argument("--captions-per-image", type=int, default=1,
+                   help="captions per training image (each with its own attribute drop); one is drawn per use")
     p.add_argument("--eval-seed", type=int, default=100, help="first seed of the oracle-read samples")
     p.add_argument("--all-colours", action="store_true", help="also ask for every colour of the palette")
     p.add_argument("--reread", default=None, metavar="ARTIFACT",

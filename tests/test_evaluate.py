@@ -52,6 +52,16 @@ def test_frechet_distance_closed_form():
     assert abs(frechet_distance(a, b) - (mu2 + float(np.trace(s)) * (1 + 4 - 2 * 2))) < 1e-6
 
 
+def test_diversity_is_zero_for_copies_and_grows_with_spread():
+    from sdlab.evaluate.scores import diversity
+
+    g = torch.Generator().manual_seed(0)
+    one = torch.nn.functional.normalize(torch.randn(1, 8, generator=g), dim=-1)
+    spread = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    assert abs(diversity(one.repeat(5, 1))) < 1e-6
+    assert diversity(spread) > diversity(torch.nn.functional.normalize(one + 0.1 * spread, dim=-1)) > 0
+
+
 def test_shipped_clip_scores_prefer_the_right_text_and_set():
     from sdlab.evaluate.features import Encoder
     from sdlab.evaluate.scores import clip_score, image_similarity
@@ -127,7 +137,7 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
                        "a red circle"]) == 0
     rows = json.loads((tmp_path / "report-off" / "report.json").read_text())
     assert "detection" not in rows[0]
-    assert {"clip_text_image", "image_similarity", "frechet_distance", "clip_text_context",
+    assert {"clip_text_image", "image_similarity", "frechet_distance", "diversity", "clip_text_context",
             "drift_similarity"} <= set(rows[0])
     assert all(-1 <= r["drift_similarity"] <= 1.0 + 1e-6 for r in rows)
     md = (tmp_path / "report-off" / "report.md").read_text()

@@ -107,6 +107,19 @@ def test_metadata_captions_and_errors(tmp_path):
         read_examples(empty)
 
 
+def test_several_captions_per_image_are_drawn_with_the_sample_seed(tmp_path):
+    _marked().save(tmp_path / "a.png")
+    captions = ["a sks", "a red sks", "a red sks on the left"]
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": captions}) + "\n")
+    ds = ImageDataset(read_examples(tmp_path), 16)
+    drawn = [ds.item(0, random.Random(s))[1] for s in range(30)]
+    assert set(drawn) == set(captions) and drawn[7] == ds.item(0, random.Random(7))[1]
+    for bad in ([], ["ok", 3], 5):
+        (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": bad}) + "\n")
+        with pytest.raises(ConfigError, match="a string or a non-empty list of strings"):
+            read_examples(tmp_path)
+
+
 def test_random_crop_and_flip_follow_the_seed(tmp_path):
     _marked((40, 24)).save(tmp_path / "wide.png")
     ds = ImageDataset(read_examples(tmp_path, "x"), 24, center_crop=False, random_flip=True)

@@ -13,15 +13,15 @@ from PIL import Image, ImageDraw
 from ..io.atomic import atomic_save, atomic_write_text
 from ..io.images import make_grid
 from . import concept as oracle_eval
-from .scores import clip_score, frechet_distance, image_similarity
+from .scores import clip_score, diversity, frechet_distance, image_similarity
 
 RATE_KEYS = ("detection", "color", "color+concept", "position", "position+concept", "color+position+concept")
-UNIT_KEYS = ("image_similarity", "drift_similarity")          # in [0, 1] too: plotted with the rates
+UNIT_KEYS = ("image_similarity", "diversity", "drift_similarity")          # in [0, 1] too: plotted with the rates
 SCORES_NOTE = ("clip_text_image: CLIP score (100 x cosine) of the \"a <token>\" samples against the concept's "
                "words; image_similarity / frechet_distance: mean cosine / Frechet distance of their features to "
-               "the reference images; clip_text_context: CLIP score of \"a <token> <context>\" samples against "
-               "the concept's words and the context; drift_similarity: same-seed similarity of class-prompt "
-               "samples to the base model's.")
+               "the reference images; diversity: 1 - their mean similarity to each other; clip_text_context: "
+               "CLIP score of \"a <token> <context>\" samples against the concept's words and the context; "
+               "drift_similarity: same-seed similarity of class-prompt samples to the base model's.")
 PALETTE = [(20, 60, 160), (200, 60, 40), (40, 150, 60), (150, 60, 190), (230, 150, 20), (40, 170, 190)]
 
 
@@ -56,6 +56,8 @@ def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None
         metrics, shown = {}, sample(f"a {s.token}")
     if encoder is not None:
         feats = encoder.images(shown)
+        if len(shown) > 1:
+            metrics["diversity"] = diversity(feats)
         if encoder.is_clip:
             metrics["clip_text_image"] = clip_score(feats, encoder.texts([s.concept_text] * len(shown)))
         if reference:

@@ -24,6 +24,16 @@ def image_similarity(a: torch.Tensor, b: torch.Tensor, paired: bool = False) -> 
     return float((a @ b.T).mean())
 
 
+def diversity(features: torch.Tensor) -> float:
+    """1 - mean cosine similarity between different samples (unit-norm rows): 0 when every
+    sample looks alike; DreamBooth's DIV (Ruiz et al. 2023) with encoder features for LPIPS."""
+    n = len(features)
+    if n < 2:
+        raise ConfigError("diversity needs at least 2 samples")
+    sims = features @ features.T
+    return float(1 - (sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between two feature sets."""
     if len(a) < 2 or len(b) < 2:

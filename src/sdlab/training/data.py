@@ -28,7 +28,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 @dataclass(frozen=True)
 class Example:
     path: Path
-    text: str
+    text: str | tuple[str, ...]     # several captions: one is drawn each time the image is used
 
 
 def read_examples(folder: str | Path, instance_prompt: str | None = None) -> list[Example]:
@@ -59,8 +59,11 @@ def _from_metadata(root: Path, meta: Path) -> list[Example]:
             name, text = row["file_name"], row["text"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ConfigError(f"{meta}:{n}: each line must be JSON with 'file_name' and 'text' ({exc})") from exc
-        if not isinstance(name, str) or not isinstance(text, str):
-            raise ConfigError(f"{meta}:{n}: 'file_name' and 'text' must be strings")
+        if isinstance(text, list) and text and all(isinstance(t, str) for t in text):
+            text = tuple(text)                  # several captions (as diffusers' text-to-image script takes)
+        if not isinstance(name, str) or not isinstance(text, (str, tuple)):
+            raise ConfigError(f"{meta}:{n}: 'file_name' must be a string and 'text' a string or a non-empty "
+                              "list of strings")
         path = (root / name).resolve()
         if root.resolve() not in path.parents:
             raise ConfigError(f"{meta}:{n}: file_name '{name}' points outside the data folder")
@@ -71,7 +74,8 @@ def _from_metadata(root: Path, meta: Path) -> list[Example]:
 
 
 class ImageDataset:
-    """Decoded, resized images with captions; `item(i, rng)` crops/flips with `rng`."""
+    """Decoded, resized images with captions; `item(i, rng)` crops/flips (and picks one of
+    several captions) with `rng`."""
 
     def __init__(self, examples: list[Example], resolution: int, *, center_crop: bool = True,
                  random_flip: bool = False, skip_bad_images: bool = False):
@@ -79,7 +83,7 @@ class ImageDataset:
             raise ConfigError(f"resolution must be a positive multiple of 8, got {resolution!r}")
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.images: list[Image.Image] = []
-        self.texts: list[str] = []
+        self.texts: list[str | tuple[str, ...]] = []
         for ex in examples:
             try:
                 image = load_image(ex.path)
@@ -108,7 +112,8 @@ class ImageDataset:
         if self.random_flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         arr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
-        return arr / 127.5 - 1.0, self.texts[index]
+        text = self.texts[index]
+        return arr / 127.5 - 1.0, (rng.choice(text) if isinstance(text, tuple) else text)
 
 
 def _resize_short_side(image: Image.Image, size: int) -> Image.Image:
