@@ -73,8 +73,17 @@ def concept_rates(pipe, token: str, args) -> dict:
     probes = {k: probes[k] for k in ("detection", "color", "color+concept")}
     probes["long_color+concept"] = ce.Probe(f"a large red {token} on the left on a white background",
                                             {"shape": args.shape, "color": "red"})
-    rates, _ = ce.concept_report(pipe, probes, args.n, seed=args.eval_seed, steps=20)
-    return rates
+    rates, images = ce.concept_report(pipe, probes, args.n, seed=args.eval_seed, steps=20)
+    return {**rates, "diversity": round(sample_diversity(images[probes["detection"].prompt]), 4)}
+
+
+def sample_diversity(images) -> float:
+    """How unlike each other the "a <token>" samples are (sdlab.evaluate.scores.diversity with
+    the shipped CLIP's image features; 0: one picture drawn every time)."""
+    from sdlab.evaluate.features import Encoder
+    from sdlab.evaluate.scores import diversity
+
+    return diversity(Encoder().images(images)) if len(images) > 1 else 0.0
 
 
 def palette_rates(pipe, token: str, args) -> dict:
