@@ -24,13 +24,6 @@ def register(sub) -> None:
     p.set_defaults(run=run_convert)
 
 
-def _is_lora(path: Path) -> bool:
-    from ..io.tensor_files import safetensors_keys
-    from ..models.lora import looks_like_lora
-
-    return path.suffix == ".safetensors" and looks_like_lora(safetensors_keys(path, "input file"))
-
-
 def run_convert(args) -> int:
     from ..errors import ConfigError
 
@@ -39,7 +32,9 @@ def run_convert(args) -> int:
         raise ConfigError(f"'{dst}' is a folder; give the output file, e.g. {dst / 'converted.safetensors'}")
     if dst.suffix != ".safetensors":
         raise ConfigError(f"the output '{dst}' must be a .safetensors file (sdlab writes no pickles)")
-    if _is_lora(src):
+    from ..models.lora import is_lora_file
+
+    if is_lora_file(src, "input file"):
         from ..models import lora
         from ..pipeline import Pipeline
 

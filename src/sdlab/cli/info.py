@@ -56,7 +56,9 @@ def describe_file(path: str) -> dict | None:
     p = Path(path)
     if not p.is_file() or p.suffix not in (".safetensors", ".pt", ".bin"):
         return None
-    if p.parent.parent.joinpath("model_index.json").is_file():
+    from ..models.loader import diffusers_folder_of
+
+    if diffusers_folder_of(p) is not None:
         return None                         # a component of a diffusers folder: the loader says so
     from ..text.embeddings import holds_model_weights
 

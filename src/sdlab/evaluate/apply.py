@@ -24,7 +24,7 @@ def load_artifact(model, artifact: str | Path | None, scale: float = 1.0, device
     if path.is_dir() and (path / "state.json").is_file():
         return load_checkpoint(model, path, device)
     pipe = Pipeline.load(model, device=device)
-    if path.suffix == ".safetensors" and lora_files.looks_like_lora(lora_files.read_file(path)[0]):
+    if lora_files.is_lora_file(path, "LoRA file"):
         lora_files.apply_lora(pipe, path, scale)
     else:
         embeddings.load_embedding(pipe, path)

@@ -68,6 +68,12 @@ class Components:
             feature_extractor=None, requires_safety_checker=False)
 
 
+def diffusers_folder_of(path: Path) -> Path | None:
+    """The diffusers model folder a component weight file (`unet/diffusion_pytorch_model.*`) sits in."""
+    folder = path.parent.parent
+    return folder if path.is_file() and (folder / "model_index.json").is_file() else None
+
+
 def load_pipeline_components(path: str | Path, *, dtype=None, device=None,
                              prediction_type: str | None = None, config: str | Path | None = None,
                              tokenizer: str | Path | None = None) -> Components:
@@ -83,7 +89,7 @@ def load_pipeline_components(path: str | Path, *, dtype=None, device=None,
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     pred = ckpt.normalize_prediction_type(prediction_type) if prediction_type else None
-    if p.is_file() and (p.parent.parent / "model_index.json").is_file():
+    if diffusers_folder_of(p) is not None:
         raise ModelLoadError(f"'{p}' holds only the {p.parent.name} of the diffusers folder '{p.parent.parent}'; "
                              "give the folder")
     if p.is_dir():

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from ..errors import ConfigError, ModelLoadError
 from ..io.atomic import atomic_save
-from ..io.tensor_files import read_safetensors
+from ..io.tensor_files import read_safetensors, safetensors_keys
 
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 METADATA_KEY = "lora_adapter_metadata"
@@ -59,6 +59,12 @@ def lora_modules(model, component: str) -> dict[str, torch.nn.Module]:
 def looks_like_lora(keys) -> bool:
     """Whether tensor names are a LoRA's (either layout) rather than an embedding's or a model's."""
     return any(k.startswith(("unet.", "text_encoder.", "lora_unet_", "lora_te_")) for k in keys)
+
+
+def is_lora_file(path: str | Path, what: str = "file") -> bool:
+    """A .safetensors file whose tensor names are a LoRA's (read from the header, not the tensors);
+    `what` names it in the error for a missing or unreadable file."""
+    return Path(path).suffix == ".safetensors" and looks_like_lora(safetensors_keys(path, what))
 
 
 def read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
