@@ -28,7 +28,7 @@ from sdlab.training.methods.dreambooth import DreamBooth, DreamBoothOptions
 from sdlab.training.methods.finetune import FineTune, FineTuneOptions
 from sdlab.training.methods.lora import LoRA, LoraOptions
 from sdlab.training.methods.textual_inversion import TextualInversion, TIOptions
-from sdlab import GenerationConfig
+from sdlab import GenerationConfig, Pipeline
 from sdlab.world.captions import caption, full_caption
 from sdlab.world.evaluate_model import prompt_set
 from sdlab.world.metrics import accuracy
@@ -199,7 +199,7 @@ def run_finetune(args):
     if not (data / "metadata.jsonl").exists():
         export_folder(data, args.ft_images, seed=1, sampler=SceneSampler(fills=("striped",)))
     out = Path(args.out) / ("ft" + args.tag)
-    method = FineTune(FineTuneOptions(freeze_text_encoder=False))
+    method = FineTune(FineTuneOptions(freeze_text_encoder=False, train_vae_decoder=args.ft_vae_decoder))
     cfg = TrainingConfig(method="finetune", data_dir=str(data), output_dir=str(out), model=args.model,
                          max_steps=args.steps, batch_size=16, device="cpu", learning_rate=1e-4 * args.lr_scale,
                          **loop_options(args),
@@ -255,6 +255,9 @@ def main():
     p.add_argument("--reread-fill", default=None, metavar="MODEL",
                    help="only read the striped fill of a fine-tuned model folder (--n prompts from --fill-seed)")
     p.add_argument("--fill-seed", type=int, default=10_000, help="first seed of the fine-tune's fill report")
+    p.add_argument("--vae", default=None, metavar="PATH",
+                   help="with --reread-fill: sample through this VAE (e.g. a `sdlab train vae-decoder` result)")
+    p.add_argument("--ft-vae-decoder", action="store_true", help="the fine-tune also trains the VAE decoder")
     p.add_argument("--identifier", default="sks", help="the rare word of LoRA and DreamBooth captions")
     p.add_argument("--lora-prior", action="store_true", help="LoRA with DreamBooth's prior preservation")
     p.add_argument("--lr-scheduler", default="constant", help="fine-tune's schedule (constant, cosine, ...)")
@@ -271,8 +274,9 @@ def main():
     Path(args.out).mkdir(parents=True, exist_ok=True)
     only = args.only.split(",")
     if args.reread_fill:
-        rates = fill_report(load_artifact(args.model, args.reread_fill), args.n, args.fill_seed)
-        record(args, {"method": "reread-fill", "artifact": args.reread_fill, "fill_seed": args.fill_seed, **rates})
+        rates = fill_report(Pipeline.load(args.reread_fill, device="cpu", vae=args.vae), args.n, args.fill_seed)
+        record(args, {"method": "reread-fill", "artifact": args.reread_fill, "vae": args.vae,
+                      "fill_seed": args.fill_seed, **rates})
         return
     if args.reread:
         token = "<my-shape>" if "embeds" in args.reread or args.reread.endswith(".pt") else args.identifier

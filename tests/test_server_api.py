@@ -607,3 +607,15 @@ def test_a_cancelled_train_job_resumes_from_its_checkpoint(make_client, tiny_mod
     assert done["state"] == "done", done["error"]
     assert done["result"]["steps"] == 40 and len(done["result"]["losses"]) == 40 - len(stopped["losses"])
     assert any(s.endswith(".safetensors") for s in done["result"]["saved"])
+
+
+def test_serve_vae_option_reaches_the_loaded_model(tiny_model_dir, tmp_path):
+    from sdlab.cli.main import build_parser
+    from sdlab.cli.serve import settings_from_args
+    from sdlab.server.app import _load_pipeline
+
+    args = build_parser().parse_args(["serve", "--model", str(tiny_model_dir), "--vae", str(tiny_model_dir / "vae"),
+                                      "--output-dir", str(tmp_path / "out")])
+    settings = settings_from_args(args)
+    assert settings.vae == str(tiny_model_dir / "vae")
+    assert _load_pipeline(settings)("cpu").c.extra["vae"]["name"] == "tiny-sd/vae"

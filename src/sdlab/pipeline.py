@@ -58,12 +58,13 @@ class Pipeline:
 
     @classmethod
     def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None,
-             speed=None):
+             speed=None, vae: str | Path | None = None):
         """Load a diffusers folder or a single-file checkpoint (default: the shipped model);
-        `speed`: a sdlab.models.speed.SpeedOptions (fast path, low memory)."""
+        `speed`: a sdlab.models.speed.SpeedOptions (fast path, low memory); `vae`: a VAE folder
+        or file to use instead of the model's own."""
         from .models.loader import load_pipeline_components
 
-        pipe = cls(load_pipeline_components(model or DEFAULT_MODEL, dtype=dtype, device=device))
+        pipe = cls(load_pipeline_components(model or DEFAULT_MODEL, dtype=dtype, device=device, vae=vae))
         if speed is not None:
             pipe.apply_speed(speed)
         return pipe
@@ -238,6 +239,8 @@ class Pipeline:
             params["Denoising strength"] = config.strength
         if config.guidance_rescale:
             params["CFG Rescale phi"] = config.guidance_rescale
+        if vae := self.c.extra.get("vae"):    # A1111 writes these two only for a swapped-in VAE
+            params["VAE hash"], params["VAE"] = vae["hash"], vae["name"]
         if self.loras:                        # A1111's keys, which civitai and others read
             params["Lora hashes"] = ", ".join(f"{r['name']}: {r['hash']}" for r in self.loras)
         if used := self.embeddings_used(config):

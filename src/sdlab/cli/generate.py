@@ -59,7 +59,7 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
 
 
 def learned_options(p: argparse.ArgumentParser) -> None:
-    """--lora, --embedding and --lora-dir: shared by every command that samples."""
+    """--lora, --embedding, --lora-dir and --vae: shared by every command that samples."""
     a = p.add_argument_group("what `sdlab train` learned")
     a.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="apply a LoRA file (diffusers or kohya layout) at SCALE (default 1); repeat to stack")
@@ -68,6 +68,9 @@ def learned_options(p: argparse.ArgumentParser) -> None:
                         "use its token in the prompt; repeat for several")
     a.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
                    help="where prompt tags <lora:NAME:WEIGHT> (A1111 syntax) find NAME.safetensors; repeatable")
+    a.add_argument("--vae", default=None, metavar="PATH",
+                   help="use this VAE instead of the model's (`sdlab train vae-decoder` output, an AutoencoderKL "
+                        "folder, or an A1111-style VAE .safetensors)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -121,10 +124,10 @@ def load_pipeline(args):
 
 
 def load_learned(args):
-    """The model with the learned_options() applied (--embedding, --lora, --lora-dir)."""
+    """The model with the learned_options() applied (--vae, --embedding, --lora, --lora-dir)."""
     from ..pipeline import Pipeline
 
-    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device)
+    pipe = Pipeline.load(args.model, dtype=args.dtype, device=args.device, vae=args.vae)
     apply_learned(pipe, args.embedding, args.lora)
     pipe.lora_dirs = [Path(d) for d in args.lora_dir]
     return pipe

@@ -1,5 +1,5 @@
-"""`sdlab info [MODEL | FILE]`: what a model is, its size and settings; or what a LoRA or
-textual-inversion file holds."""
+"""`sdlab info [MODEL | FILE]`: what a model is, its size and settings; or what a LoRA,
+textual-inversion or VAE file holds."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="describe a model (default: the shipped model), a LoRA or an embedding file")
+    p = sub.add_parser("info", help="describe a model (default: the shipped model), a LoRA, embedding or VAE")
     p.add_argument("model", nargs="?", default=None,
-                   help="diffusers folder or single-file checkpoint; or a LoRA / embedding file")
+                   help="diffusers folder or single-file checkpoint; or a LoRA / embedding / VAE file or VAE folder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
 
@@ -90,7 +90,9 @@ def describe_file(path: str) -> dict | None:
 def run(args) -> int:
     from ..pipeline import Pipeline
 
-    d = (args.model and describe_file(args.model)) or describe(Pipeline.load(args.model))
+    from ..models.vae_file import describe_vae
+
+    d = (args.model and (describe_vae(args.model) or describe_file(args.model))) or describe(Pipeline.load(args.model))
     if args.json:
         print(json.dumps(d, indent=2))
         return 0

@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--model", default=None, help="diffusers folder or .safetensors file (default: the shipped model)")
+    p.add_argument("--vae", default=None, metavar="PATH", help="use this VAE instead of the model's (folder or file)")
     p.add_argument("--output-dir", default="outputs", help="where images are written and served from (default outputs)")
     p.add_argument("--state-dir", default=None, help="job database and uploads (default OUTPUT_DIR/.sdlab-server)")
     p.add_argument("--token", default=None, help="access token (default: $SDLAB_TOKEN); required off loopback")
@@ -37,7 +38,7 @@ def settings_from_args(args):
     from ..server.settings import ServerSettings
 
     token = args.token if args.token is not None else os.environ.get("SDLAB_TOKEN") or None
-    return ServerSettings(output_dir=args.output_dir, model=args.model, host=args.host, port=args.port,
+    return ServerSettings(output_dir=args.output_dir, model=args.model, vae=args.vae, host=args.host, port=args.port,
                           token=token, state_dir=args.state_dir, devices=tuple(args.device or [None]),
                           dtype=args.dtype, max_queue=args.max_queue,
                           max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
@@ -52,7 +53,8 @@ def run_serve(args) -> int:
 
     settings = settings_from_args(args)  # ConfigError (e.g. no token off loopback) -> exit 2
     # Load before binding, so a bad --model is a one-line error (ModelLoadError -> exit 2).
-    pipes = {d: Pipeline.load(settings.model, dtype=settings.dtype, device=d) for d in settings.devices}
+    pipes = {d: Pipeline.load(settings.model, dtype=settings.dtype, device=d, vae=settings.vae)
+             for d in settings.devices}
     host = settings.host.strip("[]")
     shown = f"[{host}]" if ":" in host else host
     print(f"sdlab studio on http://{shown}:{settings.port}/  (outputs: {settings.output_dir})", flush=True)

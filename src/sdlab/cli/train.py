@@ -1,4 +1,4 @@
-"""`sdlab train textual-inversion|dreambooth|lora|finetune` on the one training loop."""
+"""`sdlab train textual-inversion|dreambooth|lora|finetune|vae-decoder` on the one training loop."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ EXAMPLES = """examples:
   sdlab train lora --data shapes/ --instance-prompt "a sks shape" --rank 8 --output-dir runs/lora
   sdlab train dreambooth --data shapes/ --instance-prompt "a sks shape" --class-prompt "a shape"
   sdlab train finetune --data striped/ --ema
+  sdlab train vae-decoder --data striped/ --batch-size 16 --max-steps 600   (then: sdlab generate --vae OUT/vae)
   sdlab train dreambooth ... --memory-budget 12GiB   (the fastest memory options that fit)
   sdlab train lora ... --resume latest          (continue exactly where a run stopped)
   accelerate launch --num_processes 2 -m sdlab.cli.main train lora ...   (see docs/training.md)
@@ -93,13 +94,15 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--train-text-encoder", action="store_true")
     if name == "finetune":
         p.add_argument("--train-text-encoder", action="store_true", help="also tune the text encoder (default frozen)")
+        p.add_argument("--train-vae-decoder", action="store_true",
+                       help="also tune the VAE decoder on the images' round trip (for fine detail the decoder loses)")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="personalize a model: textual inversion, DreamBooth, LoRA, fine-tune",
+    p = sub.add_parser("train", help="personalize a model: textual inversion, DreamBooth, LoRA, fine-tune, VAE decoder",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
-    for name in ("textual-inversion", "dreambooth", "lora", "finetune"):
+    for name in ("textual-inversion", "dreambooth", "lora", "finetune", "vae-decoder"):
         q = methods.add_parser(name, help=f"train with {name}", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(q)

@@ -12,8 +12,8 @@ from ..training import checkpoints as ck
 
 
 def load_artifact(model, artifact: str | Path | None, scale: float = 1.0, device: str = "cpu"):
-    """A Pipeline of `model` with `artifact` (an embedding file, a LoRA file, or a tuned
-    model folder, which replaces `model`) applied."""
+    """A Pipeline of `model` with `artifact` (an embedding file, a LoRA file, a tuned VAE
+    folder, or a tuned model folder, which replaces `model`) applied."""
     from ..pipeline import Pipeline
 
     if artifact is None:
@@ -21,6 +21,8 @@ def load_artifact(model, artifact: str | Path | None, scale: float = 1.0, device
     path = Path(artifact)
     if path.is_dir() and (path / "model_index.json").is_file():
         return Pipeline.load(path, device=device)
+    if path.is_dir() and (path / "config.json").is_file():
+        return Pipeline.load(model, device=device, vae=path)
     if path.is_dir() and (path / "state.json").is_file():
         return load_checkpoint(model, path, device)
     pipe = Pipeline.load(model, device=device)
@@ -54,8 +56,8 @@ def load_checkpoint(model, ckpt: str | Path, device: str = "cpu"):
         lora_files.check_shapes(layers, modules)
         lora_files.AppliedLora(modules, layers, 1.0)
         return pipe
-    if method in ("dreambooth", "finetune"):
-        for comp in ("unet", "text_encoder"):
+    if method in ("dreambooth", "finetune", "vae-decoder"):
+        for comp in ("unet", "text_encoder", "vae"):
             sub = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(comp + ".")}
             if sub:
                 missing = getattr(pipe.c, comp).load_state_dict(sub, strict=False)

@@ -32,3 +32,9 @@ def safetensors_keys(path: str | Path, what: str = "file") -> list[str]:
     """The tensor names of a .safetensors file, without reading the tensors."""
     with _opened(Path(path), what) as f:
         return list(f.keys())
+
+
+def safetensors_shapes(path: str | Path, what: str = "file") -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a .safetensors file, without reading the tensors."""
+    with _opened(Path(path), what) as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}

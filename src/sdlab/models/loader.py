@@ -76,12 +76,13 @@ def diffusers_folder_of(path: Path) -> Path | None:
 
 def load_pipeline_components(path: str | Path, *, dtype=None, device=None,
                              prediction_type: str | None = None, config: str | Path | None = None,
-                             tokenizer: str | Path | None = None) -> Components:
+                             tokenizer: str | Path | None = None, vae: str | Path | None = None) -> Components:
     """Load a diffusers folder, or a SD 1.x/2.x ``.safetensors``/``.ckpt`` single file.
 
     ``prediction_type`` ("epsilon"/"v_prediction") overrides detection; ``config`` is a diffusers
     folder whose configs replace the shipped SD 1.5/2.1 ones (single files only); ``tokenizer``
-    is a tokenizer folder to use instead of the model's own.
+    is a tokenizer folder to use instead of the model's own; ``vae`` a VAE to use instead of the
+    model's own (sdlab.models.vae_file: a folder or a single VAE file).
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -98,6 +99,10 @@ def load_pipeline_components(path: str | Path, *, dtype=None, device=None,
             parts.scheduler_config["prediction_type"] = parts.prediction_type = pred
     else:
         parts = _load_single_file(p, dt, dev, pred, config, tokenizer)
+    if vae is not None:
+        from sdlab.models.vae_file import load_vae
+
+        parts.vae, parts.extra["vae"] = load_vae(vae, parts.vae, dt)
     for module in (parts.unet, parts.vae, parts.text_encoder):
         module.to(dev).eval()
     return parts

@@ -36,7 +36,7 @@ def shipped_config_dir(family: str, prediction_type: str) -> Path:
     return CONFIG_ROOT / ("sd21-v" if prediction_type == "v_prediction" else "sd21-base")
 
 
-def _empty(factory):
+def empty_model(factory):
     """Run ``factory()`` with parameters on the meta device (no memory, no random init)."""
     from accelerate import init_empty_weights
 
@@ -44,7 +44,7 @@ def _empty(factory):
         return factory()
 
 
-def _materialize(model, state: dict, dtype: torch.dtype, label: str):
+def materialize(model, state: dict, dtype: torch.dtype, label: str):
     """Assign ``state`` to an empty ``model`` after checking that the key sets match exactly."""
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -76,8 +76,8 @@ def build_unet(state: dict, config: dict, dtype: torch.dtype):
     if conv_in is not None:  # inpainting checkpoints take 9 input channels
         config["in_channels"] = int(conv_in.shape[1])
     converted = convert_ldm_unet_checkpoint(state, config)
-    model = _empty(lambda: UNet2DConditionModel.from_config(config))
-    return _materialize(model, converted, dtype, "UNet")
+    model = empty_model(lambda: UNet2DConditionModel.from_config(config))
+    return materialize(model, converted, dtype, "UNet")
 
 
 def build_vae(state: dict, config: dict, dtype: torch.dtype):
@@ -86,8 +86,8 @@ def build_vae(state: dict, config: dict, dtype: torch.dtype):
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     converted = convert_ldm_vae_checkpoint(state, config)
-    model = _empty(lambda: AutoencoderKL.from_config(config))
-    return _materialize(model, converted, dtype, "VAE")
+    model = empty_model(lambda: AutoencoderKL.from_config(config))
+    return materialize(model, converted, dtype, "VAE")
 
 
 def build_text_encoder(state: dict, config_dir: Path, family: str, dtype: torch.dtype):
@@ -97,14 +97,14 @@ def build_text_encoder(state: dict, config_dir: Path, family: str, dtype: torch.
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig.from_dict(read_json(config_dir / "config.json"))
-    model = _empty(lambda: CLIPTextModel(config))
+    model = empty_model(lambda: CLIPTextModel(config))
     if family == "sd1":
         converted = convert_ldm_clip_checkpoint(state)
     else:
         converted = convert_open_clip_checkpoint(model, state)
     wrapped = any(k.startswith("text_model.") for k in model.state_dict())
     converted = _to_model_keys(converted, config.num_hidden_layers, wrapped)
-    return _materialize(model, converted, dtype, "text encoder")
+    return materialize(model, converted, dtype, "text encoder")
 
 
 def _to_model_keys(converted: dict, n_layers: int, wrapped: bool) -> dict:

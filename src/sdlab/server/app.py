@@ -36,7 +36,7 @@ def _load_pipeline(settings: ServerSettings):
     def load(device: Optional[str]):
         from ..pipeline import Pipeline
 
-        return Pipeline.load(settings.model, dtype=settings.dtype, device=device)
+        return Pipeline.load(settings.model, dtype=settings.dtype, device=device, vae=settings.vae)
     return load
 
 

@@ -29,6 +29,7 @@ class ServerSettings:
 
     output_dir: Path = Path("outputs")
     model: Optional[str] = None                # None: the shipped model
+    vae: Optional[str] = None                  # None: the model's own VAE
     host: str = "127.0.0.1"
     port: int = 7860
     token: Optional[str] = None

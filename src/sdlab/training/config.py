@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from ..config import _check_float, _check_int
 from ..errors import ConfigError
 
-METHODS = ("textual-inversion", "dreambooth", "lora", "finetune")
+METHODS = ("textual-inversion", "dreambooth", "lora", "finetune", "vae-decoder")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
                 "warmup_stable_decay")

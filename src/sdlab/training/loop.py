@@ -106,7 +106,8 @@ def apply_memory_options(method, config: TrainingConfig) -> None:
 
 RUN_CONFIG = "training_config.json"
 # method options that decide what trains (and its shapes): a resume must keep them
-STRUCTURE_OPTIONS = ("rank", "alpha", "targets", "text_encoder", "num_vectors", "placeholder", "freeze_text_encoder")
+STRUCTURE_OPTIONS = ("rank", "alpha", "targets", "text_encoder", "num_vectors", "placeholder", "freeze_text_encoder",
+                      "train_vae_decoder")
 
 
 def save_run_config(out: Path, config: TrainingConfig) -> None:

@@ -30,9 +30,16 @@ def build_method(name: str, args: dict):
     if name == "finetune":
         from .finetune import FineTune, FineTuneOptions
 
-        opts = FineTuneOptions(freeze_text_encoder=not args["train_text_encoder"])
+        opts = FineTuneOptions(freeze_text_encoder=not args["train_text_encoder"],
+                               train_vae_decoder=bool(args.get("train_vae_decoder")))
         return FineTune(opts), {"learning_rate": 1e-5, "weight_decay": 1e-2, "options": opts}
-    raise ConfigError(f"unknown training method {name!r}; use textual-inversion, dreambooth, lora or finetune")
+    if name == "vae-decoder":
+        from .vae_decoder import VaeDecoder
+
+        method = VaeDecoder()
+        return method, {"learning_rate": 1e-4, "weight_decay": 0.0, "options": method.options}
+    raise ConfigError(f"unknown training method {name!r}; use textual-inversion, dreambooth, lora, finetune "
+                      "or vae-decoder")
 
 
 def _prior_args(args: dict) -> dict:

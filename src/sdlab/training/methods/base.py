@@ -51,6 +51,7 @@ class DiffusionMethod:
     name = "base"
     train_unet = False
     train_text_encoder = False
+    train_vae_decoder = False
     # Adapter methods (LoRA) keep their frozen base weights at the mixed-precision dtype, as
     # diffusers' LoRA scripts do: an fp32 base would cost 4 bytes a weight plus the
     # low-precision copy autocast saves for backward.
@@ -61,14 +62,15 @@ class DiffusionMethod:
 
         self.c, self.config, self.accelerator = components, config, accelerator
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler_config)
-        self.unet, self.text_encoder = components.unet, components.text_encoder
+        self.unet, self.text_encoder, self.vae = components.unet, components.text_encoder, components.vae
         for module in (components.unet, components.vae, components.text_encoder):
             module.requires_grad_(False)
             module.eval()
         self.prepare_modules()
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         cast = lambda module: torch.nn.Module.to(module, dtype=weight_dtype)  # diffusers' own .to() warns
-        cast(components.vae)
+        if not self.train_vae_decoder:
+            cast(components.vae)
         cast_base = self.adapters_on_cast_base
         if not self.train_unet and (cast_base or not getattr(self, "unet_adapters", False)):
             cast(components.unet)
@@ -87,6 +89,8 @@ class DiffusionMethod:
             mods.append(self.c.unet)
         if self.train_text_encoder or getattr(self, "text_adapters", False):
             mods.append(self.c.text_encoder)
+        if self.train_vae_decoder:
+            mods.append(self.c.vae)
         return mods
 
     def set_prepared(self, modules: list[torch.nn.Module]) -> None:
@@ -96,6 +100,8 @@ class DiffusionMethod:
                 self.unet = prepared
             elif raw is self.c.text_encoder:
                 self.text_encoder = prepared
+            elif raw is self.c.vae:
+                self.vae = prepared
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
@@ -104,9 +110,9 @@ class DiffusionMethod:
         pass
 
     def named_trainable(self) -> dict[str, torch.nn.Parameter]:
-        """"unet.<param>" / "text_encoder.<param>" -> trainable parameter."""
+        """"unet.<param>" / "text_encoder.<param>" / "vae.<param>" -> trainable parameter."""
         out = {}
-        for comp in ("unet", "text_encoder"):
+        for comp in ("unet", "text_encoder", "vae"):
             module = getattr(self.c, comp)
             if module in self.trainable_modules():
                 out.update({f"{comp}.{n}": p for n, p in module.named_parameters() if p.requires_grad})
@@ -171,6 +177,22 @@ class DiffusionMethod:
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.per_sample_loss(batch.pixels, batch.texts, batch.seeds).mean()
+
+    # --- the VAE decoder ----------------------------------------------------------------------
+    def mark_decoder_trainable(self) -> None:
+        """The decoder half of the VAE trains; the encoder stays frozen, so the latents every
+        UNet of this model was trained on (and its scaling factor) stay valid."""
+        vae = self.c.vae
+        for module in (vae.decoder, getattr(vae, "post_quant_conv", None)):
+            if module is not None:
+                module.requires_grad_(True)
+
+    def decoder_loss(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L1 + MSE between the images and their round trip through the VAE (the encoder's
+        mode, no sampling), the pixel terms the shipped VAE was trained with."""
+        x = pixels.to(self.c.device, torch.float32)
+        rec = self.vae(x).sample.float()          # the prepared module's forward: DDP syncs its gradients
+        return (rec - x).abs().mean() + F.mse_loss(rec, x)
 
 
 def native_resolution(components) -> int:

@@ -1,0 +1,46 @@
+"""VAE decoder fine-tuning, as Stability AI's sd-vae-ft-mse: only the decoder trains, on the
+round trip of the training images (L1 + MSE), so the model draws fine detail of a new style
+(thin stripes, text, faces) that the original decoder smooths away. The encoder is frozen:
+latents, scaling factor and every UNet trained on them stay valid, and the result swaps into
+any model of the family (`sdlab generate --vae`). Saves a diffusers AutoencoderKL folder
+`OUTPUT/vae`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .base import Batch, DiffusionMethod
+
+
+@dataclass(frozen=True)
+class VaeDecoderOptions:
+    pass
+
+
+class VaeDecoder(DiffusionMethod):
+    name = "vae-decoder"
+    train_vae_decoder = True
+
+    def __init__(self, options: VaeDecoderOptions | None = None):
+        self.options = options or VaeDecoderOptions()
+
+    def prepare_modules(self) -> None:
+        self.mark_decoder_trainable()
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return self.decoder_loss(batch.pixels)
+
+    def save(self, output_dir: Path) -> list[Path]:
+        return [save_vae_folder(self.c.vae, Path(output_dir) / "vae")]
+
+
+def save_vae_folder(vae, path: Path) -> Path:
+    """The VAE as a diffusers AutoencoderKL folder (fp32 safetensors), written atomically."""
+    from ...io.atomic import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        vae.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+    return Path(path)
