@@ -42,5 +42,5 @@ def save_vae_folder(vae, path: Path) -> Path:
     from ...io.atomic import atomic_dir
 
     with atomic_dir(path) as tmp:
-        vae.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+        torch.nn.Module.to(vae, dtype=torch.float32).save_pretrained(tmp, safe_serialization=True)
     return Path(path)
