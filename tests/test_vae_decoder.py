@@ -181,3 +181,19 @@ def test_info_describes_vae_folders_and_files(capsys, tiny_model_dir, tuned_vae,
     save_file({"first_stage_model.decoder.conv_in.weight": torch.zeros(16, 4, 3, 3)}, str(tmp_path / "v.safetensors"))
     assert describe_vae(tmp_path / "v.safetensors")["kind"] == "VAE (LDM layout)"
     assert describe_vae(tiny_model_dir / "unet") is None and describe_vae(tiny_model_dir) is None
+
+
+def test_info_and_load_take_an_a1111_pt_vae(tiny_model_dir, tuned_vae, tmp_path):
+    """A1111's `*.vae.pt`: {"state_dict": LDM keys}, read with weights_only=True."""
+    from diffusers import AutoencoderKL
+
+    from sdlab.models.ldm_export import VAE_PREFIX, vae_to_original
+    from sdlab.models.vae_file import describe_vae
+    from sdlab.pipeline import Pipeline
+
+    vae = AutoencoderKL.from_pretrained(tuned_vae[1].saved[0])
+    state = {k[len(VAE_PREFIX):]: v for k, v in vae_to_original(vae.state_dict(), 2).items()}
+    path = tmp_path / "mine.vae.pt"
+    torch.save({"state_dict": state}, path)
+    assert describe_vae(path)["kind"] == "VAE (LDM layout)"
+    assert _same(Pipeline.load(tiny_model_dir, device="cpu", vae=path).c.vae, vae)

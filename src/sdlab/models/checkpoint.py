@@ -45,7 +45,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         raise ModelLoadError(f"unknown model file type '{p.suffix}' for '{p}'; allowed: a "
                              "diffusers folder, .safetensors, .ckpt")
-    return _unwrap(state, p)
+    return unwrap_state_dict(state, p)
 
 
 def load_pickled(p: Path) -> dict:
@@ -74,7 +74,7 @@ def _weights_only_reason(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _unwrap(state, p: Path) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(state, p: Path) -> dict[str, torch.Tensor]:
     while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

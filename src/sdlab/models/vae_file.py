@@ -80,10 +80,9 @@ VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 
 
 def describe_vae(path: str | Path) -> dict | None:
-    """What `sdlab info` says of a VAE folder or a .safetensors VAE file; None for anything else."""
+    """What `sdlab info` says of a VAE folder or VAE file (.safetensors, or a weights-only
+    .pt/.ckpt such as A1111's `*.vae.pt`); None for anything else."""
     import math
-
-    from sdlab.io.tensor_files import safetensors_shapes
 
     p = Path(path)
     config = None
@@ -92,11 +91,9 @@ def describe_vae(path: str | Path) -> dict | None:
         if config.get("_class_name") != "AutoencoderKL":
             return None
         p = next((p / n for n in WEIGHT_FILES if (p / n).is_file()), None)
-        if p is None or p.suffix != ".safetensors":
-            return None
-    elif p.suffix != ".safetensors" or not p.is_file():
+    if p is None or not p.is_file() or p.suffix.lower() not in ckpt.SAFETENSORS_SUFFIXES + ckpt.PICKLE_SUFFIXES + (".bin",):
         return None
-    shapes = safetensors_shapes(p)
+    shapes = _shapes(p)
     bare = {k.removeprefix("first_stage_model."): v for k, v in shapes.items()}
     if not bare or not all(k.startswith(VAE_PREFIXES) for k in bare) or "decoder.conv_in.weight" not in bare:
         return None
@@ -110,3 +107,16 @@ def describe_vae(path: str | Path) -> dict | None:
         out["scaling_factor"] = config.get("scaling_factor")
     out["use"] = "sdlab generate ... --vae PATH"
     return out
+
+
+def _shapes(p: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape: from the header of a .safetensors file, else the weights-only load."""
+    if p.suffix.lower() in ckpt.SAFETENSORS_SUFFIXES:
+        from sdlab.io.tensor_files import safetensors_shapes
+
+        return safetensors_shapes(p)
+    try:
+        state = ckpt.unwrap_state_dict(ckpt.load_pickled(p), p)
+    except ModelLoadError:
+        return {}
+    return {k: tuple(v.shape) for k, v in state.items()}
