@@ -172,8 +172,32 @@ def test_pick_skips_drifted_checkpoints(tmp_path):
     assert "No checkpoint kept" in md and "**b** (step 2)" in md
 
 
+def test_pick_skips_collapsed_checkpoints(tmp_path):
+    """A checkpoint that draws one picture for "a <token>" (diversity near 0) is not picked,
+    however high its rates; a floor no checkpoint meets is dropped, and the report says so."""
+    from sdlab.evaluate.report import EvalSettings, pick_best, write_report
+
+    img = [Image.new("RGB", (8, 8))]
+    rows = [("a", 1, {"detection": 0.75, "color+concept": 1.0, "diversity": 0.60, "drift_accuracy_drop": 0.30}, img),
+            ("b", 2, {"detection": 1.00, "color+concept": 1.0, "diversity": 0.00, "drift_accuracy_drop": 0.00}, img),
+            ("c", 3, {"detection": 0.50, "color+concept": 1.0, "diversity": 0.70, "drift_accuracy_drop": 0.05}, img)]
+    assert pick_best(rows)[0] == "b"
+    assert pick_best(rows, floor=0.19)[0] == "a"
+    assert pick_best(rows, max_drift=0.1, floor=0.19)[0] == "c"
+    assert pick_best(rows, floor=0.9)[0] == "b"                      # nobody keeps 0.9: the floor is dropped
+    md = write_report(tmp_path / "r", rows, EvalSettings(n=4, max_drift=0.1, diversity_floor=0.19,
+                                                         reference_diversity=0.76)).read_text()
+    assert ("among the checkpoints whose class-prompt accuracy fell by at most 0.10 and whose diversity is at least "
+            "0.19 (25% of the reference images' 0.76), i.e. not collapsed onto one picture: **c** (step 3)") in md
+    md = write_report(tmp_path / "r2", rows, EvalSettings(n=4, max_drift=None, diversity_floor=0.9,
+                                                          reference_diversity=0.9)).read_text()
+    assert "No checkpoint kept a diversity of 0.90 (100% of the reference images' 0.90): all collapsed" in md
+    assert "over all of them: **b** (step 2)" in md
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-drift", "1.5"], "--max-drift is a drop in accuracy between 0 and 1, got 1.5"),
+    (["--min-diversity", "2"], "--min-diversity is a share of the reference images' diversity between 0 and 1"),
     (["--concept", "shape=hexagon"], "--concept shape=hexagon: the oracle knows shape circle, square"),
     (["--concept", "fill"], "--concept must be ATTR=VALUE"),
     (["--n", "0"], "--n must be >= 1, got 0"),

@@ -37,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--max-drift", type=float, default=0.1,
                    help="with --drift, pick the best checkpoint only among those whose class-prompt accuracy (without "
                         "the oracle: same-seed similarity) fell by at most this (0-1; default 0.1)")
+    p.add_argument("--min-diversity", type=float, default=0.25,
+                   help="pick only checkpoints whose samples of 'a TOKEN' keep at least this share of the reference "
+                        "images' own diversity, i.e. have not collapsed onto one picture (0-1; default 0.25; 0: off)")
     p.add_argument("--confirm-seed", type=int, default=None,
                    help="re-read the best checkpoint on fresh samples from this seed (the pick's own rates are biased up)")
     p.add_argument("--oracle", choices=("auto", "on", "off"), default="auto",
@@ -78,6 +81,7 @@ def run_eval(args) -> int:
     from ..evaluate.concept import concept_images
     from ..evaluate.features import Encoder
     from ..evaluate.report import BASELINE, EvalSettings, evaluate, pick_best, write_report
+    from ..evaluate.scores import diversity
     from ..io.images import load_image
     from ..training.data import IMAGE_SUFFIXES
 
@@ -93,6 +97,9 @@ def run_eval(args) -> int:
                           f"(seeds {args.seed}..{args.seed + args.n - 1}); pick one at least --n ({args.n}) away")
     if not 0.0 <= args.max_drift <= 1.0:
         raise ConfigError(f"--max-drift is a drop in accuracy between 0 and 1, got {args.max_drift}")
+    if not 0.0 <= args.min_diversity <= 1.0:
+        raise ConfigError(f"--min-diversity is a share of the reference images' diversity between 0 and 1, "
+                          f"got {args.min_diversity}")
     base = apply.load_artifact(args.model, None) if args.drift or (args.oracle == "auto" and args.model) else None
     oracle = args.oracle == "on" or (args.oracle == "auto" and (base is None or base.c.family == "custom"))
     base = base if args.drift else None
@@ -115,6 +122,9 @@ def run_eval(args) -> int:
                                    fill=concept.get("fill", "solid"), seed=12345)
     else:
         reference = None                    # no renders of a real concept: image similarity needs --reference
+    if encoder is not None and reference and len(reference) > 1 and args.min_diversity > 0:
+        s.reference_diversity = diversity(encoder.images(reference))
+        s.diversity_floor = args.min_diversity * s.reference_diversity
     if args.run_dir:
         targets = [(p.name, int(p.name.split("-")[1]), p) for p in apply.checkpoints_of(args.run_dir)]
     else:
@@ -131,7 +141,7 @@ def run_eval(args) -> int:
     rows = [(label, step, *read(label, target, s)) for label, step, target in targets]
     confirmed = None
     if args.confirm_seed is not None:
-        label, _, _, _ = pick_best(rows, s.max_drift)
+        label, _, _, _ = pick_best(rows, s.max_drift, s.diversity_floor)
         target = next(t for lb, _, t in targets if lb == label)
         metrics, _ = read(f"{label} on seed {args.confirm_seed}", target,
                           dataclasses.replace(s, seed=args.confirm_seed))

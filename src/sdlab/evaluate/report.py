@@ -40,6 +40,8 @@ class EvalSettings:
     oracle: bool = True                      # False: any model, scored by the encoder only (no shapes world)
     context: str | None = None               # "a <token> <context>" samples, CLIP-scored against the context
     class_prompt: str | None = None          # drift without the oracle: same-seed base vs tuned similarity
+    diversity_floor: float | None = None     # pick only checkpoints whose "a <token>" diversity is at least this
+    reference_diversity: float | None = None  # the reference images' own diversity (the floor is a share of it)
 
 
 def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None) -> tuple[dict, list]:
@@ -110,24 +112,65 @@ def _score(metrics: dict) -> tuple[str, float]:
 BASELINE = "base-model"                   # the label of the untrained model's row (--baseline): never picked
 
 
-def pick_best(rows: list[tuple], max_drift: float | None = None) -> tuple:
-    """The checkpoint with the best `_score` (earliest on ties), among those whose class prompts
-    moved by at most `max_drift` when drift was measured (all checkpoints if none did)."""
+def _collapsed(row: tuple, floor: float) -> bool:
+    return "diversity" in row[2] and row[2]["diversity"] < floor - 1e-9
+
+
+def _filters(max_drift: float | None, floor: float | None) -> list[tuple[str, object]]:
+    """(what it keeps, predicate) for each limit a pick respects."""
+    out = []
+    if max_drift is not None:
+        out.append((max_drift, lambda r: not _drifted(r, max_drift)))
+    if floor is not None:
+        out.append((floor, lambda r: not _collapsed(r, floor)))
+    return out
+
+
+def _eligible(rows: list[tuple], max_drift: float | None, floor: float | None) -> tuple[list[tuple], list[bool]]:
+    """The rows a pick chooses among, and per limit whether any row met it (an unmet limit is dropped)."""
     rows = [r for r in rows if r[0] != BASELINE] or rows
-    kept = [r for r in rows if max_drift is None or not _drifted(r, max_drift)]
-    return max(kept or rows, key=lambda r: (_score(r[2])[1], -r[1]))
+    kept, met = rows, []
+    for _, ok in _filters(max_drift, floor):
+        narrowed = [r for r in kept if ok(r)]
+        met.append(bool(narrowed))
+        kept = narrowed or kept
+    return kept, met
 
 
-def _pick_rule(rows: list[tuple], max_drift: float | None) -> str:
+def pick_best(rows: list[tuple], max_drift: float | None = None, floor: float | None = None) -> tuple:
+    """The checkpoint with the best `_score` (earliest on ties), among those whose class prompts
+    moved by at most `max_drift` when drift was measured, and whose samples of "a <token>" have
+    a diversity of at least `floor` (not collapsed onto one picture); a limit no checkpoint meets
+    is dropped."""
+    kept, _ = _eligible(rows, max_drift, floor)
+    return max(kept, key=lambda r: (_score(r[2])[1], -r[1]))
+
+
+def _pick_rule(rows: list[tuple], max_drift: float | None, floor: float | None = None,
+               reference_diversity: float | None = None) -> str:
     rule, first = _score(rows[0][2])[0], rows[0][2]
-    if max_drift is None or not ("drift_accuracy_drop" in first or "drift_similarity" in first):
-        return f"Best by {rule}"
+    if not ("drift_accuracy_drop" in first or "drift_similarity" in first):
+        max_drift = None
+    if "diversity" not in first:
+        floor = None
     what = ("class-prompt accuracy" if "drift_accuracy_drop" in first
             else "same-seed similarity of class-prompt samples")
-    if all(_drifted(r, max_drift) for r in rows):
-        return (f"No checkpoint kept its {what} within {max_drift:.2f} of the base model's; best by {rule} over all "
-                "of them")
-    return f"Best by {rule} among the checkpoints whose {what} fell by at most {max_drift:.2f}"
+    limits = []                                  # (as a kept limit, as one no checkpoint met)
+    if max_drift is not None:
+        limits.append((f"whose {what} fell by at most {max_drift:.2f}",
+                       f"No checkpoint kept its {what} within {max_drift:.2f} of the base model's"))
+    if floor is not None:
+        share = f" ({floor / reference_diversity:.0%} of the reference images' {reference_diversity:.2f})" \
+            if reference_diversity else ""
+        limits.append((f"whose diversity is at least {floor:.2f}{share}, i.e. not collapsed onto one picture",
+                       f"No checkpoint kept a diversity of {floor:.2f}{share}: all collapsed onto one picture"))
+    _, met = _eligible(rows, max_drift, floor)
+    kept = [k for (k, _), ok in zip(limits, met) if ok]
+    dropped = [d for (_, d), ok in zip(limits, met) if not ok]
+    out = f"Best by {rule}" + (" among the checkpoints " + " and ".join(kept) if kept else "")
+    if dropped:
+        out = "; ".join(dropped) + "; " + out[0].lower() + out[1:] + ("" if kept else " over all of them")
+    return out
 
 
 def _cell(key: str, value: float, n: int) -> str:
@@ -183,8 +226,9 @@ def write_report(out_dir: str | Path, rows: list[tuple[str, int, dict, list]], s
         plot = metric_plot([r[1] for r in rows], {k: [r[2][k] for r in rows] for k in rate_keys})
         atomic_save(out / "rates.png", lambda tmp: plot.save(tmp, format="PNG"))
         lines += ["", "![rates and similarities per step](rates.png)"]
-    best = pick_best(rows, settings.max_drift)
-    lines += ["", f"{_pick_rule(rows, settings.max_drift)}: **{best[0]}** (step {best[1]})."]
+    best = pick_best(rows, settings.max_drift, settings.diversity_floor)
+    rule = _pick_rule(rows, settings.max_drift, settings.diversity_floor, settings.reference_diversity)
+    lines += ["", f"{rule}: **{best[0]}** (step {best[1]})."]
     if confirmed is not None:
         seed, metrics = confirmed
         lines += ["", f"Re-read on fresh samples (seed {seed}), since the best of {len(rows)} noisy rates is biased "
