@@ -138,6 +138,13 @@ def test_bad_vaes_are_refused_clearly(tiny_model_dir, tmp_path):
         load(tmp_path / "nope")
     with pytest.raises(ModelLoadError, match="holds a UNet2DConditionModel, not an AutoencoderKL"):
         load(tiny_model_dir / "unet")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ModelLoadError, match="not a VAE file: give a .safetensors, .pt or .ckpt file"):
+        load(tmp_path / "notes.txt")
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text('{"model_type": "clip"}')
+    with pytest.raises(ModelLoadError, match="holds a clip model, not an AutoencoderKL"):
+        load(tmp_path / "clip")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="is not a VAE"):
         load(tmp_path / "empty")

@@ -40,9 +40,10 @@ def _load_folder(p: Path, dtype: torch.dtype):
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"'{p}' is not a VAE: give an AutoencoderKL folder (config.json and weights), "
                              "a diffusers model folder, or a VAE .safetensors file")
-    klass = sf.read_json(folder / "config.json").get("_class_name")
+    config = sf.read_json(folder / "config.json")
+    klass = config.get("_class_name") or (f"{config['model_type']} model" if config.get("model_type") else None)
     if klass != "AutoencoderKL":
-        raise ModelLoadError(f"'{folder}' holds a {klass or 'model without a class name'}, not an AutoencoderKL")
+        raise ModelLoadError(f"'{folder}' holds a {klass or 'model of unknown type'}, not an AutoencoderKL")
     weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
     if weights is None:
         raise ModelLoadError(f"VAE folder '{folder}' has no weights ({' or '.join(WEIGHT_FILES)})")
@@ -55,6 +56,9 @@ def _load_folder(p: Path, dtype: torch.dtype):
 def _load_file(p: Path, config, dtype: torch.dtype):
     from diffusers import AutoencoderKL
 
+    if p.suffix.lower() not in ckpt.SAFETENSORS_SUFFIXES + ckpt.PICKLE_SUFFIXES:
+        raise ModelLoadError(f"'{p}' is not a VAE file: give a .safetensors, .pt or .ckpt file, an AutoencoderKL "
+                             "folder or a diffusers model folder")
     state = ckpt.read_state_dict(p)
     if any(k.startswith(("decoder.up_blocks.", "decoder.mid_block.")) for k in state):      # diffusers layout
         model = sf.empty_model(lambda: AutoencoderKL.from_config(config))
