@@ -31,8 +31,9 @@ def tuned_vae(tiny_model_dir, data, tmp_path_factory):
 
 
 def _cfg(method, model, data, out, **kw):
+    kw = {"checkpoint_every": 100, **kw}
     return TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=str(model),
-                          checkpoint_every=100, device="cpu", batch_size=2, options=method.options, **kw)
+                          device="cpu", batch_size=2, options=method.options, **kw)
 
 
 def _same(a, b) -> bool:
@@ -204,3 +205,19 @@ def test_info_and_load_take_an_a1111_pt_vae(tiny_model_dir, tuned_vae, tmp_path)
     torch.save({"state_dict": state}, path)
     assert describe_vae(path)["kind"] == "VAE (LDM layout)"
     assert _same(Pipeline.load(tiny_model_dir, device="cpu", vae=path).c.vae, vae)
+
+
+def test_decoder_run_resumes_bit_exactly(tiny_model_dir, data, tmp_path):
+    """Two steps straight equal one step, a checkpoint, and one resumed step (decoder weights and all)."""
+    from diffusers import AutoencoderKL
+
+    def run(out, steps, resume=None):
+        method = VaeDecoder()
+        cfg = _cfg(method, tiny_model_dir, data, out, max_steps=steps, learning_rate=1e-2, checkpoint_every=1)
+        Trainer(cfg, method).run(resume)
+
+    run(tmp_path / "straight", 2)
+    run(tmp_path / "split", 1)
+    run(tmp_path / "split", 2, resume="latest")
+    a, b = (AutoencoderKL.from_pretrained(tmp_path / name / "vae") for name in ("straight", "split"))
+    assert _same(a, b)
