@@ -102,6 +102,7 @@ def test_a_swapped_vae_is_used_and_named_in_infotext(tiny_model_dir, tuned_vae, 
     digest = sha256_file(folder / "diffusion_pytorch_model.safetensors")[:10]
     assert f"VAE hash: {digest}, VAE: out/vae" in a.infotexts[0]
     assert "VAE" not in b.infotexts[0]
+    assert a.settings[0]["vae"] == {"name": "out/vae", "hash": digest} and "vae" not in b.settings[0]
     assert _same(load_artifact(tiny_model_dir, folder).c.vae, swapped.c.vae)       # eval's artifact loader
 
 

@@ -219,6 +219,8 @@ class Pipeline:
         d = replace(config, seed=seed, width=width, height=height).to_dict()
         d.update(mode="img2img" if img2img else "txt2img", model=self.c.name, model_hash=self.c.model_hash,
                  sdlab_version=_version())
+        if vae := self.c.extra.get("vae"):
+            d["vae"] = dict(vae)
         if self.loras:
             d["loras"] = [dict(r) for r in self.loras]
         if used := self.embeddings_used(config):
