@@ -116,13 +116,13 @@ def _collapsed(row: tuple, floor: float) -> bool:
     return "diversity" in row[2] and row[2]["diversity"] < floor - 1e-9
 
 
-def _filters(max_drift: float | None, floor: float | None) -> list[tuple[str, object]]:
-    """(what it keeps, predicate) for each limit a pick respects."""
+def _limits(max_drift: float | None, floor: float | None) -> list:
+    """A predicate per limit a pick respects: drift, then collapse."""
     out = []
     if max_drift is not None:
-        out.append((max_drift, lambda r: not _drifted(r, max_drift)))
+        out.append(lambda r: not _drifted(r, max_drift))
     if floor is not None:
-        out.append((floor, lambda r: not _collapsed(r, floor)))
+        out.append(lambda r: not _collapsed(r, floor))
     return out
 
 
@@ -130,7 +130,7 @@ def _eligible(rows: list[tuple], max_drift: float | None, floor: float | None) -
     """The rows a pick chooses among, and per limit whether any row met it (an unmet limit is dropped)."""
     rows = [r for r in rows if r[0] != BASELINE] or rows
     kept, met = rows, []
-    for _, ok in _filters(max_drift, floor):
+    for ok in _limits(max_drift, floor):
         narrowed = [r for r in kept if ok(r)]
         met.append(bool(narrowed))
         kept = narrowed or kept
