@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from sdlab.errors import ModelLoadError
+from sdlab.errors import ConfigError, ModelLoadError
 from sdlab.training.config import TrainingConfig
 from sdlab.training.loop import Trainer
 from sdlab.training.methods.finetune import FineTune, FineTuneOptions
@@ -222,3 +222,18 @@ def test_decoder_run_resumes_bit_exactly(tiny_model_dir, data, tmp_path):
     run(tmp_path / "split", 2, resume="latest")
     a, b = (AutoencoderKL.from_pretrained(tmp_path / name / "vae") for name in ("straight", "split"))
     assert _same(a, b)
+
+
+def test_decoder_trains_on_a_folder_without_captions(tiny_model_dir, data, tmp_path):
+    import shutil
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for png in sorted(data.glob("*.png")):
+        shutil.copy(png, images / png.name)
+    method = VaeDecoder()
+    result = Trainer(_cfg(method, tiny_model_dir, images, tmp_path / "out", max_steps=1), method).run()
+    assert result.saved == [tmp_path / "out" / "vae"]
+    with pytest.raises(ConfigError, match="no metadata.jsonl"):        # the other methods still need captions
+        method = FineTune()
+        Trainer(_cfg(method, tiny_model_dir, images, tmp_path / "ft", max_steps=1), method)

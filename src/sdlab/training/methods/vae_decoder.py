@@ -23,6 +23,7 @@ class VaeDecoderOptions:
 class VaeDecoder(DiffusionMethod):
     name = "vae-decoder"
     train_vae_decoder = True
+    uses_captions = False           # any image folder will do; metadata.jsonl is read when present
 
     def __init__(self, options: VaeDecoderOptions | None = None):
         self.options = options or VaeDecoderOptions()
