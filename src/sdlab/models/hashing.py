@@ -31,13 +31,14 @@ def short_hash(path: str | Path) -> str:
     return sha256_file(path)[:12]
 
 
+def weights_file(component: str | Path, names=UNET_WEIGHT_FILES) -> Path | None:
+    """The first of `names` that is a file in a diffusers component folder (unet/, vae/), or None."""
+    return next((Path(component) / n for n in names if (Path(component) / n).is_file()), None)
+
+
 def unet_weights_file(folder: str | Path) -> Path | None:
     """The UNet weight file of a diffusers folder (sharded weights: their index file), or None."""
-    unet = Path(folder) / "unet"
-    for name in UNET_WEIGHT_FILES + ("diffusion_pytorch_model.safetensors.index.json",):
-        if (unet / name).is_file():
-            return unet / name
-    return None
+    return weights_file(Path(folder) / "unet", UNET_WEIGHT_FILES + ("diffusion_pytorch_model.safetensors.index.json",))
 
 
 def model_hash(path: str | Path) -> str:

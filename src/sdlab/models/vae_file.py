@@ -12,7 +12,7 @@ import torch
 from sdlab.errors import ModelLoadError
 from sdlab.models import checkpoint as ckpt
 from sdlab.models import single_file as sf
-from sdlab.models.hashing import sha256_file
+from sdlab.models.hashing import sha256_file, weights_file
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -44,7 +44,7 @@ def _load_folder(p: Path, dtype: torch.dtype):
     klass = config.get("_class_name") or (f"{config['model_type']} model" if config.get("model_type") else None)
     if klass != "AutoencoderKL":
         raise ModelLoadError(f"'{folder}' holds a {klass or 'model of unknown type'}, not an AutoencoderKL")
-    weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+    weights = weights_file(folder, WEIGHT_FILES)
     if weights is None:
         raise ModelLoadError(f"VAE folder '{folder}' has no weights ({' or '.join(WEIGHT_FILES)})")
     try:
@@ -94,7 +94,7 @@ def describe_vae(path: str | Path) -> dict | None:
         config = sf.read_json(p / "config.json")
         if config.get("_class_name") != "AutoencoderKL":
             return None
-        p = next((p / n for n in WEIGHT_FILES if (p / n).is_file()), None)
+        p = weights_file(p, WEIGHT_FILES)
     if p is None or not p.is_file() or p.suffix.lower() not in ckpt.SAFETENSORS_SUFFIXES + ckpt.PICKLE_SUFFIXES + (".bin",):
         return None
     shapes = _shapes(p)
