@@ -31,15 +31,19 @@ class Example:
     text: str | tuple[str, ...]     # several captions: one is drawn each time the image is used
 
 
-def read_examples(folder: str | Path, instance_prompt: str | None = None) -> list[Example]:
+def read_examples(folder: str | Path, instance_prompt: str | None = None,
+                  captions_needed: bool = True) -> list[Example]:
     """Captioned examples: from `metadata.jsonl` (file_name, text) when present and no
-    `instance_prompt` is given, else every image file in the folder with `instance_prompt`."""
+    `instance_prompt` is given, else every image file in the folder with `instance_prompt`
+    (with neither, an error unless `captions_needed` is False: then an empty caption)."""
     root = Path(folder)
     if not root.is_dir():
         raise ConfigError(f"data folder '{root}' does not exist or is not a folder")
     meta = root / "metadata.jsonl"
     if instance_prompt is None and meta.is_file():
         return _from_metadata(root, meta)
+    if instance_prompt is None and not captions_needed:
+        instance_prompt = ""
     if instance_prompt is None:
         raise ConfigError(f"'{root}' has no metadata.jsonl: give an instance prompt (--instance-prompt) "
                           "or add metadata.jsonl lines {\"file_name\": ..., \"text\": ...}")

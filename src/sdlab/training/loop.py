@@ -144,11 +144,9 @@ class Trainer:
         if components is None:
             components = _load(config, self.acc.device)
         resolution = config.resolution or native_resolution(components)
-        prompt = config.instance_prompt
-        if prompt is None and not getattr(method, "uses_captions", True) \
-                and not (Path(config.data_dir) / "metadata.jsonl").is_file():
-            prompt = ""                                   # images only (the VAE decoder): no captions needed
-        self.data = ImageDataset(read_examples(config.data_dir, prompt), resolution,
+        examples = read_examples(config.data_dir, config.instance_prompt,
+                                 captions_needed=getattr(method, "uses_captions", True))
+        self.data = ImageDataset(examples, resolution,
                                  center_crop=config.center_crop, random_flip=config.random_flip,
                                  skip_bad_images=config.skip_bad_images)
         method.setup(components, config, self.acc)
