@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 
 import numpy as np
 import torch
 
-from report import publish
+from report import cpu_description, publish
 from sdlab import GenerationConfig, Pipeline
 from sdlab.models.speed import SpeedOptions
 from sdlab.world.captions import full_caption
@@ -68,7 +67,7 @@ def main(argv=None) -> int:
         pipe = Pipeline.load(args.model, speed=SpeedOptions(deep_cache=interval))
         images, seconds = generate_all(pipe, scenes, args.steps, args.sampler)
         row(f"deep cache, full every {interval}", images, seconds, difference(ref, images))
-    hw = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    hw = cpu_description()
     title = (f"DeepCache quality · {hw} · {ref_pipe.c.name} · {args.n} seen prompts, {args.steps} steps, "
              f"{args.sampler}, CFG 7.5")
     publish(__file__, title, "\n".join(rows), argv, args.results)

@@ -14,7 +14,6 @@ benchmarks/RESULTS.md with the date, hardware and command.
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from report import publish
+from report import cpu_description, publish
 from sdlab import GenerationConfig, Pipeline
 from sdlab.models.speed import COMPILE_MODES, SpeedOptions
 
@@ -150,7 +149,7 @@ def main(argv=None) -> int:
                         f"{steps / sm:.2f} | {sm / dm:.3f} | {mem_d:.0f} / {mem_s:.0f} | {first_d:.2f} / {first_s:.2f} "
                         f"| {share} |")
     hw = (torch.cuda.get_device_name() if dev.type == "cuda"
-          else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+          else cpu_description())
     opts = ", ".join(k for k, v in (("fast", args.fast), ("low memory", args.low_memory),
                                     (f"compile={args.compile}", args.compile != "off")) if v)
     title = (f"{hw} · {pipe.c.name} · {size}x{size} · "

@@ -10,6 +10,15 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
+def cpu_description() -> str:
+    """'x86_64 CPU, 2 threads': the CPU a benchmark ran on, for its title."""
+    import platform
+
+    import torch
+
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
 def publish(script: str, title: str, table: str, argv=None, append: bool = False) -> str:
     args = " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"### {datetime.date.today()} · {title}\n\n`python benchmarks/{Path(script).name} {args}`\n\n"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from report import publish
+from report import cpu_description, publish
 from sdlab.training import memory
 from sdlab.training.config import TrainingConfig
 from sdlab.training.methods import build_method
@@ -139,7 +138,7 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         hw, peak = torch.cuda.get_device_name(), "peak: torch.cuda.max_memory_allocated over the training steps"
     else:
-        hw = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        hw = cpu_description()
         peak = ("peak: CPU accounting (weights + gradients + optimizer state + saved-for-backward tensors), "
                 "NOT GPU memory; fp16 accounted as bf16; targets apply to CUDA at 512x512")
     title = (f"training memory · {hw} · {args.model_path.name} · {args.size}x{args.size} · batch {args.batch}"

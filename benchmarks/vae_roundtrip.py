@@ -10,13 +10,12 @@ benchmarks/RESULTS.md with --results.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import sys
 
 import torch
 
-from report import publish
+from report import cpu_description, publish
 from sdlab import Pipeline
 from sdlab.world.data import render_batch, to_images
 from sdlab.world.metrics import accuracy
@@ -62,7 +61,7 @@ def main(argv=None) -> int:
     keys = list(rows[0][1])
     table = ["| VAE | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     table += [f"| {name} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |" for name, r in rows]
-    title = (f"VAE round trip · {platform.processor() or platform.machine()} CPU · {base.c.name} · "
+    title = (f"VAE round trip · {cpu_description()} · {base.c.name} · "
              f"{args.n} single-object renders per fill, oracle readback")
     publish(__file__, title, "\n".join(table), argv, args.results)
     return 0
