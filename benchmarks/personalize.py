@@ -15,7 +15,6 @@ import argparse
 import json
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,10 +27,8 @@ from sdlab.training.methods.dreambooth import DreamBooth, DreamBoothOptions
 from sdlab.training.methods.finetune import FineTune, FineTuneOptions
 from sdlab.training.methods.lora import LoRA, LoraOptions
 from sdlab.training.methods.textual_inversion import TextualInversion, TIOptions
-from sdlab import GenerationConfig, Pipeline
-from sdlab.world.captions import caption, full_caption
-from sdlab.world.evaluate_model import prompt_set
-from sdlab.world.metrics import accuracy
+from sdlab import Pipeline
+from sdlab.world.captions import caption
 from sdlab.world.data import export_folder
 from sdlab.world.render import render
 from sdlab.world.scene import SceneSampler, single_object_scene
@@ -175,23 +172,15 @@ def run(name, method, token, args, **kw):
 
 
 def fill_report(pipe, n: int, seed: int = 10_000) -> dict:
-    """The world's own evaluation prompts (`prompt_set("seen")`, full captions) with the objects
-    made striped ("a large red striped circle on the left on a white background"): how often the
-    oracle reads a striped object, and every attribute right; and the same captions without the
-    word "striped" (how far the model's plain vocabulary moved to the new style). Prompt i uses
+    """`sdlab eval --world-prompts --concept fill=striped`'s reading: the world's own evaluation
+    prompts with the object made striped ("a large red striped circle on the left on a white
+    background"), how often the oracle reads a striped object, and every attribute right; and
+    the same captions without "striped" (how far the plain vocabulary moved). Prompt i uses
     seed `seed` + i."""
-    scenes = [s for s in prompt_set("seen", 4 * n) if len(s.objects) == 1][:n]
-    striped_scenes = [replace(s, objects=(replace(s.objects[0], fill="striped"),)) for s in scenes]
-
-    def draw(scenes_):
-        return [pipe.generate(GenerationConfig(full_caption(s), seed=seed + i, steps=20, cfg_scale=7.5,
-                                               sampler="Euler a")).images[0] for i, s in enumerate(scenes_)]
-
-    styled, plain = draw(striped_scenes), draw(scenes)
-    acc = accuracy(striped_scenes, styled)
-    return {"striped": round(acc["fill"], 4), "all_attributes": round(acc["all"], 4),
-            "plain_prompt_striped": round(1 - accuracy(scenes, plain)["fill"], 4), "n": len(scenes),
-            "example_prompt": full_caption(striped_scenes[0])}
+    rates, _, prompts = ce.world_report(pipe, {"fill": "striped"}, n, seed)
+    return {"striped": round(rates["adoption"], 4), "all_attributes": round(rates["all_attributes"], 4),
+            "plain_prompt_striped": round(rates["plain_adoption"], 4), "n": len(prompts),
+            "example_prompt": prompts[0]}
 
 
 def run_finetune(args):

@@ -41,6 +41,44 @@ def test_oracle_rates_on_known_images():
     assert d["same_seed_agreement"] == 1.0 and d["accuracy_drop"] == 0.0 and d["base_accuracy"] == 0.5
 
 
+class ScenePipe:
+    """Stands in for a fine-tuned model: renders the world scene a caption names, striped or
+    not as the caption says (`adopts=False`: always solid, a model that learned nothing)."""
+
+    def __init__(self, scenes, adopts=True):
+        from sdlab.world.captions import full_caption
+
+        self.by_caption = {full_caption(s): s for s in scenes}
+        self.adopts = adopts
+
+    def generate(self, cfg):
+        from sdlab.pipeline import GenerationResult
+
+        scene = self.by_caption[cfg.prompt]
+        if not self.adopts:
+            scene = replace_fill(scene)
+        return GenerationResult([render(scene)], [cfg.seed], [""])
+
+
+def test_world_prompts_read_style_adoption():
+    plain, styled = ce.world_scenes({"fill": "striped"}, 6)
+    assert len(plain) == len(styled) == 6
+    assert all(p.objects[0].fill == "solid" and s.objects[0].fill == "striped" for p, s in zip(plain, styled))
+    assert all(replace_fill(s) == p for p, s in zip(plain, styled))       # only the concept's attribute changed
+    rates, images, prompts = ce.world_report(ScenePipe(plain + styled), {"fill": "striped"}, 6)
+    assert rates == {"adoption": 1.0, "all_attributes": 1.0, "plain_adoption": 0.0}
+    assert len(images) == 6 and all("striped" in p for p in prompts)
+    rates, _, _ = ce.world_report(ScenePipe(plain + styled, adopts=False), {"fill": "striped"}, 6)
+    assert rates["adoption"] == 0.0 and rates["all_attributes"] == 0.0 and rates["plain_adoption"] == 0.0
+
+
+def replace_fill(scene, fill="solid"):
+    """The scene with its one object in `fill`."""
+    from dataclasses import replace
+
+    return replace(scene, objects=(replace(scene.objects[0], fill=fill),))
+
+
 def test_frechet_distance_closed_form():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(400, 3, generator=g)
@@ -124,6 +162,20 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
     pick = next(line for line in (tmp_path / "report-lora" / "report.md").read_text().splitlines()
                 if line.startswith("Best by"))
     assert "**step-0000000" in pick                               # the base model is shown, never picked
+
+    # a style fine-tune: the world's captions with the concept put in, no token
+    world = ["eval", "--run-dir", str(tmp_path / "lora"), "--world-prompts", "--concept", "fill=striped", "--n", "2",
+             "--steps", "1", "--out", str(tmp_path / "report-world")]
+    assert main(world + ["--no-clip"]) == 0
+    rows = json.loads((tmp_path / "report-world" / "report.json").read_text())
+    assert {"adoption", "all_attributes", "plain_adoption"} <= set(rows[0]) and "detection" not in rows[0]
+    md = (tmp_path / "report-world" / "report.md").read_text()
+    assert "World prompts (no token): 2 of the shapes world's full captions" in md and "adoption + all attributes" in md
+    assert main(world + ["--oracle", "off", "--concept-text", "x"]) == 2
+    assert "--world-prompts samples the shapes world's captions and needs its oracle" in capsys.readouterr().err
+    vae = tiny_model_dir / "vae"
+    assert main(["eval", "--model", str(tiny_model_dir), "--artifact", str(vae), "--vae", str(vae), "--n", "1"]) == 2
+    assert "is a VAE itself: give it as --artifact or as --vae, not both" in capsys.readouterr().err
 
     # any model: no oracle, the encoder's scores only (subject and prompt fidelity, same-seed drift)
     refs = export_folder(tmp_path / "refs", 2, seed=4)

@@ -9,6 +9,7 @@ EXAMPLES = """examples:
   sdlab eval --run-dir runs/ti --token "<my-shape>" --concept shape=heart --out runs/ti/eval
   sdlab eval --artifact runs/lora/lora_kohya.safetensors --token "sks shape" --concept shape=heart
   sdlab eval --artifact runs/db/model --token "sks shape" --concept shape=heart --drift
+  sdlab eval --run-dir runs/ft --world-prompts --concept fill=striped --vae runs/vae/vae    (a style fine-tune)
   sdlab eval --model sd15/ --run-dir runs/dog --token "sks dog" --concept-text "a dog" --oracle off
       --reference dog_photos/ --encoder clip-vit-b32/ --drift --class-prompt "a dog"    (any model: no oracle)
 """
@@ -23,6 +24,10 @@ def register(sub) -> None:
     src.add_argument("--artifact", action="append", help="embedding / LoRA file or model folder (repeatable)")
     p.add_argument("--token", default="<my-shape>", help="how prompts name the concept")
     p.add_argument("--concept", action="append", default=[], help="oracle target, e.g. shape=heart or fill=striped")
+    p.add_argument("--world-prompts", action="store_true",
+                   help="no token: sample the shapes world's own captions with the concept put in (a fine-tune on a "
+                        "style or data set), and read how often the samples adopt it")
+    p.add_argument("--vae", default=None, help="sample through this VAE (folder or file), e.g. a tuned decoder")
     p.add_argument("--concept-text", default=None, help="plain words for CLIP (default: 'a <value>')")
     p.add_argument("--n", type=int, default=16, help="samples per prompt")
     p.add_argument("--steps", type=int, default=20)
@@ -78,12 +83,13 @@ def run_eval(args) -> int:
 
     from ..errors import ConfigError
     from ..evaluate import apply
-    from ..evaluate.concept import concept_images
+    from ..evaluate.concept import concept_images, world_scenes
     from ..evaluate.features import Encoder
     from ..evaluate.report import BASELINE, EvalSettings, evaluate, pick_best, write_report
     from ..evaluate.scores import diversity
     from ..io.images import load_image
     from ..training.data import IMAGE_SUFFIXES
+    from ..world.render import render
 
     concept = _concept(args.concept)
     if args.n < 1:
@@ -100,7 +106,8 @@ def run_eval(args) -> int:
     if not 0.0 <= args.min_diversity <= 1.0:
         raise ConfigError(f"--min-diversity is a share of the reference images' diversity between 0 and 1, "
                           f"got {args.min_diversity}")
-    base = apply.load_artifact(args.model, None) if args.drift or (args.oracle == "auto" and args.model) else None
+    needs_base = args.drift or (args.oracle == "auto" and args.model)
+    base = apply.load_artifact(args.model, None, vae=args.vae) if needs_base else None
     oracle = args.oracle == "on" or (args.oracle == "auto" and (base is None or base.c.family == "custom"))
     base = base if args.drift else None
     if not oracle:
@@ -110,13 +117,18 @@ def run_eval(args) -> int:
             raise ConfigError("without the oracle, say what the concept is for CLIP: --concept-text 'a dog'")
         if args.drift and not args.class_prompt:
             raise ConfigError("--drift without the oracle needs --class-prompt (e.g. 'a dog')")
+    if args.world_prompts and not oracle:
+        raise ConfigError("--world-prompts samples the shapes world's captions and needs its oracle: drop "
+                          "--oracle off, or use a model of the shapes world")
     text = args.concept_text or "a " + " ".join(concept.values())
     s = EvalSettings(args.token, concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color,
                      max_drift=args.max_drift, oracle=oracle, class_prompt=args.class_prompt,
-                     context=args.context or (None if oracle else "on the beach"))
+                     context=args.context or (None if oracle else "on the beach"), world_prompts=args.world_prompts)
     encoder = None if args.no_clip else Encoder(args.encoder)
     if args.reference:
         reference = [load_image(p) for p in sorted(Path(args.reference).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    elif args.world_prompts:
+        reference = [render(scene) for scene in world_scenes(concept, max(args.n, 8))[1]]   # what the captions ask for
     elif oracle:
         reference = concept_images(max(args.n, 8), shape=concept.get("shape", "heart"),
                                    fill=concept.get("fill", "solid"), seed=12345)
@@ -133,8 +145,8 @@ def run_eval(args) -> int:
         targets.insert(0, (BASELINE, 0, None))
 
     def read(name: str, target, settings: EvalSettings):
-        metrics, images = evaluate(apply.load_artifact(args.model, target, scale=args.lora_scale), settings,
-                                   encoder, reference, base)
+        pipe = apply.load_artifact(args.model, target, scale=args.lora_scale, vae=args.vae)
+        metrics, images = evaluate(pipe, settings, encoder, reference, base)
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics, images
 

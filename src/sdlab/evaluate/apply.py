@@ -11,21 +11,24 @@ from ..text import embeddings
 from ..training import checkpoints as ck
 
 
-def load_artifact(model, artifact: str | Path | None, scale: float = 1.0, device: str = "cpu"):
+def load_artifact(model, artifact: str | Path | None, scale: float = 1.0, device: str = "cpu", vae=None):
     """A Pipeline of `model` with `artifact` (an embedding file, a LoRA file, a tuned VAE
-    folder, or a tuned model folder, which replaces `model`) applied."""
+    folder, or a tuned model folder, which replaces `model`) applied; `vae`: a VAE folder or
+    file to sample through (a checkpoint's own tuned decoder still wins)."""
     from ..pipeline import Pipeline
 
     if artifact is None:
-        return Pipeline.load(model, device=device)
+        return Pipeline.load(model, device=device, vae=vae)
     path = Path(artifact)
     if path.is_dir() and (path / "model_index.json").is_file():
-        return Pipeline.load(path, device=device)
+        return Pipeline.load(path, device=device, vae=vae)
     if path.is_dir() and (path / "config.json").is_file():
+        if vae is not None:
+            raise ConfigError(f"'{artifact}' is a VAE itself: give it as --artifact or as --vae, not both")
         return Pipeline.load(model, device=device, vae=path)
     if path.is_dir() and (path / "state.json").is_file():
-        return load_checkpoint(model, path, device)
-    pipe = Pipeline.load(model, device=device)
+        return load_checkpoint(model, path, device, vae)
+    pipe = Pipeline.load(model, device=device, vae=vae)
     if lora_files.is_lora_file(path, "LoRA file"):
         lora_files.apply_lora(pipe, path, scale)
     else:
@@ -33,13 +36,14 @@ def load_artifact(model, artifact: str | Path | None, scale: float = 1.0, device
     return pipe
 
 
-def load_checkpoint(model, ckpt: str | Path, device: str = "cpu"):
-    """A Pipeline of `model` with a training checkpoint's weights (EMA ones when present)."""
+def load_checkpoint(model, ckpt: str | Path, device: str = "cpu", vae=None):
+    """A Pipeline of `model` (through `vae` when given) with a training checkpoint's weights
+    (EMA ones when present)."""
     from ..pipeline import Pipeline
 
     _, state = ck.load_checkpoint(Path(ckpt))
     method, opts, weights = state["method"], state.get("options") or {}, dict(state["trainable"])
-    pipe = Pipeline.load(model, device=device)
+    pipe = Pipeline.load(model, device=device, vae=vae)
     if method == "textual-inversion":
         vectors = weights["learned_embeds"]
         embeddings.add_tokens(pipe.c.tokenizer, pipe.c.text_encoder,

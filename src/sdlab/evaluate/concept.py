@@ -7,16 +7,22 @@
   left" that have all three;
 - drift (DreamBooth's "language drift", Ruiz et al. 2023): on class prompts, the tuned
   model's oracle accuracy next to the base model's, and how often the two models, given the
-  same seed, draw objects the oracle reads alike.
+  same seed, draw objects the oracle reads alike;
+- adoption (a fine-tune on a style or data set, no token): the world's own captions with the
+  concept's attributes put in ("a large red striped circle on the left ..."), how often the
+  samples show them, and how often plain captions already do.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import GenerationConfig
 from ..world import oracle
+from ..world.captions import full_caption
+from ..world.evaluate_model import prompt_set
+from ..world.metrics import accuracy
 from ..world.render import render
 from ..world.scene import single_object_scene
 from ..world.spec import COLORS, POSITIONS
@@ -107,3 +113,30 @@ def concept_images(n: int, shape: str = "heart", fill: str = "solid", seed: int 
                                     bg, rng, fill=fill)
         out.append(render(scene))
     return out
+
+
+def world_scenes(concept: dict, n: int) -> tuple[list, list]:
+    """`n` single-object scenes of the world's evaluation prompts ("seen"), and the same scenes
+    with the concept's attributes (e.g. fill "striped") put into their object."""
+    plain = [s for s in prompt_set("seen", 4 * n) if len(s.objects) == 1][:n]
+    return plain, [replace(s, objects=(replace(s.objects[0], **concept),)) for s in plain]
+
+
+def world_report(pipe, concept: dict, n: int, seed: int = 0, steps: int = 20, cfg_scale: float = 7.5,
+                 sampler: str = "Euler a") -> tuple[dict[str, float], list, list[str]]:
+    """Adoption of a concept without a token (a fine-tune on a style or data set): the full
+    captions of `world_scenes` with the concept in them, prompt i with seed `seed` + i.
+    adoption: the oracle reads the concept's attributes; all_attributes: and every other one
+    the caption names; plain_adoption: the concept shows in samples of the captions without it
+    (how far the plain vocabulary moved). Returns (rates, the concept samples, their prompts)."""
+    plain, styled = world_scenes(concept, n)
+
+    def draw(scenes):
+        return [pipe.generate(GenerationConfig(full_caption(s), seed=seed + i, steps=steps, cfg_scale=cfg_scale,
+                                               sampler=sampler)).images[0] for i, s in enumerate(scenes)]
+
+    images, plain_images = draw(styled), draw(plain)
+    rates = {"adoption": accuracy(styled, images, tuple(concept))["all"],
+             "all_attributes": accuracy(styled, images)["all"],
+             "plain_adoption": accuracy(styled, plain_images, tuple(concept))["all"]}
+    return rates, images, [full_caption(s) for s in styled]

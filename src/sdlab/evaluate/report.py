@@ -15,13 +15,20 @@ from ..io.images import make_grid
 from . import concept as oracle_eval
 from .scores import clip_score, diversity, frechet_distance, image_similarity
 
-RATE_KEYS = ("detection", "color", "color+concept", "position", "position+concept", "color+position+concept")
+RATE_KEYS = ("detection", "color", "color+concept", "position", "position+concept", "color+position+concept",
+             "adoption", "all_attributes", "plain_adoption")
 UNIT_KEYS = ("image_similarity", "diversity", "drift_similarity")          # in [0, 1] too: plotted with the rates
 SCORES_NOTE = ("clip_text_image: CLIP score (100 x cosine) of the \"a <token>\" samples against the concept's "
                "words; image_similarity / frechet_distance: mean cosine / Frechet distance of their features to "
                "the reference images; diversity: 1 - their mean similarity to each other; clip_text_context: "
                "CLIP score of \"a <token> <context>\" samples against the concept's words and the context; "
                "drift_similarity: same-seed similarity of class-prompt samples to the base model's.")
+WORLD_NOTE = ("Rates, with the 95 % Wilson interval: adoption: share of samples in which the oracle reads the "
+              "concept's attributes in the object the caption asks for; all_attributes: and every other attribute "
+              "the caption names; plain_adoption: the concept shows in samples of the same captions without it (how "
+              "far the plain vocabulary moved). clip_text_image: CLIP score of each sample against its caption; "
+              "image_similarity / frechet_distance: to renders of what the captions ask for; diversity: 1 - the "
+              "samples' mean similarity to each other.")
 PALETTE = [(20, 60, 160), (200, 60, 40), (40, 150, 60), (150, 60, 190), (230, 150, 20), (40, 170, 190)]
 
 
@@ -42,6 +49,7 @@ class EvalSettings:
     class_prompt: str | None = None          # drift without the oracle: same-seed base vs tuned similarity
     diversity_floor: float | None = None     # pick only checkpoints whose "a <token>" diversity is at least this
     reference_diversity: float | None = None  # the reference images' own diversity (the floor is a share of it)
+    world_prompts: bool = False              # no token: the world's captions with the concept (style fine-tunes)
 
 
 def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None) -> tuple[dict, list]:
@@ -50,7 +58,10 @@ def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None
     "a <token> <context>" samples, and drift against `base_pipe`. Returns (metrics, the
     samples of "a <token>")."""
     sample = lambda prompt, seed=s.seed: oracle_eval.sample(pipe, prompt, s.n, seed, s.steps, s.cfg_scale)
-    if s.oracle:
+    prompts = None
+    if s.oracle and s.world_prompts:
+        metrics, shown, prompts = oracle_eval.world_report(pipe, s.concept, s.n, s.seed, s.steps, s.cfg_scale)
+    elif s.oracle:
         probes = oracle_eval.concept_probes(s.token, s.concept, s.color, s.position)
         metrics, images = oracle_eval.concept_report(pipe, probes, s.n, s.seed, s.steps, s.cfg_scale)
         shown = images[probes["detection"].prompt]
@@ -61,12 +72,12 @@ def evaluate(pipe, s: EvalSettings, encoder=None, reference=None, base_pipe=None
         if len(shown) > 1:
             metrics["diversity"] = diversity(feats)
         if encoder.is_clip:
-            metrics["clip_text_image"] = clip_score(feats, encoder.texts([s.concept_text] * len(shown)))
+            metrics["clip_text_image"] = clip_score(feats, encoder.texts(prompts or [s.concept_text] * len(shown)))
         if reference:
             ref = encoder.images(reference)
             metrics["image_similarity"] = image_similarity(feats, ref)
             metrics["frechet_distance"] = frechet_distance(feats, ref)
-        if s.context and encoder.is_clip:
+        if s.context and encoder.is_clip and not s.world_prompts:
             context = encoder.images(sample(f"a {s.token} {s.context}"))
             metrics["clip_text_context"] = clip_score(context, encoder.texts([f"{s.concept_text} {s.context}"] *
                                                                              len(context)))
@@ -102,7 +113,10 @@ def _drifted(row: tuple, max_drift: float) -> bool:
 
 def _score(metrics: dict) -> tuple[str, float]:
     """(rule, value) that ranks checkpoints: the oracle's detection + colour-with-concept rates;
-    without the oracle, subject fidelity (image similarity) + prompt fidelity (context CLIP score)."""
+    with world prompts, adoption + every attribute right; without the oracle, subject fidelity
+    (image similarity) + prompt fidelity (context CLIP score)."""
+    if "adoption" in metrics:
+        return "adoption + all attributes", metrics["adoption"] + metrics["all_attributes"]
     if "detection" in metrics:
         return "detection + colour-with-concept", metrics["detection"] + metrics.get("color+concept", 0)
     return ("image similarity + context CLIP score / 100",
@@ -210,11 +224,17 @@ def write_report(out_dir: str | Path, rows: list[tuple[str, int, dict, list]], s
     confirmed: (seed, metrics) of the best checkpoint re-read on fresh samples."""
     out = Path(out_dir)
     target = f"oracle target {settings.concept}" if settings.oracle else f"read as \"{settings.concept_text}\""
-    lines = [f"# {title}", "", f"Concept token `{settings.token}`, {target}; {settings.n} samples per prompt, "
-             f"seed {settings.seed}, {settings.steps} steps, CFG {settings.cfg_scale}.", ""]
-    lines += [("Rates: share of samples whose main object the shapes-world oracle reads with the target attributes, "
-               f"with the 95 % Wilson interval for {settings.n} samples." if settings.oracle else
-               "No oracle (any model): scores from the feature encoder only."), SCORES_NOTE, ""]
+    if settings.world_prompts:
+        lines = [f"# {title}", "", f"World prompts (no token): {settings.n} of the shapes world's full captions with "
+                 f"{settings.concept} put in, one sample each (prompt i: seed {settings.seed} + i), "
+                 f"{settings.steps} steps, CFG {settings.cfg_scale}.", "", WORLD_NOTE, ""]
+    else:
+        lines = [f"# {title}", "", f"Concept token `{settings.token}`, {target}; {settings.n} samples per prompt, "
+                 f"seed {settings.seed}, {settings.steps} steps, CFG {settings.cfg_scale}.", ""]
+        rates = ("Rates: share of samples whose main object the shapes-world oracle reads with the target "
+                 f"attributes, with the 95 % Wilson interval for {settings.n} samples." if settings.oracle else
+                 "No oracle (any model): scores from the feature encoder only.")
+        lines += [rates, SCORES_NOTE, ""]
     keys = [k for k in rows[0][2]]
     lines += ["| checkpoint | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for label, step, metrics, images in rows:
@@ -236,7 +256,8 @@ def write_report(out_dir: str | Path, rows: list[tuple[str, int, dict, list]], s
     elif len(rows) > 1:
         lines += ["", f"The best of {len(rows)} noisy rates is biased upward: confirm it on fresh samples "
                   "(`--confirm-seed`)."]
-    lines += [""] + [f"![{label} samples of \"a {settings.token}\"](samples-{label}.png)" for label, *_ in rows]
+    shown = "the concept's world prompts" if settings.world_prompts else f"\"a {settings.token}\""
+    lines += [""] + [f"![{label} samples of {shown}](samples-{label}.png)" for label, *_ in rows]
     summary = [{"label": r[0], "step": r[1], **r[2]} for r in rows]
     if confirmed is not None:
         summary.append({"label": best[0], "step": best[1], "confirm_seed": confirmed[0], **confirmed[1]})
