@@ -173,6 +173,8 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
     assert "World prompts (no token): 2 of the shapes world's full captions" in md and "adoption + all attributes" in md
     assert main(world + ["--oracle", "off", "--concept-text", "x"]) == 2
     assert "--world-prompts samples the shapes world's captions and needs its oracle" in capsys.readouterr().err
+    assert main(world + ["--token", "sks"]) == 2
+    assert "name the concept by its own word (striped): drop --token 'sks'" in capsys.readouterr().err
     vae = tiny_model_dir / "vae"
     assert main(["eval", "--model", str(tiny_model_dir), "--artifact", str(vae), "--vae", str(vae), "--n", "1"]) == 2
     assert "is a VAE itself: give it as --artifact or as --vae, not both" in capsys.readouterr().err

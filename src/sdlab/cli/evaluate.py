@@ -22,7 +22,7 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", help="a training output folder: every checkpoint is evaluated")
     src.add_argument("--artifact", action="append", help="embedding / LoRA file or model folder (repeatable)")
-    p.add_argument("--token", default="<my-shape>", help="how prompts name the concept")
+    p.add_argument("--token", default=None, help="how prompts name the concept (default <my-shape>)")
     p.add_argument("--concept", action="append", default=[], help="oracle target, e.g. shape=heart or fill=striped")
     p.add_argument("--world-prompts", action="store_true",
                    help="no token: sample the shapes world's own captions with the concept put in (a fine-tune on a "
@@ -117,11 +117,14 @@ def run_eval(args) -> int:
             raise ConfigError("without the oracle, say what the concept is for CLIP: --concept-text 'a dog'")
         if args.drift and not args.class_prompt:
             raise ConfigError("--drift without the oracle needs --class-prompt (e.g. 'a dog')")
+    if args.world_prompts and args.token is not None:
+        raise ConfigError("--world-prompts uses the world's captions, which name the concept by its own word "
+                          f"({', '.join(concept.values())}): drop --token {args.token!r}")
     if args.world_prompts and not oracle:
         raise ConfigError("--world-prompts samples the shapes world's captions and needs its oracle: drop "
                           "--oracle off, or use a model of the shapes world")
     text = args.concept_text or "a " + " ".join(concept.values())
-    s = EvalSettings(args.token, concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color,
+    s = EvalSettings(args.token or "<my-shape>", concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color,
                      max_drift=args.max_drift, oracle=oracle, class_prompt=args.class_prompt,
                      context=args.context or (None if oracle else "on the beach"), world_prompts=args.world_prompts)
     encoder = None if args.no_clip else Encoder(args.encoder)
