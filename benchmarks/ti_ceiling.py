@@ -12,7 +12,11 @@ through the frozen text encoder (position embeddings, causal attention, final la
 is textual inversion with every position a learned vector, so comparing the two spaces tells
 whether the text encoder or the number of vectors is what holds textual inversion back.
 
-    PYTHONPATH=src python benchmarks/ti_ceiling.py --steps 1500 --n 32 [--space input]
+`--per-layer` gives every cross-attention layer its own free tensor (and one more for what the
+UNet's text-time embedding reads), as P+ does (Voynov et al. 2023, "extended textual
+conditioning"): the bound of any per-layer textual inversion in that space.
+
+    PYTHONPATH=src python benchmarks/ti_ceiling.py --steps 1500 --n 32 [--space input] [--per-layer]
 """
 
 from __future__ import annotations
@@ -75,12 +79,49 @@ def conditioning(pipe, space: str):
     return free.rows, encode
 
 
-def optimize(pipe, latents, steps: int, lr: float, space: str, t_min: int = 0, batch: int = 4) -> torch.Tensor:
+class LayerConditioning:
+    """An attention processor for one cross-attention layer that attends to this layer's own
+    conditioning wherever the UNet was given `bank["base"]` (so CFG's unconditional half is left
+    alone), as in P+."""
+
+    def __init__(self, name: str, bank: dict):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.name, self.bank, self.inner = name, bank, AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kw):
+        if encoder_hidden_states is not None and "base" in self.bank:
+            given = torch.tensor([torch.equal(e, self.bank["base"][0]) for e in encoder_hidden_states])
+            mine = self.bank[self.name][:1].expand_as(encoder_hidden_states)
+            encoder_hidden_states = torch.where(given[:, None, None], mine, encoder_hidden_states)
+        return self.inner(attn, hidden_states, encoder_hidden_states, **kw)
+
+
+def per_layer(pipe, space: str):
+    """(parameters, encode) for P+: one free tensor per cross-attention layer plus the base one;
+    encode() fills the bank the layers read and returns the base conditioning."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet, bank = pipe.c.unet, {}
+    layers = [n for n in unet.attn_processors if n.endswith("attn2.processor")]
+    unet.set_attn_processor({n: LayerConditioning(n, bank) if n in layers else AttnProcessor2_0()
+                             for n in unet.attn_processors})
+    pairs = {n: conditioning(pipe, space) for n in layers + ["base"]}
+
+    def encode():
+        bank.clear()
+        bank.update({n: enc() for n, (_, enc) in pairs.items()})
+        return bank["base"]
+    return [param for param, _ in pairs.values()], encode
+
+
+def optimize(pipe, latents, steps: int, lr: float, space: str, t_min: int = 0, batch: int = 4,
+             layered: bool = False) -> torch.Tensor:
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler.from_config(pipe.c.scheduler_config)
-    param, encode = conditioning(pipe, space)
-    opt = torch.optim.Adam([param], lr=lr)
+    params, encode = per_layer(pipe, space) if layered else conditioning(pipe, space)
+    opt = torch.optim.Adam(params if layered else [params], lr=lr)
     pipe.c.unet.requires_grad_(False)
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
@@ -98,7 +139,7 @@ def optimize(pipe, latents, steps: int, lr: float, space: str, t_min: int = 0, b
         if step % 250 == 0:
             print(f"step {step} loss {loss.item():.4f}", flush=True)
     with torch.no_grad():
-        return encode().detach()
+        return encode().detach()          # with --per-layer the layers keep reading their own
 
 
 def main():
@@ -108,6 +149,8 @@ def main():
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--space", choices=("hidden", "input"), default="hidden",
                    help="optimize the 77 hidden states the UNet sees, or the 77 input embeddings before the text encoder")
+    p.add_argument("--per-layer", action="store_true",
+                   help="one free tensor per cross-attention layer (P+, Voynov et al. 2023)")
     p.add_argument("--t-min", type=int, default=0, help="train only on timesteps >= this (0: all)")
     p.add_argument("--cfg-scales", type=lambda v: [float(x) for x in v.split(",")], default=[7.5],
                    help="comma-separated CFG scales to sample at, e.g. 1,3,7.5")
@@ -117,9 +160,11 @@ def main():
     pipe = Pipeline.load(device="cpu")
     data = make_data(Path(args.out) / "data", "x")
     t0 = time.time()
-    cond = optimize(pipe, heart_latents(pipe, data), args.steps, args.lr, args.space, args.t_min)
+    cond = optimize(pipe, heart_latents(pipe, data), args.steps, args.lr, args.space, args.t_min, layered=args.per_layer)
     minutes = round((time.time() - t0) / 60, 2)
-    save_file({"cond": cond.contiguous()}, str(Path(args.out) / f"cond-{args.space}-t{args.t_min}.safetensors"))
+    layered = "-per-layer" if args.per_layer else ""
+    save_file({"cond": cond.contiguous()},
+              str(Path(args.out) / f"cond-{args.space}{layered}-t{args.t_min}.safetensors"))
     for cfg_scale in args.cfg_scales:
         shapes = []
         for i in range(args.n):
@@ -127,7 +172,7 @@ def main():
                                   cond=cond).images[0]
             obj = oracle.read(image).main
             shapes.append(obj.shape if obj else None)
-        row = {"space": args.space, "t_min": args.t_min, "steps": args.steps, "lr": args.lr, "minutes": minutes, "n": args.n,
+        row = {"space": args.space, "per_layer": args.per_layer, "t_min": args.t_min, "steps": args.steps, "lr": args.lr, "minutes": minutes, "n": args.n,
                "cfg_scale": cfg_scale, "heart": sum(s == "heart" for s in shapes) / args.n,
                "shapes": dict(sorted(Counter(map(str, shapes)).items()))}
         print(json.dumps(row), flush=True)

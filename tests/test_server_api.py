@@ -619,3 +619,37 @@ def test_serve_vae_option_reaches_the_loaded_model(tiny_model_dir, tmp_path):
     settings = settings_from_args(args)
     assert settings.vae == str(tiny_model_dir / "vae")
     assert _load_pipeline(settings)("cpu").c.extra["vae"]["name"] == "tiny-sd/vae"
+    args = build_parser().parse_args(["serve", "--vae-dir", str(tiny_model_dir), "--vae-dir", str(tmp_path / "none")])
+    with pytest.raises(ConfigError, match=f"vae dir '{tmp_path / 'none'}' is not a folder"):
+        settings_from_args(args)
+
+
+def test_a_job_can_pick_a_vae_from_the_vae_dir(make_client, tiny_model_dir, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    folder = tmp_path / "vaes"
+    vae = AutoencoderKL.from_pretrained(tiny_model_dir / "vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.bias += 0.5                      # decodes visibly lighter
+    vae.save_pretrained(folder / "light-vae")
+    (folder / "notes.txt").write_text("not a VAE")
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(b"x")
+    (folder / "link.safetensors").symlink_to(outside)         # leads out of the folder: not offered
+    c = make_client(model=str(tiny_model_dir), vae_dirs=(folder,))
+    assert c.get("/api/options").json()["vaes"] == ["light-vae"]
+    body = {"prompt": "a red circle", "steps": 2, "seed": 4, **SMALL}
+    plain, text = _image(c, c.post("/api/generate", json=body).json()["id"])
+    r = c.post("/api/generate", json={**body, "vae": "light-vae"})
+    assert r.status_code == 202, r.text
+    light, light_text = _image(c, r.json()["id"])
+    assert "VAE" not in text and "VAE: light-vae" in light_text and light.mean() > plain.mean()
+    after, _ = _image(c, c.post("/api/generate", json=body).json()["id"])
+    assert np.array_equal(after, plain)                                        # only for that job
+    for vae, message in [("nope", "no VAE named 'nope'; this server offers: light-vae"),
+                         ("link.safetensors", "no VAE named 'link.safetensors'"), ("../vaes", "vae")]:
+        r = c.post("/api/generate", json={**body, "vae": vae})
+        assert r.status_code == 422 and message in r.text
+    r = make_client(model=str(tiny_model_dir)).post("/api/attend", json={**body, "vae": "light-vae"})
+    assert r.status_code == 422 and "this server has no folder of VAEs (sdlab serve --vae-dir DIR)" in r.text

@@ -15,6 +15,8 @@ import pytest
 
 from server_util import free_port
 
+from sdlab.pipeline import DEFAULT_MODEL
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync"]
@@ -52,8 +54,11 @@ def server(tmp_path_factory):
     out = tmp_path_factory.mktemp("studio") / "outputs"
     loras = out.parent / "loras"       # --lora-dir, empty until the training test fills it
     loras.mkdir()
+    vaes = out.parent / "vaes"         # --vae-dir with a copy of the model's own VAE
+    shutil.copytree(DEFAULT_MODEL / "vae", vaes / "shipped-copy")
     port = free_port()
-    app = create_app(ServerSettings(output_dir=out, port=port, preview_interval=0.0, lora_dirs=(loras,)))
+    app = create_app(ServerSettings(output_dir=out, port=port, preview_interval=0.0, lora_dirs=(loras,),
+                                    vae_dirs=(vaes,)))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -144,10 +149,12 @@ def test_new_user_generates_cancels_and_browses_the_gallery(browser, server):
     page.fill("#width", "64")
     page.fill("#height", "64")
     page.fill("#seed", "7")
+    page.select_option("#vae", "shipped-copy")             # A1111's "SD VAE" pick, for this job
     page.click("#generate")
     page.wait_for_function("document.getElementById('meta').textContent.includes('Denoising strength: 0.75')",
                            timeout=120_000)
     assert "Seed: 7" in page.text_content("#meta") and (out / "00001-7.png").is_file()
+    assert "VAE: shipped-copy" in page.text_content("#meta")
     _shot(page, "studio-img2img-laptop.png")
     assert errors == []
     page.close()

@@ -106,6 +106,30 @@ def test_a_swapped_vae_is_used_and_named_in_infotext(tiny_model_dir, tuned_vae, 
     assert _same(load_artifact(tiny_model_dir, folder).c.vae, swapped.c.vae)       # eval's artifact loader
 
 
+def test_set_vae_switches_and_switches_back(tiny_model_dir, tuned_vae, tmp_path):
+    from sdlab.config import GenerationConfig
+    from sdlab.pipeline import Pipeline
+
+    folder = tuned_vae[1].saved[0]
+    gen = GenerationConfig("a red circle", seed=1, steps=2)
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    own = pipe.generate(gen)
+    pipe.set_vae(folder)
+    swapped = pipe.generate(gen)
+    loaded = Pipeline.load(tiny_model_dir, device="cpu", vae=folder).generate(gen)
+    assert swapped.images[0].tobytes() == loaded.images[0].tobytes() != own.images[0].tobytes()
+    assert swapped.infotexts == loaded.infotexts and "VAE: out/vae" in swapped.infotexts[0]
+    module = pipe.c.vae
+    pipe.set_vae(None)
+    back = pipe.generate(gen)
+    assert back.images[0].tobytes() == own.images[0].tobytes() and back.infotexts == own.infotexts
+    pipe.set_vae(folder)
+    assert pipe.c.vae is module                                      # kept loaded: switching back is free
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        pipe.set_vae(tmp_path / "nope")
+    assert pipe.c.vae is module                                      # a failed switch changes nothing
+
+
 @pytest.mark.parametrize("layout", ["ldm", "ldm-prefixed", "diffusers"])
 def test_single_vae_files_load(tiny_model_dir, tuned_vae, tmp_path, layout):
     from diffusers import AutoencoderKL

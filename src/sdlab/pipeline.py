@@ -55,6 +55,9 @@ class Pipeline:
         self.loras: list[dict] = []          # applied LoRA files: name, hash, scale (sdlab.models.lora)
         self.embeddings: list[dict] = []     # added embeddings: name, hash, vectors (sdlab.text.embeddings)
         self.lora_dirs: list[Path] = []      # where <lora:NAME:W> prompt tags find NAME.safetensors
+        self.speed = None                    # the SpeedOptions applied, if any
+        self._own_vae = (components.vae, components.extra.get("vae"))   # what set_vae(None) returns to
+        self._vaes: dict[str, tuple] = {}    # VAEs set_vae loaded, by resolved path (the last two)
 
     @classmethod
     def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None,
@@ -75,6 +78,28 @@ class Pipeline:
 
         apply_speed_options(self.c, options)
         self.denoiser = Denoiser(self.c.unet, self.schedule)
+        self.speed = options
+
+    def set_vae(self, vae: str | Path | None) -> None:
+        """Encode and decode through `vae` (a folder or file, as `load(vae=...)` takes) from now
+        on; None returns to the VAE the pipeline was loaded with. AUTOMATIC1111's "SD VAE"
+        setting: the two VAEs used last stay loaded, so switching back costs nothing."""
+        from .models.speed import apply_vae_speed_options
+        from .models.vae_file import load_vae
+
+        if vae is None:
+            self.c.vae, self.c.extra["vae"] = self._own_vae
+            return
+        if self.speed is not None and self.speed.cpu_offload != "none":
+            raise ConfigError("a pipeline with CPU offload cannot switch its VAE: load it with vae= instead")
+        key = str(Path(vae).expanduser().resolve())
+        if key not in self._vaes:
+            module, record = load_vae(vae, self._own_vae[0], self.c.dtype)
+            module.to(self.c.device).eval()
+            if self.speed is not None:
+                apply_vae_speed_options(module, self.speed)
+            self._vaes = {**dict(list(self._vaes.items())[-1:]), key: (module, record)}
+        self.c.vae, self.c.extra["vae"] = self._vaes[key]
 
     @property
     def native_size(self) -> int:

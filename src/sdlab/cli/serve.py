@@ -9,6 +9,7 @@ EXAMPLES = """examples:
   sdlab serve                                   # http://127.0.0.1:7860, the shipped model
   sdlab serve --model path/to/model --output-dir outputs
   sdlab serve --lora-dir my_loras                # prompts may use <lora:NAME:0.8>
+  sdlab serve --vae-dir my_vaes                  # each job may pick one of its VAEs
   SDLAB_TOKEN=a-long-secret sdlab serve --host 0.0.0.0   # other hosts need a token
 """
 
@@ -31,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--max-side", type=int, default=1024, help="largest width/height accepted (default 1024)")
     p.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
                    help="where prompt tags <lora:NAME:WEIGHT> (A1111 syntax) find NAME.safetensors; repeatable")
+    p.add_argument("--vae-dir", action="append", default=[], metavar="DIR",
+                   help="VAE files (.safetensors/.pt/.ckpt) and AutoencoderKL folders a job may pick by name "
+                        "(A1111's models/VAE); repeatable")
     p.set_defaults(run=run_serve)
 
 
@@ -42,7 +46,7 @@ def settings_from_args(args):
                           token=token, state_dir=args.state_dir, devices=tuple(args.device or [None]),
                           dtype=args.dtype, max_queue=args.max_queue,
                           max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
-                          lora_dirs=tuple(args.lora_dir))
+                          lora_dirs=tuple(args.lora_dir), vae_dirs=tuple(args.vae_dir))
 
 
 def run_serve(args) -> int:

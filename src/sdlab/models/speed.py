@@ -55,19 +55,14 @@ class SpeedOptions:
 
 def apply_speed_options(components, options: SpeedOptions) -> None:
     """Apply `options` in place to a `Components` (sdlab.models.loader)."""
-    unet, vae = components.unet, components.vae
+    unet = components.unet
     if options.fuse_qkv:
         unet.fuse_qkv_projections()
-        vae.fuse_qkv_projections()
     if options.channels_last:
         unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
     if options.attention_slicing:
         unet.set_attention_slice("auto")
-    if options.vae_slicing:
-        vae.enable_slicing()
-    if options.vae_tiling:
-        vae.enable_tiling()
+    apply_vae_speed_options(components.vae, options)
     if options.cpu_offload == "model":
         _model_cpu_offload(components)
     if options.deep_cache > 1:
@@ -77,6 +72,18 @@ def apply_speed_options(components, options: SpeedOptions) -> None:
     if options.compile != "off":
         mode = None if options.compile == "default" else options.compile
         components.unet = torch.compile(unet, mode=mode, fullgraph=False)
+
+
+def apply_vae_speed_options(vae, options: SpeedOptions) -> None:
+    """The VAE's share of `options`: fused QKV, channels-last, sliced and tiled decoding."""
+    if options.fuse_qkv:
+        vae.fuse_qkv_projections()
+    if options.channels_last:
+        vae.to(memory_format=torch.channels_last)
+    if options.vae_slicing:
+        vae.enable_slicing()
+    if options.vae_tiling:
+        vae.enable_tiling()
 
 
 def _model_cpu_offload(components) -> None:

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..errors import ConfigError
 from ..sampling import sampler_names
+from ..models.vae_file import find_vae, vae_names
 from ..text.extra_networks import find_lora, lora_names, tags_of_prompts
 from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
 from .auth import AccessMiddleware
@@ -125,6 +126,8 @@ def _job_params(body: SamplingRequest, settings: ServerSettings) -> dict:
 
         trained_result(settings.output_dir, params["trained"])
     _check_lora_tags(params, settings)
+    if params.get("vae"):
+        find_vae(params["vae"], settings.vae_dirs)
     return params
 
 
@@ -152,6 +155,7 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
         pipe = next(iter(_queue(request).pipes.values()), None)
         return {"samplers": sampler_names(), "default_sampler": "Euler a", "model": pipe.c.name if pipe else None,
                 "native_size": pipe.native_size if pipe else None, "loras": lora_names(settings.lora_dirs),
+                "vaes": vae_names(settings.vae_dirs),
                 "limits": {"max_side": settings.max_side, "max_images": settings.max_images,
                            "max_upload_bytes": settings.max_upload_bytes, "max_queue": settings.max_queue}}
 

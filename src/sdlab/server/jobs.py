@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from ..callbacks import CancelToken, StepCallback, StepEvent
 from ..errors import Cancelled, ConfigError, SdlabError
+from ..models.vae_file import find_vae
 from .settings import ServerSettings
 from .store import JobStore
 
@@ -189,7 +190,10 @@ class JobQueue:
         runner = RUNNERS.get(job["kind"])
         if runner is None:  # e.g. a database written by a version with more kinds
             return "failed", None, f"unknown job kind {job['kind']!r}; this server runs {', '.join(sorted(RUNNERS))}"
+        vae = job["params"].get("vae")          # a job's pick of the server's VAEs (--vae-dir)
         try:
+            if vae:
+                pipe.set_vae(find_vae(vae, self.settings.vae_dirs))
             return "done", runner(ctx), None
         except Cancelled:
             return ("interrupted", None, "the server stopped while this job ran") if self._stopping \
@@ -199,6 +203,9 @@ class JobQueue:
         except Exception as err:  # a bug, not bad input: keep the server alive, log the trace
             log.exception("job %s failed", job["id"])
             return "failed", None, f"internal error: {type(err).__name__}: {err}"
+        finally:
+            if vae:
+                pipe.set_vae(None)
 
     def _trim_live(self, keep: int = 64) -> None:
         done = [k for k in self._live if k not in self._tokens]

@@ -40,6 +40,8 @@ class SamplingRequest(BaseModel):
     seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
+    vae: Optional[str] = Field(None, max_length=255, pattern=r"^[^/\\]+$",
+                               description="a VAE the server offers (`vaes` of /api/options); null: the server's own")
 
     @field_validator("negative_prompt")
     @classmethod
@@ -208,4 +210,5 @@ class Options(BaseModel):
     model: Optional[str]
     native_size: Optional[int]
     loras: list[str] = Field(default_factory=list, description="names for <lora:NAME:W> prompt tags (--lora-dir)")
+    vaes: list[str] = Field(default_factory=list, description="VAEs a job may pick by name (--vae-dir)")
     limits: dict[str, int]

@@ -43,13 +43,15 @@ class ServerSettings:
     max_images: int = 16                       # batch_size * batch_count per job
     preview_interval: float = 0.25             # seconds between preview decodes
     lora_dirs: tuple[Path, ...] = ()           # where prompt tags <lora:NAME:W> find NAME.safetensors
+    vae_dirs: tuple[Path, ...] = ()            # VAE files / folders a job may pick by name
 
     def __post_init__(self):
         object.__setattr__(self, "output_dir", Path(self.output_dir))
-        object.__setattr__(self, "lora_dirs", tuple(Path(d) for d in self.lora_dirs))
-        for folder in self.lora_dirs:
-            if not folder.is_dir():
-                raise ConfigError(f"lora dir {str(folder)!r} is not a folder")
+        for name in ("lora_dirs", "vae_dirs"):
+            object.__setattr__(self, name, tuple(Path(d) for d in getattr(self, name)))
+            for folder in getattr(self, name):
+                if not folder.is_dir():
+                    raise ConfigError(f"{name[:-5]} dir {str(folder)!r} is not a folder")
         if self.state_dir is not None:
             object.__setattr__(self, "state_dir", Path(self.state_dir))
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:

@@ -109,6 +109,7 @@ function request() {
     batch_size: numberOrNull("batch_size"), batch_count: numberOrNull("batch_count"),
   };
   for (const k of Object.keys(p)) if (p[k] === null) delete p[k];
+  if ($("vae").value) p.vae = $("vae").value;
   if ($("trained").value && (S.mode === "txt2img" || S.mode === "img2img")) {
     p.trained = $("trained").value;
     p.trained_scale = numberOrNull("trained_scale") ?? 1;
@@ -406,6 +407,8 @@ async function init2() {
     for (const id of ["width", "height"]) $(id).max = o.limits.max_side;
     for (const name of o.loras) $("lora-tag").add(new Option(name, name));
     $("lora-tag-fields").hidden = o.loras.length === 0;
+    for (const name of o.vaes) $("vae").add(new Option(name, name));
+    $("vae-fields").hidden = o.vaes.length === 0;
   } catch (e) {
     $("status").textContent = e.message;
     return;
