@@ -160,7 +160,8 @@ def main():
     pipe = Pipeline.load(device="cpu")
     data = make_data(Path(args.out) / "data", "x")
     t0 = time.time()
-    cond = optimize(pipe, heart_latents(pipe, data), args.steps, args.lr, args.space, args.t_min, layered=args.per_layer)
+    cond = optimize(pipe, heart_latents(pipe, data), args.steps, args.lr, args.space, args.t_min,
+                    layered=args.per_layer)
     minutes = round((time.time() - t0) / 60, 2)
     layered = "-per-layer" if args.per_layer else ""
     save_file({"cond": cond.contiguous()},
@@ -172,7 +173,8 @@ def main():
                                   cond=cond).images[0]
             obj = oracle.read(image).main
             shapes.append(obj.shape if obj else None)
-        row = {"space": args.space, "per_layer": args.per_layer, "t_min": args.t_min, "steps": args.steps, "lr": args.lr, "minutes": minutes, "n": args.n,
+        row = {"space": args.space, "per_layer": args.per_layer, "t_min": args.t_min, "steps": args.steps,
+               "lr": args.lr, "minutes": minutes, "n": args.n,
                "cfg_scale": cfg_scale, "heart": sum(s == "heart" for s in shapes) / args.n,
                "shapes": dict(sorted(Counter(map(str, shapes)).items()))}
         print(json.dumps(row), flush=True)

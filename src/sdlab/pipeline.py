@@ -57,7 +57,7 @@ class Pipeline:
         self.lora_dirs: list[Path] = []      # where <lora:NAME:W> prompt tags find NAME.safetensors
         self.speed = None                    # the SpeedOptions applied, if any
         self._own_vae = (components.vae, components.extra.get("vae"))   # what set_vae(None) returns to
-        self._vaes: dict[str, tuple] = {}    # VAEs set_vae loaded, by resolved path (the last two)
+        self._vaes: dict[str, tuple] = {}    # VAEs set_vae loaded, by path and mtime (the last two)
 
     @classmethod
     def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None,
@@ -92,7 +92,8 @@ class Pipeline:
             return
         if self.speed is not None and self.speed.cpu_offload != "none":
             raise ConfigError("a pipeline with CPU offload cannot switch its VAE: load it with vae= instead")
-        key = str(Path(vae).expanduser().resolve())
+        path = Path(vae).expanduser().resolve()
+        key = f"{path}@{path.stat().st_mtime_ns}" if path.exists() else str(path)   # a rewritten file reloads
         if key not in self._vaes:
             module, record = load_vae(vae, self._own_vae[0], self.c.dtype)
             module.to(self.c.device).eval()

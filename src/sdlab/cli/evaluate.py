@@ -124,7 +124,8 @@ def run_eval(args) -> int:
         raise ConfigError("--world-prompts samples the shapes world's captions and needs its oracle: drop "
                           "--oracle off, or use a model of the shapes world")
     text = args.concept_text or "a " + " ".join(concept.values())
-    s = EvalSettings(args.token or "<my-shape>", concept, text, args.n, args.seed, args.steps, args.cfg_scale, args.color,
+    s = EvalSettings(args.token or "<my-shape>", concept, text, args.n, args.seed, args.steps, args.cfg_scale,
+                     args.color,
                      max_drift=args.max_drift, oracle=oracle, class_prompt=args.class_prompt,
                      context=args.context or (None if oracle else "on the beach"), world_prompts=args.world_prompts)
     encoder = None if args.no_clip else Encoder(args.encoder)
