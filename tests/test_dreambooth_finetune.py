@@ -140,7 +140,8 @@ def test_class_folder_without_captions_is_refused(tiny_model_dir, data, tmp_path
     empty = tmp_path / "reg"
     empty.mkdir()
     method = DreamBooth(DreamBoothOptions(class_data_dir=str(empty)))
-    with pytest.raises(ConfigError, match="no metadata.jsonl"):
+    with pytest.raises(ConfigError, match="class data: '.*reg' has no captions: give an instance prompt.*or give "
+                                          "--class-prompt to generate class images there"):
         Trainer(_cfg(method, tiny_model_dir, data, tmp_path / "out", max_steps=1), method)
 
 

@@ -103,8 +103,30 @@ def test_metadata_captions_and_errors(tmp_path):
         ImageDataset(read_examples(tmp_path, "x"), 20)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ConfigError, match="no metadata.jsonl"):
+    with pytest.raises(ConfigError, match="has no captions: give an instance prompt"):
         read_examples(empty)
+
+
+def test_caption_files_beside_the_images(tmp_path):
+    for name in ("a", "b", "c"):
+        _marked().save(tmp_path / f"{name}.png")
+    (tmp_path / "a.txt").write_text("a red sks\n")
+    (tmp_path / "b.caption").write_text("\ufeffa sks\n\n  a sks on the left  \n", encoding="utf-8")  # BOM, blank line
+    with pytest.raises(ConfigError, match=r"'c.png' has no caption file \(c.txt or c.caption\) while other images"):
+        read_examples(tmp_path)
+    (tmp_path / "c.txt").write_text("")
+    with pytest.raises(ConfigError, match="c.txt' is empty"):
+        read_examples(tmp_path)
+    (tmp_path / "c.txt").write_bytes(b"\xff\xfe bad")
+    with pytest.raises(ConfigError, match="c.txt' is not UTF-8 text"):
+        read_examples(tmp_path)
+    (tmp_path / "c.txt").write_text("a blue sks")
+    ex = read_examples(tmp_path)
+    assert [(e.path.name, e.text) for e in ex] == [("a.png", "a red sks"), ("b.png", ("a sks", "a sks on the left")),
+                                                  ("c.png", "a blue sks")]
+    assert {e.text for e in read_examples(tmp_path, "one prompt")} == {"one prompt"}     # the prompt wins
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "from jsonl"}) + "\n")
+    assert [e.text for e in read_examples(tmp_path)] == ["from jsonl"]                  # and metadata.jsonl
 
 
 def test_several_captions_per_image_are_drawn_with_the_sample_seed(tmp_path):

@@ -18,7 +18,9 @@ EXAMPLES = """examples:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="diffusers folder or single file (default: the shipped model)")
-    p.add_argument("--data", required=True, help="image folder (with metadata.jsonl captions, or --instance-prompt)")
+    p.add_argument("--data", required=True,
+                   help="image folder, captioned by metadata.jsonl or by NAME.txt beside each image (or give "
+                        "--instance-prompt)")
     p.add_argument("--instance-prompt", default=None, help="one prompt for every image of --data")
     p.add_argument("--output-dir", default="runs/train", help="where checkpoints, logs, samples and results go")
     p.add_argument("--resolution", type=int, default=None, help="training size, multiple of 8 (default: native)")
@@ -85,8 +87,8 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
                        help="prompt of the class for prior preservation, e.g. 'a shape'; repeat for several "
                             "(class image i uses prompt i mod k)" + ("; turns the prior on" if name == "lora" else ""))
         p.add_argument("--class-data-dir", default=None,
-                       help="class images cache (default OUTPUT/class_images); with metadata.jsonl and no "
-                            "--class-prompt, your own captioned class images")
+                       help="class images cache (default OUTPUT/class_images); with captions (metadata.jsonl or "
+                            ".txt files) and no --class-prompt, your own captioned class images")
         p.add_argument("--num-class-images", type=int, default=50)
         p.add_argument("--prior-loss-weight", type=float, default=1.0)
     if name == "dreambooth":

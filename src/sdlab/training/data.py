@@ -1,4 +1,6 @@
-"""Training images: a folder with `metadata.jsonl` captions, or a folder plus one prompt.
+"""Training images: a folder with `metadata.jsonl` captions, or with a caption file beside
+each image (`0001.png` + `0001.txt`, as kohya-ss and most trainers read), or a folder plus one
+prompt.
 
 Any format Pillow reads; EXIF orientation applied; RGBA/LA/P/CMYK/L/I;16 converted to RGB
 (sdlab.io.images). Each item is resized (short side to the resolution), then centre- or
@@ -23,6 +25,7 @@ from ..errors import ConfigError, ImageReadError
 from ..io.images import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".tga", ".ppm", ".jfif"}
+CAPTION_SUFFIXES = (".txt", ".caption")
 
 
 @dataclass(frozen=True)
@@ -33,24 +36,52 @@ class Example:
 
 def read_examples(folder: str | Path, instance_prompt: str | None = None,
                   captions_needed: bool = True) -> list[Example]:
-    """Captioned examples: from `metadata.jsonl` (file_name, text) when present and no
-    `instance_prompt` is given, else every image file in the folder with `instance_prompt`
-    (with neither, an error unless `captions_needed` is False: then an empty caption)."""
+    """Captioned examples, when no `instance_prompt` is given: from `metadata.jsonl`
+    (file_name, text), else from a caption file beside each image (`NAME.txt` or
+    `NAME.caption`; several non-empty lines are several captions). With `instance_prompt`:
+    every image file with that prompt. With no captions at all, an error unless
+    `captions_needed` is False (then an empty caption)."""
     root = Path(folder)
     if not root.is_dir():
         raise ConfigError(f"data folder '{root}' does not exist or is not a folder")
     meta = root / "metadata.jsonl"
     if instance_prompt is None and meta.is_file():
         return _from_metadata(root, meta)
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if instance_prompt is None and files and any(_caption_file(p) for p in files):
+        return _from_caption_files(files)
     if instance_prompt is None and not captions_needed:
         instance_prompt = ""
     if instance_prompt is None:
-        raise ConfigError(f"'{root}' has no metadata.jsonl: give an instance prompt (--instance-prompt) "
-                          "or add metadata.jsonl lines {\"file_name\": ..., \"text\": ...}")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        raise ConfigError(f"'{root}' has no captions: give an instance prompt (--instance-prompt), a caption file "
+                          "beside each image (0001.png + 0001.txt) or metadata.jsonl lines "
+                          "{\"file_name\": ..., \"text\": ...}")
     if not files:
         raise ConfigError(f"no image files in '{root}' (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return [Example(p, instance_prompt) for p in files]
+
+
+def _caption_file(image: Path) -> Path | None:
+    return next((c for s in CAPTION_SUFFIXES if (c := image.with_suffix(s)).is_file()), None)
+
+
+def _from_caption_files(files: list[Path]) -> list[Example]:
+    """kohya-ss style captions: every image needs its own caption file."""
+    out = []
+    for image in files:
+        path = _caption_file(image)
+        if path is None:
+            names = " or ".join(image.stem + s for s in CAPTION_SUFFIXES)
+            raise ConfigError(f"'{image.name}' has no caption file ({names}) while other images in "
+                              f"'{image.parent}' do: caption every image, or move it out")
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"caption file '{path}' is not UTF-8 text ({exc.reason})") from exc
+        if not lines:
+            raise ConfigError(f"caption file '{path}' is empty")
+        out.append(Example(image, lines[0] if len(lines) == 1 else tuple(lines)))
+    return out
 
 
 def _from_metadata(root: Path, meta: Path) -> list[Example]:

@@ -45,7 +45,7 @@ class PriorOptions:
             raise ConfigError(f"class_prompt must be a non-empty string or a list of them, got {self.class_prompt!r}")
         if self.prior_preservation and not prompts and not self.class_data_dir:
             raise ConfigError("prior preservation needs class_prompt (e.g. --class-prompt 'a shape'), or a "
-                              "--class-data-dir with metadata.jsonl captions, or turn prior preservation off")
+                              "captioned --class-data-dir, or turn prior preservation off")
         _check_int("num_class_images", self.num_class_images, 1, 100000)
         _check_float("prior_loss_weight", self.prior_loss_weight, 0.0, 100.0)
         _check_int("class_sampling_steps", self.class_sampling_steps, 1, 1000)
@@ -70,11 +70,12 @@ class PriorPreservation:
         if self.accelerator.is_main_process and self.options.class_prompts:
             generate_class_images(self.c, self.options, folder)
         self.accelerator.wait_for_everyone()
-        if not (folder / "metadata.jsonl").is_file():
-            raise ConfigError(f"class data folder '{folder}' has no metadata.jsonl: give --class-prompt to "
-                              "generate class images there, or add metadata.jsonl lines {\"file_name\": ..., \"text\": ...}")
+        try:
+            examples = read_examples(folder)
+        except ConfigError as err:
+            raise ConfigError(f"class data: {err}; or give --class-prompt to generate class images there") from err
         res = self.config.resolution or native_resolution(self.c)
-        self.class_data = ImageDataset(read_examples(folder)[: self.options.num_class_images], res, center_crop=True)
+        self.class_data = ImageDataset(examples[: self.options.num_class_images], res, center_crop=True)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Instance loss + prior_loss_weight * class (prior-preservation) loss."""
