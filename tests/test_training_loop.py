@@ -147,3 +147,28 @@ def test_min_snr_weights_cap_the_easy_timesteps(tiny_model_dir, data, tmp_path):
     assert 0 < weighted.losses[0] < plain.losses[0]
     with pytest.raises(ConfigError, match="snr_gamma"):
         _cfg(tiny_model_dir, data, tmp_path, snr_gamma=-1.0)
+
+
+def test_offset_noise_shifts_each_channel_and_is_off_by_default(tiny_model_dir, data, tmp_path, capsys):
+    from sdlab.cli.main import build_parser
+    from sdlab.cli.train import config_from_args
+    from sdlab.training.methods.base import sample_noise
+
+    seeds = list(range(400))
+    plain, t = sample_noise((4, 8, 8), seeds, 1000)
+    g = torch.Generator("cpu").manual_seed(7)
+    assert t[7] == torch.randint(0, 1000, (1,), generator=g)
+    assert torch.equal(plain[7], torch.randn((4, 8, 8), generator=g))     # offset 0: the draws as before
+    offset, t2 = sample_noise((4, 8, 8), seeds, 1000, offset=0.1)
+    shift = offset - plain                                  # the same draws plus one constant per channel
+    assert torch.equal(t, t2) and torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
+    assert 0.08 < shift[:, :, 0, 0].std().item() < 0.12
+    # in the loop: the same first batch with offset noise gives another loss
+    plain_run = train(_cfg(tiny_model_dir, data, tmp_path / "plain", max_steps=1), LoRA(LoraOptions(rank=2)))
+    offset_run = train(_cfg(tiny_model_dir, data, tmp_path / "off", max_steps=1, noise_offset=0.5),
+                       LoRA(LoraOptions(rank=2)))
+    assert offset_run.losses[0] != plain_run.losses[0]
+    with pytest.raises(ConfigError, match="noise_offset"):
+        _cfg(tiny_model_dir, data, tmp_path, noise_offset=-0.1)
+    args = build_parser().parse_args(["train", "lora", "--data", str(data), "--noise-offset", "0.05"])
+    assert config_from_args(args, {"learning_rate": 1e-4, "weight_decay": 1e-2, "options": None}).noise_offset == 0.05

@@ -50,6 +50,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=0.9999)
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is the paper's choice")
+    p.add_argument("--noise-offset", type=float, default=0.0,
+                   help="offset noise (Guttenberg 2023): add this times a per-channel N(0, 1) shift to the noise, "
+                        "so the model learns very dark and bright images; 0.05-0.1 is usual (default 0: off)")
     p.add_argument("--caption-dropout", type=float, default=0.0,
                    help="share of samples trained with the empty prompt, so classifier-free guidance keeps "
                         "working when the UNet or text encoder change (e.g. 0.1)")
@@ -132,7 +135,8 @@ def config_from_args(args, defaults: dict):
         gradient_checkpointing=args.gradient_checkpointing, attention=args.attention,
         use_8bit_adam=args.use_8bit_adam, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
         lr_decay_steps=args.lr_decay_steps,
-        use_ema=args.ema, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout, snr_gamma=args.snr_gamma, seed=args.seed,
+        use_ema=args.ema, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout, snr_gamma=args.snr_gamma,
+        noise_offset=args.noise_offset, seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         keep_last=args.keep_last, validation_prompts=tuple(args.validation_prompt),
         validate_every=args.validate_every, validation_images=args.validation_images,

@@ -53,6 +53,7 @@ class TrainingConfig:
     ema_decay: float = 0.9999
     caption_dropout: float = 0.0             # share of samples trained on the empty prompt (keeps CFG working)
     snr_gamma: float | None = None           # Min-SNR-gamma loss weighting (Hang et al. 2023); 5 is the paper's
+    noise_offset: float = 0.0                # offset noise (Guttenberg 2023): + this x N(0, 1) per sample and channel
     seed: int = 0
     checkpoint_every: int = 100
     keep_last: int = 2
@@ -78,6 +79,7 @@ class TrainingConfig:
         _check_float("caption_dropout", self.caption_dropout, 0.0, 1.0)
         if self.snr_gamma is not None:
             _check_float("snr_gamma", self.snr_gamma, 1e-3, 1e4)
+        _check_float("noise_offset", self.noise_offset, 0.0, 1.0)
         _check_int("batch_size", self.batch_size, 1, 4096)
         _check_int("grad_accum", self.grad_accum, 1, 4096)
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)

@@ -158,7 +158,8 @@ class DiffusionMethod:
     def per_sample_loss(self, pixels: torch.Tensor, texts: list[str], seeds: list[int]) -> torch.Tensor:
         """Mean squared error of the UNet prediction per sample, (B,)."""
         latents = self.latents(pixels)
-        noise, timesteps = sample_noise(latents.shape[1:], seeds, self.noise_scheduler.config.num_train_timesteps)
+        noise, timesteps = sample_noise(latents.shape[1:], seeds, self.noise_scheduler.config.num_train_timesteps,
+                                        self.config.noise_offset)
         noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
@@ -229,12 +230,17 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return (capped / (snr + 1) if prediction_type == "v_prediction" else capped / snr).float()
 
 
-def sample_noise(shape, seeds: list[int], num_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian noise of `shape` and a uniform timestep for each seed (CPU generators, so a
-    sample's noise is the same on any device, in any process, after any resume)."""
+def sample_noise(shape, seeds: list[int], num_timesteps: int, offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian noise of `shape` (C, H, W) and a uniform timestep for each seed (CPU generators,
+    so a sample's noise is the same on any device, in any process, after any resume). `offset`:
+    offset noise (Guttenberg 2023), each channel shifted by offset x N(0, 1), drawn after the
+    noise so offset 0 leaves every draw as it was."""
     noises, steps = [], []
     for seed in seeds:
         g = torch.Generator("cpu").manual_seed(seed)
         steps.append(torch.randint(0, num_timesteps, (1,), generator=g))
-        noises.append(torch.randn(tuple(shape), generator=g))
+        noise = torch.randn(tuple(shape), generator=g)
+        if offset:
+            noise = noise + offset * torch.randn((shape[0], 1, 1), generator=g)
+        noises.append(noise)
     return torch.stack(noises), torch.cat(steps)
