@@ -25,6 +25,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="runs/train", help="where checkpoints, logs, samples and results go")
     p.add_argument("--resolution", type=int, default=None, help="training size, multiple of 8 (default: native)")
     p.add_argument("--random-crop", action="store_true", help="random instead of centre crops")
+    p.add_argument("--aspect-buckets", action="store_true",
+                   help="keep each image's aspect ratio: crop it to the nearest of a set of sizes of about the "
+                        "resolution's area (kohya's bucketing); a batch holds one size")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--skip-bad-images", action="store_true", help="warn about and skip unreadable images")
     p.add_argument("--max-steps", type=int, default=500)
@@ -128,6 +131,7 @@ def config_from_args(args, defaults: dict):
     return TrainingConfig(
         method=args.method, data_dir=args.data, output_dir=args.output_dir, model=args.model,
         instance_prompt=args.instance_prompt, resolution=args.resolution, center_crop=not args.random_crop,
+        aspect_buckets=args.aspect_buckets,
         random_flip=args.flip, skip_bad_images=args.skip_bad_images, max_steps=args.max_steps,
         learning_rate=args.lr if args.lr is not None else defaults["learning_rate"],
         adam_weight_decay=args.weight_decay if args.weight_decay is not None else defaults["weight_decay"],

@@ -32,6 +32,7 @@ class TrainingConfig:
     resolution: int | None = None            # None: the model's native size
     center_crop: bool = True
     random_flip: bool = False
+    aspect_buckets: bool = False             # keep aspect ratios: batches of one bucket each (sdlab.training.buckets)
     skip_bad_images: bool = False
     max_steps: int = 500
     learning_rate: float = 1e-4

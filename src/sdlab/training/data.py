@@ -110,14 +110,19 @@ def _from_metadata(root: Path, meta: Path) -> list[Example]:
 
 class ImageDataset:
     """Decoded, resized images with captions; `item(i, rng)` crops/flips (and picks one of
-    several captions) with `rng`."""
+    several captions) with `rng`. Each image is cropped to a resolution x resolution square,
+    or with `buckets` (sdlab.training.buckets) to the (width, height) nearest its aspect ratio."""
 
     def __init__(self, examples: list[Example], resolution: int, *, center_crop: bool = True,
-                 random_flip: bool = False, skip_bad_images: bool = False):
+                 random_flip: bool = False, skip_bad_images: bool = False,
+                 buckets: list[tuple[int, int]] | None = None):
+        from .buckets import nearest_bucket
+
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8 or resolution % 8:
             raise ConfigError(f"resolution must be a positive multiple of 8, got {resolution!r}")
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.images: list[Image.Image] = []
+        self.sizes: list[tuple[int, int]] = []       # (width, height) each image is cropped to
         self.texts: list[str | tuple[str, ...]] = []
         for ex in examples:
             try:
@@ -127,7 +132,9 @@ class ImageDataset:
                     raise ImageReadError(f"{err} (pass --skip-bad-images to skip such files)") from err
                 warnings.warn(f"skipping {err}", stacklevel=2)
                 continue
-            self.images.append(_resize_short_side(image, resolution))
+            size = nearest_bucket(image.size, buckets) if buckets else (resolution, resolution)
+            self.images.append(_resize_to_cover(image, size))
+            self.sizes.append(size)
             self.texts.append(ex.text)
         if not self.images:
             raise ConfigError("no readable training images left")
@@ -136,14 +143,14 @@ class ImageDataset:
         return len(self.images)
 
     def item(self, index: int, rng: random.Random) -> tuple[torch.Tensor, str]:
-        """(image tensor (3, R, R) in [-1, 1], caption) of example `index`."""
-        image, r = self.images[index], self.resolution
+        """(image tensor (3, H, W) in [-1, 1], caption) of example `index`."""
+        image, (cw, ch) = self.images[index], self.sizes[index]
         w, h = image.size
         if self.center_crop:
-            left, top = (w - r) // 2, (h - r) // 2
+            left, top = (w - cw) // 2, (h - ch) // 2
         else:
-            left, top = rng.randint(0, w - r), rng.randint(0, h - r)
-        image = image.crop((left, top, left + r, top + r))
+            left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        image = image.crop((left, top, left + cw, top + ch))
         if self.random_flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         arr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
@@ -151,10 +158,11 @@ class ImageDataset:
         return arr / 127.5 - 1.0, (rng.choice(text) if isinstance(text, tuple) else text)
 
 
-def _resize_short_side(image: Image.Image, size: int) -> Image.Image:
+def _resize_to_cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The image scaled (aspect kept) to the smallest size that covers `size`."""
     w, h = image.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    scale = max(size[0] / w, size[1] / h)
+    new = (max(size[0], round(w * scale)), max(size[1], round(h * scale)))
     return image if new == (w, h) else image.resize(new, Image.Resampling.BICUBIC)
 
 

@@ -25,9 +25,10 @@ from ..errors import Cancelled, ConfigError
 from ..io.outputs import output_folder
 from . import checkpoints as ck
 from .config import TrainingConfig
+from .buckets import BucketPlan, bucket_sizes
 from .data import ImageDataset, read_examples, sample_index, sample_seed
 from .logs import LossLog, save_grid
-from .methods.base import Batch, native_resolution
+from .methods.base import Batch, native_resolution, size_step
 
 
 @dataclass
@@ -146,9 +147,11 @@ class Trainer:
         resolution = config.resolution or native_resolution(components)
         examples = read_examples(config.data_dir, config.instance_prompt,
                                  captions_needed=getattr(method, "uses_captions", True))
+        buckets = bucket_sizes(resolution, size_step(components)) if config.aspect_buckets else None
         self.data = ImageDataset(examples, resolution,
                                  center_crop=config.center_crop, random_flip=config.random_flip,
-                                 skip_bad_images=config.skip_bad_images)
+                                 skip_bad_images=config.skip_bad_images, buckets=buckets)
+        self.plan = BucketPlan.of(self.data.sizes, config.batch_size, config.seed) if buckets else None
         method.setup(components, config, self.acc)
         apply_memory_options(method, config)
         self.params = method.parameters()
@@ -220,11 +223,14 @@ class Trainer:
     def micro_batch(self, micro: int) -> Batch:
         """This process's share of global micro-batch `micro`."""
         bs, world, rank = self.config.batch_size, self.acc.num_processes, self.acc.process_index
-        positions = [(micro * world + rank) * bs + i for i in range(bs)]
+        chunk = micro * world + rank
+        positions = [chunk * bs + i for i in range(bs)]
+        indices = self.plan.chunk(chunk) if self.plan else [sample_index(len(self.data), self.config.seed, p)
+                                                             for p in positions]
         pixels, texts, seeds = [], [], []
-        for p in positions:
+        for p, index in zip(positions, indices):
             seed = sample_seed(self.config.seed, p)
-            x, text = self.data.item(sample_index(len(self.data), self.config.seed, p), random.Random(seed))
+            x, text = self.data.item(index, random.Random(seed))
             pixels.append(x)
             texts.append(text)
             seeds.append(seed)

@@ -200,6 +200,13 @@ def native_resolution(components) -> int:
     return components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
 
 
+def size_step(components) -> int:
+    """The pixel multiple every training width and height must be: the VAE's downsampling
+    times the UNet's (8 x 8 = 64 for SD 1.x / 2.x)."""
+    return 2 ** (len(components.vae.config.block_out_channels) - 1) * \
+        2 ** (len(components.unet.config.block_out_channels) - 1)
+
+
 def save_model_folder(components, path: Path) -> Path:
     """The whole model as a diffusers folder (fp32, safetensors), written atomically; the
     tokenizer keeps vocab.json + merges.txt so the folder loads as a CLIPTokenizer anywhere."""
