@@ -172,3 +172,16 @@ def test_offset_noise_shifts_each_channel_and_is_off_by_default(tiny_model_dir, 
         _cfg(tiny_model_dir, data, tmp_path, noise_offset=-0.1)
     args = build_parser().parse_args(["train", "lora", "--data", str(data), "--noise-offset", "0.05"])
     assert config_from_args(args, {"learning_rate": 1e-4, "weight_decay": 1e-2, "options": None}).noise_offset == 0.05
+
+
+def test_tag_shuffling_keeps_the_leading_tags_and_follows_the_seed(tiny_model_dir, data, tmp_path):
+    method = LoRA(LoraOptions(rank=2))
+    method.config = _cfg(tiny_model_dir, data, tmp_path, shuffle_tags=True, keep_tags=1)
+    caption = "sks, red, circle, on the left, small"
+    drawn = [method.shuffled_tags(caption, seed) for seed in range(40)]
+    assert all(d.startswith("sks, ") and sorted(d.split(", ")) == sorted(caption.split(", ")) for d in drawn)
+    assert len(set(drawn)) > 10 and drawn[3] == method.shuffled_tags(caption, 3)
+    method.config = _cfg(tiny_model_dir, data, tmp_path)
+    assert method.shuffled_tags(caption, 3) == caption                  # off by default
+    with pytest.raises(ConfigError, match="turn on shuffle_tags"):
+        _cfg(tiny_model_dir, data, tmp_path, keep_tags=2)

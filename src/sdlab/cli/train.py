@@ -53,6 +53,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=0.9999)
     p.add_argument("--snr-gamma", type=float, default=None,
                    help="Min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is the paper's choice")
+    p.add_argument("--shuffle-tags", action="store_true",
+                   help="shuffle each caption's comma-separated tags per sample (kohya's --shuffle_caption)")
+    p.add_argument("--keep-tags", type=int, default=0,
+                   help="with --shuffle-tags, keep this many leading tags in place (e.g. the trigger word)")
     p.add_argument("--noise-offset", type=float, default=0.0,
                    help="offset noise (Guttenberg 2023): add this times a per-channel N(0, 1) shift to the noise, "
                         "so the model learns very dark and bright images; 0.05-0.1 is usual (default 0: off)")
@@ -140,7 +144,7 @@ def config_from_args(args, defaults: dict):
         use_8bit_adam=args.use_8bit_adam, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
         lr_decay_steps=args.lr_decay_steps,
         use_ema=args.ema, ema_decay=args.ema_decay, caption_dropout=args.caption_dropout, snr_gamma=args.snr_gamma,
-        noise_offset=args.noise_offset, seed=args.seed,
+        noise_offset=args.noise_offset, shuffle_tags=args.shuffle_tags, keep_tags=args.keep_tags, seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         keep_last=args.keep_last, validation_prompts=tuple(args.validation_prompt),
         validate_every=args.validate_every, validation_images=args.validation_images,

@@ -53,6 +53,8 @@ class TrainingConfig:
     use_ema: bool = False
     ema_decay: float = 0.9999
     caption_dropout: float = 0.0             # share of samples trained on the empty prompt (keeps CFG working)
+    shuffle_tags: bool = False               # shuffle a caption's comma-separated tags per sample (kohya)
+    keep_tags: int = 0                       # ... after the first this many (e.g. the trigger word)
     snr_gamma: float | None = None           # Min-SNR-gamma loss weighting (Hang et al. 2023); 5 is the paper's
     noise_offset: float = 0.0                # offset noise (Guttenberg 2023): + this x N(0, 1) per sample and channel
     seed: int = 0
@@ -81,6 +83,10 @@ class TrainingConfig:
         if self.snr_gamma is not None:
             _check_float("snr_gamma", self.snr_gamma, 1e-3, 1e4)
         _check_float("noise_offset", self.noise_offset, 0.0, 1.0)
+        _check_int("keep_tags", self.keep_tags, 0, 1000)
+        if self.keep_tags and not self.shuffle_tags:
+            raise ConfigError(f"keep_tags ({self.keep_tags}) says how many tags stay first when tags are shuffled: "
+                              "turn on shuffle_tags (--shuffle-tags) or drop it")
         _check_int("batch_size", self.batch_size, 1, 4096)
         _check_int("grad_accum", self.grad_accum, 1, 4096)
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)

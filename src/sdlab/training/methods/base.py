@@ -137,6 +137,17 @@ class DiffusionMethod:
     def transform_text(self, text: str, seed: int) -> str:
         return text
 
+    def shuffled_tags(self, text: str, seed: int) -> str:
+        """With `config.shuffle_tags` (kohya's --shuffle_caption), the comma-separated tags of
+        a caption after the first `config.keep_tags` in an order drawn from the sample's seed,
+        so no tag learns to stand for a position."""
+        if not self.config.shuffle_tags:
+            return text
+        tags = [t.strip() for t in text.split(",")]
+        keep, rest = tags[:self.config.keep_tags], tags[self.config.keep_tags:]
+        random.Random(seed * 7919 + 29).shuffle(rest)
+        return ", ".join(t for t in keep + rest if t)
+
     def caption_or_empty(self, text: str, seed: int) -> str:
         """Caption dropout (Ho & Salimans 2022): the empty prompt with probability
         `config.caption_dropout`, drawn from the sample's seed so a resumed run draws the same."""
@@ -166,7 +177,8 @@ class DiffusionMethod:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        cond = self.encode_text([self.caption_or_empty(self.transform_text(t, s), s) for t, s in zip(texts, seeds)])
+        cond = self.encode_text([self.caption_or_empty(self.shuffled_tags(self.transform_text(t, s), s), s)
+                                 for t, s in zip(texts, seeds)])
         unet_dtype = next(self.c.unet.parameters()).dtype
         pred = self.unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=cond.to(unet_dtype)).sample
         mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
