@@ -68,7 +68,7 @@ CASES = [  # (name, writer, expected colour of the top-left corner, of the botto
 def test_image_kinds_become_rgb(tmp_path, name, writer, top_left, bottom_right):
     writer(tmp_path / name)
     ds = ImageDataset(read_examples(tmp_path, "a photo"), 24, center_crop=True)
-    x, text = ds.item(0, random.Random(0))
+    x, text, _ = ds.item(0, random.Random(0))
     assert text == "a photo" and x.shape == (3, 24, 24)
     img = ((x + 1) * 127.5).permute(1, 2, 0).numpy()
     # the 32x24 image centre-crops to columns 4..27: top-left pixel is still red (rotation undone)

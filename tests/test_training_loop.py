@@ -185,3 +185,38 @@ def test_tag_shuffling_keeps_the_leading_tags_and_follows_the_seed(tiny_model_di
     assert method.shuffled_tags(caption, 3) == caption                  # off by default
     with pytest.raises(ConfigError, match="turn on shuffle_tags"):
         _cfg(tiny_model_dir, data, tmp_path, keep_tags=2)
+
+
+def test_cached_latents_match_and_resume_exactly(tiny_model_dir, data, tmp_path):
+    from sdlab.callbacks import CancelToken
+    from sdlab.training.loop import Trainer
+    from sdlab.training.methods.vae_decoder import VaeDecoder
+
+    kw = dict(random_flip=True, batch_size=2)
+    plain = train(_cfg(tiny_model_dir, data, tmp_path / "plain", **kw), LoRA(LoraOptions(rank=2)))
+    cached = train(_cfg(tiny_model_dir, data, tmp_path / "cached", cache_latents=True, **kw), LoRA(LoraOptions(rank=2)))
+    assert cached.losses == pytest.approx(plain.losses, rel=1e-4)        # the same latents, encoded once
+    trainer = Trainer(_cfg(tiny_model_dir, data, tmp_path / "look", cache_latents=True, **kw),
+                      LoRA(LoraOptions(rank=2)))
+    for k in range(6):
+        trainer.micro_batch(k)
+    assert 3 < len(trainer.latent_cache) <= 6                            # 3 images x (flipped or not)
+
+    token = CancelToken()
+
+    def stop(event):
+        if event.step == 1:
+            token.cancel()
+
+    out = tmp_path / "run"
+    with pytest.raises(Cancelled):
+        train(_cfg(tiny_model_dir, data, out, cache_latents=True, checkpoint_every=2, **kw),
+              LoRA(LoraOptions(rank=2)), callback=stop, cancel=token)
+    resumed = train(_cfg(tiny_model_dir, data, out, cache_latents=True, checkpoint_every=2, **kw),
+                    LoRA(LoraOptions(rank=2)), resume="latest")
+    assert resumed.losses == cached.losses[2:]                            # re-encoded exactly the same
+    with pytest.raises(ConfigError, match="needs centre crops: drop --random-crop or --cache-latents"):
+        _cfg(tiny_model_dir, data, tmp_path, cache_latents=True, center_crop=False)
+    with pytest.raises(ConfigError, match="trains on the pixels themselves"):
+        Trainer(_cfg(tiny_model_dir, data, tmp_path / "vae", method="vae-decoder", options=VaeDecoder().options,
+                     cache_latents=True), VaeDecoder())

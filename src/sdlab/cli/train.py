@@ -25,6 +25,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="runs/train", help="where checkpoints, logs, samples and results go")
     p.add_argument("--resolution", type=int, default=None, help="training size, multiple of 8 (default: native)")
     p.add_argument("--random-crop", action="store_true", help="random instead of centre crops")
+    p.add_argument("--cache-latents", action="store_true",
+                   help="encode each image (and its flip) with the VAE once, not every step: faster, centre crops "
+                        "only (kohya's --cache_latents)")
     p.add_argument("--aspect-buckets", action="store_true",
                    help="keep each image's aspect ratio: crop it to the nearest of a set of sizes of about the "
                         "resolution's area (kohya's bucketing); a batch holds one size")
@@ -135,7 +138,7 @@ def config_from_args(args, defaults: dict):
     return TrainingConfig(
         method=args.method, data_dir=args.data, output_dir=args.output_dir, model=args.model,
         instance_prompt=args.instance_prompt, resolution=args.resolution, center_crop=not args.random_crop,
-        aspect_buckets=args.aspect_buckets,
+        aspect_buckets=args.aspect_buckets, cache_latents=args.cache_latents,
         random_flip=args.flip, skip_bad_images=args.skip_bad_images, max_steps=args.max_steps,
         learning_rate=args.lr if args.lr is not None else defaults["learning_rate"],
         adam_weight_decay=args.weight_decay if args.weight_decay is not None else defaults["weight_decay"],

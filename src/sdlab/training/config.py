@@ -32,6 +32,7 @@ class TrainingConfig:
     resolution: int | None = None            # None: the model's native size
     center_crop: bool = True
     random_flip: bool = False
+    cache_latents: bool = False              # encode each image once (centre crops only)
     aspect_buckets: bool = False             # keep aspect ratios: batches of one bucket each (sdlab.training.buckets)
     skip_bad_images: bool = False
     max_steps: int = 500
@@ -83,6 +84,9 @@ class TrainingConfig:
         if self.snr_gamma is not None:
             _check_float("snr_gamma", self.snr_gamma, 1e-3, 1e4)
         _check_float("noise_offset", self.noise_offset, 0.0, 1.0)
+        if self.cache_latents and not self.center_crop:
+            raise ConfigError("cache_latents (--cache-latents) keeps one latent per image and flip, so it needs "
+                              "centre crops: drop --random-crop or --cache-latents")
         _check_int("keep_tags", self.keep_tags, 0, 1000)
         if self.keep_tags and not self.shuffle_tags:
             raise ConfigError(f"keep_tags ({self.keep_tags}) says how many tags stay first when tags are shuffled: "

@@ -16,6 +16,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -108,6 +109,12 @@ def _from_metadata(root: Path, meta: Path) -> list[Example]:
     return out
 
 
+class Item(NamedTuple):
+    pixels: torch.Tensor        # (3, H, W) in [-1, 1]
+    text: str
+    flipped: bool               # (with the index, what a latent cache keys on: crops are centred then)
+
+
 class ImageDataset:
     """Decoded, resized images with captions; `item(i, rng)` crops/flips (and picks one of
     several captions) with `rng`. Each image is cropped to a resolution x resolution square,
@@ -142,8 +149,8 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def item(self, index: int, rng: random.Random) -> tuple[torch.Tensor, str]:
-        """(image tensor (3, H, W) in [-1, 1], caption) of example `index`."""
+    def item(self, index: int, rng: random.Random) -> Item:
+        """Example `index` cropped, maybe flipped, with one of its captions, all drawn with `rng`."""
         image, (cw, ch) = self.images[index], self.sizes[index]
         w, h = image.size
         if self.center_crop:
@@ -151,11 +158,12 @@ class ImageDataset:
         else:
             left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
         image = image.crop((left, top, left + cw, top + ch))
-        if self.random_flip and rng.random() < 0.5:
+        flipped = self.random_flip and rng.random() < 0.5
+        if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         arr = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
         text = self.texts[index]
-        return arr / 127.5 - 1.0, (rng.choice(text) if isinstance(text, tuple) else text)
+        return Item(arr / 127.5 - 1.0, rng.choice(text) if isinstance(text, tuple) else text, flipped)
 
 
 def _resize_to_cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:

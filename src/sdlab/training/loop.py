@@ -152,6 +152,9 @@ class Trainer:
                                  center_crop=config.center_crop, random_flip=config.random_flip,
                                  skip_bad_images=config.skip_bad_images, buckets=buckets)
         self.plan = BucketPlan.of(self.data.sizes, config.batch_size, config.seed) if buckets else None
+        if config.cache_latents and not getattr(method, "uses_captions", True):
+            raise ConfigError(f"{method.name} trains on the pixels themselves: --cache-latents does not apply")
+        self.latent_cache: dict | None = {} if config.cache_latents else None
         method.setup(components, config, self.acc)
         apply_memory_options(method, config)
         self.params = method.parameters()
@@ -227,14 +230,24 @@ class Trainer:
         positions = [chunk * bs + i for i in range(bs)]
         indices = self.plan.chunk(chunk) if self.plan else [sample_index(len(self.data), self.config.seed, p)
                                                              for p in positions]
-        pixels, texts, seeds = [], [], []
+        pixels, texts, seeds, latents = [], [], [], []
         for p, index in zip(positions, indices):
             seed = sample_seed(self.config.seed, p)
-            x, text = self.data.item(index, random.Random(seed))
-            pixels.append(x)
-            texts.append(text)
+            item = self.data.item(index, random.Random(seed))
+            pixels.append(item.pixels)
+            texts.append(item.text)
             seeds.append(seed)
-        return Batch(torch.stack(pixels), texts, seeds, positions)
+            if self.latent_cache is not None:
+                latents.append(self.cached_latent(index, item))
+        return Batch(torch.stack(pixels), texts, seeds, positions, torch.stack(latents) if latents else None)
+
+    def cached_latent(self, index: int, item) -> torch.Tensor:
+        """The VAE latent of example `index` (flipped or not), encoded once (--cache-latents,
+        as kohya-ss); one image at a time, so a resumed run re-encodes exactly the same."""
+        key = (index, item.flipped)
+        if key not in self.latent_cache:
+            self.latent_cache[key] = self.method.latents(item.pixels[None])[0]
+        return self.latent_cache[key]
 
     def train_step(self) -> float:
         total = 0.0

@@ -28,6 +28,7 @@ class Batch:
     texts: list[str]
     seeds: list[int]
     positions: list[int]
+    latents: torch.Tensor | None = None      # the pixels' VAE latents, when cached (--cache-latents)
 
 
 @runtime_checkable
@@ -166,9 +167,11 @@ class DiffusionMethod:
         vae = self.c.vae
         return vae.encode(pixels.to(self.c.device, vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
 
-    def per_sample_loss(self, pixels: torch.Tensor, texts: list[str], seeds: list[int]) -> torch.Tensor:
-        """Mean squared error of the UNet prediction per sample, (B,)."""
-        latents = self.latents(pixels)
+    def per_sample_loss(self, pixels: torch.Tensor, texts: list[str], seeds: list[int],
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error of the UNet prediction per sample, (B,); `latents`: the pixels'
+        latents when already known."""
+        latents = self.latents(pixels) if latents is None else latents
         noise, timesteps = sample_noise(latents.shape[1:], seeds, self.noise_scheduler.config.num_train_timesteps,
                                         self.config.noise_offset)
         noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
@@ -189,7 +192,7 @@ class DiffusionMethod:
                                      cfg.prediction_type).to(mse.device)
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        return self.per_sample_loss(batch.pixels, batch.texts, batch.seeds).mean()
+        return self.per_sample_loss(batch.pixels, batch.texts, batch.seeds, batch.latents).mean()
 
     # --- the VAE decoder ----------------------------------------------------------------------
     def mark_decoder_trainable(self) -> None:

@@ -79,14 +79,14 @@ class PriorPreservation:
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Instance loss + prior_loss_weight * class (prior-preservation) loss."""
-        loss = self.per_sample_loss(batch.pixels, batch.texts, batch.seeds).mean()
+        loss = self.per_sample_loss(batch.pixels, batch.texts, batch.seeds, batch.latents).mean()
         if self.class_data is None:
             return loss
         seed = self.config.seed + CLASS_SEED
         pixels, texts, seeds = [], [], []
         for p in batch.positions:
             s = sample_seed(seed, p)
-            image, text = self.class_data.item(sample_index(len(self.class_data), seed, p), random.Random(s))
+            image, text, _ = self.class_data.item(sample_index(len(self.class_data), seed, p), random.Random(s))
             pixels.append(image)
             texts.append(text)
             seeds.append(s)
