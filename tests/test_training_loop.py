@@ -220,3 +220,39 @@ def test_cached_latents_match_and_resume_exactly(tiny_model_dir, data, tmp_path)
     with pytest.raises(ConfigError, match="trains on the pixels themselves"):
         Trainer(_cfg(tiny_model_dir, data, tmp_path / "vae", method="vae-decoder", options=VaeDecoder().options,
                      cache_latents=True), VaeDecoder())
+
+
+def test_validation_loss_on_held_out_images(tiny_model_dir, data, tmp_path):
+    import csv
+
+    from sdlab.training.data import read_examples, split_examples
+    from sdlab.training.methods.vae_decoder import VaeDecoder
+
+    examples = read_examples(data)
+    train_part, held = split_examples(examples, 0.3, seed=0)
+    assert len(held) == 1 and len(train_part) == 2 and held[0] not in train_part
+    assert split_examples(examples, 0.3, seed=0) == (train_part, held)
+    with pytest.raises(ConfigError, match="leaves none to train on"):
+        split_examples(examples, 0.9, seed=0)
+    with pytest.raises(ConfigError, match="not both"):
+        _cfg(tiny_model_dir, data, tmp_path, validation_split=0.3, validation_data=str(data))
+
+    seen = []
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, data, out, validation_split=0.3, validate_every=2), LoRA(LoraOptions(rank=2)),
+          callback=lambda e: seen.append(e.metrics.get("val_loss")))
+    rows = list(csv.DictReader(open(out / "logs" / "loss.csv")))
+    measured = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
+    assert [s for s, _ in measured] == [2, 4] and [v for v in seen if v is not None] == [v for _, v in measured]
+    assert measured[0][1] != measured[1][1] and (out / "logs" / "loss.png").is_file()
+    # fixed noise and timesteps: a model that does not change keeps its validation loss exactly
+    frozen = train(_cfg(tiny_model_dir, data, tmp_path / "frozen", validation_data=str(data), validate_every=1,
+                        learning_rate=0.0), LoRA(LoraOptions(rank=2)), callback=lambda e: seen.append(e))
+    values = {e.metrics["val_loss"] for e in seen[-frozen.step:]}
+    assert len(values) == 1 and 0 < values.pop() < 10
+    # the VAE decoder's validation loss is its round trip on the held-out images
+    decoder = tmp_path / "decoder"
+    train(_cfg(tiny_model_dir, data, decoder, method="vae-decoder", options=VaeDecoder().options,
+               validation_split=0.3, validate_every=4), VaeDecoder())
+    rows = list(csv.DictReader(open(decoder / "logs" / "loss.csv")))
+    assert [r["step"] for r in rows if r["val_loss"]] == ["4"] and float(rows[-1]["val_loss"]) > 0

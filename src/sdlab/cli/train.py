@@ -22,6 +22,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="image folder, captioned by metadata.jsonl or by NAME.txt beside each image (or give "
                         "--instance-prompt)")
     p.add_argument("--instance-prompt", default=None, help="one prompt for every image of --data")
+    p.add_argument("--val-data", default=None, metavar="DIR",
+                   help="images (captioned like --data) whose validation loss is logged every --validate-every steps")
+    p.add_argument("--val-split", type=float, default=0.0, metavar="SHARE",
+                   help="hold this share of --data out of training for the validation loss instead (e.g. 0.1)")
     p.add_argument("--output-dir", default="runs/train", help="where checkpoints, logs, samples and results go")
     p.add_argument("--resolution", type=int, default=None, help="training size, multiple of 8 (default: native)")
     p.add_argument("--random-crop", action="store_true", help="random instead of centre crops")
@@ -151,7 +155,8 @@ def config_from_args(args, defaults: dict):
         checkpoint_every=args.checkpoint_every,
         keep_last=args.keep_last, validation_prompts=tuple(args.validation_prompt),
         validate_every=args.validate_every, validation_images=args.validation_images,
-        validation_steps=args.validation_steps, device=args.device, options=defaults["options"])
+        validation_steps=args.validation_steps, device=args.device, options=defaults["options"],
+        validation_data=args.val_data, validation_split=args.val_split)
 
 
 def fit_memory_budget(config, method, size: str, estimate: bool = False):

@@ -62,6 +62,8 @@ class TrainingConfig:
     checkpoint_every: int = 100
     keep_last: int = 2
     validation_prompts: tuple[str, ...] = ()
+    validation_data: str | None = None       # a folder like data_dir whose validation loss is logged
+    validation_split: float = 0.0            # ... or this share of data_dir's images, held out of training
     validate_every: int = 100
     validation_images: int = 2
     validation_steps: int = 20
@@ -114,6 +116,12 @@ class TrainingConfig:
         if isinstance(self.validation_prompts, str) or not all(isinstance(p, str) for p in self.validation_prompts):
             raise ConfigError("validation_prompts must be a tuple of strings")
         _check_int("validate_every", self.validate_every, 1)
+        _check_float("validation_split", self.validation_split, 0.0, 0.9)
+        if self.validation_split and self.validation_data:
+            raise ConfigError("give either validation_data (--val-data) or validation_split (--val-split), not both")
+        if self.validation_data is not None and (not isinstance(self.validation_data, str) or
+                                                 not self.validation_data):
+            raise ConfigError(f"validation_data must be a folder path, got {self.validation_data!r}")
         _check_int("validation_images", self.validation_images, 1, 64)
         _check_int("validation_steps", self.validation_steps, 1, 1000)
         _check_int("log_every", self.log_every, 1)

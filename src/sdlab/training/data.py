@@ -62,6 +62,19 @@ def read_examples(folder: str | Path, instance_prompt: str | None = None,
     return [Example(p, instance_prompt) for p in files]
 
 
+def split_examples(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """(training, held-out) examples: `share` of them (at least one) held out for a validation
+    loss, chosen by `seed`."""
+    if not share:
+        return examples, []
+    n_held = max(1, round(len(examples) * share))
+    if n_held >= len(examples):
+        raise ConfigError(f"validation_split {share} of {len(examples)} images leaves none to train on: "
+                          "lower it, or give a separate --val-data folder")
+    held = set(torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))[:n_held].tolist())
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
 def _caption_file(image: Path) -> Path | None:
     return next((c for s in CAPTION_SUFFIXES if (c := image.with_suffix(s)).is_file()), None)
 

@@ -11,12 +11,12 @@ from PIL import Image, ImageDraw
 
 from ..io.atomic import atomic_save, atomic_write_text
 
-FIELDS = ("step", "loss", "lr")
+FIELDS = ("step", "loss", "lr", "val_loss")
 
 
 class LossLog:
-    """`logs/loss.csv` (step, loss, lr). On resume, rows past the resumed step are dropped
-    so the file matches what an uninterrupted run writes."""
+    """`logs/loss.csv` (step, loss, lr, val_loss where measured). On resume, rows past the
+    resumed step are dropped so the file matches what an uninterrupted run writes."""
 
     def __init__(self, folder: Path, resume_step: int = 0):
         self.folder = Path(folder)
@@ -25,10 +25,11 @@ class LossLog:
         if self.path.is_file():
             with open(self.path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.rows = [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"])} for r in self.rows]
+        self.rows = [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"]),
+                      "val_loss": float(r["val_loss"]) if r.get("val_loss") else None} for r in self.rows]
 
-    def add(self, step: int, loss: float, lr: float) -> None:
-        self.rows.append({"step": step, "loss": loss, "lr": lr})
+    def add(self, step: int, loss: float, lr: float, val_loss: float | None = None) -> None:
+        self.rows.append({"step": step, "loss": loss, "lr": lr, "val_loss": val_loss})
 
     def flush(self) -> None:
         buf = io.StringIO()
@@ -37,7 +38,8 @@ class LossLog:
         writer.writerows(self.rows)
         atomic_write_text(self.path, buf.getvalue())
         if self.rows:
-            image = loss_curve([r["step"] for r in self.rows], [r["loss"] for r in self.rows])
+            val = [(r["step"], r["val_loss"]) for r in self.rows if r["val_loss"] is not None]
+            image = loss_curve([r["step"] for r in self.rows], [r["loss"] for r in self.rows], val)
             atomic_save(self.folder / "loss.png", lambda tmp: image.save(tmp, format="PNG"))
 
 
@@ -49,14 +51,17 @@ def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def loss_curve(steps: list[int], losses: list[float], size=(640, 360)) -> Image.Image:
-    """Raw loss (light) and its exponential moving average (dark), log-scaled y axis."""
+def loss_curve(steps: list[int], losses: list[float], val: list[tuple[int, float]] = (),
+               size=(640, 360)) -> Image.Image:
+    """Raw loss (light) and its exponential moving average (dark), and the validation loss
+    (orange) at the steps it was measured, on a log-scaled y axis."""
     w, h = size
     pad_l, pad_r, pad_t, pad_b = 56, 12, 12, 28
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     ys = [math.log10(max(v, 1e-12)) for v in losses]
-    lo, hi = min(ys), max(ys)
+    val_ys = [math.log10(max(v, 1e-12)) for _, v in val]
+    lo, hi = min(ys + val_ys), max(ys + val_ys)
     hi = hi if hi > lo else lo + 1
     s0, s1 = min(steps), max(steps)
     s1 = s1 if s1 > s0 else s0 + 1
@@ -72,11 +77,16 @@ def loss_curve(steps: list[int], losses: list[float], size=(640, 360)) -> Image.
             d.line(pts, fill=colour, width=2)
         else:
             d.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=colour)
+    val_pts = [xy(s, y) for (s, _), y in zip(val, val_ys)]
+    if len(val_pts) > 1:
+        d.line(val_pts, fill=(230, 120, 20), width=2)
+    for x, y in val_pts:
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(230, 120, 20))
     d.text((4, pad_t), f"{10 ** hi:.3g}", fill="black")
     d.text((4, h - pad_b - 10), f"{10 ** lo:.3g}", fill="black")
     d.text((pad_l, h - pad_b + 6), f"step {s0}", fill="black")
     d.text((w - pad_r - 70, h - pad_b + 6), f"step {s1}", fill="black")
-    d.text((w // 2 - 20, h - pad_b + 6), "loss", fill="black")
+    d.text((w // 2 - 20, h - pad_b + 6), "loss" + (" / validation loss" if val else ""), fill="black")
     return img
 
 

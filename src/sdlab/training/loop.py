@@ -26,7 +26,7 @@ from ..io.outputs import output_folder
 from . import checkpoints as ck
 from .config import TrainingConfig
 from .buckets import BucketPlan, bucket_sizes
-from .data import ImageDataset, read_examples, sample_index, sample_seed
+from .data import ImageDataset, read_examples, sample_index, sample_seed, split_examples
 from .logs import LossLog, save_grid
 from .methods.base import Batch, native_resolution, size_step
 
@@ -145,9 +145,14 @@ class Trainer:
         if components is None:
             components = _load(config, self.acc.device)
         resolution = config.resolution or native_resolution(components)
-        examples = read_examples(config.data_dir, config.instance_prompt,
-                                 captions_needed=getattr(method, "uses_captions", True))
+        captioned = getattr(method, "uses_captions", True)
+        examples, held = split_examples(read_examples(config.data_dir, config.instance_prompt, captioned),
+                                        config.validation_split, config.seed)
+        if config.validation_data:
+            held = read_examples(config.validation_data, config.instance_prompt, captioned)
         buckets = bucket_sizes(resolution, size_step(components)) if config.aspect_buckets else None
+        self.val = ImageDataset(held, resolution, skip_bad_images=config.skip_bad_images,
+                                buckets=buckets) if held else None
         self.data = ImageDataset(examples, resolution,
                                  center_crop=config.center_crop, random_flip=config.random_flip,
                                  skip_bad_images=config.skip_bad_images, buckets=buckets)
@@ -301,10 +306,13 @@ class Trainer:
 
     def after_step(self, loss: float, lr: float, logs: LossLog | None) -> None:
         cfg, step = self.config, self.step
-        if logs is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            logs.add(step, loss, lr)
+        metrics = {"loss": loss, "lr": lr}
+        if self.val is not None and (step % cfg.validate_every == 0 or step == cfg.max_steps):
+            metrics["val_loss"] = self.validation_loss()
+        if logs is not None and (step % cfg.log_every == 0 or step == cfg.max_steps or "val_loss" in metrics):
+            logs.add(step, loss, lr, metrics.get("val_loss"))
         if self.callback is not None:
-            self.callback(StepEvent(step=step - 1, total=cfg.max_steps, metrics={"loss": loss, "lr": lr}))
+            self.callback(StepEvent(step=step - 1, total=cfg.max_steps, metrics=metrics))
         if cfg.validation_prompts and (step % cfg.validate_every == 0 or step == cfg.max_steps):
             self.validate()
         if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
@@ -324,6 +332,19 @@ class Trainer:
             return fn()
         finally:
             self.ema.restore(self.params)
+
+    def validation_loss(self) -> float:
+        """The mean validation loss (method.validation_loss) over the held-out images, with the
+        EMA weights when EMA is on; every process computes it alike."""
+        for m in self.modules:
+            m.eval()
+        try:
+            items = [self.val.item(j, random.Random(j)) for j in range(len(self.val))]
+            return self.with_ema(lambda: sum(self.method.validation_loss(it.pixels, it.text, j)
+                                             for j, it in enumerate(items)) / len(items))
+        finally:
+            for m in self.modules:
+                m.train()
 
     def validate(self) -> Optional[Path]:
         """A grid of samples: one row per validation prompt, `validation_images` seeds each."""

@@ -156,11 +156,11 @@ class DiffusionMethod:
         return "" if p and random.Random(seed * 7919 + 17).random() < p else text
 
     # --- the loss ---------------------------------------------------------------------------
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
+    def encode_text(self, texts: list[str], text_encoder=None) -> torch.Tensor:
         tok = self.c.tokenizer
         ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(self.c.device)
-        return self.text_encoder(ids)[0]
+        return (text_encoder or self.text_encoder)(ids)[0]
 
     @torch.no_grad()
     def latents(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -174,25 +174,42 @@ class DiffusionMethod:
         latents = self.latents(pixels) if latents is None else latents
         noise, timesteps = sample_noise(latents.shape[1:], seeds, self.noise_scheduler.config.num_train_timesteps,
                                         self.config.noise_offset)
-        noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
         cond = self.encode_text([self.caption_or_empty(self.shuffled_tags(self.transform_text(t, s), s), s)
                                  for t, s in zip(texts, seeds)])
-        unet_dtype = next(self.c.unet.parameters()).dtype
-        pred = self.unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=cond.to(unet_dtype)).sample
-        mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        mse = self.prediction_error(self.unet, latents, noise, timesteps, cond)
         if self.config.snr_gamma is None:
             return mse
         cfg = self.noise_scheduler.config
         return mse * min_snr_weights(self.noise_scheduler.alphas_cumprod, timesteps.cpu(), self.config.snr_gamma,
                                      cfg.prediction_type).to(mse.device)
 
+    def prediction_error(self, unet, latents, noise, timesteps, cond) -> torch.Tensor:
+        """Per-sample MSE of `unet`'s prediction (noise or velocity) for latents noised to `timesteps`."""
+        noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        unet_dtype = next(self.c.unet.parameters()).dtype
+        pred = unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=cond.to(unet_dtype)).sample
+        return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.per_sample_loss(batch.pixels, batch.texts, batch.seeds, batch.latents).mean()
+
+    @torch.no_grad()
+    def validation_loss(self, pixels: torch.Tensor, text: str, seed: int, timesteps: int = 4) -> float:
+        """The plain prediction error of one image at `timesteps` fixed, evenly spread noise
+        levels with fixed noise (no caption dropout, tag shuffling or Min-SNR weight), so it moves
+        only when the model does: a steadier curve than the training loss, and on held-out
+        images the sign of overfitting."""
+        latents = self.latents(pixels[None]).expand(timesteps, -1, -1, -1)
+        total = self.noise_scheduler.config.num_train_timesteps
+        t = torch.tensor([int((k + 0.5) * total / timesteps) for k in range(timesteps)])
+        noise, _ = sample_noise(latents.shape[1:], [seed * 31 + k for k in range(timesteps)], total)
+        cond = self.encode_text([self.transform_text(text, seed)] * timesteps, self.c.text_encoder)
+        return self.prediction_error(self.c.unet, latents, noise, t, cond).mean().item()   # unwrapped: one process
 
     # --- the VAE decoder ----------------------------------------------------------------------
     def mark_decoder_trainable(self) -> None:

@@ -34,6 +34,13 @@ class VaeDecoder(DiffusionMethod):
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.decoder_loss(batch.pixels)
 
+    @torch.no_grad()
+    def validation_loss(self, pixels: torch.Tensor, text: str, seed: int) -> float:
+        """The round-trip loss (L1 + MSE) of one held-out image, through the unwrapped VAE."""
+        x = pixels[None].to(self.c.device, torch.float32)
+        rec = self.c.vae(x).sample.float()
+        return ((rec - x).abs().mean() + torch.nn.functional.mse_loss(rec, x)).item()
+
     def save(self, output_dir: Path) -> list[Path]:
         return [save_vae_folder(self.c.vae, Path(output_dir) / "vae")]
 
