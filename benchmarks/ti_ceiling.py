@@ -16,6 +16,9 @@ whether the text encoder or the number of vectors is what holds textual inversio
 UNet's text-time embedding reads), as P+ does (Voynov et al. 2023, "extended textual
 conditioning"): the bound of any per-layer textual inversion in that space.
 
+`--concept striped` asks the same of the other reserved concept, the striped fill (8 striped
+objects of the base shapes), and reads the fill instead of the shape.
+
     PYTHONPATH=src python benchmarks/ti_ceiling.py --steps 1500 --n 32 [--space input] [--per-layer]
 """
 
@@ -38,6 +41,8 @@ from sdlab.training.methods.base import sample_noise
 from sdlab.world import oracle
 
 from personalize import make_data
+from sdlab.world.data import export_folder
+from sdlab.world.scene import SceneSampler
 
 
 def heart_latents(pipe, folder: Path) -> torch.Tensor:
@@ -154,28 +159,36 @@ def main():
     p.add_argument("--t-min", type=int, default=0, help="train only on timesteps >= this (0: all)")
     p.add_argument("--cfg-scales", type=lambda v: [float(x) for x in v.split(",")], default=[7.5],
                    help="comma-separated CFG scales to sample at, e.g. 1,3,7.5")
+    p.add_argument("--concept", choices=("heart", "striped"), default="heart",
+                   help="the reserved shape (8 hearts) or the reserved fill (8 striped objects of the base shapes)")
     p.add_argument("--out", default="runs/ti_ceiling")
     args = p.parse_args()
     torch.set_num_threads(1)
     pipe = Pipeline.load(device="cpu")
-    data = make_data(Path(args.out) / "data", "x")
+    data = Path(args.out) / f"data-{args.concept}"
+    if args.concept == "heart":
+        make_data(data, "x")
+    elif not (data / "metadata.jsonl").is_file():
+        export_folder(data, 8, seed=1, sampler=SceneSampler(fills=("striped",), two_object_prob=0.0))
+    attr = "shape" if args.concept == "heart" else "fill"
     t0 = time.time()
     cond = optimize(pipe, heart_latents(pipe, data), args.steps, args.lr, args.space, args.t_min,
                     layered=args.per_layer)
     minutes = round((time.time() - t0) / 60, 2)
     layered = "-per-layer" if args.per_layer else ""
     save_file({"cond": cond.contiguous()},
-              str(Path(args.out) / f"cond-{args.space}{layered}-t{args.t_min}.safetensors"))
+              str(Path(args.out) / f"cond-{args.concept}-{args.space}{layered}-t{args.t_min}.safetensors"))
     for cfg_scale in args.cfg_scales:
-        shapes = []
+        shapes, read = [], []
         for i in range(args.n):
             image = pipe.generate(GenerationConfig("", seed=100 + i, steps=20, cfg_scale=cfg_scale, sampler="Euler a"),
                                   cond=cond).images[0]
             obj = oracle.read(image).main
             shapes.append(obj.shape if obj else None)
+            read.append(getattr(obj, attr) if obj else None)
         row = {"space": args.space, "per_layer": args.per_layer, "t_min": args.t_min, "steps": args.steps,
                "lr": args.lr, "minutes": minutes, "n": args.n,
-               "cfg_scale": cfg_scale, "heart": sum(s == "heart" for s in shapes) / args.n,
+               "cfg_scale": cfg_scale, "concept": args.concept, args.concept: read.count(args.concept) / args.n,
                "shapes": dict(sorted(Counter(map(str, shapes)).items()))}
         print(json.dumps(row), flush=True)
         with open(Path(args.out) / "results.jsonl", "a") as f:
