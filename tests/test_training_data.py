@@ -129,6 +129,27 @@ def test_caption_files_beside_the_images(tmp_path):
     assert [e.text for e in read_examples(tmp_path)] == ["from jsonl"]                  # and metadata.jsonl
 
 
+def test_kohya_repeat_folders(tmp_path):
+    from sdlab.training.data import split_examples
+
+    dog, reg = tmp_path / "5_sks dog", tmp_path / "1_a red circle"
+    dog.mkdir()
+    reg.mkdir()
+    for folder, names in ((dog, ("a", "b")), (reg, ("c",))):
+        for name in names:
+            _marked().save(folder / f"{name}.png")
+    (reg / "c.txt").write_text("a small red circle")
+    ex = read_examples(tmp_path)
+    assert [(e.path.name, e.text) for e in ex] == [("c.png", "a small red circle")] + [("a.png", "sks dog"),
+                                                                                       ("b.png", "sks dog")] * 5
+    assert {e.text for e in read_examples(tmp_path, "x")} == {"x"}                 # the instance prompt wins
+    train_part, held = split_examples(ex, 0.34, seed=1)                            # one of three images ...
+    assert len(held) == 1 and held[0].path not in {e.path for e in train_part}     # ... with all its repeats
+    (tmp_path / "dog pictures").mkdir()
+    with pytest.raises(ConfigError, match="dog pictures'.*kohya-ss's layout, each named N_prompt"):
+        read_examples(tmp_path)
+
+
 def test_several_captions_per_image_are_drawn_with_the_sample_seed(tmp_path):
     _marked().save(tmp_path / "a.png")
     captions = ["a sks", "a red sks", "a red sks on the left"]

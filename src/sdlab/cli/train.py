@@ -20,7 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="diffusers folder or single file (default: the shipped model)")
     p.add_argument("--data", required=True,
                    help="image folder, captioned by metadata.jsonl or by NAME.txt beside each image (or give "
-                        "--instance-prompt)")
+                        "--instance-prompt), or kohya's subfolders N_prompt (images repeated N times an epoch)")
     p.add_argument("--instance-prompt", default=None, help="one prompt for every image of --data")
     p.add_argument("--val-data", default=None, metavar="DIR",
                    help="images (captioned like --data) whose validation loss is logged every --validate-every steps")

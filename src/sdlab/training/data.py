@@ -1,6 +1,6 @@
 """Training images: a folder with `metadata.jsonl` captions, or with a caption file beside
 each image (`0001.png` + `0001.txt`, as kohya-ss and most trainers read), or a folder plus one
-prompt.
+prompt; or kohya-ss's layout of subfolders `N_prompt`, whose images count N times an epoch.
 
 Any format Pillow reads; EXIF orientation applied; RGBA/LA/P/CMYK/L/I;16 converted to RGB
 (sdlab.io.images). Each item is resized (short side to the resolution), then centre- or
@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..io.images import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".tga", ".ppm", ".jfif"}
 CAPTION_SUFFIXES = (".txt", ".caption")
+REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")        # kohya-ss: "10_sks dog" = 10 repeats, prompt "sks dog"
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ def read_examples(folder: str | Path, instance_prompt: str | None = None,
     (file_name, text), else from a caption file beside each image (`NAME.txt` or
     `NAME.caption`; several non-empty lines are several captions). With `instance_prompt`:
     every image file with that prompt. With no captions at all, an error unless
-    `captions_needed` is False (then an empty caption)."""
+    `captions_needed` is False (then an empty caption). A folder of subfolders only is read
+    in kohya-ss's layout (`_from_repeat_folders`)."""
     root = Path(folder)
     if not root.is_dir():
         raise ConfigError(f"data folder '{root}' does not exist or is not a folder")
@@ -49,6 +52,9 @@ def read_examples(folder: str | Path, instance_prompt: str | None = None,
     if instance_prompt is None and meta.is_file():
         return _from_metadata(root, meta)
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not files and folders:
+        return _from_repeat_folders(folders, instance_prompt, captions_needed)
     if instance_prompt is None and files and any(_caption_file(p) for p in files):
         return _from_caption_files(files)
     if instance_prompt is None and not captions_needed:
@@ -62,17 +68,41 @@ def read_examples(folder: str | Path, instance_prompt: str | None = None,
     return [Example(p, instance_prompt) for p in files]
 
 
+def _from_repeat_folders(folders: list[Path], instance_prompt: str | None, captions_needed: bool) -> list[Example]:
+    """kohya-ss's dataset layout: subfolders `N_prompt` ("10_sks dog"), each image listed N
+    times (so it counts N times an epoch), captioned by its own captions when the subfolder has
+    them, else by the prompt in the folder's name (`instance_prompt`, when given, wins)."""
+    out = []
+    for sub in folders:
+        m = REPEAT_FOLDER.match(sub.name)
+        if m is None or int(m[1]) < 1:
+            raise ConfigError(f"'{sub}': a data folder of subfolders is read in kohya-ss's layout, each named "
+                              "N_prompt (e.g. '10_sks dog': its images count 10 times an epoch, captioned 'sks dog' "
+                              "unless they have caption files); rename or move it")
+        captioned = (sub / "metadata.jsonl").is_file() or any(
+            _caption_file(p) for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        prompt = instance_prompt if instance_prompt is not None else (None if captioned else m[2])
+        out += read_examples(sub, prompt, captions_needed) * int(m[1])
+    return out
+
+
 def split_examples(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """(training, held-out) examples: `share` of them (at least one) held out for a validation
-    loss, chosen by `seed`."""
+    """(training, held-out) examples: `share` of the distinct images (at least one) held out
+    for a validation loss, chosen by `seed`; every repeat of a held-out image goes with it."""
     if not share:
         return examples, []
-    n_held = max(1, round(len(examples) * share))
-    if n_held >= len(examples):
-        raise ConfigError(f"validation_split {share} of {len(examples)} images leaves none to train on: "
+    paths = list(dict.fromkeys(e.path for e in examples))
+    n_held = max(1, round(len(paths) * share))
+    if n_held >= len(paths):
+        raise ConfigError(f"validation_split {share} of {len(paths)} images leaves none to train on: "
                           "lower it, or give a separate --val-data folder")
-    held = set(torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))[:n_held].tolist())
-    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n_held].tolist()
+    held = {paths[i] for i in order}
+    first = {}
+    for e in examples:
+        if e.path in held:
+            first.setdefault(e.path, e)
+    return [e for e in examples if e.path not in held], list(first.values())
 
 
 def _caption_file(image: Path) -> Path | None:
