@@ -143,6 +143,8 @@ def test_kohya_repeat_folders(tmp_path):
     assert [(e.path.name, e.text) for e in ex] == [("c.png", "a small red circle")] + [("a.png", "sks dog"),
                                                                                        ("b.png", "sks dog")] * 5
     assert {e.text for e in read_examples(tmp_path, "x")} == {"x"}                 # the instance prompt wins
+    ds = ImageDataset(ex, 16)
+    assert len(ds) == 11 and ds.images[1] is ds.images[3]                         # a repeat is read once
     train_part, held = split_examples(ex, 0.34, seed=1)                            # one of three images ...
     assert len(held) == 1 and held[0].path not in {e.path for e in train_part}     # ... with all its repeats
     (tmp_path / "dog pictures").mkdir()

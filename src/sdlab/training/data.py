@@ -166,28 +166,39 @@ class ImageDataset:
     def __init__(self, examples: list[Example], resolution: int, *, center_crop: bool = True,
                  random_flip: bool = False, skip_bad_images: bool = False,
                  buckets: list[tuple[int, int]] | None = None):
-        from .buckets import nearest_bucket
-
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8 or resolution % 8:
             raise ConfigError(f"resolution must be a positive multiple of 8, got {resolution!r}")
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.images: list[Image.Image] = []
         self.sizes: list[tuple[int, int]] = []       # (width, height) each image is cropped to
         self.texts: list[str | tuple[str, ...]] = []
+        loaded: dict[Path, tuple | None] = {}          # a repeated image (kohya's N_ folders) is read once
         for ex in examples:
-            try:
-                image = load_image(ex.path)
-            except ImageReadError as err:
-                if not skip_bad_images:
-                    raise ImageReadError(f"{err} (pass --skip-bad-images to skip such files)") from err
-                warnings.warn(f"skipping {err}", stacklevel=2)
+            if ex.path not in loaded:
+                loaded[ex.path] = self._load(ex.path, resolution, buckets, skip_bad_images)
+            if loaded[ex.path] is None:
                 continue
-            size = nearest_bucket(image.size, buckets) if buckets else (resolution, resolution)
-            self.images.append(_resize_to_cover(image, size))
+            image, size = loaded[ex.path]
+            self.images.append(image)
             self.sizes.append(size)
             self.texts.append(ex.text)
         if not self.images:
             raise ConfigError("no readable training images left")
+
+    @staticmethod
+    def _load(path: Path, resolution: int, buckets, skip_bad_images: bool):
+        """(image resized to cover its size, (width, height)), or None for a skipped bad file."""
+        from .buckets import nearest_bucket
+
+        try:
+            image = load_image(path)
+        except ImageReadError as err:
+            if not skip_bad_images:
+                raise ImageReadError(f"{err} (pass --skip-bad-images to skip such files)") from err
+            warnings.warn(f"skipping {err}", stacklevel=2)
+            return None
+        size = nearest_bucket(image.size, buckets) if buckets else (resolution, resolution)
+        return _resize_to_cover(image, size), size
 
     def __len__(self) -> int:
         return len(self.images)
