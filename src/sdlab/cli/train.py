@@ -22,9 +22,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="image folder, captioned by metadata.jsonl or by NAME.txt beside each image (or give "
                         "--instance-prompt), or kohya's subfolders N_prompt (images repeated N times an epoch)")
     p.add_argument("--instance-prompt", default=None, help="one prompt for every image of --data")
-    p.add_argument("--val-data", default=None, metavar="DIR",
+    p.add_argument("--validation-data", "--val-data", dest="val_data", default=None, metavar="DIR",
                    help="images (captioned like --data) whose validation loss is logged every --validate-every steps")
-    p.add_argument("--val-split", type=float, default=0.0, metavar="SHARE",
+    p.add_argument("--validation-split", "--val-split", dest="val_split", type=float, default=0.0, metavar="SHARE",
                    help="hold this share of --data out of training for the validation loss instead (e.g. 0.1)")
     p.add_argument("--output-dir", default="runs/train", help="where checkpoints, logs, samples and results go")
     p.add_argument("--resolution", type=int, default=None, help="training size, multiple of 8 (default: native)")

@@ -118,7 +118,8 @@ class TrainingConfig:
         _check_int("validate_every", self.validate_every, 1)
         _check_float("validation_split", self.validation_split, 0.0, 0.9)
         if self.validation_split and self.validation_data:
-            raise ConfigError("give either validation_data (--val-data) or validation_split (--val-split), not both")
+            raise ConfigError("give either validation_data (--validation-data) or validation_split "
+                              "(--validation-split), not both")
         if self.validation_data is not None and (not isinstance(self.validation_data, str) or
                                                  not self.validation_data):
             raise ConfigError(f"validation_data must be a folder path, got {self.validation_data!r}")

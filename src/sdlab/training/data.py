@@ -95,7 +95,7 @@ def split_examples(examples: list[Example], share: float, seed: int) -> tuple[li
     n_held = max(1, round(len(paths) * share))
     if n_held >= len(paths):
         raise ConfigError(f"validation_split {share} of {len(paths)} images leaves none to train on: "
-                          "lower it, or give a separate --val-data folder")
+                          "lower it, or give a separate --validation-data folder")
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:n_held].tolist()
     held = {paths[i] for i in order}
     first = {}

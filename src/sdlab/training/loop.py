@@ -149,7 +149,10 @@ class Trainer:
         examples, held = split_examples(read_examples(config.data_dir, config.instance_prompt, captioned),
                                         config.validation_split, config.seed)
         if config.validation_data:
-            held = read_examples(config.validation_data, config.instance_prompt, captioned)
+            try:
+                held = read_examples(config.validation_data, config.instance_prompt, captioned)
+            except ConfigError as err:
+                raise ConfigError(f"validation data: {err}") from err
         buckets = bucket_sizes(resolution, size_step(components)) if config.aspect_buckets else None
         self.val = ImageDataset(held, resolution, skip_bad_images=config.skip_bad_images,
                                 buckets=buckets) if held else None
