@@ -127,7 +127,8 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
     common = ["--model", str(tiny_model_dir), "--data", str(data), "--instance-prompt", "x", "--max-steps", "2",
               "--checkpoint-every", "1", "--keep-last", "2", "--device", "cpu", "--lr", "1e-2"]
     assert main(["train", "textual-inversion", *common, "--output-dir", str(tmp_path / "ti"), "--num-vectors", "2"]) == 0
-    assert main(["train", "lora", *common, "--output-dir", str(tmp_path / "lora")]) == 0
+    assert main(["train", "lora", *common, "--output-dir", str(tmp_path / "lora"), "--validation-split", "0.34",
+                 "--validate-every", "1"]) == 0
     ti = apply.load_checkpoint(tiny_model_dir, tmp_path / "ti" / "checkpoints" / "step-00000002")
     final = Pipeline.load(tiny_model_dir, device="cpu")
     from sdlab.text.embeddings import load_embedding
@@ -159,6 +160,8 @@ def test_checkpoints_apply_and_report(tiny_model_dir, tmp_path, capsys):
                  "--baseline", "--out", str(tmp_path / "report-lora")]) == 0
     rows = json.loads((tmp_path / "report-lora" / "report.json").read_text())
     assert [r["label"] for r in rows] == ["base-model", "step-00000001", "step-00000002"]
+    assert "val_loss" not in rows[0] and all(r["val_loss"] > 0 for r in rows[1:])    # the run's own, per step
+    assert "| base-model | 0 |" in (tmp_path / "report-lora" / "report.md").read_text()
     pick = next(line for line in (tmp_path / "report-lora" / "report.md").read_text().splitlines()
                 if line.startswith("Best by"))
     assert "**step-0000000" in pick                               # the base model is shown, never picked

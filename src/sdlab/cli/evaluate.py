@@ -155,6 +155,13 @@ def run_eval(args) -> int:
         return metrics, images
 
     rows = [(label, step, *read(label, target, s)) for label, step, target in targets]
+    if args.run_dir:                          # what the run logged of each checkpoint: its validation loss
+        from ..training.logs import validation_losses
+
+        logged = validation_losses(args.run_dir)
+        for label, step, metrics, _ in rows:
+            if label != BASELINE and step in logged:
+                metrics["val_loss"] = logged[step]
     confirmed = None
     if args.confirm_seed is not None:
         label, _, _, _ = pick_best(rows, s.max_drift, s.diversity_floor)

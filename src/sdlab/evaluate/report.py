@@ -22,7 +22,8 @@ SCORES_NOTE = ("clip_text_image: CLIP score (100 x cosine) of the \"a <token>\" 
                "words; image_similarity / frechet_distance: mean cosine / Frechet distance of their features to "
                "the reference images; diversity: 1 - their mean similarity to each other; clip_text_context: "
                "CLIP score of \"a <token> <context>\" samples against the concept's words and the context; "
-               "drift_similarity: same-seed similarity of class-prompt samples to the base model's.")
+               "drift_similarity: same-seed similarity of class-prompt samples to the base model's; val_loss: "
+               "the run's own validation loss at that step (logs/loss.csv), where it logged one.")
 WORLD_NOTE = ("Rates, with the 95 % Wilson interval: adoption: share of samples in which the oracle reads the "
               "concept's attributes in the object the caption asks for; all_attributes: and every other attribute "
               "the caption names; plain_adoption: the concept shows in samples of the same captions without it (how "
@@ -235,13 +236,14 @@ def write_report(out_dir: str | Path, rows: list[tuple[str, int, dict, list]], s
                  f"attributes, with the 95 % Wilson interval for {settings.n} samples." if settings.oracle else
                  "No oracle (any model): scores from the feature encoder only.")
         lines += [rates, SCORES_NOTE, ""]
-    keys = [k for k in rows[0][2]]
+    keys = list(dict.fromkeys(k for row in rows for k in row[2]))       # a column may be missing in some rows
     lines += ["| checkpoint | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for label, step, metrics, images in rows:
-        lines.append(f"| {label} | {step} | " + " | ".join(_cell(k, metrics[k], settings.n) for k in keys) + " |")
+        cells = (_cell(k, metrics[k], settings.n) if k in metrics else "-" for k in keys)
+        lines.append(f"| {label} | {step} | " + " | ".join(cells) + " |")
         grid = make_grid(images, cols=min(8, len(images)))
         atomic_save(out / f"samples-{label}.png", lambda tmp, g=grid: g.save(tmp, format="PNG"))
-    rate_keys = [k for k in keys if k in RATE_KEYS + UNIT_KEYS]
+    rate_keys = [k for k in keys if k in RATE_KEYS + UNIT_KEYS and all(k in r[2] for r in rows)]
     if len(rows) > 1 and rate_keys:
         plot = metric_plot([r[1] for r in rows], {k: [r[2][k] for r in rows] for k in rate_keys})
         atomic_save(out / "rates.png", lambda tmp: plot.save(tmp, format="PNG"))

@@ -43,6 +43,15 @@ class LossLog:
             atomic_save(self.folder / "loss.png", lambda tmp: image.save(tmp, format="PNG"))
 
 
+def validation_losses(run_dir: str | Path) -> dict[int, float]:
+    """step -> validation loss, from a run's logs/loss.csv (empty when it logged none)."""
+    path = Path(run_dir) / "logs" / "loss.csv"
+    if not path.is_file():
+        return {}
+    rows = LossLog(path.parent, resume_step=10**12).rows
+    return {r["step"]: r["val_loss"] for r in rows if r["val_loss"] is not None}
+
+
 def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
     out, last = [], None
     for v in values:
