@@ -95,3 +95,31 @@ def _modules(model_dir):
 
     p = Pipeline.load(model_dir, device="cpu")
     return p.c.unet, p.c.text_encoder
+
+
+def test_lora_plus_gives_the_b_matrices_a_larger_rate(tiny_model_dir, tmp_path, capsys):
+    from sdlab.cli.main import main
+    from sdlab.training.loop import Trainer
+    from sdlab.world.data import export_folder
+
+    data = export_folder(tmp_path / "data", 2, seed=2)
+
+    def b_change(ratio):
+        method = LoRA(LoraOptions(rank=2, lr_ratio_b=ratio))
+        cfg = TrainingConfig(method="lora", data_dir=str(data), output_dir=str(tmp_path / f"r{ratio}"),
+                             model=str(tiny_model_dir), max_steps=1, learning_rate=1e-3, batch_size=2,
+                             device="cpu", options=method.options)
+        trainer = Trainer(cfg, method)
+        groups = [(len(g["params"]), g["lr"]) for g in trainer.optimizer.param_groups]
+        trainer.run()
+        ups = [p for n, p in method.named_trainable().items() if ".lora_B." in n]
+        return groups, max(p.abs().max().item() for p in ups)       # B starts at zero: its change
+
+    (one, plain), (two, plus) = b_change(1.0), b_change(16.0)
+    assert len(one) == 1 and len(two) == 2
+    assert two[1][1] == pytest.approx(16e-3) and two[0][1] == pytest.approx(1e-3)
+    assert two[0][0] == two[1][0] and one[0][0] == 2 * two[0][0]          # A and B split evenly
+    assert plus / plain == pytest.approx(16, rel=0.05)                    # Adam's first step: lr x sign(gradient)
+    args = ["train", "lora", "--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "1",
+            "--output-dir", str(tmp_path / "r16.0"), "--device", "cpu", "--resume", "latest", "--max-steps", "2"]
+    assert main(args) == 2 and "lr_ratio_b 16.0 -> 1.0" in capsys.readouterr().err

@@ -99,6 +99,9 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
                        help="layers that get adapters: attention (q, k, v, out; default), transformer (+ proj_in/out "
                             "and feed-forward), all (+ every resnet conv and the samplers: LoCon), or module "
                             "names, e.g. to_q,to_v,conv1")
+        p.add_argument("--lr-ratio-b", type=float, default=1.0,
+                       help="LoRA+ (Hayou et al. 2024): the B (up) matrices learn this many times faster than the "
+                            "A (down) ones; 16 is the paper's choice (kohya's loraplus_lr_ratio; default 1: off)")
     if name in ("dreambooth", "lora"):
         p.add_argument("--class-prompt", action="append", default=None,
                        help="prompt of the class for prior preservation, e.g. 'a shape'; repeat for several "

@@ -108,7 +108,7 @@ def apply_memory_options(method, config: TrainingConfig) -> None:
 RUN_CONFIG = "training_config.json"
 # method options that decide what trains (and its shapes): a resume must keep them
 STRUCTURE_OPTIONS = ("rank", "alpha", "targets", "text_encoder", "num_vectors", "placeholder", "freeze_text_encoder",
-                      "train_vae_decoder")
+                      "train_vae_decoder", "lr_ratio_b")
 
 
 def save_run_config(out: Path, config: TrainingConfig) -> None:
@@ -168,7 +168,8 @@ class Trainer:
         self.params = method.parameters()
         if not self.params:
             raise ConfigError(f"method {method.name} has no trainable parameters")
-        optimizer = make_optimizer(config, self.params)
+        groups = method.param_groups(config.learning_rate) if hasattr(method, "param_groups") else self.params
+        optimizer = make_optimizer(config, groups)
         self.lr_scheduler = make_lr_scheduler(config, optimizer)
         modules = method.trainable_modules()
         prepared = self.acc.prepare(*modules, optimizer)

@@ -12,7 +12,8 @@ def build_method(name: str, args: dict):
 
         prior = bool(args.get("class_prompt") or args.get("class_data_dir"))
         opts = LoraOptions(rank=args["rank"], alpha=args["alpha"], text_encoder=args["train_text_encoder"],
-                           targets=args.get("targets") or "attention", prior_preservation=prior, **_prior_args(args))
+                           targets=args.get("targets") or "attention", lr_ratio_b=args.get("lr_ratio_b") or 1.0,
+                           prior_preservation=prior, **_prior_args(args))
         return LoRA(opts), {"learning_rate": 1e-4, "weight_decay": 1e-2, "options": opts}
     if name == "textual-inversion":
         from .textual_inversion import TextualInversion, TIOptions

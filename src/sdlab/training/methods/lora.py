@@ -68,6 +68,7 @@ class LoraOptions(PriorOptions):
     alpha: float | None = None          # None: alpha = rank (scale 1)
     text_encoder: bool = False
     targets: str = "attention"          # a TARGET_PRESETS key or module names "to_q,to_v,conv1"
+    lr_ratio_b: float = 1.0             # LoRA+ (Hayou et al. 2024): the B matrices learn this much faster
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,6 +78,7 @@ class LoraOptions(PriorOptions):
                               f"module names (to_q,to_v,conv1), got {self.targets!r}")
         if self.alpha is not None:
             _check_float("alpha", self.alpha, 1e-6, 1e6)
+        _check_float("lr_ratio_b", self.lr_ratio_b, 1e-3, 1e4)
 
 
 class LoRA(PriorPreservation, DiffusionMethod):
@@ -87,6 +89,16 @@ class LoRA(PriorPreservation, DiffusionMethod):
     def __init__(self, options: LoraOptions | None = None):
         self.options = options or LoraOptions()
         self.text_adapters = self.options.text_encoder
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """One group for the A (down) matrices at `lr`, one for the B (up) matrices at
+        `lr_ratio_b` x `lr` (LoRA+; with ratio 1 a single group, as before)."""
+        params = self.parameters()
+        if self.options.lr_ratio_b == 1.0:
+            return [{"params": params}]
+        up = {id(p) for n, p in self.named_trainable().items() if ".lora_B." in n}
+        return [{"params": [p for p in params if id(p) not in up]},
+                {"params": [p for p in params if id(p) in up], "lr": lr * self.options.lr_ratio_b}]
 
     def lora_config(self, targets):
         from peft import LoraConfig
