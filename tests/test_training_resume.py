@@ -37,7 +37,7 @@ def _args(model, data, out, *extra):
             "--max-steps", str(STEPS), "--checkpoint-every", "3", "--keep-last", "2", "--ema", "--ema-decay", "0.9",
             "--lr-scheduler", "cosine", "--lr-warmup-steps", "4", "--lr", "1e-3", "--grad-accum", "2",
             "--batch-size", "2", "--random-crop", "--flip", "--resolution", "32", "--rank", "2",
-            "--device", "cpu", *extra]
+            "--validation-split", "0.2", "--validate-every", "5", "--device", "cpu", *extra]
 
 
 def _env():
@@ -85,7 +85,8 @@ def test_sigkill_then_resume_is_bit_identical(tiny_model_dir, data_dir, tmp_path
     assert all(torch.equal(fa[k], fb[k]) for k in fa)
     assert (ref / "logs" / "loss.csv").read_text() == (run / "logs" / "loss.csv").read_text()
     rows = (ref / "logs" / "loss.csv").read_text().splitlines()
-    assert len(rows) == STEPS + 1 and rows[0] == "step,loss,lr"
+    assert len(rows) == STEPS + 1 and rows[0] == "step,loss,lr,val_loss"
+    assert [r.split(",")[0] for r in rows[1:] if not r.endswith(",")] == ["5", "10", "15", "20", "24"]
     # keep-last 2: only the two newest checkpoints stay
     assert [p.name for p in ck.list_checkpoints(ref / "checkpoints")] == ["step-00000021", "step-00000024"]
     # the EMA trails the raw weights: the saved (EMA) LoRA differs from the raw one
