@@ -228,6 +228,7 @@ def main():
                    help="empty-prompt share for the methods that train the UNet (keeps CFG working)")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-targets", default="attention", help="LoRA's layers: attention, transformer, all (LoCon)")
+    p.add_argument("--lora-ratio-b", type=float, default=1.0, help="LoRA+: the B matrices' rate over the A ones")
     p.add_argument("--class-prompts", choices=("circle", "world"), default="circle",
                    help="DreamBooth's prior: 'a circle', or one world caption per class image")
     p.add_argument("--class-images", type=int, default=16)
@@ -282,7 +283,8 @@ def main():
             learning_rate=5e-2, adam_weight_decay=0.0)
     if "lora" in only:
         prior = dict(prior_preservation=True, **prior_options(args)) if args.lora_prior else {}
-        options = LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, targets=args.lora_targets, **prior)
+        options = LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, targets=args.lora_targets,
+                              lr_ratio_b=args.lora_ratio_b, **prior)
         run("lora", LoRA(options), args.identifier, args, learning_rate=1e-3)
     if "db" in only:
         run("db", DreamBooth(DreamBoothOptions(text_encoder=args.text_encoder, **prior_options(args))), args.identifier, args,
