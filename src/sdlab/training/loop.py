@@ -111,6 +111,24 @@ STRUCTURE_OPTIONS = ("rank", "alpha", "targets", "text_encoder", "num_vectors", 
                       "train_vae_decoder", "lr_ratio_b")
 
 
+def load_datasets(config: TrainingConfig, components, captioned: bool = True):
+    """(training images, held-out images or None): --data, less --validation-split's share, or
+    --validation-data; cropped to squares of the resolution or to its aspect buckets."""
+    resolution = config.resolution or native_resolution(components)
+    examples, held = split_examples(read_examples(config.data_dir, config.instance_prompt, captioned),
+                                    config.validation_split, config.seed)
+    if config.validation_data:
+        try:
+            held = read_examples(config.validation_data, config.instance_prompt, captioned)
+        except ConfigError as err:
+            raise ConfigError(f"validation data: {err}") from err
+    buckets = bucket_sizes(resolution, size_step(components)) if config.aspect_buckets else None
+    data = ImageDataset(examples, resolution, center_crop=config.center_crop, random_flip=config.random_flip,
+                        skip_bad_images=config.skip_bad_images, buckets=buckets)
+    val = ImageDataset(held, resolution, skip_bad_images=config.skip_bad_images, buckets=buckets) if held else None
+    return data, val
+
+
 def save_run_config(out: Path, config: TrainingConfig) -> None:
     """The run's settings beside its checkpoints, so `sdlab eval --run-dir` knows the base model."""
     import json
@@ -144,22 +162,8 @@ class Trainer:
         set_seed(config.seed)
         if components is None:
             components = _load(config, self.acc.device)
-        resolution = config.resolution or native_resolution(components)
-        captioned = getattr(method, "uses_captions", True)
-        examples, held = split_examples(read_examples(config.data_dir, config.instance_prompt, captioned),
-                                        config.validation_split, config.seed)
-        if config.validation_data:
-            try:
-                held = read_examples(config.validation_data, config.instance_prompt, captioned)
-            except ConfigError as err:
-                raise ConfigError(f"validation data: {err}") from err
-        buckets = bucket_sizes(resolution, size_step(components)) if config.aspect_buckets else None
-        self.val = ImageDataset(held, resolution, skip_bad_images=config.skip_bad_images,
-                                buckets=buckets) if held else None
-        self.data = ImageDataset(examples, resolution,
-                                 center_crop=config.center_crop, random_flip=config.random_flip,
-                                 skip_bad_images=config.skip_bad_images, buckets=buckets)
-        self.plan = BucketPlan.of(self.data.sizes, config.batch_size, config.seed) if buckets else None
+        self.data, self.val = load_datasets(config, components, getattr(method, "uses_captions", True))
+        self.plan = BucketPlan.of(self.data.sizes, config.batch_size, config.seed) if config.aspect_buckets else None
         if config.cache_latents and not getattr(method, "uses_captions", True):
             raise ConfigError(f"{method.name} trains on the pixels themselves: --cache-latents does not apply")
         self.latent_cache: dict | None = {} if config.cache_latents else None
