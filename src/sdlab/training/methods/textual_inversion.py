@@ -48,21 +48,22 @@ class TIOptions:
             _check_float("max_norm", self.max_norm, 1e-6, 1e6)
 
 
-class TextualInversion(DiffusionMethod):
-    name = "textual-inversion"
-    text_adapters = True        # the text encoder is prepared; only its new rows train
+class NewTokens:
+    """New tokens whose rows of the text encoder's embedding matrix train, every other row
+    frozen: the gradient of every other row is masked and, since AdamW's decoupled weight decay
+    would still shrink them, they are restored after each step (`restore_others`). Used by
+    textual inversion and by LoRA with a new token (pivotal tuning)."""
 
-    def __init__(self, options: TIOptions | None = None):
-        self.options = options or TIOptions()
-
-    def prepare_modules(self) -> None:
-        o, tok, text = self.options, self.c.tokenizer, self.c.text_encoder
-        self.tokens = embeddings.token_names(o.placeholder, o.num_vectors)
-        init_ids = tok(o.initializer, add_special_tokens=False).input_ids
+    def __init__(self, components, placeholder: str, initializer: str, num_vectors: int,
+                 max_norm: float | None = None):
+        tok, text = components.tokenizer, components.text_encoder
+        self.components, self.placeholder, self.max_norm = components, placeholder, max_norm
+        self.tokens = embeddings.token_names(placeholder, num_vectors)
+        init_ids = tok(initializer, add_special_tokens=False).input_ids
         if not init_ids:
-            raise ConfigError(f"initializer {o.initializer!r} gives no tokens")
+            raise ConfigError(f"initializer {initializer!r} gives no tokens")
         init = text.get_input_embeddings().weight[init_ids].detach().clone()
-        vectors = init[torch.arange(o.num_vectors) % len(init_ids)]
+        vectors = init[torch.arange(num_vectors) % len(init_ids)]
         self.ids = embeddings.add_tokens(tok, text, self.tokens, vectors)
         weight = text.get_input_embeddings().weight
         weight.requires_grad_(True)
@@ -72,9 +73,51 @@ class TextualInversion(DiffusionMethod):
         keep = self.keep    # the hook must not close over self: autograd holds hooks from C++, out of
         weight.register_hook(lambda g: g.masked_fill(keep[:, None], 0.0))  # gc's reach: the model would leak
 
+    @property
+    def phrase(self) -> str:
+        return " ".join(self.tokens)
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        return self.components.text_encoder.get_input_embeddings().weight
+
+    def restore_others(self) -> None:
+        with torch.no_grad():
+            self.weight[self.keep] = self.original[self.keep]
+            if self.max_norm is not None:
+                new = self.weight[self.ids]
+                scale = (self.max_norm / new.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+                self.weight[self.ids] = new * scale
+
+    def learned(self) -> torch.Tensor:
+        return self.weight[self.ids].detach().float().cpu().clone()
+
+    def load(self, vectors: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.weight[self.ids] = vectors.to(self.weight.device, self.weight.dtype)
+
+    def save(self, output_dir: Path, step: int = 0) -> list[Path]:
+        """learned_embeds.safetensors (diffusers) and NAME.safetensors (A1111 / kohya)."""
+        out, name, vec = Path(output_dir), self.placeholder.strip("<>"), self.learned()
+        return [embeddings.save_diffusers(out / "learned_embeds.safetensors", {self.placeholder: vec}),
+                embeddings.save_a1111(out / f"{name}.safetensors", name, vec, step=step)]
+
+
+class TextualInversion(DiffusionMethod):
+    name = "textual-inversion"
+    text_adapters = True        # the text encoder is prepared; only its new rows train
+
+    def __init__(self, options: TIOptions | None = None):
+        self.options = options or TIOptions()
+
+    def prepare_modules(self) -> None:
+        o = self.options
+        self.new = NewTokens(self.c, o.placeholder, o.initializer, o.num_vectors, o.max_norm)
+        self.tokens, self.ids = self.new.tokens, self.new.ids
+
     def transform_text(self, text: str, seed: int) -> str:
         o = self.options
-        phrase = " ".join(self.tokens)
+        phrase = self.new.phrase
         if o.templates == "none":
             if o.placeholder not in text:
                 raise ConfigError(f"caption {text!r} lacks the placeholder {o.placeholder}; use --templates object")
@@ -84,28 +127,19 @@ class TextualInversion(DiffusionMethod):
 
     @property
     def weight(self) -> torch.nn.Parameter:
-        return self.c.text_encoder.get_input_embeddings().weight
+        return self.new.weight
 
     def after_step(self) -> None:
-        with torch.no_grad():
-            self.weight[self.keep] = self.original[self.keep]
-            if self.options.max_norm is not None:
-                new = self.weight[self.ids]
-                scale = (self.options.max_norm / new.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-                self.weight[self.ids] = new * scale
+        self.new.restore_others()
 
     def learned(self) -> torch.Tensor:
-        return self.weight[self.ids].detach().float().cpu().clone()
+        return self.new.learned()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"learned_embeds": self.learned()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.weight[self.ids] = state["learned_embeds"].to(self.weight.device, self.weight.dtype)
+        self.new.load(state["learned_embeds"])
 
     def save(self, output_dir: Path) -> list[Path]:
-        out, name = Path(output_dir), self.options.placeholder.strip("<>")
-        vec = self.learned()
-        return [embeddings.save_diffusers(out / "learned_embeds.safetensors", {self.options.placeholder: vec}),
-                embeddings.save_a1111(out / f"{name}.safetensors", name, vec, step=getattr(self, "step", 0))]
+        return self.new.save(output_dir, step=getattr(self, "step", 0))
