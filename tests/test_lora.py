@@ -123,3 +123,40 @@ def test_lora_plus_gives_the_b_matrices_a_larger_rate(tiny_model_dir, tmp_path, 
     args = ["train", "lora", "--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "1",
             "--output-dir", str(tmp_path / "r16.0"), "--device", "cpu", "--resume", "latest", "--max-steps", "2"]
     assert main(args) == 2 and "lr_ratio_b 16.0 -> 1.0" in capsys.readouterr().err
+
+
+def test_a_new_token_trains_with_the_adapters(tiny_model_dir, tmp_path):
+    """Pivotal tuning: LoRA plus a new token's embedding; only the new rows of the table move,
+    and a checkpoint applies as the saved LoRA + embedding files do."""
+    from transformers import CLIPTextModel
+
+    from sdlab.evaluate import apply
+    from sdlab.pipeline import Pipeline
+    from sdlab.text.embeddings import load_embedding
+    from sdlab.world.data import export_folder
+
+    data = export_folder(tmp_path / "data", 3, seed=5)
+    method = LoRA(LoraOptions(rank=2, new_token="<sks>", new_token_init="circle", new_token_vectors=2))
+    cfg = TrainingConfig(method="lora", data_dir=str(data), output_dir=str(tmp_path / "out"), model=str(tiny_model_dir),
+                         instance_prompt="a <sks>", max_steps=3, learning_rate=5e-2, checkpoint_every=3,
+                         device="cpu", options=method.options)
+    result = train(cfg, method)
+    assert sorted(p.name for p in result.saved) == ["learned_embeds.safetensors", "lora_kohya.safetensors",
+                                                   "pytorch_lora_weights.safetensors", "sks.safetensors"]
+    before = CLIPTextModel.from_pretrained(tiny_model_dir / "text_encoder").get_input_embeddings().weight
+    after = method.c.text_encoder.get_input_embeddings().weight.detach()
+    vocab = before.shape[0]
+    assert after.shape[0] == vocab + 2 and torch.equal(after[:vocab], before.detach())     # old rows untouched
+    circle = before[method.c.tokenizer("circle", add_special_tokens=False).input_ids[0]]
+    assert not torch.allclose(after[vocab:], circle.expand(2, -1))                         # the new ones learned
+    assert method.transform_text("a red <sks>", 0) == "a red <sks> <sks>_1"
+
+    from_ckpt = apply.load_checkpoint(tiny_model_dir, tmp_path / "out" / "checkpoints" / "step-00000003")
+    files = Pipeline.load(tiny_model_dir, device="cpu")
+    load_embedding(files, tmp_path / "out" / "learned_embeds.safetensors")
+    lora_files.apply_lora(files, tmp_path / "out" / "lora_kohya.safetensors")
+    assert torch.allclose(from_ckpt.encode_prompt(["a <sks>"]), files.encode_prompt(["a <sks>"]), atol=1e-6)
+    pairs = zip(from_ckpt.c.unet.parameters(), files.c.unet.parameters())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in pairs)
+    with pytest.raises(ConfigError, match="placeholder must be one word"):
+        LoraOptions(new_token="two words")

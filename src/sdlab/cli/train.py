@@ -99,6 +99,11 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
                        help="layers that get adapters: attention (q, k, v, out; default), transformer (+ proj_in/out "
                             "and feed-forward), all (+ every resnet conv and the samplers: LoCon), or module "
                             "names, e.g. to_q,to_v,conv1")
+        p.add_argument("--new-token", default=None, metavar="PLACEHOLDER",
+                       help="also learn an embedding for this new token, used in the captions (e.g. '<sks>'): "
+                            "pivotal tuning; saved as textual inversion saves it")
+        p.add_argument("--new-token-init", default="shape", help="the word the new token starts from")
+        p.add_argument("--new-token-vectors", type=int, default=1, help="vectors of the new token")
         p.add_argument("--lr-ratio-b", type=float, default=1.0,
                        help="LoRA+ (Hayou et al. 2024): the B (up) matrices learn this many times faster than the "
                             "A (down) ones; 16 is the paper's choice (kohya's loraplus_lr_ratio; default 1: off)")

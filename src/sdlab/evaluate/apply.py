@@ -10,6 +10,8 @@ from ..models import lora as lora_files
 from ..text import embeddings
 from ..training import checkpoints as ck
 
+EMBEDDING_WEIGHT = "embeddings.token_embedding.weight"          # under text_model. in older transformers
+
 
 def load_artifact(model, artifact: str | Path | None, scale: float = 1.0, device: str = "cpu", vae=None):
     """A Pipeline of `model` with `artifact` (an embedding file, a LoRA file, a tuned VAE
@@ -53,6 +55,12 @@ def load_checkpoint(model, ckpt: str | Path, device: str = "cpu", vae=None):
         for key, shadow in zip(list(weights), state["ema"]["shadow_params"]):
             weights[key] = shadow
     if method == "lora":
+        if opts.get("new_token"):                  # pivotal tuning: the new rows end the embedding matrix
+            table = weights.pop(next(k for k in weights if k.startswith("text_encoder.") and
+                                     k.endswith(EMBEDDING_WEIGHT)))
+            n = opts.get("new_token_vectors") or 1
+            embeddings.add_tokens(pipe.c.tokenizer, pipe.c.text_encoder,
+                                  embeddings.token_names(opts["new_token"], n), table[-n:])
         alpha = opts.get("alpha") or opts.get("rank")
         meta = {lora_files.METADATA_KEY: json.dumps({f"{c}.lora_alpha": alpha for c in lora_files.PREFIXES})}
         modules = lora_files.model_modules(pipe.c.unet, pipe.c.text_encoder)

@@ -13,6 +13,8 @@ def build_method(name: str, args: dict):
         prior = bool(args.get("class_prompt") or args.get("class_data_dir"))
         opts = LoraOptions(rank=args["rank"], alpha=args["alpha"], text_encoder=args["train_text_encoder"],
                            targets=args.get("targets") or "attention", lr_ratio_b=args.get("lr_ratio_b") or 1.0,
+                           new_token=args.get("new_token"), new_token_init=args.get("new_token_init") or "shape",
+                           new_token_vectors=args.get("new_token_vectors") or 1,
                            prior_preservation=prior, **_prior_args(args))
         return LoRA(opts), {"learning_rate": 1e-4, "weight_decay": 1e-2, "options": opts}
     if name == "textual-inversion":

@@ -1,11 +1,14 @@
 """LoRA (Hu et al. 2021): low-rank adapters on the UNet's attention projections (and
 optionally the text encoder's), trained with peft; the base weights stay frozen. `targets`
 widens them to whole transformer blocks or to every resnet convolution too (what kohya's
-LoCon / LyCORIS calls conv LoRA). Optionally with DreamBooth's prior preservation (`prior.py`).
+LoCon / LyCORIS calls conv LoRA). Optionally with DreamBooth's prior preservation (`prior.py`),
+and with a new token trained with the adapters (`new_token`: pivotal tuning, as cloneofsimo's
+lora and diffusers' advanced DreamBooth-LoRA script do it).
 
 Saves `lora/pytorch_lora_weights.safetensors` (diffusers/peft: what
 `StableDiffusionPipeline.load_lora_weights` reads) and `lora_kohya.safetensors` (kohya /
-AUTOMATIC1111 keys with `.alpha`).
+AUTOMATIC1111 keys with `.alpha`); with a new token also its embedding, as textual inversion
+saves it (`learned_embeds.safetensors`, `NAME.safetensors`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ...errors import ConfigError
 from ...models import lora as lora_files
 from .base import DiffusionMethod
 from .prior import PriorOptions, PriorPreservation
+from .textual_inversion import NewTokens, TIOptions
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -69,6 +73,9 @@ class LoraOptions(PriorOptions):
     text_encoder: bool = False
     targets: str = "attention"          # a TARGET_PRESETS key or module names "to_q,to_v,conv1"
     lr_ratio_b: float = 1.0             # LoRA+ (Hayou et al. 2024): the B matrices learn this much faster
+    new_token: str | None = None        # a placeholder ("<sks>") whose embedding trains with the adapters
+    new_token_init: str = "shape"       # ... initialised from this word
+    new_token_vectors: int = 1
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,6 +86,8 @@ class LoraOptions(PriorOptions):
         if self.alpha is not None:
             _check_float("alpha", self.alpha, 1e-6, 1e6)
         _check_float("lr_ratio_b", self.lr_ratio_b, 1e-3, 1e4)
+        if self.new_token is not None:
+            TIOptions(self.new_token, self.new_token_init, self.new_token_vectors)       # the same checks
 
 
 class LoRA(PriorPreservation, DiffusionMethod):
@@ -88,7 +97,8 @@ class LoRA(PriorPreservation, DiffusionMethod):
 
     def __init__(self, options: LoraOptions | None = None):
         self.options = options or LoraOptions()
-        self.text_adapters = self.options.text_encoder
+        self.text_adapters = self.options.text_encoder or self.options.new_token is not None   # trains there
+        self.new = None
 
     def param_groups(self, lr: float) -> list[dict]:
         """One group for the A (down) matrices at `lr`, one for the B (up) matrices at
@@ -108,12 +118,14 @@ class LoRA(PriorPreservation, DiffusionMethod):
                           target_modules=list(targets))
 
     def prepare_modules(self) -> None:
-        unet_names, text_names = target_names(self.options.targets, self.c.unet,
-                                              self.c.text_encoder if self.text_adapters else None)
+        o = self.options
+        unet_names, text_names = target_names(o.targets, self.c.unet, self.c.text_encoder if o.text_encoder else None)
         if not unet_names:
             raise ConfigError(f"LoRA targets {self.options.targets!r} name no UNet module; the UNet needs adapters")
         self.c.unet.add_adapter(self.lora_config(unet_names))
-        if self.text_adapters:
+        if o.new_token is not None:
+            self.new = NewTokens(self.c, o.new_token, o.new_token_init, o.new_token_vectors)
+        if o.text_encoder:
             if not text_names:
                 raise ConfigError(f"LoRA targets {self.options.targets!r} name no text-encoder module, "
                                   "but --train-text-encoder asks for adapters there")
@@ -128,7 +140,7 @@ class LoRA(PriorPreservation, DiffusionMethod):
         layers = {}
         for comp in ("unet", "text_encoder"):
             module = getattr(self.c, comp)
-            if module not in self.trainable_modules():
+            if module not in self.trainable_modules() or (comp == "text_encoder" and not self.options.text_encoder):
                 continue
             sd = get_peft_model_state_dict(module)
             for key, down in sd.items():
@@ -139,8 +151,17 @@ class LoRA(PriorPreservation, DiffusionMethod):
                                                                     up.detach().float().cpu(), alpha)
         return layers
 
+    def transform_text(self, text: str, seed: int) -> str:
+        """With a new token, its placeholder in a caption becomes the token's N vectors."""
+        return text.replace(self.new.placeholder, self.new.phrase) if self.new is not None else text
+
+    def after_step(self) -> None:
+        if self.new is not None:
+            self.new.restore_others()
+
     def save(self, output_dir: Path) -> list[Path]:
         layers = self.layers()
         out = Path(output_dir)
-        return [lora_files.write(out / "lora" / "pytorch_lora_weights.safetensors", layers, "diffusers"),
-                lora_files.write(out / "lora_kohya.safetensors", layers, "kohya")]
+        saved = [lora_files.write(out / "lora" / "pytorch_lora_weights.safetensors", layers, "diffusers"),
+                 lora_files.write(out / "lora_kohya.safetensors", layers, "kohya")]
+        return saved + (self.new.save(out, step=getattr(self, "step", 0)) if self.new is not None else [])
