@@ -162,6 +162,10 @@ def run(name, method, token, args, **kw):
     minutes = (time.time() - t0) / 60
     artifact = result.saved[0] if method.name != "lora" else result.saved[1]
     pipe = load_artifact(args.model, artifact)
+    if (out / "learned_embeds.safetensors").is_file() and method.name == "lora":      # pivotal tuning's token
+        from sdlab.text.embeddings import load_embedding
+
+        load_embedding(pipe, out / "learned_embeds.safetensors")
     rates = learned_rates(pipe, token, args)
     row = {"method": name, "train_minutes": round(minutes, 2), "steps": args.steps, **rates}
     if method.name == "dreambooth":
@@ -229,6 +233,8 @@ def main():
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-targets", default="attention", help="LoRA's layers: attention, transformer, all (LoCon)")
     p.add_argument("--lora-ratio-b", type=float, default=1.0, help="LoRA+: the B matrices' rate over the A ones")
+    p.add_argument("--lora-new-token", default=None, metavar="INIT",
+                   help="pivotal tuning: the identifier becomes a new token, initialised from INIT, trained too")
     p.add_argument("--class-prompts", choices=("circle", "world"), default="circle",
                    help="DreamBooth's prior: 'a circle', or one world caption per class image")
     p.add_argument("--class-images", type=int, default=16)
@@ -283,8 +289,9 @@ def main():
             learning_rate=5e-2, adam_weight_decay=0.0)
     if "lora" in only:
         prior = dict(prior_preservation=True, **prior_options(args)) if args.lora_prior else {}
+        pivot = dict(new_token=args.identifier, new_token_init=args.lora_new_token) if args.lora_new_token else {}
         options = LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, targets=args.lora_targets,
-                              lr_ratio_b=args.lora_ratio_b, **prior)
+                              lr_ratio_b=args.lora_ratio_b, **pivot, **prior)
         run("lora", LoRA(options), args.identifier, args, learning_rate=1e-3)
     if "db" in only:
         run("db", DreamBooth(DreamBoothOptions(text_encoder=args.text_encoder, **prior_options(args))), args.identifier, args,
