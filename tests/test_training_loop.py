@@ -256,3 +256,18 @@ def test_validation_loss_on_held_out_images(tiny_model_dir, data, tmp_path):
                validation_split=0.3, validate_every=4), VaeDecoder())
     rows = list(csv.DictReader(open(decoder / "logs" / "loss.csv")))
     assert [r["step"] for r in rows if r["val_loss"]] == ["4"] and float(rows[-1]["val_loss"]) > 0
+
+
+def test_a_run_writes_a_model_card(tiny_model_dir, data, tmp_path):
+    from sdlab.models.hashing import sha256_file
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir, data, out, instance_prompt="a sks", validation_split=0.3, validate_every=2),
+          LoRA(LoraOptions(rank=2, lr_ratio_b=4.0)))
+    card = (out / "README.md").read_text()
+    assert card.startswith(f"---\nbase_model: {tiny_model_dir}\nlibrary_name: sdlab\n")
+    assert "instance_prompt: a sks" in card and "Method options (besides the defaults): rank=2, lr_ratio_b=4.0." in card
+    digest = sha256_file(out / "lora_kohya.safetensors")[:12]
+    assert f"| `lora_kohya.safetensors` | LoRA, kohya / AUTOMATIC1111 layout | {digest} |" in card
+    assert f'sdlab generate "a sks" --lora {out / "lora_kohya.safetensors"}:1.0' in card
+    assert "Validation loss at step 4:" in card and "![loss](logs/loss.png)" in card

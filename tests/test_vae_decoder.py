@@ -40,6 +40,12 @@ def _same(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
+def test_the_decoder_run_card_says_how_to_use_it(tuned_vae):
+    out = tuned_vae[1].saved[0].parent
+    card = (out / "README.md").read_text()
+    assert "| `vae` | diffusers AutoencoderKL folder | - |" in card and f"--vae {out / 'vae'}" in card
+
+
 def test_only_the_decoder_trains_and_the_loss_falls(tiny_model_dir, tuned_vae):
     from diffusers import AutoencoderKL
 

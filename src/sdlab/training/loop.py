@@ -26,6 +26,7 @@ from ..io.outputs import output_folder
 from . import checkpoints as ck
 from .config import TrainingConfig
 from .buckets import BucketPlan, bucket_sizes
+from .card import write_model_card
 from .data import ImageDataset, read_examples, sample_index, sample_seed, split_examples
 from .logs import LossLog, save_grid
 from .methods.base import Batch, native_resolution, size_step
@@ -387,6 +388,7 @@ class Trainer:
         if self.acc.is_main_process:
             self.method.step = self.step
             saved = self.with_ema(lambda: self.method.save(self.out))
+            write_model_card(self.out, self.config, self.method, saved, self.losses)
         self.acc.wait_for_everyone()
         return saved
 

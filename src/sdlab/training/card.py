@@ -1,0 +1,89 @@
+"""A model card (`README.md`) beside a run's results, as diffusers' training scripts write one:
+what was trained from what and how, the files with their hashes, and how to use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io.atomic import atomic_write_text
+from ..models.hashing import sha256_file
+
+WHAT = {"pytorch_lora_weights.safetensors": "LoRA, diffusers / peft layout",
+        "lora_kohya.safetensors": "LoRA, kohya / AUTOMATIC1111 layout",
+        "learned_embeds.safetensors": "embedding, diffusers layout",
+        "model": "diffusers model folder", "vae": "diffusers AutoencoderKL folder"}
+
+
+def _what(path: Path) -> str:
+    if path.name in WHAT:
+        return WHAT[path.name]
+    return "embedding, AUTOMATIC1111 layout" if path.suffix == ".safetensors" else "folder"
+
+
+def _changed_options(opts) -> dict:
+    """The method options that differ from their defaults."""
+    import dataclasses
+
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)
+            if f.default is dataclasses.MISSING or getattr(opts, f.name) != f.default}
+
+
+def _usage(method: str, out: Path, saved: list[Path], placeholder: str | None, prompt: str) -> list[str]:
+    names = {p.name: p for p in saved}
+    lines = []
+    if method == "lora":
+        extra = f" --embedding {names['learned_embeds.safetensors']}" if "learned_embeds.safetensors" in names else ""
+        lines.append(f'sdlab generate "{prompt}" --lora {names["lora_kohya.safetensors"]}:1.0{extra}')
+    elif method == "textual-inversion":
+        lines.append(f'sdlab generate "{prompt}" --embedding {names["learned_embeds.safetensors"]}')
+    elif method in ("dreambooth", "finetune"):
+        vae = f" --vae {out / 'vae'}" if (out / "vae").is_dir() else ""
+        lines.append(f'sdlab generate "{prompt}" --model {names["model"]}{vae}')
+    elif method == "vae-decoder":
+        lines.append(f'sdlab generate "{prompt}" --vae {names["vae"]}')
+    return lines
+
+
+def write_model_card(out: Path, config, method, saved: list[Path], losses: list[float]) -> Path:
+    """OUT/README.md for a finished run."""
+    from ..training.logs import validation_losses
+
+    opts = getattr(method, "options", None)
+    placeholder = getattr(opts, "placeholder", None) or getattr(opts, "new_token", None)
+    prompt = f"a {placeholder}" if method.name == "textual-inversion" else \
+        config.instance_prompt or (f"a {placeholder}" if placeholder else "a large red circle")
+    base = config.model or "the shipped shapes-world model"
+    front = ["---", f"base_model: {base}", "library_name: sdlab", "tags: [stable-diffusion, text-to-image, sdlab, "
+             f"{method.name}]"] + ([f"instance_prompt: {config.instance_prompt}"] if config.instance_prompt else []) \
+        + ["---", ""]
+    settings = (f"{len(losses)} steps this session, {config.max_steps} in all; batch {config.batch_size} x "
+                f"{config.grad_accum} accumulation; learning rate {config.learning_rate:g} ({config.lr_scheduler}); "
+                f"mixed precision {config.mixed_precision}; seed {config.seed}")
+    lines = front + [f"# {method.name} on {Path(config.data_dir).name}", "",
+                     f"Trained with `sdlab train {method.name}` from `{base}`: {settings}.", ""]
+    changed = _changed_options(opts) if opts is not None else {}
+    if changed:
+        lines += ["Method options (besides the defaults): " + ", ".join(f"{k}={v}" for k, v in changed.items()) +
+                  ".", ""]
+    lines += ["## Files", "", "| file | what | sha256 |", "|---|---|---|"]
+    for path in saved:
+        kind = _what(path)
+        digest = sha256_file(path)[:12] if path.is_file() else "-"
+        lines.append(f"| `{path.relative_to(out)}` | {kind} | {digest} |")
+    usage = _usage(method.name, out, saved, placeholder, prompt)
+    if usage:
+        lines += ["", "## Use", "", "```bash"] + usage + ["```"]
+    tail = losses[-50:]
+    lines += ["", "## Training", ""]
+    if tail:
+        lines.append(f"Mean loss over the last {len(tail)} steps: {sum(tail) / len(tail):.4f}.")
+    val = validation_losses(out)
+    if val:
+        step = max(val)
+        lines.append(f"Validation loss at step {step}: {val[step]:.4f} (first measured: {val[min(val)]:.4f}).")
+    if (out / "logs" / "loss.png").is_file():
+        lines += ["", "![loss](logs/loss.png)"]
+    samples = sorted((out / "samples").glob("step-*.png")) if (out / "samples").is_dir() else []
+    if samples:
+        lines += ["", f"![samples at the last validation]({samples[-1].relative_to(out).as_posix()})"]
+    return atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
