@@ -17,111 +17,118 @@ EXAMPLES = """examples:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="diffusers folder or single file (default: the shipped model)")
-    p.add_argument("--data", required=True,
-                   help="image folder, captioned by metadata.jsonl or by NAME.txt beside each image (or give "
-                        "--instance-prompt), or kohya's subfolders N_prompt (images repeated N times an epoch)")
-    p.add_argument("--instance-prompt", default=None, help="one prompt for every image of --data")
-    p.add_argument("--validation-data", "--val-data", dest="val_data", default=None, metavar="DIR",
-                   help="images (captioned like --data) whose validation loss is logged every --validate-every steps")
-    p.add_argument("--validation-split", "--val-split", dest="val_split", type=float, default=0.0, metavar="SHARE",
-                   help="hold this share of --data out of training for the validation loss instead (e.g. 0.1)")
-    p.add_argument("--output-dir", default="runs/train", help="where checkpoints, logs, samples and results go")
-    p.add_argument("--resolution", type=int, default=None, help="training size, multiple of 8 (default: native)")
-    p.add_argument("--random-crop", action="store_true", help="random instead of centre crops")
-    p.add_argument("--cache-latents", action="store_true",
-                   help="encode each image (and its flip) with the VAE once, not every step: faster, centre crops "
-                        "only (kohya's --cache_latents)")
-    p.add_argument("--aspect-buckets", action="store_true",
-                   help="keep each image's aspect ratio: crop it to the nearest of a set of sizes of about the "
-                        "resolution's area (kohya's bucketing); a batch holds one size")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument("--skip-bad-images", action="store_true", help="warn about and skip unreadable images")
-    p.add_argument("--max-steps", type=int, default=500)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--attention", default="default", choices=("default", "sdpa", "sliced"))
-    p.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (CUDA only)")
-    p.add_argument("--memory-budget", default=None, metavar="SIZE",
-                   help="e.g. 6GiB: pick the fastest memory options whose peak fits (CUDA: 2 trial steps per "
-                        "option set; CPU: saved-tensor accounting); see docs/training.md")
-    p.add_argument("--memory-estimate", action="store_true",
-                   help="with --memory-budget: plan from the analytic estimate, without trial steps")
-    p.add_argument("--lr-scheduler", default="constant",
-                   help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, "
-                        "warmup_stable_decay (constant, then a cosine to 0 over --lr-decay-steps)")
-    p.add_argument("--lr-warmup-steps", type=int, default=0)
-    p.add_argument("--lr-decay-steps", type=int, default=None,
-                   help="warmup_stable_decay's decay length (default: a third of --max-steps)")
-    p.add_argument("--ema", action="store_true", help="keep an EMA of the trained weights (saved results use it)")
-    p.add_argument("--ema-decay", type=float, default=0.9999)
-    p.add_argument("--snr-gamma", type=float, default=None,
-                   help="Min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is the paper's choice")
-    p.add_argument("--shuffle-tags", action="store_true",
-                   help="shuffle each caption's comma-separated tags per sample (kohya's --shuffle_caption)")
-    p.add_argument("--keep-tags", type=int, default=0,
-                   help="with --shuffle-tags, keep this many leading tags in place (e.g. the trigger word)")
-    p.add_argument("--noise-offset", type=float, default=0.0,
-                   help="offset noise (Guttenberg 2023): add this times a per-channel N(0, 1) shift to the noise, "
-                        "so the model learns very dark and bright images; 0.05-0.1 is usual (default 0: off)")
-    p.add_argument("--caption-dropout", type=float, default=0.0,
-                   help="share of samples trained with the empty prompt, so classifier-free guidance keeps "
-                        "working when the UNet or text encoder change (e.g. 0.1)")
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the method's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--keep-last", type=int, default=2, help="checkpoints to keep")
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    p.add_argument("--validation-prompt", action="append", default=[], help="prompt for sample grids (repeatable)")
-    p.add_argument("--validate-every", type=int, default=100)
-    p.add_argument("--validation-images", type=int, default=2, help="images per validation prompt")
-    p.add_argument("--validation-steps", type=int, default=20, help="sampling steps of validation images")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: what accelerate picks)")
+    data = p.add_argument_group("model and data")
+    opt = p.add_argument_group("optimisation")
+    loss = p.add_argument_group("loss and captions")
+    mem = p.add_argument_group("memory")
+    logs = p.add_argument_group("checkpoints, validation and samples")
+    data.add_argument("--model", default=None, help="diffusers folder or single file (default: the shipped model)")
+    data.add_argument("--data", required=True,
+                      help="image folder, captioned by metadata.jsonl or by NAME.txt beside each image (or give "
+                           "--instance-prompt), or kohya's subfolders N_prompt (images repeated N times an epoch)")
+    data.add_argument("--instance-prompt", default=None, help="one prompt for every image of --data")
+    data.add_argument("--validation-data", "--val-data", dest="val_data", default=None, metavar="DIR",
+                      help="images (captioned like --data) whose validation loss is logged every "
+                           "--validate-every steps")
+    data.add_argument("--validation-split", "--val-split", dest="val_split", type=float, default=0.0, metavar="SHARE",
+                      help="hold this share of --data out of training for the validation loss instead (e.g. 0.1)")
+    data.add_argument("--output-dir", default="runs/train", help="where checkpoints, logs, samples and results go")
+    data.add_argument("--resolution", type=int, default=None, help="training size, multiple of 8 (default: native)")
+    data.add_argument("--random-crop", action="store_true", help="random instead of centre crops")
+    data.add_argument("--cache-latents", action="store_true",
+                      help="encode each image (and its flip) with the VAE once, not every step: faster, centre crops "
+                           "only (kohya's --cache_latents)")
+    data.add_argument("--aspect-buckets", action="store_true",
+                      help="keep each image's aspect ratio: crop it to the nearest of a set of sizes of about the "
+                           "resolution's area (kohya's bucketing); a batch holds one size")
+    data.add_argument("--flip", action="store_true", help="random horizontal flips")
+    data.add_argument("--skip-bad-images", action="store_true", help="warn about and skip unreadable images")
+    opt.add_argument("--max-steps", type=int, default=500)
+    opt.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    opt.add_argument("--batch-size", type=int, default=1)
+    opt.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    mem.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    mem.add_argument("--gradient-checkpointing", action="store_true")
+    mem.add_argument("--attention", default="default", choices=("default", "sdpa", "sliced"))
+    mem.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (CUDA only)")
+    mem.add_argument("--memory-budget", default=None, metavar="SIZE",
+                     help="e.g. 6GiB: pick the fastest memory options whose peak fits (CUDA: 2 trial steps per "
+                          "option set; CPU: saved-tensor accounting); see docs/training.md")
+    mem.add_argument("--memory-estimate", action="store_true",
+                     help="with --memory-budget: plan from the analytic estimate, without trial steps")
+    opt.add_argument("--lr-scheduler", default="constant",
+                     help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, "
+                          "warmup_stable_decay (constant, then a cosine to 0 over --lr-decay-steps)")
+    opt.add_argument("--lr-warmup-steps", type=int, default=0)
+    opt.add_argument("--lr-decay-steps", type=int, default=None,
+                     help="warmup_stable_decay's decay length (default: a third of --max-steps)")
+    opt.add_argument("--ema", action="store_true", help="keep an EMA of the trained weights (saved results use it)")
+    opt.add_argument("--ema-decay", type=float, default=0.9999)
+    loss.add_argument("--snr-gamma", type=float, default=None,
+                      help="Min-SNR-gamma loss weighting (Hang et al. 2023); 5.0 is the paper's choice")
+    loss.add_argument("--shuffle-tags", action="store_true",
+                      help="shuffle each caption's comma-separated tags per sample (kohya's --shuffle_caption)")
+    loss.add_argument("--keep-tags", type=int, default=0,
+                      help="with --shuffle-tags, keep this many leading tags in place (e.g. the trigger word)")
+    loss.add_argument("--noise-offset", type=float, default=0.0,
+                      help="offset noise (Guttenberg 2023): add this times a per-channel N(0, 1) shift to the noise, "
+                           "so the model learns very dark and bright images; 0.05-0.1 is usual (default 0: off)")
+    loss.add_argument("--caption-dropout", type=float, default=0.0,
+                      help="share of samples trained with the empty prompt, so classifier-free guidance keeps "
+                           "working when the UNet or text encoder change (e.g. 0.1)")
+    opt.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the method's)")
+    opt.add_argument("--seed", type=int, default=0)
+    logs.add_argument("--checkpoint-every", type=int, default=100)
+    logs.add_argument("--keep-last", type=int, default=2, help="checkpoints to keep")
+    logs.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    logs.add_argument("--validation-prompt", action="append", default=[], help="prompt for sample grids (repeatable)")
+    logs.add_argument("--validate-every", type=int, default=100)
+    logs.add_argument("--validation-images", type=int, default=2, help="images per validation prompt")
+    logs.add_argument("--validation-steps", type=int, default=20, help="sampling steps of validation images")
+    opt.add_argument("--device", default=None, help="cpu or cuda (default: what accelerate picks)")
 
 
 def _method_args(name: str, p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(f"{name} options")
     if name == "textual-inversion":
-        p.add_argument("--placeholder", default="<my-shape>", help="the new token (default <my-shape>)")
-        p.add_argument("--initializer", default="shape", help="word(s) whose embedding starts the new vectors")
-        p.add_argument("--num-vectors", type=int, default=1, help="vectors per placeholder (N new tokens)")
-        p.add_argument("--max-norm", type=float, default=None,
+        g.add_argument("--placeholder", default="<my-shape>", help="the new token (default <my-shape>)")
+        g.add_argument("--initializer", default="shape", help="word(s) whose embedding starts the new vectors")
+        g.add_argument("--num-vectors", type=int, default=1, help="vectors per placeholder (N new tokens)")
+        g.add_argument("--max-norm", type=float, default=None,
                        help="clip each new vector's norm after every step (e.g. the vocabulary's typical norm)")
-        p.add_argument("--templates", default="object", choices=("object", "style", "none"),
+        g.add_argument("--templates", default="object", choices=("object", "style", "none"),
                        help="prompt templates (none: use the captions, which must contain the placeholder)")
     if name == "lora":
-        p.add_argument("--rank", type=int, default=4)
-        p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
-        p.add_argument("--train-text-encoder", action="store_true", help="adapters on the text encoder too")
-        p.add_argument("--targets", default="attention",
+        g.add_argument("--rank", type=int, default=4)
+        g.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
+        g.add_argument("--train-text-encoder", action="store_true", help="adapters on the text encoder too")
+        g.add_argument("--targets", default="attention",
                        help="layers that get adapters: attention (q, k, v, out; default), transformer (+ proj_in/out "
                             "and feed-forward), all (+ every resnet conv and the samplers: LoCon), or module "
                             "names, e.g. to_q,to_v,conv1")
-        p.add_argument("--new-token", default=None, metavar="PLACEHOLDER",
+        g.add_argument("--new-token", default=None, metavar="PLACEHOLDER",
                        help="also learn an embedding for this new token, used in the captions (e.g. '<sks>'): "
                             "pivotal tuning; saved as textual inversion saves it")
-        p.add_argument("--new-token-init", default="shape", help="the word the new token starts from")
-        p.add_argument("--new-token-vectors", type=int, default=1, help="vectors of the new token")
-        p.add_argument("--lr-ratio-b", type=float, default=1.0,
+        g.add_argument("--new-token-init", default="shape", help="the word the new token starts from")
+        g.add_argument("--new-token-vectors", type=int, default=1, help="vectors of the new token")
+        g.add_argument("--lr-ratio-b", type=float, default=1.0,
                        help="LoRA+ (Hayou et al. 2024): the B (up) matrices learn this many times faster than the "
                             "A (down) ones; 16 is the paper's choice (kohya's loraplus_lr_ratio; default 1: off)")
     if name in ("dreambooth", "lora"):
-        p.add_argument("--class-prompt", action="append", default=None,
+        g.add_argument("--class-prompt", action="append", default=None,
                        help="prompt of the class for prior preservation, e.g. 'a shape'; repeat for several "
                             "(class image i uses prompt i mod k)" + ("; turns the prior on" if name == "lora" else ""))
-        p.add_argument("--class-data-dir", default=None,
+        g.add_argument("--class-data-dir", default=None,
                        help="class images cache (default OUTPUT/class_images); with captions (metadata.jsonl or "
                             ".txt files) and no --class-prompt, your own captioned class images")
-        p.add_argument("--num-class-images", type=int, default=50)
-        p.add_argument("--prior-loss-weight", type=float, default=1.0)
+        g.add_argument("--num-class-images", type=int, default=50)
+        g.add_argument("--prior-loss-weight", type=float, default=1.0)
     if name == "dreambooth":
-        p.add_argument("--no-prior-preservation", action="store_true")
-        p.add_argument("--train-text-encoder", action="store_true")
+        g.add_argument("--no-prior-preservation", action="store_true")
+        g.add_argument("--train-text-encoder", action="store_true")
     if name == "finetune":
-        p.add_argument("--train-text-encoder", action="store_true", help="also tune the text encoder (default frozen)")
-        p.add_argument("--train-vae-decoder", action="store_true",
+        g.add_argument("--train-text-encoder", action="store_true", help="also tune the text encoder (default frozen)")
+        g.add_argument("--train-vae-decoder", action="store_true",
                        help="also tune the VAE decoder on the images' round trip (for fine detail the decoder loses)")
 
 
