@@ -160,3 +160,8 @@ def test_a_new_token_trains_with_the_adapters(tiny_model_dir, tmp_path):
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in pairs)
     with pytest.raises(ConfigError, match="placeholder must be one word"):
         LoraOptions(new_token="two words")
+    from sdlab.cli.main import main                     # sdlab eval reads the pair of files together
+    assert main(["eval", "--model", str(tiny_model_dir), "--artifact", str(tmp_path / "out" / "lora_kohya.safetensors"),
+                 "--embedding", str(tmp_path / "out" / "learned_embeds.safetensors"), "--token", "<sks>", "--n", "1",
+                 "--steps", "1", "--no-clip", "--out", str(tmp_path / "eval")]) == 0
+    assert "| lora_kohya | 0 |" in (tmp_path / "eval" / "report.md").read_text()

@@ -28,6 +28,8 @@ def register(sub) -> None:
                    help="no token: sample the shapes world's own captions with the concept put in (a fine-tune on a "
                         "style or data set), and read how often the samples adopt it")
     p.add_argument("--vae", default=None, help="sample through this VAE (folder or file), e.g. a tuned decoder")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="add this embedding to every model read (e.g. a pivotal-tuning LoRA's learned_embeds)")
     p.add_argument("--concept-text", default=None, help="plain words for CLIP (default: 'a <value>')")
     p.add_argument("--n", type=int, default=16, help="samples per prompt")
     p.add_argument("--steps", type=int, default=20)
@@ -89,6 +91,7 @@ def run_eval(args) -> int:
     from ..evaluate.scores import diversity
     from ..io.images import load_image
     from ..training.data import IMAGE_SUFFIXES
+    from ..text.embeddings import load_embedding
     from ..world.render import render
 
     concept = _concept(args.concept)
@@ -150,6 +153,8 @@ def run_eval(args) -> int:
 
     def read(name: str, target, settings: EvalSettings):
         pipe = apply.load_artifact(args.model, target, scale=args.lora_scale, vae=args.vae)
+        for path in args.embedding:
+            load_embedding(pipe, path)
         metrics, images = evaluate(pipe, settings, encoder, reference, base)
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         return metrics, images
