@@ -79,6 +79,29 @@ def replace_fill(scene, fill="solid"):
     return replace(scene, objects=(replace(scene.objects[0], fill=fill),))
 
 
+def test_a_local_dino_folder_gives_image_features(tmp_path):
+    """Any local transformers vision model (here a random DINOv2) is an image encoder: unit
+    features from its pooled output, no text tower."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from sdlab.errors import ModelLoadError
+    from sdlab.evaluate.features import Encoder
+
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8)
+    Dinov2Model(cfg).save_pretrained(tmp_path / "dino")
+    enc = Encoder(tmp_path / "dino")
+    rng = random.Random(0)
+    images = [render(single_object_scene(s, "red", "large", "center", "white", rng)) for s in ("circle", "square")]
+    feats = enc.images(images + images[:1])
+    assert feats.shape == (3, 32) and not enc.is_clip and enc.size == 32
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(3), atol=1e-5) and torch.allclose(feats[0], feats[2])
+    with pytest.raises(ModelLoadError, match="no text tower"):
+        enc.texts(["a circle"])
+    with pytest.raises(ModelLoadError, match="not a local transformers model folder"):
+        Encoder(tmp_path)
+
+
 def test_frechet_distance_closed_form():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(400, 3, generator=g)
