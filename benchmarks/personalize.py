@@ -235,6 +235,7 @@ def main():
     p.add_argument("--lora-ratio-b", type=float, default=1.0, help="LoRA+: the B matrices' rate over the A ones")
     p.add_argument("--lora-new-token", default=None, metavar="INIT",
                    help="pivotal tuning: the identifier becomes a new token, initialised from INIT, trained too")
+    p.add_argument("--lora-new-token-lr", type=float, default=None, help="with --lora-new-token: the token's rate")
     p.add_argument("--class-prompts", choices=("circle", "world"), default="circle",
                    help="DreamBooth's prior: 'a circle', or one world caption per class image")
     p.add_argument("--class-images", type=int, default=16)
@@ -289,7 +290,8 @@ def main():
             learning_rate=5e-2, adam_weight_decay=0.0)
     if "lora" in only:
         prior = dict(prior_preservation=True, **prior_options(args)) if args.lora_prior else {}
-        pivot = dict(new_token=args.identifier, new_token_init=args.lora_new_token) if args.lora_new_token else {}
+        pivot = dict(new_token=args.identifier, new_token_init=args.lora_new_token,
+                     new_token_lr=args.lora_new_token_lr) if args.lora_new_token else {}
         options = LoraOptions(rank=args.lora_rank, text_encoder=args.text_encoder, targets=args.lora_targets,
                               lr_ratio_b=args.lora_ratio_b, **pivot, **prior)
         run("lora", LoRA(options), args.identifier, args, learning_rate=1e-3)

@@ -165,3 +165,19 @@ def test_a_new_token_trains_with_the_adapters(tiny_model_dir, tmp_path):
                  "--embedding", str(tmp_path / "out" / "learned_embeds.safetensors"), "--token", "<sks>", "--n", "1",
                  "--steps", "1", "--no-clip", "--out", str(tmp_path / "eval")]) == 0
     assert "| lora_kohya | 0 |" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_the_new_token_can_have_its_own_rate(tiny_model_dir, tmp_path):
+    from sdlab.training.loop import Trainer
+    from sdlab.world.data import export_folder
+
+    data = export_folder(tmp_path / "data", 2, seed=2)
+    method = LoRA(LoraOptions(rank=2, new_token="<sks>", new_token_lr=5e-3, lr_ratio_b=4.0))
+    cfg = TrainingConfig(method="lora", data_dir=str(data), output_dir=str(tmp_path / "out"), model=str(tiny_model_dir),
+                         instance_prompt="a <sks>", max_steps=1, learning_rate=1e-4, device="cpu",
+                         options=method.options)
+    groups = Trainer(cfg, method).optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 4e-4, 5e-3])
+    assert groups[2]["params"] == [method.new.weight]                       # the embedding alone at its rate
+    with pytest.raises(ConfigError, match="give new_token"):
+        LoraOptions(new_token_lr=1e-3)

@@ -111,6 +111,8 @@ def _method_args(name: str, p: argparse.ArgumentParser) -> None:
                             "pivotal tuning; saved as textual inversion saves it")
         g.add_argument("--new-token-init", default="shape", help="the word the new token starts from")
         g.add_argument("--new-token-vectors", type=int, default=1, help="vectors of the new token")
+        g.add_argument("--new-token-lr", type=float, default=None,
+                       help="the new token's own learning rate (default: the adapters'; textual inversion's is 5e-3)")
         g.add_argument("--lr-ratio-b", type=float, default=1.0,
                        help="LoRA+ (Hayou et al. 2024): the B (up) matrices learn this many times faster than the "
                             "A (down) ones; 16 is the paper's choice (kohya's loraplus_lr_ratio; default 1: off)")

@@ -109,7 +109,7 @@ def apply_memory_options(method, config: TrainingConfig) -> None:
 RUN_CONFIG = "training_config.json"
 # method options that decide what trains (and its shapes): a resume must keep them
 STRUCTURE_OPTIONS = ("rank", "alpha", "targets", "text_encoder", "num_vectors", "placeholder", "freeze_text_encoder",
-                      "train_vae_decoder", "lr_ratio_b")
+                      "train_vae_decoder", "lr_ratio_b", "new_token", "new_token_vectors")
 
 
 def load_datasets(config: TrainingConfig, components, captioned: bool = True):

@@ -15,6 +15,7 @@ def build_method(name: str, args: dict):
                            targets=args.get("targets") or "attention", lr_ratio_b=args.get("lr_ratio_b") or 1.0,
                            new_token=args.get("new_token"), new_token_init=args.get("new_token_init") or "shape",
                            new_token_vectors=args.get("new_token_vectors") or 1,
+                           new_token_lr=args.get("new_token_lr"),
                            prior_preservation=prior, **_prior_args(args))
         return LoRA(opts), {"learning_rate": 1e-4, "weight_decay": 1e-2, "options": opts}
     if name == "textual-inversion":

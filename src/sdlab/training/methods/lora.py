@@ -76,6 +76,7 @@ class LoraOptions(PriorOptions):
     new_token: str | None = None        # a placeholder ("<sks>") whose embedding trains with the adapters
     new_token_init: str = "shape"       # ... initialised from this word
     new_token_vectors: int = 1
+    new_token_lr: float | None = None   # the new token's own learning rate (None: the adapters')
 
     def __post_init__(self):
         super().__post_init__()
@@ -88,6 +89,10 @@ class LoraOptions(PriorOptions):
         _check_float("lr_ratio_b", self.lr_ratio_b, 1e-3, 1e4)
         if self.new_token is not None:
             TIOptions(self.new_token, self.new_token_init, self.new_token_vectors)       # the same checks
+        if self.new_token_lr is not None:
+            if self.new_token is None:
+                raise ConfigError("new_token_lr is the new token's learning rate: give new_token (--new-token) too")
+            _check_float("new_token_lr", self.new_token_lr, 0.0, 10.0)
 
 
 class LoRA(PriorPreservation, DiffusionMethod):
@@ -101,14 +106,17 @@ class LoRA(PriorPreservation, DiffusionMethod):
         self.new = None
 
     def param_groups(self, lr: float) -> list[dict]:
-        """One group for the A (down) matrices at `lr`, one for the B (up) matrices at
-        `lr_ratio_b` x `lr` (LoRA+; with ratio 1 a single group, as before)."""
-        params = self.parameters()
-        if self.options.lr_ratio_b == 1.0:
-            return [{"params": params}]
-        up = {id(p) for n, p in self.named_trainable().items() if ".lora_B." in n}
-        return [{"params": [p for p in params if id(p) not in up]},
-                {"params": [p for p in params if id(p) in up], "lr": lr * self.options.lr_ratio_b}]
+        """Optimizer groups: the A (down) matrices at `lr`; the B (up) ones at `lr_ratio_b` x
+        `lr` (LoRA+); a new token's embedding at `new_token_lr`. Without either, one group."""
+        o, params = self.options, self.parameters()
+        token = {id(self.new.weight)} if self.new is not None and o.new_token_lr is not None else set()
+        up = {id(p) for n, p in self.named_trainable().items() if ".lora_B." in n} if o.lr_ratio_b != 1.0 else set()
+        groups = [{"params": [p for p in params if id(p) not in up | token]}]
+        if up:
+            groups.append({"params": [p for p in params if id(p) in up], "lr": lr * o.lr_ratio_b})
+        if token:
+            groups.append({"params": [p for p in params if id(p) in token], "lr": o.new_token_lr})
+        return groups
 
     def lora_config(self, targets):
         from peft import LoraConfig
