@@ -21,6 +21,7 @@ import torch
 
 from sdlab.evaluate import concept as ce
 from sdlab.evaluate.apply import load_artifact
+from sdlab.text.embeddings import load_embedding
 from sdlab.training.config import TrainingConfig
 from sdlab.training.loop import train
 from sdlab.training.methods.dreambooth import DreamBooth, DreamBoothOptions
@@ -163,8 +164,6 @@ def run(name, method, token, args, **kw):
     artifact = result.saved[0] if method.name != "lora" else result.saved[1]
     pipe = load_artifact(args.model, artifact)
     if (out / "learned_embeds.safetensors").is_file() and method.name == "lora":      # pivotal tuning's token
-        from sdlab.text.embeddings import load_embedding
-
         load_embedding(pipe, out / "learned_embeds.safetensors")
     rates = learned_rates(pipe, token, args)
     row = {"method": name, "train_minutes": round(minutes, 2), "steps": args.steps, **rates}

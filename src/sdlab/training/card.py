@@ -3,10 +3,12 @@ what was trained from what and how, the files with their hashes, and how to use 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
 from ..models.hashing import sha256_file
+from .logs import validation_losses
 
 WHAT = {"pytorch_lora_weights.safetensors": "LoRA, diffusers / peft layout",
         "lora_kohya.safetensors": "LoRA, kohya / AUTOMATIC1111 layout",
@@ -22,13 +24,11 @@ def _what(path: Path) -> str:
 
 def _changed_options(opts) -> dict:
     """The method options that differ from their defaults."""
-    import dataclasses
-
     return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)
             if f.default is dataclasses.MISSING or getattr(opts, f.name) != f.default}
 
 
-def _usage(method: str, out: Path, saved: list[Path], placeholder: str | None, prompt: str) -> list[str]:
+def _usage(method: str, out: Path, saved: list[Path], prompt: str) -> list[str]:
     names = {p.name: p for p in saved}
     lines = []
     if method == "lora":
@@ -46,8 +46,6 @@ def _usage(method: str, out: Path, saved: list[Path], placeholder: str | None, p
 
 def write_model_card(out: Path, config, method, saved: list[Path], losses: list[float]) -> Path:
     """OUT/README.md for a finished run."""
-    from ..training.logs import validation_losses
-
     opts = getattr(method, "options", None)
     placeholder = getattr(opts, "placeholder", None) or getattr(opts, "new_token", None)
     prompt = f"a {placeholder}" if method.name == "textual-inversion" else \
@@ -70,7 +68,7 @@ def write_model_card(out: Path, config, method, saved: list[Path], losses: list[
         kind = _what(path)
         digest = sha256_file(path)[:12] if path.is_file() else "-"
         lines.append(f"| `{path.relative_to(out)}` | {kind} | {digest} |")
-    usage = _usage(method.name, out, saved, placeholder, prompt)
+    usage = _usage(method.name, out, saved, prompt)
     if usage:
         lines += ["", "## Use", "", "```bash"] + usage + ["```"]
     tail = losses[-50:]

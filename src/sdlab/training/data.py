@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..errors import ConfigError, ImageReadError
 from ..io.images import load_image
+from .buckets import nearest_bucket
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".tga", ".ppm", ".jfif"}
 CAPTION_SUFFIXES = (".txt", ".caption")
@@ -38,13 +39,13 @@ class Example:
 
 
 def read_examples(folder: str | Path, instance_prompt: str | None = None,
-                  captions_needed: bool = True) -> list[Example]:
+                  captions_needed: bool = True, fallback_prompt: str | None = None) -> list[Example]:
     """Captioned examples, when no `instance_prompt` is given: from `metadata.jsonl`
     (file_name, text), else from a caption file beside each image (`NAME.txt` or
     `NAME.caption`; several non-empty lines are several captions). With `instance_prompt`:
-    every image file with that prompt. With no captions at all, an error unless
-    `captions_needed` is False (then an empty caption). A folder of subfolders only is read
-    in kohya-ss's layout (`_from_repeat_folders`)."""
+    every image file with that prompt. With no captions at all, `fallback_prompt`, else an
+    error unless `captions_needed` is False (then an empty caption). A folder of subfolders
+    only is read in kohya-ss's layout (`_from_repeat_folders`)."""
     root = Path(folder)
     if not root.is_dir():
         raise ConfigError(f"data folder '{root}' does not exist or is not a folder")
@@ -57,6 +58,8 @@ def read_examples(folder: str | Path, instance_prompt: str | None = None,
         return _from_repeat_folders(folders, instance_prompt, captions_needed)
     if instance_prompt is None and files and any(_caption_file(p) for p in files):
         return _from_caption_files(files)
+    if instance_prompt is None:
+        instance_prompt = fallback_prompt
     if instance_prompt is None and not captions_needed:
         instance_prompt = ""
     if instance_prompt is None:
@@ -79,10 +82,7 @@ def _from_repeat_folders(folders: list[Path], instance_prompt: str | None, capti
             raise ConfigError(f"'{sub}': a data folder of subfolders is read in kohya-ss's layout, each named "
                               "N_prompt (e.g. '10_sks dog': its images count 10 times an epoch, captioned 'sks dog' "
                               "unless they have caption files); rename or move it")
-        captioned = (sub / "metadata.jsonl").is_file() or any(
-            _caption_file(p) for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        prompt = instance_prompt if instance_prompt is not None else (None if captioned else m[2])
-        out += read_examples(sub, prompt, captions_needed) * int(m[1])
+        out += read_examples(sub, instance_prompt, captions_needed, fallback_prompt=m[2]) * int(m[1])
     return out
 
 
@@ -188,8 +188,6 @@ class ImageDataset:
     @staticmethod
     def _load(path: Path, resolution: int, buckets, skip_bad_images: bool):
         """(image resized to cover its size, (width, height)), or None for a skipped bad file."""
-        from .buckets import nearest_bucket
-
         try:
             image = load_image(path)
         except ImageReadError as err:

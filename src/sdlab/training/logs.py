@@ -21,12 +21,7 @@ class LossLog:
     def __init__(self, folder: Path, resume_step: int = 0):
         self.folder = Path(folder)
         self.path = self.folder / "loss.csv"
-        self.rows: list[dict] = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.rows = [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"]),
-                      "val_loss": float(r["val_loss"]) if r.get("val_loss") else None} for r in self.rows]
+        self.rows = [r for r in read_rows(self.path) if r["step"] <= resume_step]
 
     def add(self, step: int, loss: float, lr: float, val_loss: float | None = None) -> None:
         self.rows.append({"step": step, "loss": loss, "lr": lr, "val_loss": val_loss})
@@ -43,12 +38,18 @@ class LossLog:
             atomic_save(self.folder / "loss.png", lambda tmp: image.save(tmp, format="PNG"))
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a loss.csv (none when there is no file); val_loss is None where not measured."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"]),
+                 "val_loss": float(r["val_loss"]) if r.get("val_loss") else None} for r in csv.DictReader(f)]
+
+
 def validation_losses(run_dir: str | Path) -> dict[int, float]:
     """step -> validation loss, from a run's logs/loss.csv (empty when it logged none)."""
-    path = Path(run_dir) / "logs" / "loss.csv"
-    if not path.is_file():
-        return {}
-    rows = LossLog(path.parent, resume_step=10**12).rows
+    rows = read_rows(Path(run_dir) / "logs" / "loss.csv")
     return {r["step"]: r["val_loss"] for r in rows if r["val_loss"] is not None}
 
 

@@ -160,7 +160,7 @@ class DiffusionMethod:
         tok = self.c.tokenizer
         ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(self.c.device)
-        return (text_encoder or self.text_encoder)(ids)[0]
+        return (self.text_encoder if text_encoder is None else text_encoder)(ids)[0]
 
     @torch.no_grad()
     def latents(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -220,11 +220,12 @@ class DiffusionMethod:
             if module is not None:
                 module.requires_grad_(True)
 
-    def decoder_loss(self, pixels: torch.Tensor) -> torch.Tensor:
+    def decoder_loss(self, pixels: torch.Tensor, vae=None) -> torch.Tensor:
         """L1 + MSE between the images and their round trip through the VAE (the encoder's
-        mode, no sampling), the pixel terms the shipped VAE was trained with."""
+        mode, no sampling), the pixel terms the shipped VAE was trained with. `vae` defaults to
+        the prepared module, whose forward lets DDP sync its gradients."""
         x = pixels.to(self.c.device, torch.float32)
-        rec = self.vae(x).sample.float()          # the prepared module's forward: DDP syncs its gradients
+        rec = (self.vae if vae is None else vae)(x).sample.float()
         return (rec - x).abs().mean() + F.mse_loss(rec, x)
 
 

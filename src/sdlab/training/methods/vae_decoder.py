@@ -37,9 +37,7 @@ class VaeDecoder(DiffusionMethod):
     @torch.no_grad()
     def validation_loss(self, pixels: torch.Tensor, text: str, seed: int) -> float:
         """The round-trip loss (L1 + MSE) of one held-out image, through the unwrapped VAE."""
-        x = pixels[None].to(self.c.device, torch.float32)
-        rec = self.c.vae(x).sample.float()
-        return ((rec - x).abs().mean() + torch.nn.functional.mse_loss(rec, x)).item()
+        return self.decoder_loss(pixels[None], self.c.vae).item()
 
     def save(self, output_dir: Path) -> list[Path]:
         return [save_vae_folder(self.c.vae, Path(output_dir) / "vae")]
