@@ -271,3 +271,9 @@ def test_a_run_writes_a_model_card(tiny_model_dir, data, tmp_path):
     assert f"| `lora_kohya.safetensors` | LoRA, kohya / AUTOMATIC1111 layout | {digest} |" in card
     assert f'sdlab generate "a sks" --lora {out / "lora_kohya.safetensors"}:1.0' in card
     assert "Validation loss at step 4:" in card and "![loss](logs/loss.png)" in card
+    mine = tmp_path / "mine"                                # a README.md of the user's is never overwritten
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    train(_cfg(tiny_model_dir, data, mine, max_steps=1), LoRA(LoraOptions(rank=2)))
+    assert (mine / "README.md").read_text() == "my notes"
+    assert "library_name: sdlab" in (mine / "MODEL_CARD.md").read_text()

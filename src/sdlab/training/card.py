@@ -44,8 +44,16 @@ def _usage(method: str, out: Path, saved: list[Path], prompt: str) -> list[str]:
     return lines
 
 
+def card_path(out: Path) -> Path:
+    """OUT/README.md, unless a README.md that sdlab did not write is there: then MODEL_CARD.md."""
+    readme = out / "README.md"
+    if readme.is_file() and "library_name: sdlab" not in readme.read_text(encoding="utf-8", errors="replace"):
+        return out / "MODEL_CARD.md"
+    return readme
+
+
 def write_model_card(out: Path, config, method, saved: list[Path], losses: list[float]) -> Path:
-    """OUT/README.md for a finished run."""
+    """The model card of a finished run (`card_path`: a user's own README.md is never overwritten)."""
     opts = getattr(method, "options", None)
     placeholder = getattr(opts, "placeholder", None) or getattr(opts, "new_token", None)
     prompt = f"a {placeholder}" if method.name == "textual-inversion" else \
@@ -84,4 +92,4 @@ def write_model_card(out: Path, config, method, saved: list[Path], losses: list[
     samples = sorted((out / "samples").glob("step-*.png")) if (out / "samples").is_dir() else []
     if samples:
         lines += ["", f"![samples at the last validation]({samples[-1].relative_to(out).as_posix()})"]
-    return atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
+    return atomic_write_text(card_path(out), "\n".join(lines) + "\n")
