@@ -156,6 +156,14 @@ class TrainRequest(BaseModel):
     def _text(cls, v: str, info) -> str:
         return _clean_text(v, info.field_name)
 
+    @field_validator("placeholder")
+    @classmethod
+    def _file_name(cls, v: str) -> str:
+        from ..training.methods.textual_inversion import embedding_file_name
+
+        embedding_file_name(v)          # it names the embedding file: checked again where that path is built
+        return v
+
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io.paths import safe_component
 from .jobs import JobContext, register_kind
 
 METHOD_ARGS = {"alpha": None, "train_text_encoder": False, "num_vectors": 1, "templates": "object"}
@@ -26,9 +27,10 @@ def run_train(ctx: JobContext) -> dict:
     method, defaults = build_method(p["method"], {**METHOD_ARGS, "rank": p["rank"], "placeholder": p["placeholder"],
                                                   "initializer": p["initializer"],
                                                   "targets": p.get("lora_targets", "attention")})
-    run_dir = out_dir / "training" / ctx.job["id"]
+    run_dir = out_dir / "training" / safe_component(ctx.job["id"], "job id")
+    data_dir = ctx.settings.upload_dir / safe_component(p["data"], "data")
     config = TrainingConfig(
-        method=p["method"], data_dir=str(ctx.settings.upload_dir / p["data"]), output_dir=str(run_dir),
+        method=p["method"], data_dir=str(data_dir), output_dir=str(run_dir),
         model=None if ctx.settings.model is None else str(ctx.settings.model), instance_prompt=p["instance_prompt"],
         max_steps=p["max_steps"], learning_rate=p.get("learning_rate") or defaults["learning_rate"],
         adam_weight_decay=defaults["weight_decay"], seed=p["seed"], checkpoint_every=max(p["max_steps"] // 4, 10),
@@ -43,7 +45,7 @@ RESULT_FILES = ("lora_kohya.safetensors", "learned_embeds.safetensors")
 
 def trained_result(output_dir: Path, job_id: str) -> Path:
     """The LoRA or embedding file a finished train job saved (ConfigError if there is none)."""
-    run = output_dir / "training" / job_id
+    run = output_dir / "training" / safe_component(job_id, "trained")
     for name in RESULT_FILES:
         if (run / name).is_file():
             return run / name

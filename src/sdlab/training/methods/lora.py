@@ -24,7 +24,7 @@ from ...errors import ConfigError
 from ...models import lora as lora_files
 from .base import DiffusionMethod
 from .prior import PriorOptions, PriorPreservation
-from .textual_inversion import NewTokens, TIOptions
+from .textual_inversion import NewTokens, TIOptions, embedding_file_name
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -88,6 +88,8 @@ class LoraOptions(PriorOptions):
             _check_float("alpha", self.alpha, 1e-6, 1e6)
         _check_float("lr_ratio_b", self.lr_ratio_b, 1e-3, 1e4)
         if self.new_token is not None:
+            if isinstance(self.new_token, str):
+                embedding_file_name(self.new_token, "new_token")                        # named as new_token
             TIOptions(self.new_token, self.new_token_init, self.new_token_vectors)       # the same checks
         if self.new_token_lr is not None:
             if self.new_token is None:

@@ -19,6 +19,7 @@ import torch
 
 from ...config import _check_float, _check_int
 from ...errors import ConfigError
+from ...io.paths import safe_component
 from ...text import embeddings
 from .base import DiffusionMethod
 
@@ -26,6 +27,20 @@ OBJECT_TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a picture of a {}
                     "a {}", "the {}", "a drawing of a {}", "a clean {}", "a small {}", "a large {}")
 STYLE_TEMPLATES = ("a painting in the style of {}", "a rendering in the style of {}", "an image in the style of {}",
                    "a picture in the style of {}", "a drawing in the style of {}", "{} style")
+
+DIFFUSERS_FILE = "learned_embeds.safetensors"
+OTHER_RESULTS = (DIFFUSERS_FILE, "lora_kohya.safetensors")     # what else a run writes beside NAME.safetensors
+
+
+def embedding_file_name(placeholder: str, what: str = "placeholder") -> str:
+    """`NAME.safetensors`, the A1111 file of placeholder `<NAME>`: NAME must be a single file
+    name (a placeholder never names a path) and not the name of the run's other results."""
+    name = safe_component(placeholder.strip("<>"), f"{what} {placeholder!r} names the embedding file "
+                                                   "NAME.safetensors, so NAME")
+    if f"{name}.safetensors" in OTHER_RESULTS:
+        raise ConfigError(f"{what} {placeholder!r} would name its file {name}.safetensors, which the run writes "
+                          "for another result; choose another placeholder")
+    return f"{name}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,7 @@ class TIOptions:
     def __post_init__(self):
         if not isinstance(self.placeholder, str) or not self.placeholder.strip() or " " in self.placeholder:
             raise ConfigError(f"placeholder must be one word without spaces, got {self.placeholder!r}")
+        embedding_file_name(self.placeholder)
         if not isinstance(self.initializer, str) or not self.initializer.strip():
             raise ConfigError("initializer must be a non-empty word or phrase")
         _check_int("num_vectors", self.num_vectors, 1, 75)
@@ -98,9 +114,9 @@ class NewTokens:
 
     def save(self, output_dir: Path, step: int = 0) -> list[Path]:
         """learned_embeds.safetensors (diffusers) and NAME.safetensors (A1111 / kohya)."""
-        out, name, vec = Path(output_dir), self.placeholder.strip("<>"), self.learned()
-        return [embeddings.save_diffusers(out / "learned_embeds.safetensors", {self.placeholder: vec}),
-                embeddings.save_a1111(out / f"{name}.safetensors", name, vec, step=step)]
+        out, file, vec = Path(output_dir), embedding_file_name(self.placeholder), self.learned()
+        return [embeddings.save_diffusers(out / DIFFUSERS_FILE, {self.placeholder: vec}),
+                embeddings.save_a1111(out / file, file.removesuffix(".safetensors"), vec, step=step)]
 
 
 class TextualInversion(DiffusionMethod):
