@@ -46,7 +46,7 @@ def test_img2img_cli(capsys, tiny_model_dir, tmp_path):
     (["generate", "x", "--width", "60"], "width must be a multiple of 8, got 60"),
     (["generate", "x", "--steps", "-2"], "steps must be between 1 and 1000, got -2"),
     (["generate", "x", "--model", "/nonexistent/model"], "/nonexistent/model"),
-    (["img2img", "/nonexistent.png", "x", "--strength", "0.5"], "cannot read image '/nonexistent.png'"),
+    (["img2img", "/nonexistent.png", "x", "--strength", "0.5"], "cannot read init image '/nonexistent.png'"),
     (["img2img", "IMG", "x", "--strength", "1.5"], "strength must be"),
 ])
 def test_bad_input_gives_one_line_error(capsys, tiny_model_dir, tmp_path, argv, message):
@@ -87,7 +87,7 @@ def test_unreadable_image_file(capsys, tiny_model_dir, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     code, _, err = run(capsys, "img2img", bad, "x", "--model", tiny_model_dir, "--out", tmp_path)
-    assert code == 2 and "cannot read image" in err
+    assert code == 2 and "cannot read init image" in err
 
 
 def test_info_json(capsys, tiny_model_dir):

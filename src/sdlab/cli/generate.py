@@ -249,9 +249,10 @@ def run_img2img(args) -> int:
     from ..io.images import load_image
 
     config = config_from_args(args, strength=args.strength[0])
+    image = load_image(args.image, what="init image")
     if len(args.strength) == 1:
-        return run_and_save(args, config, init_image=load_image(args.image))
-    return _run_sweep(args, config, load_image(args.image))
+        return run_and_save(args, config, init_image=image)
+    return _run_sweep(args, config, image)
 
 
 def _run_sweep(args, config: GenerationConfig, image) -> int:

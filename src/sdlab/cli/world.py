@@ -7,8 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ImageReadError
-
 
 def register(sub) -> None:
     p = sub.add_parser("world", help="the shapes world: oracle, dataset, base model")
@@ -63,14 +61,10 @@ def register(sub) -> None:
 
 
 def run_read(args) -> int:
-    from PIL import Image, UnidentifiedImageError
-
+    from ..io.images import load_image
     from ..world import oracle
 
-    try:
-        image = Image.open(args.image).convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise ImageReadError(f"cannot read image '{args.image}': {err}") from None
+    image = load_image(args.image)
     print(json.dumps(oracle.read(image).to_dict(with_mask=not args.no_mask)))
     return 0
 

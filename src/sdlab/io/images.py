@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -14,39 +17,67 @@ from sdlab.errors import ConfigError, ImageReadError
 BACKGROUND = (255, 255, 255)  # what transparent pixels are composited onto
 
 
-def _fail(path, reason: str) -> ImageReadError:
-    return ImageReadError(f"cannot read image '{path}': {reason}")
+# Largest image a user may hand sdlab (an 8192 x 8192 square, 67 MP): enough for camera photos,
+# small enough that a decompression bomb (a few KB of PNG for 9000 x 9000) is refused unread.
+MAX_PIXELS = 8192 * 8192
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Open an image as RGB: EXIF orientation applied, alpha composited on white.
+def _fail(path, reason: str, what: str = "image") -> ImageReadError:
+    return ImageReadError(f"cannot read {what} '{path}': {reason}")
 
-    ``max_pixels`` (default ``PIL.Image.MAX_IMAGE_PIXELS``) refuses decompression bombs before
-    any pixel is decoded. Failures raise ImageReadError("cannot read image 'PATH': REASON").
+
+def load_image(path: str | Path, max_pixels: int | None = None, what: str = "image") -> Image.Image:
+    """Open a user's image file as RGB: EXIF orientation applied, alpha composited on white.
+
+    The one safe reader of user images: anything but a regular file (a FIFO, a device, a folder)
+    is refused before it is read, and an image over ``max_pixels`` (default: MAX_PIXELS, or
+    ``PIL.Image.MAX_IMAGE_PIXELS`` when lower) is refused from its header, before any pixel is
+    decoded. Failures raise ImageReadError("cannot read WHAT 'PATH': REASON").
     """
     p = Path(path)
-    if not p.exists():
-        raise _fail(p, "no such file")
-    if p.is_dir():
-        raise _fail(p, "it is a folder")
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS) if max_pixels is None else max_pixels
+    with _open_regular(p, what) as f:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
+                with Image.open(f) as img:
+                    w, h = img.size
+                    if limit and w * h > limit:
+                        raise _fail(p, f"{w}x{h} is {w * h} pixels, over the limit of {limit} "
+                                       "(decompression bomb guard)", what)
+                    img.load()
+                    return to_rgb(ImageOps.exif_transpose(img))
+        except ImageReadError:
+            raise
+        except Image.DecompressionBombError as exc:     # PIL's own guard, at twice its MAX_IMAGE_PIXELS
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{found.group(1)} pixels" if found else "too many pixels"
+            raise _fail(p, f"{size}, over the limit of {limit} (decompression bomb guard)", what) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # PIL's "corrupt file" family
+            raise _fail(p, str(exc) or type(exc).__name__, what) from exc
+
+
+_SPECIAL = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+            (stat.S_ISBLK, "a device"))
+
+
+def _open_regular(p: Path, what: str):
+    """`p` opened for reading, refused unless it is a regular file. Opened without blocking and
+    checked on the open descriptor, so a FIFO never hangs and nothing swaps in between."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                w, h = img.size
-                if limit and w * h > limit:
-                    raise _fail(p, f"{w}x{h} is {w * h} pixels, over the limit of {limit} "
-                                   "(decompression bomb guard)")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
-    except ImageReadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _fail(p, f"too many pixels (decompression bomb guard): {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # PIL's "corrupt file" family
-        raise _fail(p, str(exc) or type(exc).__name__) from exc
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise _fail(p, "no such file", what) from None
+    except IsADirectoryError:
+        raise _fail(p, "it is a folder", what) from None
+    except OSError as exc:
+        raise _fail(p, exc.strerror or str(exc), what) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _SPECIAL if test(mode)), "a special file")
+        raise _fail(p, f"it is {kind}, not a regular file", what)
+    return os.fdopen(fd, "rb")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
