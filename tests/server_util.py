@@ -1,8 +1,10 @@
-"""Helpers shared by the server tests: wait for jobs, find a free loopback port."""
+"""Helpers shared by the server tests: wait for jobs, find a free loopback port, serve an app."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 
 TERMINAL = {"done", "failed", "cancelled", "interrupted"}
@@ -24,3 +26,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(app, port: int | None = None):
+    """Run `app` under uvicorn in a thread on 127.0.0.1; yields the base URL, stops it after."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < end, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

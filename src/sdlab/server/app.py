@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -22,6 +23,7 @@ from ..models.vae_file import find_vae, vae_names
 from ..text.extra_networks import find_lora, lora_names, tags_of_prompts
 from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
 from .auth import AccessMiddleware
+from .body import BodyGuardMiddleware, public_errors
 from .files import UploadError, gallery, safe_output_path, save_upload
 from .jobs import RUNNERS, JobQueue
 from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest, JobList,
@@ -31,6 +33,7 @@ from .store import REQUEUEABLE, TERMINAL, JobStore, QueueFull
 
 STATIC = Path(__file__).parent / "static"
 BODY_SLACK = 2**20  # multipart overhead and form fields beyond the image bytes
+BASE64_JSON_PREFIXES = ("/sdapi/",)  # A1111's API sends images as base64 inside JSON
 
 
 def _load_pipeline(settings: ServerSettings):
@@ -61,7 +64,7 @@ def create_app(settings: ServerSettings, load_pipeline=None) -> FastAPI:
                   description="txt2img, img2img, attention-map, prompt-to-prompt and training jobs in a "
                               "persistent queue, progress over SSE, a gallery.")
     app.state.settings = settings
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + BODY_SLACK)
+    app.add_middleware(BodyGuardMiddleware, limit_for=_body_limits(settings))
     app.add_middleware(AccessMiddleware, token=settings.token)  # outermost: checked first
     _errors(app)
     _job_routes(app, settings)
@@ -69,23 +72,24 @@ def create_app(settings: ServerSettings, load_pipeline=None) -> FastAPI:
     return app
 
 
-class BodyLimitMiddleware:
-    """413 for a request whose Content-Length is over the limit, before its body is read."""
+def _body_limits(settings: ServerSettings):
+    """Request body limits: uploads (multipart, base64 JSON) get the upload limit, others max_json_bytes."""
+    upload = settings.max_upload_bytes + BODY_SLACK
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
-                response = JSONResponse({"detail": f"request body of {int(length)} bytes is over the limit of "
-                                                   f"{self.limit} bytes"}, status_code=413)
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+    def limit_for(path: str, content_type: str) -> int:
+        if content_type.lower().startswith("multipart/"):
+            return upload
+        if path.startswith(BASE64_JSON_PREFIXES):
+            return upload * 4 // 3 + BODY_SLACK
+        return settings.max_json_bytes
+    return limit_for
 
 
 def _errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):  # FastAPI's own handler echoes the input
+        return JSONResponse({"detail": public_errors(exc.errors())}, status_code=422)
+
     @app.exception_handler(QueueFull)
     async def _full(request, exc):
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})

@@ -38,6 +38,7 @@ class ServerSettings:
     dtype: Optional[str] = None
     max_queue: int = 100                       # queued jobs beyond this are refused with 503
     max_upload_bytes: int = 10 * 2**20
+    max_json_bytes: int = 2**20                # a JSON request body (uploads have max_upload_bytes)
     max_upload_pixels: int = 4096 * 4096
     max_side: int = 1024
     max_images: int = 16                       # batch_size * batch_count per job
@@ -61,7 +62,7 @@ class ServerSettings:
         if not is_loopback(self.host) and not self.token:
             raise ConfigError(f"binding {self.host!r} (not loopback) needs an access token: pass --token or set "
                               "SDLAB_TOKEN, or bind 127.0.0.1")
-        for name in ("max_queue", "max_upload_bytes", "max_upload_pixels", "max_images"):
+        for name in ("max_queue", "max_upload_bytes", "max_json_bytes", "max_upload_pixels", "max_images"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_side < 8 or self.max_side % 8:

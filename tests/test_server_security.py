@@ -1,0 +1,155 @@
+"""Security of `sdlab serve` at its edges: body limits counted as the body streams, strict JSON,
+no input echoed in errors, same-origin only, security headers, one server per queue, stale temp
+files cleaned at start."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from sdlab.io.metadata import read_png_metadata
+from sdlab.server.app import create_app
+from sdlab.server.settings import ServerSettings
+from server_util import serving, wait_job
+
+SMALL = {"width": 32, "height": 32}
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_model_dir):
+    from sdlab.pipeline import Pipeline
+
+    return Pipeline.load(tiny_model_dir)
+
+
+@pytest.fixture
+def client(tiny_pipe, tmp_path):
+    app = create_app(ServerSettings(output_dir=tmp_path / "out"), load_pipeline=lambda device: tiny_pipe)
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:
+        yield c
+
+
+class Pulled:
+    """ASGI wrapper: counts the request body bytes the app pulled from the server."""
+
+    def __init__(self, app):
+        self.app, self.bytes = app, 0
+
+    async def __call__(self, scope, receive, send):
+        async def counted():
+            message = await receive()
+            self.bytes += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _chunks(head: bytes, fill: bytes, total: int, tail: bytes = b"", chunk: int = 64 * 1024):
+    """A streamed body (httpx sends a generator chunked, without Content-Length)."""
+    yield head
+    for _ in range(total // chunk):
+        yield fill * (chunk // len(fill))
+    yield tail
+
+
+def test_chunked_bodies_are_cut_off_at_the_limit_as_they_stream(tiny_pipe, tmp_path):
+    settings = ServerSettings(output_dir=tmp_path / "out", max_upload_bytes=MiB)
+    app = Pulled(create_app(settings, load_pipeline=lambda device: tiny_pipe))
+    with serving(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+        r = http.post("/api/generate", content=_chunks(b'{"prompt": "', b"SECRET", 32 * MiB, b'"}'),
+                      headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "over the limit of 1048576 bytes" in r.json()["detail"]
+        assert "SECRET" not in r.text
+        assert app.bytes <= settings.max_json_bytes + 256 * 1024     # never the 32 MiB
+        app.bytes = 0
+        boundary = "b0undary"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+                "Content-Type: image/png\r\n\r\n").encode()
+        r = http.post("/api/img2img", content=_chunks(head, b"\x89PNG", 16 * MiB, f"\r\n--{boundary}--\r\n".encode()),
+                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+        assert 1 * MiB < app.bytes <= 2 * MiB + 256 * 1024           # the upload limit (+ 1 MiB for the form)
+        r = http.post("/api/generate", content=_chunks(b'{"prompt": "', b"x", 1000, b'", "steps": 1, "width": 32, '
+                                                       b'"height": 32}', chunk=100),
+                      headers={"Content-Type": "application/json"})
+        assert r.status_code == 202, r.text                              # a small chunked body is fine
+        assert wait_job(http, r.json()["id"])["state"] == "done"
+        assert http.get("/api/jobs").json()["counts"]["done"] == 1
+
+
+@pytest.mark.parametrize("path, body, field, hidden", [
+    ("/api/generate", {"prompt": "SECRET" * 400}, "prompt", "SECRET"),
+    ("/api/generate", {"prompt": "x", "sampler": "SECRET sampler"}, "sampler", "SECRET"),
+    ("/api/generate", {"prompt": "x", "extra": "SECRET value"}, "extra", "SECRET"),
+    ("/api/generate", {"prompt": "x", "vae": "SECRET/vae"}, "vae", "SECRET"),
+    ("/api/edit", {"source": "x", "reweight": {"red": "SECRET"}}, "reweight", "SECRET"),
+    ("/api/generate", ["SECRET"], "body", "SECRET"),
+])
+def test_validation_errors_name_the_field_but_never_echo_the_input(client, path, body, field, hidden):
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert any(field in err["loc"] for err in detail) and all(err["msg"] for err in detail)
+    assert all(set(err) == {"loc", "msg", "type"} for err in detail)
+    assert hidden not in r.text
+
+
+def test_form_validation_errors_do_not_echo_the_input(client):
+    r = client.post("/api/img2img", data={"prompt": "x", "strength": "SECRET strength"},
+                    files={"image": ("a.png", _png(), "image/png")})
+    assert r.status_code == 422 and "strength" in r.text and "SECRET" not in r.text
+
+
+@pytest.mark.parametrize("raw, loc", [
+    (b'{"prompt": "x", "cfg_scale": NaN}', ["body", "cfg_scale"]),
+    (b'{"prompt": "x", "cfg_scale": Infinity}', ["body", "cfg_scale"]),
+    (b'{"prompt": "x", "cfg_scale": -Infinity}', ["body", "cfg_scale"]),
+    (b'{"prompt": "x", "cfg_scale": 1e309}', ["body", "cfg_scale"]),
+    (b'{"prompt": "x", "steps": NaN}', ["body", "steps"]),
+    (b'{"prompt": NaN}', ["body", "prompt"]),
+    (b'{"prompt": "a \\ud800 b"}', ["body", "prompt"]),
+    (b'{"prompt": "x", "negative_prompt": "\\udfff"}', ["body", "negative_prompt"]),
+    (b'{"prompt": "x", "vae": "\\ud800"}', ["body", "vae"]),
+    (b'{"prompt": "x", "a\\ud800": 1}', ["body", "a\\ud800"]),
+    (b'[1, {"x": [0, 1e400]}]', ["body", 1, "x", 1]),
+])
+def test_non_finite_numbers_and_lone_surrogates_are_a_one_line_422(client, raw, loc):
+    r = client.post("/api/generate", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["detail"]
+    assert err["loc"] == loc and "\n" not in err["msg"]
+    assert "numbers must be finite" in err["msg"] or "lone surrogate (U+D" in err["msg"]
+    assert client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_non_finite_numbers_in_edit_and_forms_are_422(client):
+    r = client.post("/api/edit", content=b'{"source": "a red circle", "reweight": {"red": NaN}}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "reweight", "red"]
+    for value in ("nan", "inf", "-Infinity", "1e309"):
+        r = client.post("/api/img2img", data={"prompt": "x", "cfg_scale": value},
+                        files={"image": ("a.png", _png(), "image/png")})
+        assert r.status_code == 422 and "cfg_scale" in r.text, (value, r.text)
+    assert client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_an_escaped_surrogate_pair_is_text_all_the_way_to_the_png(client, tmp_path):
+    raw = b'{"prompt": "a red circle \\ud83d\\ude00 \\u00fc", "steps": 1, "seed": 2, "width": 32, "height": 32}'
+    r = client.post("/api/generate", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "done", job["error"]
+    prompt = "a red circle \U0001F600 \u00fc"
+    assert job["params"]["prompt"] == prompt                                       # through SQLite
+    assert read_png_metadata(tmp_path / "out" / job["result"]["images"][0]["name"])["prompt"] == prompt
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buf, format="PNG")
+    return buf.getvalue()
