@@ -5,6 +5,7 @@ files cleaned at start."""
 from __future__ import annotations
 
 import io
+import re
 
 import httpx
 import pytest
@@ -147,6 +148,57 @@ def test_an_escaped_surrogate_pair_is_text_all_the_way_to_the_png(client, tmp_pa
     prompt = "a red circle \U0001F600 \u00fc"
     assert job["params"]["prompt"] == prompt                                       # through SQLite
     assert read_png_metadata(tmp_path / "out" / job["result"]["images"][0]["name"])["prompt"] == prompt
+
+
+def test_only_the_servers_own_origin_may_post(client):
+    body = {"prompt": "x", "steps": 1, **SMALL}
+    for origin in ("http://127.0.0.1:9999", "http://localhost:9999", "http://[::1]:8080", "https://127.0.0.1:7860",
+                   "null", "http://evil.example:7860", "http://127.0.0.1:7860.evil.example"):
+        r = client.post("/api/generate", json=body, headers={"Origin": origin})
+        assert r.status_code == 403 and "cross-origin" in r.json()["detail"], origin
+        assert client.post("/api/jobs/nojob/cancel", headers={"Origin": origin}).status_code == 403
+    assert client.get("/api/jobs").json()["jobs"] == []
+    for origin in ("http://127.0.0.1:7860", "http://localhost:7860"):             # the page itself
+        r = client.post("/api/generate", json=body, headers={"Origin": origin})
+        assert r.status_code == 202, (origin, r.text)
+    assert client.post("/api/generate", json=body).status_code == 202             # no Origin: not a browser page
+    r = client.post("/api/generate", json=body, headers={"Host": "localhost:7861", "Origin": "http://localhost:7861"})
+    assert r.status_code == 202                                                   # the Host the request reached
+
+
+def _security_headers_ok(r) -> None:
+    assert r.headers["X-Content-Type-Options"] == "nosniff", r.url
+    assert r.headers["X-Frame-Options"] == "DENY" and r.headers["Referrer-Policy"] == "no-referrer"
+    csp = dict(part.strip().split(" ", 1) for part in r.headers["Content-Security-Policy"].split(";"))
+    assert csp["frame-ancestors"] == "'none'" and csp["default-src"] == "'self'"
+    assert csp["script-src"] == "'self'" and csp["img-src"] == "'self' data:"
+
+
+def test_every_response_carries_the_security_headers(tiny_pipe, tmp_path):
+    settings = ServerSettings(output_dir=tmp_path / "out", host="0.0.0.0", token="a-long-test-token")
+    app = create_app(settings, load_pipeline=lambda device: tiny_pipe)
+    auth = {"Authorization": "Bearer a-long-test-token"}
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:
+        replies = [c.get("/"), c.get("/static/app.js"), c.get("/static/app.css"), c.get("/api/health", headers=auth),
+                   c.get("/api/health"), c.get("/files/none.png", headers=auth),
+                   c.post("/api/generate", json={}, headers=auth),
+                   c.post("/api/generate", content=b"x" * (2 * MiB), headers=auth)]
+        assert [r.status_code for r in replies] == [200, 200, 200, 200, 401, 404, 422, 413]
+        for r in replies:
+            _security_headers_ok(r)
+        docs = c.get("/docs")
+        assert "frame-ancestors 'none'" in docs.headers["Content-Security-Policy"]
+
+
+def test_the_page_needs_nothing_the_policy_forbids():
+    """The CSP allows only same-origin scripts and styles: no inline script, style or handler."""
+    from sdlab.server.app import STATIC
+
+    html = (STATIC / "index.html").read_text()
+    assert all("src=" in tag for tag in re.findall(r"<script\b[^>]*>", html))
+    assert "<style" not in html and not re.search(r"\sstyle=", html) and not re.search(r"\son[a-z]+=", html)
+    js = (STATIC / "app.js").read_text()
+    assert not re.search(r"style=|\son[a-z]+=|eval\(|new Function", js)
 
 
 def _png() -> bytes:

@@ -25,6 +25,7 @@ from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the j
 from .auth import AccessMiddleware
 from .body import BodyGuardMiddleware, public_errors
 from .files import UploadError, gallery, safe_output_path, save_upload
+from .headers import SecurityHeadersMiddleware
 from .jobs import RUNNERS, JobQueue
 from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest, JobList,
                       JobOut, JobState, Options, SamplingRequest, TrainRequest)
@@ -65,7 +66,8 @@ def create_app(settings: ServerSettings, load_pipeline=None) -> FastAPI:
                               "persistent queue, progress over SSE, a gallery.")
     app.state.settings = settings
     app.add_middleware(BodyGuardMiddleware, limit_for=_body_limits(settings))
-    app.add_middleware(AccessMiddleware, token=settings.token)  # outermost: checked first
+    app.add_middleware(AccessMiddleware, token=settings.token)  # checked before the body is read
+    app.add_middleware(SecurityHeadersMiddleware)               # outermost: on every response
     _errors(app)
     _job_routes(app, settings)
     _file_routes(app, settings)

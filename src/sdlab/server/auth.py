@@ -1,6 +1,6 @@
 """Access control: a bearer token (when set) on every request but the static page, and, without
 a token, a Host/Origin check so that other web pages cannot drive a loopback server (DNS
-rebinding, cross-site form posts)."""
+rebinding, cross-site form posts, pages served by other local servers on other ports)."""
 
 from __future__ import annotations
 
@@ -30,12 +30,38 @@ def request_token(headers: dict[str, str], query: dict[str, str]) -> Optional[st
     return query.get("token")
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def _hostname(value: str) -> str:
     return (urlsplit(f"//{value}").hostname or "") if value else ""
 
 
+def _origin_parts(url: str) -> Optional[tuple[str, str, int]]:
+    """(scheme, host, port) of an http(s) origin; None for anything else (e.g. `null`)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme]
+
+
+def is_own_origin(origin: str, scheme: str, host_header: str) -> bool:
+    """True if `origin` is this server as the request reached it: the scheme and port of the
+    request's Host and its name (on loopback, any loopback name: localhost is 127.0.0.1)."""
+    mine, theirs = _origin_parts(f"{scheme}://{host_header}"), _origin_parts(origin)
+    if mine is None or theirs is None or mine[0] != theirs[0] or mine[2] != theirs[2]:
+        return False
+    return mine[1] == theirs[1] or (is_loopback(mine[1]) and is_loopback(theirs[1]))
+
+
 class AccessMiddleware:
-    """ASGI middleware: 401 without the right token; 403 for foreign Host/Origin on a token-less server."""
+    """ASGI middleware: 401 without the right token; on a token-less server, 403 for a foreign Host
+    or for an Origin other than the server's own (another port is another origin)."""
 
     def __init__(self, app: ASGIApp, token: Optional[str]):
         self.app, self.token = app, token
@@ -69,6 +95,7 @@ class AccessMiddleware:
             return JSONResponse({"detail": f"host {host!r} refused: this server answers only loopback names "
                                            "(start it with --token to serve other names)"}, status_code=403)
         origin = request.headers.get("origin")
-        if origin and not is_loopback(_hostname(urlsplit(origin).netloc)):
-            return JSONResponse({"detail": f"cross-origin request from {origin!r} refused"}, status_code=403)
+        if origin is not None and not is_own_origin(origin, request.url.scheme, request.headers.get("host", "")):
+            return JSONResponse({"detail": f"cross-origin request from {origin[:100]!r} refused: this server "
+                                           "answers only its own page"}, status_code=403)
         return None
