@@ -651,5 +651,6 @@ def test_a_job_can_pick_a_vae_from_the_vae_dir(make_client, tiny_model_dir, tmp_
                          ("link.safetensors", "no VAE named 'link.safetensors'"), ("../vaes", "vae")]:
         r = c.post("/api/generate", json={**body, "vae": vae})
         assert r.status_code == 422 and message in r.text
-    r = make_client(model=str(tiny_model_dir)).post("/api/attend", json={**body, "vae": "light-vae"})
+    other = make_client(model=str(tiny_model_dir), output_dir=tmp_path / "other")   # one server per folder
+    r = other.post("/api/attend", json={**body, "vae": "light-vae"})
     assert r.status_code == 422 and "this server has no folder of VAEs (sdlab serve --vae-dir DIR)" in r.text

@@ -5,6 +5,7 @@ files cleaned at start."""
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import httpx
@@ -12,8 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from sdlab.cli.main import main
 from sdlab.io.metadata import read_png_metadata
 from sdlab.server.app import create_app
+from sdlab.server.lock import ServerBusy
 from sdlab.server.settings import ServerSettings
 from server_util import serving, wait_job
 
@@ -199,6 +202,37 @@ def test_the_page_needs_nothing_the_policy_forbids():
     assert "<style" not in html and not re.search(r"\sstyle=", html) and not re.search(r"\son[a-z]+=", html)
     js = (STATIC / "app.js").read_text()
     assert not re.search(r"style=|\son[a-z]+=|eval\(|new Function", js)
+
+
+def test_a_second_server_on_the_same_folder_is_refused(tiny_pipe, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = create_app(ServerSettings(output_dir=out), load_pipeline=lambda device: tiny_pipe)
+    with TestClient(first, base_url="http://127.0.0.1:7860") as c:
+        job = c.post("/api/generate", json={"prompt": "slow", "steps": 150, **SMALL}).json()
+        wait_job(c, job["id"], states={"running"}, min_step=1)
+        second = create_app(ServerSettings(output_dir=out), load_pipeline=lambda device: tiny_pipe)
+        message = f"another sdlab serve is using {out} (pid {os.getpid()}); stop it or pass another --output-dir"
+        with pytest.raises(ServerBusy) as err:
+            with TestClient(second, base_url="http://127.0.0.1:7860"):
+                pass
+        assert str(err.value) == message
+        assert main(["serve", "--output-dir", str(out), "--port", "0"]) == 2
+        assert capsys.readouterr().err.strip() == f"sdlab: error: {message}"
+        state_dir = tmp_path / "state"
+        third = create_app(ServerSettings(output_dir=tmp_path / "other", state_dir=state_dir),
+                           load_pipeline=lambda device: tiny_pipe)
+        with TestClient(third, base_url="http://127.0.0.1:7860"):             # another queue: fine
+            with pytest.raises(ServerBusy, match=f"using the job queue in {state_dir} .*--state-dir"):
+                with TestClient(create_app(ServerSettings(output_dir=out, state_dir=state_dir),
+                                           load_pipeline=lambda device: tiny_pipe)):
+                    pass
+        running = c.get(f"/api/jobs/{job['id']}").json()
+        assert running["state"] == "running" and running["error"] is None  # untouched by the refused servers
+        c.post(f"/api/jobs/{job['id']}/cancel")
+        assert wait_job(c, job["id"])["state"] == "cancelled"
+    again = create_app(ServerSettings(output_dir=out), load_pipeline=lambda device: tiny_pipe)
+    with TestClient(again, base_url="http://127.0.0.1:7860") as c:
+        assert c.get(f"/api/jobs/{job['id']}").json()["state"] == "cancelled"   # the lock went with the first
 
 
 def _png() -> bytes:

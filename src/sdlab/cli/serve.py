@@ -54,15 +54,20 @@ def run_serve(args) -> int:
 
     from ..pipeline import Pipeline
     from ..server.app import create_app
+    from ..server.lock import QueueLock
 
     settings = settings_from_args(args)  # ConfigError (e.g. no token off loopback) -> exit 2
-    # Load before binding, so a bad --model is a one-line error (ModelLoadError -> exit 2).
-    pipes = {d: Pipeline.load(settings.model, dtype=settings.dtype, device=d, vae=settings.vae)
-             for d in settings.devices}
-    host = settings.host.strip("[]")
-    shown = f"[{host}]" if ":" in host else host
-    print(f"sdlab studio on http://{shown}:{settings.port}/  (outputs: {settings.output_dir})", flush=True)
-    app = create_app(settings, load_pipeline=pipes.__getitem__)
-    # timeout_graceful_shutdown: open event streams must not hold up a shutdown
-    uvicorn.run(app, host=host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
+    lock = QueueLock.acquire(settings)   # ServerBusy (another server on this folder) -> exit 2
+    try:
+        # Load before binding, so a bad --model is a one-line error (ModelLoadError -> exit 2).
+        pipes = {d: Pipeline.load(settings.model, dtype=settings.dtype, device=d, vae=settings.vae)
+                 for d in settings.devices}
+        host = settings.host.strip("[]")
+        shown = f"[{host}]" if ":" in host else host
+        print(f"sdlab studio on http://{shown}:{settings.port}/  (outputs: {settings.output_dir})", flush=True)
+        app = create_app(settings, load_pipeline=pipes.__getitem__, queue_lock=lock)
+        # timeout_graceful_shutdown: open event streams must not hold up a shutdown
+        uvicorn.run(app, host=host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        lock.release()
     return 0

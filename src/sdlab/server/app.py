@@ -27,6 +27,7 @@ from .body import BodyGuardMiddleware, public_errors
 from .files import UploadError, gallery, safe_output_path, save_upload
 from .headers import SecurityHeadersMiddleware
 from .jobs import RUNNERS, JobQueue
+from .lock import QueueLock
 from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest, JobList,
                       JobOut, JobState, Options, SamplingRequest, TrainRequest)
 from .settings import ServerSettings
@@ -45,21 +46,27 @@ def _load_pipeline(settings: ServerSettings):
     return load
 
 
-def create_app(settings: ServerSettings, load_pipeline=None) -> FastAPI:
-    """The sdlab studio app; the queue starts (and the model loads) when the app starts up."""
+def create_app(settings: ServerSettings, load_pipeline=None, queue_lock: Optional[QueueLock] = None) -> FastAPI:
+    """The sdlab studio app; the queue starts (and the model loads) when the app starts up.
+    The queue's lock (`queue_lock`, else taken at startup: ServerBusy if another server holds
+    it) is held until the app stops."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.output_dir.mkdir(parents=True, exist_ok=True)
-        store = JobStore(settings.db_path)
-        queue = JobQueue(settings, store, load_pipeline or _load_pipeline(settings))
+        lock = queue_lock or QueueLock.acquire(settings)
         try:
-            await asyncio.to_thread(queue.start)
-            app.state.queue = queue
-            yield
+            store = JobStore(settings.db_path)
+            queue = JobQueue(settings, store, load_pipeline or _load_pipeline(settings))
+            try:
+                await asyncio.to_thread(queue.start)
+                app.state.queue = queue
+                yield
+            finally:
+                await asyncio.to_thread(queue.stop)
+                store.close()
         finally:
-            await asyncio.to_thread(queue.stop)
-            store.close()
+            lock.release()
 
     app = FastAPI(title="sdlab studio", version=__version__, lifespan=lifespan,
                   description="txt2img, img2img, attention-map, prompt-to-prompt and training jobs in a "
