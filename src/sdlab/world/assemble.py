@@ -42,7 +42,9 @@ def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path
     with atomic_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (Path(tmp) / "training_state.json").write_text(json.dumps(training_summary(run_dir), indent=1))
-        # CLIPTokenizer folders must carry vocab.json + merges.txt to load everywhere.
+        # CLIPTokenizer folders must carry vocab.json + merges.txt to load everywhere; the
+        # 3.6 MB tokenizer.json transformers 5 adds is rebuilt from them on load.
+        (Path(tmp) / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(run_dir / "tokenizer" / name, Path(tmp) / "tokenizer" / name)
     if clip_out is not None:

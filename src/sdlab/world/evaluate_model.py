@@ -1,8 +1,9 @@
 """Oracle evaluation of a text-to-image model on the shapes world.
 
-Prompt sets: "seen" (single objects whose colour/shape pair was in training) and
-"held_out" (pairs never rendered in training: composition). Each sample gets a fresh
-scene's full caption and its own seed; scores are per-attribute accuracies.
+Prompt sets: "seen" (single named objects whose colour/shape pair was in training),
+"held_out" (pairs never rendered in training: composition) and "two" (two objects, related
+or counted: binding). Each sample gets a fresh scene's full caption and its own seed;
+scores are per-attribute accuracies.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from .captions import full_caption
 from .metrics import accuracy
 from .scene import SceneSampler
 
-PROMPT_SETS = {"seen": SceneSampler(split="train", two_object_prob=0.0),
-               "held_out": SceneSampler(split="held_out", two_object_prob=0.0)}
-SCORED = ("background", "color", "shape", "size", "position")
+PROMPT_SETS = {"seen": SceneSampler(split="train", two_object_prob=0.0, generic_prob=0.0),
+               "held_out": SceneSampler(split="held_out", two_object_prob=0.0),
+               "two": SceneSampler(split="train", two_object_prob=1.0, generic_prob=0.0)}
+SCORED = ("background", "count", "color", "shape", "size", "position", "fill")
 
 
 def prompt_set(name: str, n: int, seed: int = 2024):

@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from . import spec
 from .scene import Scene, ShapeObject
+from .silhouettes import silhouette
+from .templates import Ring
 
 SUPERSAMPLE = 4
 
 
-def _shape_mask(obj: ShapeObject, canvas: int) -> Image.Image:
-    """Binary mask ("L") of one object at the supersampled resolution."""
+def outline(obj: ShapeObject) -> tuple[tuple[Ring, ...], tuple[Ring, ...]]:
+    """(filled rings, cut-outs) of the object in the unit box: a named shape's polygon, or
+    its silhouette's rings."""
+    if obj.shape == spec.GENERIC:
+        sil = silhouette(obj.variant)
+        return sil.rings, sil.cuts
+    return (tuple(spec.shape_polygon(obj.shape)),), ()
+
+
+def _shape_mask(rings: tuple[Ring, ...], cuts: tuple[Ring, ...], size: str, center: tuple[int, int],
+                canvas: int) -> np.ndarray:
+    """Boolean mask of a silhouette (filled rings, then cut-outs) at the supersampled resolution."""
     s = SUPERSAMPLE
-    half = spec.SIZES[obj.size] * s / 2
-    cx, cy = (obj.center[0] + 0.5) * s, (obj.center[1] + 0.5) * s
-    pts = [(cx + x * half, cy + y * half) for x, y in spec.shape_polygon(obj.shape)]
+    half = spec.SIZES[size] * s / 2
+    cx, cy = (center[0] + 0.5) * s, (center[1] + 0.5) * s
     mask = Image.new("L", (canvas, canvas), 0)
-    ImageDraw.Draw(mask).polygon(pts, fill=255)
-    return mask
+    draw = ImageDraw.Draw(mask)
+    for ring, value in [(r, 255) for r in rings] + [(c, 0) for c in cuts]:
+        draw.polygon([(cx + x * half, cy + y * half) for x, y in ring], fill=value)
+    return np.asarray(mask) > 127
 
 
 def _stripes(canvas: int) -> np.ndarray:
@@ -29,31 +43,36 @@ def _stripes(canvas: int) -> np.ndarray:
     return ((xx + yy) % period) >= period // 2
 
 
+def _band(mask: np.ndarray, width: int) -> np.ndarray:
+    """The band of `mask` within `width` pixels of its edge (an outlined object)."""
+    inside = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return mask & (inside <= width * SUPERSAMPLE)
+
+
 def render(scene: Scene) -> Image.Image:
     """Draw `scene` as a 64x64 RGB PIL image."""
+    return _draw(scene.background, [(outline(o), o) for o in scene.objects])
+
+
+def render_object(rings: tuple[Ring, ...], size: str, cuts: tuple[Ring, ...] = ()) -> Image.Image:
+    """A white silhouette of `size` in the centre of a black image."""
+    return _draw("black", [((rings, cuts), ShapeObject(spec.GENERIC, "white", size, "center", (32, 32)))])
+
+
+def _draw(background: str, objects) -> Image.Image:
     canvas = spec.IMAGE_SIZE * SUPERSAMPLE
-    bg = np.array(spec.COLORS[scene.background], dtype=np.float32)
+    bg = np.array(spec.COLORS[background], dtype=np.float32)
     img = np.broadcast_to(bg, (canvas, canvas, 3)).copy()
-    for obj in scene.objects:
-        mask = np.asarray(_shape_mask(obj, canvas)) > 127
+    for (rings, cuts), obj in objects:
+        mask = _shape_mask(rings, cuts, obj.size, obj.center, canvas)
         color = np.array(spec.COLORS[obj.color], dtype=np.float32)
         if obj.fill == "striped":
             stripe = spec.STRIPE_MIX * color + (1 - spec.STRIPE_MIX) * bg
             fill = np.where(_stripes(canvas)[..., None], stripe, color)
             img[mask] = fill[mask]
+        elif obj.fill == "outlined":
+            img[_band(mask, spec.OUTLINE_WIDTH)] = color
         else:
             img[mask] = color
     big = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
     return big.resize((spec.IMAGE_SIZE, spec.IMAGE_SIZE), Image.Resampling.BOX)
-
-
-def template_mask(shape: str, res: int = 32) -> np.ndarray:
-    """Soft mask of `shape` stretched to fill a res x res box (for the oracle's matching)."""
-    pts = spec.shape_polygon(shape)
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    big = res * SUPERSAMPLE
-    scaled = [((x - x0) / (x1 - x0) * big, (y - y0) / (y1 - y0) * big) for x, y in pts]
-    mask = Image.new("L", (big, big), 0)
-    ImageDraw.Draw(mask).polygon(scaled, fill=255)
-    return np.asarray(mask.resize((res, res), Image.Resampling.BOX), dtype=np.float32) / 255.0

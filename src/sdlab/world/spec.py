@@ -21,13 +21,22 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 210, 210),
 }
 
-BASE_SHAPES = ("circle", "square", "triangle", "star", "cross")
+BASE_SHAPES = ("circle", "square", "triangle", "star", "cross",
+               "diamond", "crescent", "arrow", "semicircle", "hourglass")
 RESERVED_SHAPES = ("heart",)          # never in base training: for personalization
 SHAPES = BASE_SHAPES + RESERVED_SHAPES
+# Unnamed procedural silhouettes (world.silhouettes): their `shape` is this class word, their
+# outline comes from the object's `variant`; captions call them "a shape" or "an object".
+GENERIC = "shape"
+GENERIC_NOUNS = ("shape", "object")
 
-BASE_FILLS = ("solid",)
+BASE_FILLS = ("solid", "outlined")
 RESERVED_FILLS = ("striped",)         # never in base training: for fine-tuning tests
 FILLS = BASE_FILLS + RESERVED_FILLS
+OUTLINE_WIDTH = 3                     # pixels at 64x64: an outlined object is a band this wide
+# Patterned fills only on large objects: at 22 pixels a 3-pixel band or 6-pixel stripes
+# cannot be told from a solid fill (nor drawn by the 4x autoencoder).
+LARGE_ONLY_FILLS = ("outlined", "striped")
 
 # Side of the square box a shape is drawn in, in pixels.
 SIZES: dict[str, int] = {"small": 22, "large": 34}
@@ -44,8 +53,10 @@ POSITIONS: dict[str, tuple[int, int]] = {
 POSITION_JITTER = 3
 POSITION_LOW, POSITION_HIGH = 25, 39  # oracle: centre x/y thresholds between regions
 
-# Two-object scenes: both objects small, in one of these relations.
+# Two-object scenes: both objects small, in one of these relations; a "count" scene is two
+# identical objects ("two red circles side by side").
 RELATIONS = ("left of", "above")
+COUNT_WORDS = {2: "two"}
 
 # (colour, shape) pairs never rendered in training: they measure composition.
 HELD_OUT_COMBOS: frozenset[tuple[str, str]] = frozenset({
@@ -83,6 +94,17 @@ def shape_polygon(shape: str, n_arc: int = 48) -> list[tuple[float, float]]:
         w = 0.36
         return [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1),
                 (-w, w), (-1, w), (-1, -w), (-w, -w)]
+    if shape == "diamond":
+        return [(0, -1), (0.75, 0), (0, 1), (-0.75, 0)]
+    if shape == "crescent":
+        outer = _arc(0, 0, 1, math.pi * 0.5, math.pi * 1.5, n_arc // 2)
+        return _fit(outer + _arc(0.45, 0, 0.85, math.pi * 1.5 - 0.25, math.pi * 0.5 + 0.25, n_arc // 2))
+    if shape == "arrow":
+        return [(-1, -0.3), (0.1, -0.3), (0.1, -0.8), (1, 0), (0.1, 0.8), (0.1, 0.3), (-1, 0.3)]
+    if shape == "semicircle":
+        return _arc(0, 0.5, 1, math.pi, 2 * math.pi, n_arc // 2)
+    if shape == "hourglass":
+        return [(-1, -1), (1, -1), (0.12, 0), (1, 1), (-1, 1), (-0.12, 0)]
     if shape == "heart":
         pts = []
         for k in range(n_arc):
@@ -92,3 +114,21 @@ def shape_polygon(shape: str, n_arc: int = 48) -> list[tuple[float, float]]:
             pts.append((x / 16.5, (y + 2.5) / 15.5 - 0.325))
         return pts
     raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
+
+
+def _arc(cx: float, cy: float, r: float, a0: float, a1: float, n: int) -> list[tuple[float, float]]:
+    return [(cx + r * math.cos(a0 + (a1 - a0) * k / (n - 1)), cy + r * math.sin(a0 + (a1 - a0) * k / (n - 1)))
+            for k in range(n)]
+
+
+def _fit(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Centre the outline's box on the origin and scale its longer side to span [-1, 1]."""
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    cx, cy = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
+    half = max(max(xs) - min(xs), max(ys) - min(ys)) / 2
+    return [((x - cx) / half, (y - cy) / half) for x, y in pts]
+
+
+def plural(noun: str) -> str:
+    """"circle" -> "circles", "cross" -> "crosses"."""
+    return noun + ("es" if noun.endswith(("s", "x")) else "s")

@@ -22,7 +22,7 @@ CLIP_MEAN, CLIP_STD = 0.0, 1.0     # images go in as [-1, 1]
 def retrieval_accuracy(clip, tok, n: int = 256, seed: int = 99) -> float:
     """Top-1 text->image retrieval accuracy on full captions of fresh scenes."""
     rng = random.Random(seed)
-    scenes, x = render_batch(SceneSampler(two_object_prob=0.0), rng, n)
+    scenes, x = render_batch(SceneSampler(two_object_prob=0.0, generic_prob=0.0), rng, n)
     ids = tok([caption(s, None) for s in scenes], padding=True, return_tensors="pt")
     dev = next(clip.parameters()).device
     with torch.no_grad():
@@ -38,7 +38,7 @@ def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 
     state, clip, opt = resume(ckpt, CLIPModel.from_pretrained, lambda: recipe.build_clip(tok),
                               lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.05), dev)
     rng = random.Random(state["step"] + 23)
-    sampler = SceneSampler(two_object_prob=0.25)
+    sampler = SceneSampler()
 
     def step():
         scenes, x = render_batch(sampler, rng, batch)

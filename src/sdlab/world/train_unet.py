@@ -23,16 +23,11 @@ from . import recipe
 from .captions import caption
 from .checkpoint import optimizer_step, resume, run_timed, save_stage
 from .data import render_batch
-from .scene import Scene, SceneSampler, ShapeObject
+from .scene import Scene, SceneSampler
 
 CAPTION_DROPOUT = 0.1
 TEXT_LR_SCALE = 0.5          # the pre-trained text encoder moves at half the UNet's rate
 WARMUP_STEPS = 300
-
-
-def _scene_from_dict(d: dict) -> Scene:
-    objs = tuple(ShapeObject(**dict(o, center=tuple(o["center"]))) for o in d["objects"])
-    return Scene(d["background"], objs, d.get("relation"))
 
 
 def build_latent_cache(run_dir: Path, vae: AutoencoderKL, n: int, seed: int = 7, log=print):
@@ -40,9 +35,9 @@ def build_latent_cache(run_dir: Path, vae: AutoencoderKL, n: int, seed: int = 7,
     path = Path(run_dir) / "latents.safetensors"
     if path.exists():
         lat = load_file(path)["latents"].float()
-        scenes = [_scene_from_dict(json.loads(l)) for l in (path.with_suffix(".jsonl")).read_text().splitlines()]
+        scenes = [Scene.from_dict(json.loads(l)) for l in (path.with_suffix(".jsonl")).read_text().splitlines()]
         return scenes, lat, 1.0 / lat.std().item()
-    rng, sampler, scenes, chunks = random.Random(seed), SceneSampler(two_object_prob=0.25), [], []
+    rng, sampler, scenes, chunks = random.Random(seed), SceneSampler(), [], []
     with torch.no_grad():
         for i in range(0, n, 256):
             sc, x = render_batch(sampler, rng, min(256, n - i))

@@ -33,7 +33,7 @@ def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, 
     state, vae, opt = resume(ckpt, AutoencoderKL.from_pretrained, recipe.build_vae,
                              lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0), dev)
     rng = random.Random(state["step"] + 17)
-    sampler = SceneSampler(two_object_prob=0.3)
+    sampler = SceneSampler()
 
     def step():
         x = render_batch(sampler, rng, batch)[1].to(dev)
@@ -73,7 +73,7 @@ def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float =
         lambda m: torch.optim.AdamW(list(m.decoder.parameters()) + list(m.post_quant_conv.parameters()),
                                     lr=lr, weight_decay=0.0), dev)
     rng = random.Random(state["step"] + 31)
-    sampler = SceneSampler(two_object_prob=0.3)
+    sampler = SceneSampler()
 
     def step():
         x = render_batch(sampler, rng, batch)[1].to(dev)
