@@ -85,3 +85,52 @@ def test_world_read_refuses_a_bomb(capsys, tmp_path, side):
     code, out, err = run(capsys, "world", "read", png_header(tmp_path / "bomb.png", side, side))
     assert code == 2 and out == ""
     assert f"{side * side} pixels, over the limit of 67108864 (decompression bomb guard)" in one_line_error(err)
+
+
+# --- error texts ------------------------------------------------------------------------------
+
+class _Shape:
+    """A custom class: what a pickle holding Python objects (and maybe code) looks like."""
+
+    def __init__(self):
+        self.sides = 3
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
+def test_pickle_with_an_object_is_refused_without_unsafe_advice(capsys, tmp_path, suffix):
+    import torch
+
+    bad = tmp_path / f"obj{suffix}"
+    torch.save({"string_to_param": {"*": torch.zeros(1, 4)}, "extra": _Shape()}, bad)
+    argv = ["generate", "x", "--model", bad, "--out", tmp_path / "o"] if suffix == ".ckpt" else ["info", bad]
+    code, out, err = run(capsys, *argv)
+    line = one_line_error(err)
+    assert code == 2 and out == ""
+    assert line == (f"sdlab: error: refusing to load a pickle that holds Python objects: '{bad}' holds "
+                    f"{__name__}._Shape (only tensors are read from .ckpt/.pt/.bin files; convert it to safetensors)")
+    assert "weights_only" not in err
+
+
+def _lora_like(path, keys):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(2, 8) if k.endswith("weight") else torch.tensor(2.0) for k in keys}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("keys", [
+    ["down_blocks.0.proj_in.lora_down.weight", "down_blocks.0.proj_in.lora_up.weight", "down_blocks.0.proj_in.alpha"],
+    [f"lycoris_unet_block_{i}.lora_{p}.weight" for i in range(12) for p in ("down", "up")],   # 24 tensors
+    ["encoder.proj.weight", "encoder.proj.bias"],
+])
+def test_a_file_of_unknown_layout_is_not_called_an_embedding(capsys, tmp_path, keys):
+    src = _lora_like(tmp_path / "weird.safetensors", keys)
+    for argv in (["info", src], ["convert", src, tmp_path / "out.safetensors", "--to", "kohya"],
+                 ["convert", src, tmp_path / "out.safetensors", "--to", "a1111"]):
+        code, out, err = run(capsys, *argv)
+        line = one_line_error(err)
+        assert code == 2 and out == "", argv
+        assert f"'{src}' is an unrecognised file" in line and "embedding" not in line.split("Recognised:")[0], argv
+        assert "Recognised: LoRA in the diffusers/peft layout" in line and "kohya layout" in line
+    assert not (tmp_path / "out.safetensors").exists()

@@ -64,6 +64,7 @@ def describe_file(path: str) -> dict | None:
 
     if p.suffix == ".safetensors":
         from ..io.tensor_files import safetensors_keys
+        from ..models.file_kinds import lora_like_key, unrecognised_file
         from ..models.lora import looks_like_lora
 
         keys = safetensors_keys(p)
@@ -71,6 +72,8 @@ def describe_file(path: str) -> dict | None:
             from ..models.lora_info import describe_lora
 
             return describe_lora(p)
+        if key := lora_like_key(keys):      # LoRA-like names in no layout sdlab reads
+            raise unrecognised_file(p, key)
         if holds_model_weights(keys):       # a model checkpoint, not an embedding
             return None
     elif p.suffix == ".pt":                 # A1111 embeddings and some model checkpoints share it

@@ -9,6 +9,7 @@ is OpenCLIP ViT-H/14 (SD 2.x).
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -48,30 +49,42 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(state, p)
 
 
+PICKLE_RULE = "only tensors are read from .ckpt/.pt/.bin files; convert it to safetensors"
+
+
 def load_pickled(p: Path) -> dict:
-    """A pickled checkpoint read with weights_only=True (tensors and plain containers only),
-    memory-mapped when zipped."""
+    """A pickled file read with torch.load(weights_only=True): tensors and plain containers only,
+    memory-mapped when zipped. Anything else is refused, never unpickled."""
     mmap = zipfile.is_zipfile(p)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
             return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise ModelLoadError(
-                f"refusing to load '{p}': it holds Python objects ({found.group(1)}) that "
-                "torch.load(weights_only=True) does not unpickle; convert it to .safetensors"
-            ) from exc
-        raise ModelLoadError(f"'{p}' is not a valid .ckpt checkpoint: {_weights_only_reason(exc)}"
-                             ) from exc
+    except pickle.UnpicklingError as exc:   # torch's text advises unsafe loading: never passed on
+        raise refused_pickle(p, str(exc)) from None
     except Exception as exc:
-        raise ModelLoadError(f"'{p}' is not a valid .ckpt checkpoint: {first_line(exc)}") from exc
+        raise ModelLoadError(f"'{p}' is not a valid {p.suffix or 'pickle'} file: {first_line(exc)}") from exc
 
 
-def _weights_only_reason(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+# what torch's weights-only unpickler says (in its wordings up to 2.13) when a pickle holds an object
+_OBJECT = re.compile(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>")
+
+
+def refused_pickle(p: Path, torch_message: str) -> ModelLoadError:
+    """The error for a pickle the weights-only reader refused, whatever torch's wording."""
+    found = _OBJECT.search(torch_message)
+    if found:
+        return ModelLoadError(f"refusing to load a pickle that holds Python objects: '{p}' holds "
+                              f"{found.group(1) or found.group(2)} ({PICKLE_RULE})")
+    opcode = re.search(r"Unsupported operand (\d+)", torch_message)
+    if opcode:
+        name = next((op.name for op in pickletools.opcodes if op.code == chr(int(opcode.group(1)))), opcode.group(1))
+        reason = f"its pickle uses opcode {name}, which torch.save does not write (a plain or cut pickle?)"
+    else:
+        lines = [ln.strip() for ln in torch_message.splitlines()
+                 if ln.strip() and "weights_only" not in ln and not ln.startswith("Check the documentation")]
+        reason = lines[-1] if lines else "it is not a tensors-only pickle"
+    return ModelLoadError(f"'{p}' is not a valid {p.suffix or 'pickle'} file: {reason} ({PICKLE_RULE})")
 
 
 def unwrap_state_dict(state, p: Path) -> dict[str, torch.Tensor]:

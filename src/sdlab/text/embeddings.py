@@ -92,10 +92,9 @@ def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
         _refuse_non_embedding(path, data)
         return {k: _as_2d(v, path) for k, v in data.items()}
     if path.suffix in (".pt", ".bin", ".ckpt"):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling refuses anything but tensors and plain containers
-            raise ModelLoadError(f"cannot read '{path}' safely (weights_only=True): {exc}") from exc
+        from ..models.checkpoint import load_pickled
+
+        data = load_pickled(path)           # tensors and plain containers only, else refused
         if isinstance(data, dict) and "string_to_param" in data:
             params = data["string_to_param"]
             if not isinstance(params, dict) or len(params) != 1:
@@ -117,14 +116,19 @@ def holds_model_weights(tensors) -> bool:
 
 
 def _refuse_non_embedding(path: Path, tensors: dict) -> None:
+    from ..models.file_kinds import lora_like_key, module_weight_key, unrecognised_file
     from ..models.lora import looks_like_lora
 
     if looks_like_lora(tensors):
         raise ModelLoadError(f"'{path}' is a LoRA file, not a textual-inversion embedding "
                              "(sdlab generate --lora, sdlab.models.lora.apply_lora)")
+    if key := lora_like_key(tensors):
+        raise unrecognised_file(path, key)
     if holds_model_weights(tensors):
         raise ModelLoadError(f"'{path}' holds model weights ({len(tensors)} tensors), not a textual-inversion "
                              "embedding; models load from a diffusers folder or a .safetensors/.ckpt checkpoint")
+    if key := module_weight_key(tensors):
+        raise unrecognised_file(path, key)
 
 
 def _as_2d(t, path) -> torch.Tensor:
