@@ -134,3 +134,30 @@ def test_a_file_of_unknown_layout_is_not_called_an_embedding(capsys, tmp_path, k
         assert f"'{src}' is an unrecognised file" in line and "embedding" not in line.split("Recognised:")[0], argv
         assert "Recognised: LoRA in the diffusers/peft layout" in line and "kohya layout" in line
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def _model_copy(src, dst, index=None, **unet_config):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    for path, changes in ((dst / "model_index.json", index or {}), (dst / "unet" / "config.json", unet_config)):
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return dst
+
+
+@pytest.mark.parametrize("index, unet_config, message", [
+    ({"unet": ["diffusers", "AutoModel"]}, {},          # diffusers' AutoModel reads model_index.json again, forever
+     "model_index.json names 'AutoModel' for 'unet': it must name the unet's own class"),
+    ({}, {"sample_size": "big"}, "unet/config.json': field 'sample_size' must be a positive integer, got 'big'"),
+    ({}, {"layers_per_block": [1, 1, 1]},
+     "unet/config.json': field 'layers_per_block' has 3 entries; it needs one per block (2, as block_out_channels)"),
+    ({}, {"norm_num_groups": 7}, "unet/config.json': field 'norm_num_groups' (7) must divide every block_out_channels"),
+])
+def test_a_malformed_model_config_names_file_and_field(capsys, tmp_path, tiny_model_dir, index, unet_config,
+                                                       message):
+    model = _model_copy(tiny_model_dir, tmp_path / "m", index, **unet_config)
+    code, out, err = run(capsys, "info", model)
+    assert code == 2 and out == ""
+    line = one_line_error(err)
+    assert message in line and "recursion" not in line

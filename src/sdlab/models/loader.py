@@ -12,6 +12,7 @@ import torch
 from sdlab.errors import ModelLoadError
 from sdlab.models import checkpoint as ckpt
 from sdlab.models import single_file as sf
+from sdlab.models.config_check import UNET_FIELDS, VAE_FIELDS, check_config
 from sdlab.models.devices import resolve_device, resolve_dtype
 from sdlab.models.hashing import model_hash as _hash
 from sdlab.models.tokenizer import BPE_FILE, clip_tokenizer
@@ -119,6 +120,12 @@ def _class_for(index: dict, name: str, default: str):
     cls = getattr(library, cls_name, None)
     if cls is None:
         raise ModelLoadError(f"model_index.json names unknown class '{cls_name}' for '{name}'")
+    base = {"tokenizer": transformers.PreTrainedTokenizerBase, "text_encoder": transformers.PreTrainedModel}.get(
+        name, diffusers.ModelMixin)
+    if not (isinstance(cls, type) and issubclass(cls, base)) or cls is base:    # AutoModel would recurse forever
+        raise ModelLoadError(f"model_index.json names '{cls_name}' for '{name}': it must name the {name}'s own "
+                             f"class (a {base.__module__.split('.')[0]} {base.__name__} such as {default}), "
+                             "not an Auto class or a pipeline")
     return cls
 
 
@@ -132,6 +139,9 @@ def _load_folder(p: Path, dtype: torch.dtype, tokenizer_path) -> Components:
         if not (p / sub).is_dir():
             raise ModelLoadError(f"model folder '{p}' is missing its '{sub}/' subfolder")
     tok = _load_tokenizer(tokenizer_path or p / "tokenizer", index)
+    for sub, fields in (("unet", UNET_FIELDS), ("vae", VAE_FIELDS)):
+        if (p / sub / "config.json").is_file():
+            check_config(sf.read_json(p / sub / "config.json"), p / sub / "config.json", fields)
     unet = _from_pretrained(_class_for(index, "unet", "UNet2DConditionModel"), p, "unet", dtype)
     vae = _from_pretrained(_class_for(index, "vae", "AutoencoderKL"), p, "vae", dtype)
     text = _from_pretrained(_class_for(index, "text_encoder", "CLIPTextModel"), p,
@@ -180,8 +190,9 @@ def _load_single_file(p: Path, dtype, dev, pred, config, tokenizer_path) -> Comp
         cfg_dir = sf.shipped_config_dir(family, guessed or "epsilon")
     tok = _single_file_tokenizer(cfg_dir, tokenizer_path, family)  # fail fast, before weights
     unet_cfg = sf.read_json(cfg_dir / "unet" / "config.json")
-    unet = sf.build_unet(state, unet_cfg, dtype)
-    vae = sf.build_vae(state, sf.read_json(cfg_dir / "vae" / "config.json"), dtype)
+    unet = _build(sf.build_unet, state, unet_cfg, cfg_dir / "unet" / "config.json", UNET_FIELDS, dtype)
+    vae = _build(sf.build_vae, state, sf.read_json(cfg_dir / "vae" / "config.json"), cfg_dir / "vae" / "config.json",
+                 VAE_FIELDS, dtype)
     text = sf.build_text_encoder(state, cfg_dir / "text_encoder", family, dtype)
     del state
     if guessed is None and family == "sd2" and config is None:
@@ -197,6 +208,17 @@ def _load_single_file(p: Path, dtype, dev, pred, config, tokenizer_path) -> Comp
     sched["prediction_type"] = pred_type
     return Components(unet, vae, text, tok, sched, pred_type, p.stem, p, family,
                       {"config_dir": str(cfg_dir)})
+
+
+def _build(build, state: dict, config: dict, path: Path, fields: dict, dtype):
+    """`build(state, config, dtype)` after checking `config`; an error names the config file."""
+    check_config(config, path, fields)
+    try:
+        return build(state, config, dtype)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # diffusers' constructors raise TypeError, ValueError, ZeroDivisionError...
+        raise ModelLoadError(f"cannot build a model from '{path}': {ckpt.first_line(exc)}") from exc
 
 
 def _apply_config(model, config: dict) -> None:
