@@ -72,12 +72,15 @@ def server(tmp_path_factory):
 
 
 def _open_studio(browser, base: str, **page_options):
-    """A new page on the studio, loaded (samplers listed), and the list its page errors go to."""
+    """A new page on the studio, loaded (samplers listed), and the list its page errors (and
+    Content-Security-Policy violations) go to. Waits are functions: the server's CSP forbids
+    the eval that Playwright needs to poll a bare expression."""
     page = browser.new_page(**(page_options or {"viewport": {"width": 1280, "height": 860}}))
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(base + "/")
-    page.wait_for_function("document.querySelectorAll('#sampler option').length >= 5")
+    page.wait_for_function("() => document.querySelectorAll('#sampler option').length >= 5")
     return page, errors
 
 
@@ -112,7 +115,7 @@ def test_new_user_generates_cancels_and_browses_the_gallery(browser, server):
     page.evaluate(WATCH)
     page.click("#generate")
     page.wait_for_selector("#results img", timeout=120_000)
-    page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.naturalWidth === 64)")
+    page.wait_for_function("() => [...document.querySelectorAll('#results img')].every(i => i.naturalWidth === 64)")
     seen = page.evaluate("window.__bar")
     assert any(0 < v < 100 for v in seen), seen  # the bar moved through the run ...
     assert seen[-1] == 100 and page.evaluate("window.__previews") >= 1  # ... and previews were shown
@@ -128,18 +131,18 @@ def test_new_user_generates_cancels_and_browses_the_gallery(browser, server):
     page.fill("#height", "128")
     page.fill("#prompt", "a small green star")
     page.click("#generate")
-    page.wait_for_function("document.getElementById('job-state').textContent.startsWith('running ')")
+    page.wait_for_function("() => document.getElementById('job-state').textContent.startsWith('running ')")
     page.click("#cancel")
-    page.wait_for_function("document.getElementById('job-state').textContent === 'cancelled'", timeout=60_000)
+    page.wait_for_function("() => document.getElementById('job-state').textContent === 'cancelled'", timeout=60_000)
     assert "cancelled" in page.text_content("#error")
-    page.wait_for_function("document.querySelector('#jobs li .state-cancelled') !== null")
+    page.wait_for_function("() => document.querySelector('#jobs li .state-cancelled') !== null")
     assert len(list(out.glob("*.png"))) == 1
 
     page.click("#gallery-refresh")
     page.wait_for_selector("#gallery img")
     assert page.locator("#gallery img").count() == 1
     page.click("#gallery button")
-    page.wait_for_function("document.getElementById('meta').textContent.includes('Seed: 1234')")
+    page.wait_for_function("() => document.getElementById('meta').textContent.includes('Seed: 1234')")
     _shot(page, "studio-gallery-laptop.png")
 
     page.click("#tab-img2img")
@@ -151,7 +154,7 @@ def test_new_user_generates_cancels_and_browses_the_gallery(browser, server):
     page.fill("#seed", "7")
     page.select_option("#vae", "shipped-copy")             # A1111's "SD VAE" pick, for this job
     page.click("#generate")
-    page.wait_for_function("document.getElementById('meta').textContent.includes('Denoising strength: 0.75')",
+    page.wait_for_function("() => document.getElementById('meta').textContent.includes('Denoising strength: 0.75')",
                            timeout=120_000)
     assert "Seed: 7" in page.text_content("#meta") and (out / "00001-7.png").is_file()
     assert "VAE: shipped-copy" in page.text_content("#meta")
@@ -187,8 +190,8 @@ def test_attention_chips_and_a_side_by_side_edit(browser, server):
     assert len(texts) == 11 and texts[2].startswith("red"), texts
     assert "token01.png" in page.get_attribute("#attn-view", "src")  # the first token is shown at first
     chips.nth(2).click()
-    page.wait_for_function("document.getElementById('attn-view').src.includes('token03.png')")
-    page.wait_for_function("document.getElementById('attn-view').naturalWidth === 64")
+    page.wait_for_function("() => document.getElementById('attn-view').src.includes('token03.png')")
+    page.wait_for_function("() => document.getElementById('attn-view').naturalWidth === 64")
     assert page.get_attribute("#tokens .chip:nth-child(3)", "aria-pressed") == "true"
     _shot(page, "studio-attention.png")
 
@@ -202,12 +205,12 @@ def test_attention_chips_and_a_side_by_side_edit(browser, server):
     page.fill("#reweight", "square=2")
     page.fill("#target", "a large red square")  # fewer tokens than the source: refused at once
     page.click("#generate")
-    page.wait_for_function("document.getElementById('error').textContent.includes('same number of tokens')")
+    page.wait_for_function("() => document.getElementById('error').textContent.includes('same number of tokens')")
     page.fill("#target", "a large red square on the left on a blue background")
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#results.pair figure:nth-child(2) figcaption')"
+    page.wait_for_function("() => document.querySelector('#results.pair figure:nth-child(2) figcaption')"
                            "?.textContent.startsWith('edited')", timeout=120_000)
-    page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.naturalWidth === 64)")
+    page.wait_for_function("() => [...document.querySelectorAll('#results img')].every(i => i.naturalWidth === 64)")
     caps = page.locator("#results figcaption").all_text_contents()
     assert caps[0].startswith("source · seed 3") and caps[1].startswith("edited")
     left, right = (page.locator("#results img").nth(i).bounding_box() for i in (0, 1))
@@ -237,7 +240,7 @@ def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
     page.fill("#max_steps", "6")
     page.select_option("#lora-targets", "all")
     page.click("#generate")
-    page.wait_for_function("document.getElementById('job-state').textContent === 'done'", timeout=180_000)
+    page.wait_for_function("() => document.getElementById('job-state').textContent === 'done'", timeout=180_000)
     points = page.get_attribute("#loss-line", "points").split()
     assert len(points) == 6 and page.is_visible("#loss-curve")
     assert float(page.text_content("#loss-value")) > 0 and "step 6" in page.text_content("#loss-step")
@@ -251,7 +254,7 @@ def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
     page.fill("#prompt", "a sks shape")
     page.fill("#steps", "2")
     page.click("#generate")               # job-state still reads the train job's "done" until the reply
-    page.wait_for_function("document.getElementById('meta').textContent.includes('Lora hashes')", timeout=60_000)
+    page.wait_for_function("() => document.getElementById('meta').textContent.includes('Lora hashes')", timeout=60_000)
     assert 'Lora hashes: "lora_kohya: ' in page.text_content("#meta") and page.is_visible("#results img")
     assert errors == []
     page.close()
@@ -264,6 +267,6 @@ def test_training_shows_a_live_loss_curve(browser, server, tmp_path):
     assert page.input_value("#prompt") == "a sks shape <lora:web-heart:1>" and page.input_value("#lora-tag") == ""
     page.fill("#steps", "2")
     page.click("#generate")
-    page.wait_for_function("document.getElementById('meta').textContent.includes('web-heart')", timeout=60_000)
+    page.wait_for_function("() => document.getElementById('meta').textContent.includes('web-heart')", timeout=60_000)
     assert 'Lora hashes: "web-heart: ' in page.text_content("#meta") and errors == []
     page.close()
