@@ -161,3 +161,19 @@ def test_a_malformed_model_config_names_file_and_field(capsys, tmp_path, tiny_mo
     assert code == 2 and out == ""
     line = one_line_error(err)
     assert message in line and "recursion" not in line
+
+
+def test_seed_range_holds_for_the_whole_batch(capsys, tmp_path, tiny_model_dir):
+    from sdlab.config import GenerationConfig
+    from sdlab.errors import ConfigError
+
+    code, out, err = run(capsys, "generate", "x", "--seed", 4294967295, "--batch-size", 2, "--model",
+                         tmp_path / "not-loaded", "--out", tmp_path / "o")
+    assert code == 2 and out == "" and not (tmp_path / "o").exists()
+    assert one_line_error(err) == ("sdlab: error: seed must be between 0 and 4294967294 for 2 images (batch_size x "
+                                   "batch_count), as image i uses seed + i and seeds are below 2^32; got 4294967295")
+    with pytest.raises(ConfigError, match="between 0 and 4294967292 for 4 images"):
+        GenerationConfig("x", seed=4294967293, batch_size=2, batch_count=2)
+    code, out, _ = run(capsys, "generate", "x", "--seed", 4294967294, "--batch-size", 2, "--steps", 1, "--model",
+                       tiny_model_dir, "--out", tmp_path / "o", "--no-grid")
+    assert code == 0 and [p.rsplit("/", 1)[1] for p in out.split()] == ["00000-4294967294.png", "00001-4294967295.png"]

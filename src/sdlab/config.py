@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import ConfigError
 
 MAX_SIDE = 4096
+MAX_SEED = 2**32 - 1        # seeds are 32-bit, as in AUTOMATIC1111
 
 
 def _check_int(name, value, lo, hi=None):
@@ -49,9 +50,13 @@ class GenerationConfig:
             raise ConfigError(f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
         _check_int("steps", self.steps, 1, 1000)
         _check_float("cfg_scale", self.cfg_scale, 0.0, 100.0)
-        _check_int("seed", self.seed, 0, 2**32 - 1)
+        _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("batch_size", self.batch_size, 1, 256)
         _check_int("batch_count", self.batch_count, 1, 10000)
+        n = self.batch_size * self.batch_count
+        if self.seed + n - 1 > MAX_SEED:     # image i uses seed + i: refused, never wrapped
+            raise ConfigError(f"seed must be between 0 and {MAX_SEED - n + 1} for {n} images (batch_size x "
+                              f"batch_count), as image i uses seed + i and seeds are below 2^32; got {self.seed}")
         for name in ("width", "height"):
             v = getattr(self, name)
             if v is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -242,7 +242,7 @@ class Pipeline:
     # --- metadata ---------------------------------------------------------------------------
     def settings_for(self, config: GenerationConfig, seed: int, width: int, height: int, *,
                      img2img: bool = False) -> dict:
-        d = replace(config, seed=seed, width=width, height=height).to_dict()
+        d = {**config.to_dict(), "seed": seed, "width": width, "height": height}   # the batch's own seed range holds
         d.update(mode="img2img" if img2img else "txt2img", model=self.c.name, model_hash=self.c.model_hash,
                  sdlab_version=_version())
         if vae := self.c.extra.get("vae"):

@@ -30,7 +30,9 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--cfg-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(sampler_names())} (default Euler a)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the first image (default: random); image i uses seed+i")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the first image, 0 .. 2^32-1 (default: random); image i uses seed+i, so the last "
+                        "image's seed must stay below 2^32 too (a larger one is refused, not wrapped)")
     p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
     p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al. 2023)")
@@ -110,7 +112,7 @@ def config_from_args(args, **extra) -> GenerationConfig:
 
     fields = dict(prompt=getattr(args, "prompt", ""), negative_prompt=args.negative_prompt, steps=args.steps,
                   cfg_scale=args.cfg_scale, sampler=args.sampler,
-                  seed=args.seed if args.seed is not None else random.randrange(2**32),
+                  seed=args.seed if args.seed is not None else random.randrange(2**31),  # room for seed + i
                   batch_size=getattr(args, "batch_size", 1), batch_count=getattr(args, "batch_count", 1),
                   width=args.width, height=args.height, guidance_rescale=args.guidance_rescale)
     return GenerationConfig(**{**fields, **extra})
