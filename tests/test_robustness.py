@@ -177,3 +177,11 @@ def test_seed_range_holds_for_the_whole_batch(capsys, tmp_path, tiny_model_dir):
     code, out, _ = run(capsys, "generate", "x", "--seed", 4294967294, "--batch-size", 2, "--steps", 1, "--model",
                        tiny_model_dir, "--out", tmp_path / "o", "--no-grid")
     assert code == 0 and [p.rsplit("/", 1)[1] for p in out.split()] == ["00000-4294967294.png", "00001-4294967295.png"]
+
+
+@pytest.mark.parametrize("n", [100000, 65, 1])
+def test_mix_sweep_is_bounded(capsys, tmp_path, n):
+    code, out, err = run(capsys, "mix", "a red {}", "circle", "square", "--sweep", n, "--model", tmp_path / "no-model",
+                         "--out", tmp_path / "o")
+    assert code == 2 and out == ""
+    assert one_line_error(err) == f"sdlab: error: --sweep must be between 2 and 64 mixes, got {n}"

@@ -60,6 +60,9 @@ def register(sub) -> None:
     i.set_defaults(run=run_interpolate)
 
 
+MIN_SWEEP, MAX_SWEEP = 2, 64
+
+
 def parse_weights(items: list[str]) -> dict[str, float]:
     """['circle=0.5', 'square'] -> {'circle': 0.5, 'square': 1.0}."""
     out: dict[str, float] = {}
@@ -90,6 +93,8 @@ def run_mix(args) -> int:
     weights = parse_weights(args.words)
     prompt, target = mix_target(args.prompt, weights, args.word)
     if args.sweep is not None:
+        if not MIN_SWEEP <= args.sweep <= MAX_SWEEP:    # each mix is a full sampling run, all in one image
+            raise ConfigError(f"--sweep must be between {MIN_SWEEP} and {MAX_SWEEP} mixes, got {args.sweep}")
         return _mix_sweep(args, prompt, target, list(weights))
     spec = mix(weights)
     config = config_from_args(args, prompt=prompt)
