@@ -185,3 +185,23 @@ def test_mix_sweep_is_bounded(capsys, tmp_path, n):
                          "--out", tmp_path / "o")
     assert code == 2 and out == ""
     assert one_line_error(err) == f"sdlab: error: --sweep must be between 2 and 64 mixes, got {n}"
+
+
+def test_low_memory_degrades_to_what_the_cpu_supports(capsys, tmp_path, tiny_model_dir):
+    import torch
+
+    from sdlab.models.speed import SpeedOptions
+    from sdlab.pipeline import Pipeline
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: offload applies")
+    assert SpeedOptions.low_memory() == SpeedOptions(attention_slicing=True, vae_slicing=True, vae_tiling=True)
+    pipe = Pipeline.load(tiny_model_dir, speed=SpeedOptions.low_memory())
+    assert pipe.c.vae.use_tiling and pipe.c.vae.use_slicing
+    assert {type(p).__name__ for p in pipe.c.unet.attn_processors.values()} == {"SlicedAttnProcessor"}
+    code, out, err = run(capsys, "generate", "a red circle", "--low-memory", "--steps", 2, "--seed", 1, "--model",
+                         tiny_model_dir, "--out", tmp_path / "o")
+    assert code == 0 and out.split()[0].endswith("00000-1.png")
+    notes = [ln for ln in err.splitlines() if ln.startswith("sdlab: note:")]
+    assert notes == ["sdlab: note: --low-memory without CUDA: attention/VAE slicing and VAE tiling only "
+                     "(model CPU offload needs a CUDA device)"]

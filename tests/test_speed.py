@@ -49,7 +49,7 @@ def test_cpu_offload_needs_cuda(tiny_model_dir):
     if torch.cuda.is_available():
         pytest.skip("CUDA present: offload is allowed")
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        Pipeline.load(tiny_model_dir, speed=SpeedOptions.low_memory())
+        Pipeline.load(tiny_model_dir, speed=SpeedOptions(cpu_offload="model"))
 
 
 def test_deep_cache_shallow_branch_is_exact_on_the_cached_input(tiny_model_dir):

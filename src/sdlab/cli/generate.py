@@ -47,7 +47,7 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
     f.add_argument("--deep-cache", type=int, default=0, metavar="N",
                    help="reuse deep UNet features, full pass every N calls (approximate; 0 = off)")
     f.add_argument("--low-memory", action="store_true",
-                   help="attention + VAE slicing, VAE tiling, model CPU offload (CUDA)")
+                   help="attention + VAE slicing, VAE tiling, and model CPU offload on CUDA (skipped elsewhere)")
     g = p.add_argument_group("loss and classifier guidance (sdlab.guidance)")
     g.add_argument("--color-guidance", default=None, metavar="R,G,B",
                    help="pull the predicted image toward this colour (0..255 each)")
@@ -163,7 +163,10 @@ def lora_spec(spec: str) -> tuple[str, float]:
 def speed_from_args(args):
     from ..models.speed import SpeedOptions
 
-    low = SpeedOptions.low_memory() if args.low_memory else SpeedOptions()
+    low = SpeedOptions.low_memory(args.device) if args.low_memory else SpeedOptions()
+    if args.low_memory and low.cpu_offload == "none":
+        print("sdlab: note: --low-memory without CUDA: attention/VAE slicing and VAE tiling only "
+              "(model CPU offload needs a CUDA device)", file=sys.stderr)
     return SpeedOptions(channels_last=args.fast, fuse_qkv=args.fast and not args.low_memory, compile=args.compile,
                         attention_slicing=low.attention_slicing, vae_slicing=low.vae_slicing,
                         vae_tiling=low.vae_tiling, cpu_offload=low.cpu_offload, deep_cache=args.deep_cache)

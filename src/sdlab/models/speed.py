@@ -49,8 +49,13 @@ class SpeedOptions:
         return cls(channels_last=True, fuse_qkv=True, compile=compile)
 
     @classmethod
-    def low_memory(cls) -> "SpeedOptions":
-        return cls(attention_slicing=True, vae_slicing=True, vae_tiling=True, cpu_offload="model")
+    def low_memory(cls, device=None) -> "SpeedOptions":
+        """Attention and VAE slicing, VAE tiling, and model CPU offload where `device` (default:
+        the best available) is CUDA; elsewhere offload is left out, the models live in RAM already."""
+        from .devices import resolve_device
+
+        offload = "model" if resolve_device(device).type == "cuda" else "none"
+        return cls(attention_slicing=True, vae_slicing=True, vae_tiling=True, cpu_offload=offload)
 
 
 def apply_speed_options(components, options: SpeedOptions) -> None:
