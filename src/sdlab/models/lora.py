@@ -6,6 +6,11 @@
 - kohya-ss / AUTOMATIC1111: `lora_unet_<module_with_underscores>.lora_down.weight`,
   `.lora_up.weight`, `.alpha`; `lora_te_` for the text encoder.
 
+Text-encoder modules are written as transformers 4.x names them, under `text_model.`
+(`lora_te_text_model_encoder_layers_0_self_attn_q_proj`, `text_encoder.text_model.encoder...`),
+the names A1111, ComfyUI, kohya and diffusers map, whichever transformers runs here; files
+without `text_model.` (sdlab before 0.2) are still read.
+
 Both read into one form: {"unet.<module>": LoraLayer(down, up, alpha)}, matched against a
 model's modules; an unknown key, a half pair or a wrong shape is an error, never dropped.
 A layer adds `scale * alpha / rank * up @ down` to the module's weight.
@@ -102,13 +107,14 @@ def split_key(key: str, fmt: str) -> tuple[str, str, str]:
 
 
 def parse(tensors: dict, metadata: dict, names: dict[str, str]) -> dict[str, LoraLayer]:
-    """Tensors of either layout -> {"unet.<module>": LoraLayer}. `names` maps kohya stems
-    (`lora_unet_down_blocks_0_...`) to module paths (`unet.down_blocks.0...`)."""
+    """Tensors of either layout -> {"unet.<module>": LoraLayer}. `names` (kohya_names) maps
+    kohya stems (`lora_unet_down_blocks_0_...`) and file paths to module paths (`unet.down_blocks.0...`)."""
     fmt = detect_format(tensors)
     parts: dict[str, dict] = {}
     for key, value in tensors.items():
         comp, stem, kind = split_key(key, fmt)
-        module = names.get(PREFIXES[comp] + stem) if fmt == "kohya" else f"{comp}.{stem}"
+        spelled = PREFIXES[comp] + stem if fmt == "kohya" else f"{comp}.{stem}"
+        module = names.get(spelled) if fmt == "kohya" else names.get(spelled, spelled)
         if module is None:
             raise ConfigError(f"LoRA key '{key}' names no module of this model")
         parts.setdefault(module, {})[kind] = value
@@ -132,13 +138,34 @@ def _metadata_alphas(metadata: dict) -> dict[str, float]:
     return {comp: float(meta[f"{comp}.lora_alpha"]) for comp in PREFIXES if f"{comp}.lora_alpha" in meta}
 
 
+TEXT_MODEL = "text_model."
+
+
+def file_name(path: str) -> str:
+    """How a file names the module `path` ("component.<module>"): text-encoder modules under
+    `text_model.`, as transformers 4.x (and so every peer tool) names CLIPTextModel's modules."""
+    comp, name = path.split(".", 1)
+    return f"{comp}.{TEXT_MODEL}{name.removeprefix(TEXT_MODEL)}" if comp == "text_encoder" else path
+
+
+def kohya_stem(path: str) -> str:
+    """kohya's name of the module `path`: `lora_te_text_model_encoder_layers_0_self_attn_q_proj`."""
+    comp, name = file_name(path).split(".", 1)
+    return PREFIXES[comp] + name.replace(".", "_")
+
+
 def kohya_names(modules: dict[str, torch.nn.Module]) -> dict[str, str]:
-    """kohya stem -> module path, for every module in `modules` (see lora_modules)."""
+    """File spelling -> module path, for every module in `modules` (see lora_modules): kohya
+    stems and diffusers paths, with and without the text encoder's `text_model.`."""
     out = {}
     for path in modules:
         comp, name = path.split(".", 1)
-        out[PREFIXES[comp] + name.replace(".", "_")] = path
+        bare = f"{comp}.{name.removeprefix(TEXT_MODEL)}"
+        for spelling in {path, bare, file_name(path)}:
+            out[spelling] = path
+            out[PREFIXES[comp] + spelling.split(".", 1)[1].replace(".", "_")] = path
     return out
+
 
 
 def check_shapes(layers: dict[str, LoraLayer], modules: dict[str, torch.nn.Module]) -> None:
@@ -172,15 +199,14 @@ def write(path: str | Path, layers: dict[str, LoraLayer], fmt: str) -> Path:
     metadata = {"format": "pt"}
     if fmt == "kohya":
         for module, layer in layers.items():
-            comp, name = module.split(".", 1)
-            stem = PREFIXES[comp] + name.replace(".", "_")
+            stem = kohya_stem(module)
             tensors[f"{stem}.lora_down.weight"] = layer.down.contiguous()
             tensors[f"{stem}.lora_up.weight"] = layer.up.contiguous()
             tensors[f"{stem}.alpha"] = torch.tensor(float(layer.alpha))
     elif fmt == "diffusers":
         for module, layer in layers.items():
-            tensors[f"{module}.lora_A.weight"] = layer.down.contiguous()
-            tensors[f"{module}.lora_B.weight"] = layer.up.contiguous()
+            tensors[f"{file_name(module)}.lora_A.weight"] = layer.down.contiguous()
+            tensors[f"{file_name(module)}.lora_B.weight"] = layer.up.contiguous()
         metadata[METADATA_KEY] = json.dumps(_peft_metadata(layers), indent=2, sort_keys=True)
     else:
         raise ConfigError(f"LoRA format must be 'diffusers' or 'kohya', got {fmt!r}")

@@ -1,0 +1,207 @@
+"""Files and conventions shared with peer tools, checked with the peer's rules on the reading
+side: kohya-ss' LoRA names (A1111, ComfyUI, diffusers), transformers 4.x's text-encoder keys,
+A1111's infotext, hashes and embedding files, diffusers' single-file loader, and the usual
+command-line conventions (--version, python -m, defaults in --help)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdlab.cli.main import build_parser, main
+from sdlab.errors import SdlabError
+
+SHIPPED = Path(__file__).resolve().parents[1] / "src" / "sdlab" / "assets" / "shapes-sd"
+
+
+# --- peers' rules, written from their code ----------------------------------------------------
+
+def kohya_lora(text_encoder, unet, rank=2, alpha=1.0, seed=0) -> dict[str, torch.Tensor]:
+    """A LoRA state dict as kohya-ss sd-scripts (networks/lora.py) saves one: for every Linear
+    or Conv2d inside a CLIPAttention/CLIPMLP (text encoder) or Transformer2DModel (UNet),
+    "lora_te"/"lora_unet" + "." + module name + "." + child name with dots as underscores, then
+    .lora_down.weight, .lora_up.weight and a scalar .alpha, stored in fp16. kohya runs on
+    transformers 4.x, whose CLIPTextModel holds its modules under `text_model.`."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for prefix, root, classes in (("lora_te", text_encoder, ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")),
+                                  ("lora_unet", unet, ("Transformer2DModel",))):
+        for name, module in root.named_modules():
+            if type(module).__name__ not in classes:
+                continue
+            if prefix == "lora_te" and not name.startswith("text_model."):
+                name = "text_model." + name
+            for child_name, child in module.named_modules():
+                if not child_name or not isinstance(child, (torch.nn.Linear, torch.nn.Conv2d)):
+                    continue
+                stem = f"{prefix}.{name}.{child_name}".replace(".", "_")
+                w = child.weight
+                extra = (1, 1) if w.dim() == 4 else ()
+                out[f"{stem}.lora_down.weight"] = (torch.randn(rank, w.shape[1], *extra, generator=g) * 0.1).half()
+                out[f"{stem}.lora_up.weight"] = (torch.randn(w.shape[0], rank, *extra, generator=g) * 0.1).half()
+                out[f"{stem}.alpha"] = torch.tensor(alpha).half()
+    return out
+
+
+A1111_TE = re.compile(r"lora_te_text_model_encoder_layers_(\d+)_(.+)")    # A1111 Lora/lora_convert.py (SD 1.x)
+
+
+def a1111_text_layer(stem: str) -> str | None:
+    """A1111's convert_diffusers_name_to_compvis for a text-encoder stem: the name of the layer
+    in its network_layer_mapping (cond_stage_model.wrapped modules, dots as underscores)."""
+    m = A1111_TE.fullmatch(stem)
+    return f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}" if m else None
+
+
+def a1111_addnet_hash(path) -> str:
+    """A1111 modules/hashes.py addnet_hash_safetensors: sha256 of the bytes after the header."""
+    data = Path(path).read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + n:]).hexdigest()
+
+
+_RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')   # A1111 infotext_utils.py
+
+
+def a1111_parse(text: str) -> dict:
+    """A1111's parse_generation_parameters: the last line holds `key: value, ...` (3 pairs at
+    least), the lines before it the prompt, then "Negative prompt:"."""
+    res, prompt, negative, done = {}, "", "", False
+    *lines, last = text.strip().split("\n")
+    if len(_RE_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            done, line = True, line[16:].strip()
+        if done:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    for k, v in _RE_PARAM.findall(last):
+        res[k] = json.loads(v) if v[:1] == '"' and v[-1:] == '"' else v
+    res["Prompt"], res["Negative prompt"] = prompt, negative
+    return res
+
+
+def a1111_lora_tags(prompt: str) -> dict[str, float]:
+    """A1111 extra_networks.parse_prompt: <lora:NAME:WEIGHT> tags."""
+    out = {}
+    for kind, args in re.findall(r"<(\w+):([^>]+)>", prompt):
+        if kind == "lora":
+            items = args.split(":")
+            out[items[0]] = float(items[1]) if len(items) > 1 else 1.0
+    return out
+
+
+# A1111 >= 1.9 sd_samplers / sd_schedulers: samplers with their own default schedule, and
+# get_sampler_and_scheduler (a schedule label may end the sampler name, "DPM++ 2M Karras").
+A1111_SAMPLER_DEFAULTS = {"Euler a": None, "Euler": None, "LMS": None, "Heun": None, "DPM++ 2M": "karras",
+                          "DDIM": None}
+A1111_SCHEDULES = {"Automatic": "automatic", "Uniform": "uniform", "Karras": "karras", "Exponential": "exponential",
+                   "Polyexponential": "polyexponential", "SGM Uniform": "sgm_uniform", "KL Optimal": "kl_optimal",
+                   "Align Your Steps": "align_your_steps", "Simple": "simple", "Normal": "normal", "DDIM": "ddim",
+                   "Beta": "beta"}
+
+
+def a1111_sampler(d: dict) -> tuple[str, str]:
+    """(sampler, effective schedule name) A1111 samples with for an infotext's fields."""
+    name, schedule = d.get("Sampler") or "DPM++ 2M", A1111_SCHEDULES.get(d.get("Schedule type"), "automatic")
+    for label, key in A1111_SCHEDULES.items():
+        if name.endswith(" " + label):
+            name, schedule = name[: -len(label) - 1], key
+            break
+    assert name in A1111_SAMPLER_DEFAULTS, f"A1111 has no sampler {name!r}"
+    if schedule == "automatic":
+        schedule = A1111_SAMPLER_DEFAULTS[name] or "uniform"
+    return name, schedule
+
+
+# --- 1. LoRA: kohya's text-encoder names ------------------------------------------------------
+
+def _te_out(text_encoder, tokenizer, prompt="a red circle"):
+    ids = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        return text_encoder(ids)[0]
+
+
+def test_reads_a_lora_built_the_way_kohya_writes_it(tiny_model_dir, tmp_path):
+    from sdlab.models.lora import apply_lora
+    from sdlab.pipeline import Pipeline
+
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    te, unet = pipe.c.text_encoder, pipe.c.unet
+    state = kohya_lora(te, unet, rank=2, alpha=1.0)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in state)
+    path = tmp_path / "kohya.safetensors"
+    save_file(state, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": "2",
+                                          "ss_network_alpha": "1.0"})
+    q = te.get_submodule("text_model.encoder.layers.0.self_attn.q_proj" if hasattr(te, "text_model")
+                         else "encoder.layers.0.self_attn.q_proj")
+    w0, base = q.weight.detach().clone(), _te_out(te, pipe.c.tokenizer)
+    apply_lora(pipe, path, scale=0.5)
+    stem = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    up, down = state[f"{stem}.lora_up.weight"].float(), state[f"{stem}.lora_down.weight"].float()
+    assert torch.allclose(q.weight.detach(), w0 + 0.5 * (1.0 / 2) * up @ down, atol=1e-6)
+    assert (_te_out(te, pipe.c.tokenizer) - base).abs().max() > 1e-3
+
+
+def test_old_sdlab_text_encoder_names_are_still_read(tiny_model_dir, tmp_path):
+    from sdlab.models.lora import load_layers
+    from sdlab.pipeline import Pipeline
+
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    state = {k.replace("lora_te_text_model_", "lora_te_"): v
+             for k, v in kohya_lora(pipe.c.text_encoder, pipe.c.unet).items()}
+    save_file(state, str(tmp_path / "old.safetensors"))
+    layers = load_layers(tmp_path / "old.safetensors", pipe.c.unet, pipe.c.text_encoder)
+    assert sum(m.startswith("text_encoder.") for m in layers) == 2 * 6      # 2 layers x q, k, v, out, fc1, fc2
+
+
+def _random_layers(pipe, seed=1):
+    from sdlab.models.lora import LoraLayer, model_modules
+
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for path, module in model_modules(pipe.c.unet, pipe.c.text_encoder).items():
+        # q, k, v and out together: diffusers tells kohya's text-encoder layers by their out_proj
+        if path.endswith(("q_proj", "k_proj", "v_proj", "out_proj", "attn2.to_k")) and module.weight.dim() == 2:
+            out_dim, in_dim = module.weight.shape
+            layers[path] = LoraLayer(torch.randn(2, in_dim, generator=g) * 0.3, torch.randn(out_dim, 2, generator=g) * 0.3,
+                                     2.0)
+    return layers
+
+
+def test_kohya_output_names_the_text_encoder_as_a1111_comfyui_and_diffusers_map_it(tiny_model_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from sdlab.models import lora
+    from sdlab.pipeline import Pipeline
+
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    layers = _random_layers(pipe)
+    path = lora.write(tmp_path / "mine.safetensors", layers, "kohya")
+    stems = {k.split(".")[0] for k in load_file(str(path)) if k.startswith("lora_te_")}
+    te_names = {n if n.startswith("text_model.") else "text_model." + n
+                for n, m in pipe.c.text_encoder.named_modules() if isinstance(m, torch.nn.Linear)}
+    a1111_layers = {("transformer." + n).replace(".", "_") for n in te_names}     # cond_stage_model.wrapped
+    assert len(stems) == 8 and all(a1111_text_layer(s) in a1111_layers for s in stems)   # 8 of 8 map
+    handle = lora.apply_lora(pipe, path)
+    ours = _te_out(pipe.c.text_encoder, pipe.c.tokenizer)
+    handle.remove()
+    dp = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+    before = _te_out(dp.text_encoder, dp.tokenizer)
+    dp.load_lora_weights(str(path))
+    after = _te_out(dp.text_encoder, dp.tokenizer)
+    assert (after - before).abs().max() > 1e-3 and torch.allclose(after, ours, atol=1e-5)
