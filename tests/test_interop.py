@@ -205,3 +205,51 @@ def test_kohya_output_names_the_text_encoder_as_a1111_comfyui_and_diffusers_map_
     dp.load_lora_weights(str(path))
     after = _te_out(dp.text_encoder, dp.tokenizer)
     assert (after - before).abs().max() > 1e-3 and torch.allclose(after, ours, atol=1e-5)
+
+
+# --- 2. text-encoder weights that transformers 4.x loads too ----------------------------------
+
+def _v4_keys(model) -> set[str]:
+    """The state-dict keys of this CLIPTextModel as transformers 4.x names them."""
+    return {"text_model." + k.removeprefix("text_model.") for k in model.state_dict()}
+
+
+def test_the_shipped_text_encoder_has_the_keys_every_transformers_loads():
+    from transformers import CLIPTextModel
+
+    from sdlab.pipeline import Pipeline
+
+    raw = load_file(str(SHIPPED / "text_encoder" / "model.safetensors"))
+    model, info = CLIPTextModel.from_pretrained(SHIPPED / "text_encoder", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert set(raw) == _v4_keys(model)                        # transformers 4.x finds every weight
+    loaded = Pipeline.load(None, device="cpu").c.text_encoder.state_dict()
+    for key in ("text_model.embeddings.token_embedding.weight", "text_model.encoder.layers.0.self_attn.q_proj.weight",
+                "text_model.final_layer_norm.bias"):
+        mine = loaded.get(key, loaded.get(key.removeprefix("text_model.")))
+        assert torch.equal(mine, raw[key]), key                 # not re-initialised
+
+
+def test_a_saved_model_folder_writes_portable_text_encoder_keys(tiny_model_dir, tmp_path):
+    from sdlab.pipeline import Pipeline
+    from sdlab.training.methods.base import save_model_folder
+
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    save_model_folder(pipe.c, tmp_path / "model")
+    raw = load_file(str(tmp_path / "model" / "text_encoder" / "model.safetensors"))
+    assert set(raw) == _v4_keys(pipe.c.text_encoder)
+    again = Pipeline.load(tmp_path / "model", device="cpu").c.text_encoder.state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in pipe.c.text_encoder.state_dict().items())
+
+
+def test_a_text_encoder_file_without_its_weights_is_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    from sdlab.pipeline import Pipeline
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "text_encoder" / "model.safetensors"
+    save_file({"other." + k: v for k, v in load_file(str(weights)).items()}, str(weights))
+    with pytest.raises(SdlabError, match="missing"):
+        Pipeline.load(folder, device="cpu")

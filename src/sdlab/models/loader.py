@@ -158,12 +158,18 @@ def _from_pretrained(cls, p: Path, sub: str, dtype: torch.dtype):
     is_transformers = cls.__module__.startswith("transformers")
     kwargs = {"dtype": dtype} if is_transformers else {"torch_dtype": dtype}
     try:
-        return cls.from_pretrained(str(p / sub) if is_transformers else str(p),
-                                   **({} if is_transformers else {"subfolder": sub}),
-                                   local_files_only=True, **kwargs)
+        model, info = cls.from_pretrained(str(p / sub) if is_transformers else str(p),
+                                          **({} if is_transformers else {"subfolder": sub}),
+                                          local_files_only=True, output_loading_info=True, **kwargs)
     except Exception as exc:  # library errors vary: OSError, ValueError, SafetensorError...
         reason = ckpt.first_line(exc)
         raise ModelLoadError(f"cannot load {sub} from '{p / sub}': {reason}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:     # the library would only warn and leave these weights random
+        raise ModelLoadError(f"cannot load {sub} from '{p / sub}': {len(missing)} weights are missing from its "
+                             f"file (e.g. {missing[0]}); a file written for another version of "
+                             f"{'transformers' if is_transformers else 'diffusers'}?")
+    return model
 
 
 def _load_tokenizer(path, index: dict | None = None):

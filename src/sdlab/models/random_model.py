@@ -17,6 +17,7 @@ import torch
 from ..errors import ConfigError
 from ..io.atomic import atomic_dir
 from .single_file import CONFIG_ROOT, read_json
+from .text_encoder_file import save_text_encoder
 from .tokenizer import write_clip_tokenizer_files
 
 ARCHITECTURES = ("sd15", "sd21-base", "sd21-v")
@@ -44,7 +45,7 @@ def build_random_model(name: str, out_dir: str | Path, *, seed: int = 0, dtype: 
         tmp = Path(tmp)
         unet.save_pretrained(tmp / "unet")
         vae.save_pretrained(tmp / "vae")
-        text.save_pretrained(tmp / "text_encoder")
+        save_text_encoder(text, tmp / "text_encoder")
         tok_cfg = read_json(src / "tokenizer" / "tokenizer_config.json")
         write_clip_tokenizer_files(tmp / "tokenizer", pad_token=tok_cfg.get("pad_token", "<|endoftext|>"))
         shutil.copytree(src / "scheduler", tmp / "scheduler")

@@ -246,12 +246,14 @@ def save_model_folder(components, path: Path) -> Path:
     import shutil
 
     from ...io.atomic import atomic_dir
+    from ...models.text_encoder_file import rewrite_portable
 
     pipe = components.to_pipeline()
     with atomic_dir(path) as tmp:
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.to(torch.float32)
         pipe.save_pretrained(tmp, safe_serialization=True)
+        rewrite_portable(Path(tmp) / "text_encoder")        # text_model. keys: transformers 4.x loads them too
         src = Path(components.source) / "tokenizer"
         for name in ("vocab.json", "merges.txt"):
             if (src / name).is_file() and not (Path(tmp) / "tokenizer" / name).exists():
