@@ -26,7 +26,8 @@ def test_generate_writes_images_grid_and_metadata(capsys, tiny_model_dir, tmp_pa
     paths = out.split()
     assert [p.rsplit("/", 1)[1] for p in paths] == ["00000-9.png", "00001-10.png", "grid-00001.png"]
     meta = read_png_metadata(paths[0])
-    assert meta["params"]["Sampler"] == "DPM++ 2M Karras" and meta["settings"]["seed"] == 9
+    assert (meta["params"]["Sampler"], meta["params"]["Schedule type"]) == ("DPM++ 2M", "Karras")   # as A1111 writes
+    assert meta["settings"]["seed"] == 9
 
 
 def test_img2img_cli(capsys, tiny_model_dir, tmp_path):

@@ -9,7 +9,7 @@ from PIL import Image
 from sdlab.cli.generate import lora_spec
 from sdlab.cli.main import main
 from sdlab.io.metadata import read_png_metadata
-from sdlab.models.hashing import sha256_file
+from sdlab.models.hashing import lora_short_hash, sha256_file
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_lora_changes_the_image_and_is_recorded(capsys, tiny_model_dir, tmp_path
     assert code == 0
     assert np.abs(pixels(half[0]) - pixels(plain[0])).max() > 0
     meta = read_png_metadata(half[0])
-    digest = sha256_file(lora_file)[:12]
+    digest = lora_short_hash(lora_file)         # A1111's: the sha256 of the tensor data after the header
     assert meta["params"]["Lora hashes"] == f"lora_kohya: {digest}"
     assert meta["settings"]["loras"] == [{"name": "lora_kohya", "hash": digest, "scale": 0.5}]
     assert "Lora hashes" not in read_png_metadata(plain[0])["params"]
@@ -214,7 +214,7 @@ def test_a1111_lora_tag_in_the_prompt_is_the_same_as_the_flag(capsys, tiny_model
     assert code == 0 and np.abs(pixels(tag[0]) - pixels(flag[0])).max() == 0
     meta = read_png_metadata(tag[0])
     assert meta["prompt"] == "a red circle <lora:my-heart:0.5>"          # kept, as A1111 keeps it
-    assert meta["params"]["Lora hashes"] == f"my-heart: {sha256_file(lora_file)[:12]}"
+    assert meta["params"]["Lora hashes"] == f"my-heart: {lora_short_hash(lora_file)}"
 
 
 @pytest.mark.parametrize("prompt, dirs, message", [

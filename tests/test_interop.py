@@ -253,3 +253,56 @@ def test_a_text_encoder_file_without_its_weights_is_refused(tiny_model_dir, tmp_
     save_file({"other." + k: v for k, v in load_file(str(weights)).items()}, str(weights))
     with pytest.raises(SdlabError, match="missing"):
         Pipeline.load(folder, device="cpu")
+
+
+# --- 3. A1111 infotext: LoRA hashes, tags, samplers -------------------------------------------
+
+def test_generate_with_a_lora_writes_what_a1111_reads(capsys, tiny_model_dir, tmp_path):
+    from sdlab.io.metadata import read_png_metadata
+    from sdlab.models import lora
+    from sdlab.pipeline import Pipeline
+
+    path = lora.write(tmp_path / "my-heart.safetensors", _random_layers(Pipeline.load(tiny_model_dir)), "kohya")
+    code = main(["generate", "a red circle", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "3",
+                 "--sampler", "DPM++ 2M", "--lora", f"{path}:0.8", "--out", str(tmp_path / "out")])
+    assert code == 0
+    png = capsys.readouterr().out.split()[0]
+    info = a1111_parse(read_png_metadata(png)["parameters"])
+    assert a1111_lora_tags(info["Prompt"]) == {"my-heart": 0.8}       # PNG Info applies it again
+    hashes = dict(x.strip().split(": ") for x in info["Lora hashes"].split(","))
+    assert hashes == {"my-heart": a1111_addnet_hash(path)[:12]}         # A1111 finds the file by this hash
+    assert hashes["my-heart"] != hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    spacing = json.loads((tiny_model_dir / "scheduler" / "scheduler_config.json").read_text())["timestep_spacing"]
+    expected = {"linspace": "uniform", "trailing": "sgm_uniform", "leading": "ddim"}[spacing]
+    assert a1111_sampler(info) == ("DPM++ 2M", expected)               # not A1111's default Karras
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "Heun", "LMS", "DPM++ 2M", "DDIM", "Euler Karras",
+                                     "Euler a Karras", "Heun Karras", "LMS Karras", "DPM++ 2M Karras"])
+def test_each_sampler_is_named_so_a1111_samples_alike(sampler):
+    from sdlab.io.metadata import format_infotext, sampler_fields
+    from sdlab.sampling import get_sampler
+
+    spec = get_sampler(sampler)
+    info = a1111_parse(format_infotext("p", "", {"Steps": 20, **sampler_fields(spec.name, spec.sigma_kind, "linspace"),
+                                                 "CFG scale": 7}))
+    name, schedule = a1111_sampler(info)
+    assert name == sampler.removesuffix(" Karras")
+    assert schedule == ("karras" if spec.sigma_kind == "karras" else "uniform")
+
+
+@pytest.mark.parametrize("spacing,label", [("linspace", "Uniform"), ("trailing", "SGM Uniform"), ("leading", "DDIM")])
+def test_the_schedule_type_names_a1111s_schedule_with_these_timesteps(spacing, label):
+    """A1111 sd_schedulers: uniform = k-diffusion get_sigmas (t from t_max to 0), sgm_uniform =
+    linspace(t_max, t_min, n + 1)[:-1], ddim = every 1000 // n-th sigma from index 1."""
+    import numpy as np
+
+    from sdlab.io.metadata import sampler_fields
+    from sdlab.sampling import NoiseSchedule
+
+    n = 10
+    a1111 = {"Uniform": np.linspace(999, 0, n), "SGM Uniform": np.linspace(999, 0, n + 1)[:-1],
+             "DDIM": np.arange(1, 1000, 1000 // n)[::-1]}
+    schedule = NoiseSchedule(timestep_spacing=spacing, steps_offset=1)
+    assert sampler_fields("Euler", "default", spacing)["Schedule type"] == label
+    assert np.abs(np.asarray(schedule.timesteps(n), dtype=float) - a1111[label]).max() <= 1.0

@@ -73,7 +73,8 @@ def test_generate_job_writes_pngs_with_metadata_and_streams_progress(make_client
     assert [im["seed"] for im in images] == [5, 6] and job["result"]["grid"]["name"] == "grid-00001.png"
     meta = read_png_metadata(tmp_path / "out" / images[1]["name"])
     assert meta["prompt"] == "a red circle" and meta["negative_prompt"] == "blue"
-    assert meta["params"]["Seed"] == 6 and meta["params"]["Sampler"] == "DPM++ 2M Karras"
+    assert meta["params"]["Seed"] == 6 and (meta["params"]["Sampler"], meta["params"]["Schedule type"]) == \
+        ("DPM++ 2M", "Karras")
     assert meta["params"]["Steps"] == 3 and meta["params"]["CFG scale"] == 4.0 and meta["params"]["Size"] == "32x32"
     r = c.get(images[0]["url"])
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"

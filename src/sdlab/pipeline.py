@@ -22,10 +22,11 @@ from .callbacks import CancelToken, StepCallback
 from .config import GenerationConfig
 from .errors import ConfigError
 from .guidance.cfg import CFGDenoiser, GuidanceCond
-from .io.metadata import format_infotext
+from .io.metadata import format_infotext, hashes_field, sampler_fields
 from .sampling import Denoiser, NoiseSchedule, get_sampler, get_sigmas, img2img_start
 from .sampling.noise import batch_noise
 from .text.chunks import encode_weighted_batch, pad_to_same_length
+from .text.extra_networks import with_lora_tags
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "shapes-sd"
 
@@ -261,19 +262,19 @@ class Pipeline:
         return [dict(r) for r in self.embeddings if re.search(rf"(?<!\w){re.escape(r['name'])}(?!\w)", text)]
 
     def infotext(self, config: GenerationConfig, seed: int, width: int, height: int, *, img2img=False) -> str:
-        params = {"Steps": config.steps, "Sampler": get_sampler(config.sampler).name, "CFG scale": config.cfg_scale,
-                  "Seed": seed, "Size": f"{width}x{height}", "Model hash": self.c.model_hash, "Model": self.c.name}
+        spec = get_sampler(config.sampler)
+        params = {"Steps": config.steps, **sampler_fields(spec.name, spec.sigma_kind, self.schedule.timestep_spacing),
+                  "CFG scale": config.cfg_scale, "Seed": seed, "Size": f"{width}x{height}",
+                  "Model hash": self.c.model_hash, "Model": self.c.name}
         if img2img:
             params["Denoising strength"] = config.strength
         if config.guidance_rescale:
             params["CFG Rescale phi"] = config.guidance_rescale
         if vae := self.c.extra.get("vae"):    # A1111 writes these two only for a swapped-in VAE
             params["VAE hash"], params["VAE"] = vae["hash"], vae["name"]
-        if self.loras:                        # A1111's keys, which civitai and others read
-            params["Lora hashes"] = ", ".join(f"{r['name']}: {r['hash']}" for r in self.loras)
-        if used := self.embeddings_used(config):
-            params["TI hashes"] = ", ".join(f"{r['name']}: {r['hash']}" for r in used)
-        return format_infotext(config.prompt, config.negative_prompt, params)
+        params["Lora hashes"] = hashes_field(self.loras)     # A1111's keys, which civitai and others read
+        params["TI hashes"] = hashes_field(self.embeddings_used(config))
+        return format_infotext(with_lora_tags(config.prompt, self.loras), config.negative_prompt, params)
 
 
 def _as_batch(t: torch.Tensor, name: str) -> torch.Tensor:

@@ -4,7 +4,7 @@ Infotext layout, as A1111 writes and other tools read it::
 
     PROMPT (may span lines)
     Negative prompt: NEGATIVE (line omitted when empty)
-    Steps: 25, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 64x64, Model hash: ..., Model: ...
+    Steps: 25, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7.5, Seed: 1, Size: 64x64, Model hash: ...
 
 Values holding a comma, colon or newline are written as JSON strings ("...").
 """
@@ -29,6 +29,28 @@ INT_KEYS = {"Steps", "Seed", "Clip skip", "Batch size", "Batch pos", "Variation 
             "Seed resize from-1", "ENSD", "Hires steps"}
 FLOAT_KEYS = {"CFG scale", "Denoising strength", "Variation seed strength", "Eta",
               "Hires upscale", "Guidance rescale"}
+
+
+# A1111 >= 1.9 writes the sigma schedule apart from the sampler ("Sampler: DPM++ 2M, Schedule type:
+# Karras"); without the field it takes the sampler's own default (Karras, for DPM++ 2M). sdlab's
+# default sigmas follow the model's timestep spacing: A1111's Uniform is linspace, SGM Uniform
+# trailing, DDIM leading.
+SCHEDULE_TYPES = {"karras": "Karras", "linspace": "Uniform", "trailing": "SGM Uniform", "leading": "DDIM"}
+
+
+def sampler_fields(name: str, sigma_kind: str, timestep_spacing: str) -> dict[str, str]:
+    """A1111's "Sampler" and "Schedule type" of an sdlab sampler: "DPM++ 2M Karras" ->
+    {"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, as A1111 writes them."""
+    if sigma_kind == "karras":
+        return {"Sampler": name.removesuffix(" Karras"), "Schedule type": SCHEDULE_TYPES["karras"]}
+    return {"Sampler": name, "Schedule type": SCHEDULE_TYPES.get(timestep_spacing, "Automatic")}
+
+
+def hashes_field(records) -> str | None:
+    """"NAME: HASH, ..." of {"name", "hash"} records, as A1111 writes "Lora hashes" and "TI
+    hashes" (':' and ',' taken out of names, so the list parses back); None for no records."""
+    items = [f"{r['name'].replace(':', '').replace(',', '')}: {r['hash']}" for r in records]
+    return ", ".join(items) or None
 
 
 def quote(value: Any) -> str:

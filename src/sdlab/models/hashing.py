@@ -26,9 +26,31 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def short_hash(path: str | Path) -> str:
-    """A1111's shorthash of a LoRA or embedding file ("Lora hashes", "TI hashes" in infotext):
-    the first 12 hex digits of the file's sha256."""
+    """A1111's shorthash of an embedding file ("TI hashes" in infotext): the first 12 hex
+    digits of the file's sha256."""
     return sha256_file(path)[:12]
+
+
+def safetensors_data_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a .safetensors file's tensor data: the bytes after the 8-byte header length
+    and the JSON header (kohya-ss' "addnet" hash, which A1111 uses for LoRA files; editing the
+    metadata does not change it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ModelLoadError(f"'{path}' is not a safetensors file (shorter than its 8-byte header length)")
+        fh.seek(8 + int.from_bytes(head, "little"))
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lora_short_hash(path: str | Path) -> str:
+    """A1111's shorthash of a LoRA file ("Lora hashes" in infotext): the first 12 hex digits of
+    the tensor-data sha256 for .safetensors (safetensors_data_sha256), of the file's sha256 otherwise."""
+    is_safetensors = Path(path).suffix.lower() == ".safetensors"
+    return (safetensors_data_sha256(path) if is_safetensors else sha256_file(path))[:12]
 
 
 def weights_file(component: str | Path, names=UNET_WEIGHT_FILES) -> Path | None:

@@ -283,10 +283,10 @@ def apply_lora(pipe, path: str | Path, scale: float = 1.0) -> AppliedLora:
     """Merge a LoRA file (either layout) into an sdlab Pipeline at `scale`."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not -10 <= scale <= 10:
         raise ConfigError(f"LoRA scale must be a number in [-10, 10], got {scale!r}")
-    from .hashing import short_hash
+    from .hashing import lora_short_hash
 
     layers = load_layers(path, pipe.c.unet, pipe.c.text_encoder)
-    record = {"name": Path(path).stem, "hash": short_hash(path), "scale": float(scale)}
+    record = {"name": Path(path).stem, "hash": lora_short_hash(path), "scale": float(scale)}
     fused = [m for m in pipe.c.unet.modules() if getattr(m, "fused_projections", False)]
     return AppliedLora(model_modules(pipe.c.unet, pipe.c.text_encoder), layers, float(scale),
                        getattr(pipe, "loras", None), record, fused)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .hashing import short_hash
+from .hashing import lora_short_hash
 from .lora import _metadata_alphas, detect_format, read_file, split_key
 
 # module-name endings, most specific first; kohya spells the dots as underscores
@@ -46,4 +46,4 @@ def describe_lora(path: str | Path) -> dict:
     for d in comps.values():
         for k in ("ranks", "alphas", "targets"):
             d[k] = dict(d[k].most_common())
-    return {"file": str(path), "kind": "LoRA", "format": fmt, "hash": short_hash(path), "components": comps}
+    return {"file": str(path), "kind": "LoRA", "format": fmt, "hash": lora_short_hash(path), "components": comps}

@@ -31,6 +31,15 @@ def lora_tags(prompt: str) -> list[tuple[str, float]]:
     return tags
 
 
+def with_lora_tags(prompt: str, loras) -> str:
+    """`prompt` with a `<lora:NAME:SCALE>` tag added for each applied LoRA record ({"name",
+    "scale"}) it does not tag yet: A1111 applies LoRAs only from tags, so its PNG Info then
+    reproduces an image made with `--lora FILE:SCALE`."""
+    tagged = {name for name, _ in lora_tags(prompt)}
+    extra = [f"<lora:{r['name']}:{r['scale']:g}>" for r in loras if r["name"] not in tagged]
+    return " ".join([prompt, *extra]) if extra else prompt
+
+
 def tags_of_prompts(prompts) -> list[tuple[str, float]]:
     """The LoRA tags of prompts that sample together (prompt-to-prompt pairs, interpolation
     ends): each name once; a name with two different weights is refused."""
