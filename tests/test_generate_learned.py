@@ -195,10 +195,10 @@ def test_info_describes_embedding_files(capsys, tmp_path):
     from sdlab.text.embeddings import save_a1111, save_diffusers
 
     vectors = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
-    files = [save_a1111(tmp_path / "a.safetensors", "my-shape", vectors),
+    files = [save_a1111(tmp_path / "my-shape.safetensors", "my-shape", vectors),      # A1111: named after the file
              save_diffusers(tmp_path / "learned_embeds.safetensors", {"my-shape": vectors})]
-    torch.save({"string_to_param": {"*": vectors}, "name": "my-shape"}, tmp_path / "a.pt")
-    for path in files + [tmp_path / "a.pt"]:
+    torch.save({"string_to_param": {"*": vectors}, "name": "my-shape"}, tmp_path / "my-shape.pt")
+    for path in files + [tmp_path / "my-shape.pt"]:
         assert main(["info", str(path)]) == 0
         text = capsys.readouterr().out
         assert "textual-inversion embedding" in text and "my-shape: 2 vector(s) of 3, norms 5.0, 1.0" in text, path

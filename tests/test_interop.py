@@ -306,3 +306,56 @@ def test_the_schedule_type_names_a1111s_schedule_with_these_timesteps(spacing, l
     schedule = NoiseSchedule(timestep_spacing=spacing, steps_offset=1)
     assert sampler_fields("Euler", "default", spacing)["Schedule type"] == label
     assert np.abs(np.asarray(schedule.timesteps(n), dtype=float) - a1111[label]).max() <= 1.0
+
+
+# --- 4. A1111 textual-inversion files ---------------------------------------------------------
+
+def a1111_read_embedding(path) -> tuple[str, torch.Tensor]:
+    """A1111 textual_inversion.py load_from_file for a .safetensors: a flat dict whose single
+    tensor is the embedding (no string_to_param or clip_g/clip_l in a flat file), named after
+    the file."""
+    data = load_file(str(path))
+    assert "string_to_param" not in data and not ("clip_g" in data and "clip_l" in data)
+    assert len(data) == 1, "embedding file has multiple terms in it"
+    emb = next(iter(data.values()))
+    return Path(path).stem, emb[None] if emb.dim() == 1 else emb
+
+
+def test_convert_writes_an_embedding_a1111_reads(capsys, tmp_path):
+    vec = torch.randn(2, 128)
+    save_file({"<tri>": vec}, str(tmp_path / "learned_embeds.safetensors"))
+    assert main(["convert", str(tmp_path / "learned_embeds.safetensors"), str(tmp_path / "tri.safetensors"),
+                 "--to", "a1111"]) == 0
+    name, emb = a1111_read_embedding(tmp_path / "tri.safetensors")
+    assert name == "tri" and torch.equal(emb, vec)
+
+
+def test_ones_own_tri_embedding_loads_and_its_file_name_triggers_it(tmp_path):
+    from sdlab.config import GenerationConfig
+    from sdlab.pipeline import Pipeline
+    from sdlab.text.embeddings import save_a1111
+
+    pipe = Pipeline.load(None, device="cpu")
+    assert "tri" in pipe.c.tokenizer.get_vocab()                   # a BPE piece of the shipped vocabulary
+    plain = pipe.encode_prompt(["a red tri", "a red triangle"])
+    save_a1111(tmp_path / "tri.safetensors", "tri", torch.randn(2, 128) * 0.5, step=100)
+    assert pipe_tokens(pipe, tmp_path / "tri.safetensors") == ["tri"]
+    tri, triangle, angled = pipe.encode_prompt(["a red tri", "a red triangle", "a red <tri>"])
+    assert (tri - plain[0]).abs().max() > 1e-3 and torch.equal(tri, angled)
+    assert torch.equal(triangle, plain[1])                         # other words keep their meaning
+    info = a1111_parse(pipe.infotext(GenerationConfig(prompt="a red tri"), 1, 64, 64))
+    assert info["TI hashes"].startswith("tri: ")
+
+
+def pipe_tokens(pipe, path):
+    from sdlab.text.embeddings import load_embedding
+
+    return load_embedding(pipe, path)
+
+
+def test_an_a1111_pt_embedding_is_named_after_its_file(tmp_path):
+    from sdlab.text.embeddings import read_embedding
+
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.randn(1, 8)}, "name": "old-name",
+                "step": 5}, tmp_path / "new-name.pt")
+    assert list(read_embedding(tmp_path / "new-name.pt")) == ["new-name"]

@@ -4,15 +4,20 @@ Layouts read:
 - diffusers `learned_embeds.safetensors` / `.bin`: {token: (dim,) or (N, dim)};
 - AUTOMATIC1111 `.pt`: {"string_to_param": {"*": (N, dim)}, "name": ..., "step": ...}
   (read with torch.load(weights_only=True); anything else pickled is refused);
-- AUTOMATIC1111 / kohya `.safetensors`: {"emb_params": (N, dim)}, named after the file.
+- AUTOMATIC1111 / kohya `.safetensors`: {"emb_params": (N, dim)}.
+A1111 names every embedding after its file (its `load_from_file` ignores a stored name), so
+these files give the token FILE-NAME, and sdlab writes its A1111 files so (`save_a1111`).
 
 A token with N vectors becomes N tokens `tok tok_1 ... tok_{N-1}`; `expand_prompt` rewrites
-`tok` in a prompt into all of them (as diffusers' `maybe_convert_prompt` does).
+`tok` in a prompt into all of them (as diffusers' `maybe_convert_prompt` does). A name the
+vocabulary has already (a word or a BPE piece, as `tri`) is added as `<name>`, and `name` as a
+whole word in a prompt means it, as in A1111, where the file name triggers the embedding.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from pathlib import Path
 
 import torch
@@ -69,8 +74,29 @@ def set_token_vectors(tokenizer, text_encoder, tokens: list[str], vectors: torch
         weight[[added[t] for t in tokens]] = vectors.to(weight.device, weight.dtype)
 
 
+# tokenizer -> {trigger word: the token it was added as}, for names the vocabulary had already
+_TRIGGERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def prompt_token(tokenizer, name: str) -> str:
+    """The token the embedding `name` is added as: `name`, or `<name>` when the vocabulary has
+    `name` already as a word or BPE piece (its row must not change)."""
+    vocab, added = tokenizer.get_vocab(), tokenizer.get_added_vocab()
+    if name in added or not (name in vocab or f"{name}</w>" in vocab):
+        return name
+    return f"<{name}>"
+
+
+def _whole_word(word: str) -> re.Pattern:
+    """`word` not inside another word or a `<...>` token (letters end a CLIP word; digits do not)."""
+    return re.compile(rf"(?<![^\W\d_])(?<!<){re.escape(word)}(?![^\W\d_])(?!>)", re.IGNORECASE)
+
+
 def expand_prompt(prompt: str, tokenizer) -> str:
-    """Replace each multi-vector token `tok` (one with `tok_1` in the vocab) by `tok tok_1 ...`."""
+    """Replace trigger words by the token they were added as (prompt_token), then each
+    multi-vector token `tok` (one with `tok_1` in the vocab) by `tok tok_1 ...`."""
+    for word, token in _TRIGGERS.get(tokenizer, {}).items():
+        prompt = _whole_word(word).sub(token + " ", prompt)     # the space keeps a following digit apart
     added = getattr(tokenizer, "get_added_vocab", dict)()
     if not added:
         return prompt
@@ -88,7 +114,7 @@ def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         data, meta = read_safetensors(path, "embedding file")
         if "emb_params" in data:
-            return {meta.get("name", path.stem): _as_2d(data["emb_params"], path)}
+            return {path.stem: _as_2d(data["emb_params"], path)}
         _refuse_non_embedding(path, data)
         return {k: _as_2d(v, path) for k, v in data.items()}
     if path.suffix in (".pt", ".bin", ".ckpt"):
@@ -99,7 +125,7 @@ def read_embedding(path: str | Path) -> dict[str, torch.Tensor]:
             params = data["string_to_param"]
             if not isinstance(params, dict) or len(params) != 1:
                 raise ModelLoadError(f"'{path}': string_to_param must hold exactly one tensor")
-            return {str(data.get("name") or path.stem): _as_2d(next(iter(params.values())), path)}
+            return {path.stem: _as_2d(next(iter(params.values())), path)}
         if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
             _refuse_non_embedding(path, data)
             return {k: _as_2d(v, path) for k, v in data.items()}
@@ -148,13 +174,16 @@ def load_embedding(pipe, path: str | Path, token: str | None = None, replace: bo
         found = {token: next(iter(found.values()))}
     from ..models.hashing import short_hash
 
-    digest = short_hash(path)
+    digest, tokenizer = short_hash(path), pipe.c.tokenizer
     for name, vectors in found.items():
-        names = token_names(name, len(vectors))
-        if replace and name in pipe.c.tokenizer.get_added_vocab():
-            set_token_vectors(pipe.c.tokenizer, pipe.c.text_encoder, names, vectors)
+        token = prompt_token(tokenizer, name)
+        names = token_names(token, len(vectors))
+        if replace and token in tokenizer.get_added_vocab():
+            set_token_vectors(tokenizer, pipe.c.text_encoder, names, vectors)
         else:
-            add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, names, vectors)
+            add_tokens(tokenizer, pipe.c.text_encoder, names, vectors)
+        if token != name:
+            _TRIGGERS.setdefault(tokenizer, {})[name] = token
         records = getattr(pipe, "embeddings", None)
         if records is not None:
             records[:] = [r for r in records if r["name"] != name]
@@ -169,6 +198,10 @@ def save_diffusers(path: Path, embeds: dict[str, torch.Tensor]) -> Path:
 
 
 def save_a1111(path: Path, name: str, vectors: torch.Tensor, step: int = 0) -> Path:
+    """One (N, dim) embedding as A1111 and kohya read a .safetensors embedding: the single
+    tensor `emb_params` (A1111 reads any one-tensor file; kohya and ComfyUI look for this key),
+    its name and step in the metadata. A1111's trigger word is the file name, so `name` should
+    be the file's stem (what sdlab's own files use)."""
     tensors = {"emb_params": vectors.detach().float().cpu().contiguous()}
     meta = {"name": name, "step": str(step), "sd_checkpoint_name": ""}
     return atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
