@@ -359,3 +359,60 @@ def test_an_a1111_pt_embedding_is_named_after_its_file(tmp_path):
     torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.randn(1, 8)}, "name": "old-name",
                 "step": 5}, tmp_path / "new-name.pt")
     assert list(read_embedding(tmp_path / "new-name.pt")) == ["new-name"]
+
+
+# --- 5. single-file export --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sd1_layout_model(tmp_path_factory):
+    """A tiny random model with the shipped SD 1.5 configs, shrunk (GroupNorm 32, as LDM)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sdlab.models.single_file import CONFIG_ROOT, read_json
+    from sdlab.models.text_encoder_file import save_text_encoder
+    from sdlab.models.tokenizer import write_clip_tokenizer_files
+
+    src, root = CONFIG_ROOT / "sd15", tmp_path_factory.mktemp("sd1") / "model"
+    torch.manual_seed(0)
+    unet_cfg = {**read_json(src / "unet" / "config.json"), "block_out_channels": [32, 64], "layers_per_block": 1,
+                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "attention_head_dim": 4,
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 32, "sample_size": 8}
+    vae_cfg = {**read_json(src / "vae" / "config.json"), "block_out_channels": [32, 32], "layers_per_block": 1,
+               "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2}
+    text_cfg = {**read_json(src / "text_encoder" / "config.json"), "hidden_size": 32, "intermediate_size": 64,
+                "num_attention_heads": 2, "num_hidden_layers": 2}
+    UNet2DConditionModel.from_config(unet_cfg).save_pretrained(root / "unet")
+    AutoencoderKL.from_config(vae_cfg).save_pretrained(root / "vae")
+    save_text_encoder(CLIPTextModel(CLIPTextConfig.from_dict(text_cfg)), root / "text_encoder")
+    write_clip_tokenizer_files(root / "tokenizer")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text((src / "scheduler" / "scheduler_config.json").read_text())
+    (root / "model_index.json").write_text((src / "model_index.json").read_text())
+    return root
+
+
+def test_convert_to_single_file_is_read_by_diffusers(capsys, sd1_layout_model, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "one.safetensors"
+    assert main(["convert", str(sd1_layout_model), str(out), "--to", "single-file"]) == 0
+    assert (tmp_path / "one.yaml").is_file()
+    single = StableDiffusionPipeline.from_single_file(str(out), original_config=str(tmp_path / "one.yaml"),
+                                                      config=str(sd1_layout_model), local_files_only=True,
+                                                      safety_checker=None, requires_safety_checker=False)
+    folder = StableDiffusionPipeline.from_pretrained(sd1_layout_model, safety_checker=None)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(single, name).state_dict(), getattr(folder, name).state_dict()
+        assert set(a) <= set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+        assert len(a) == len(b) - sum(k.endswith("position_ids") for k in b), name
+
+
+def test_convert_to_single_file_refuses_with_one_line(capsys, sd1_layout_model, tmp_path):
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"mine")
+    assert main(["convert", str(sd1_layout_model), str(taken), "--to", "single-file"]) == 2
+    assert taken.read_bytes() == b"mine" and len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["convert", str(SHIPPED), str(tmp_path / "shipped.safetensors"), "--to", "single-file"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "addition_embed_type" in err and not (tmp_path / "shipped.safetensors").exists()

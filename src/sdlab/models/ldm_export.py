@@ -2,15 +2,21 @@
 
 diffusers ships only the original -> diffusers direction inside the package; this is the
 reverse mapping, so a model trained here can be saved as one ``.safetensors`` file that
-AUTOMATIC1111-style tools (and sdlab's own single-file loader) read.
+AUTOMATIC1111-style tools (and sdlab's own single-file loader) read (`sdlab convert MODEL
+out.safetensors --to single-file`), with its LDM config as ``out.yaml`` beside it.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
+import yaml
+from safetensors.torch import save_file
 
+from sdlab.errors import ConfigError
+from sdlab.io.atomic import atomic_save
 from sdlab.models.checkpoint import CLIP_PREFIX, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 _RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
@@ -142,3 +148,96 @@ def original_state_dict(unet, vae, text_encoder, family: str) -> dict:
     text = text_encoder.state_dict()
     sd.update(clip_to_original(text) if family == "sd1" else openclip_to_original(text))
     return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+# --- a whole model as one file, with the LDM config A1111 reads beside it ---------------------
+
+def export_family(text_encoder) -> str:
+    """"sd2" for an OpenCLIP-style text encoder (gelu, as SD 2.x), else "sd1" (CLIP, quick_gelu)."""
+    return "sd2" if getattr(text_encoder.config, "hidden_act", "") == "gelu" else "sd1"
+
+
+def unsupported(unet_cfg: dict, vae_cfg: dict) -> list[str]:
+    """What the original (CompVis LDM) layout and code cannot hold of a model, in words; empty
+    for SD 1.x/2.x-style architectures of any size."""
+    reasons = []
+    for name, cfg in (("UNet", unet_cfg), ("VAE", vae_cfg)):
+        if cfg.get("norm_num_groups", 32) != 32:
+            reasons.append(f"its {name} normalises with {cfg['norm_num_groups']} groups (LDM: 32)")
+    for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type", "time_cond_proj_dim"):
+        if unet_cfg.get(key) is not None:
+            reasons.append(f"its UNet has {key}={unet_cfg[key]!r}")
+    base = unet_cfg["block_out_channels"][0]
+    if any(c % base for c in unet_cfg["block_out_channels"]) or \
+            any(c % vae_cfg["block_out_channels"][0] for c in vae_cfg["block_out_channels"]):
+        reasons.append("its channel counts are not multiples of the first block's")
+    heads = unet_cfg.get("num_attention_heads") or unet_cfg.get("attention_head_dim")
+    if isinstance(heads, (list, tuple)) and not unet_cfg.get("use_linear_projection") and len(set(heads)) > 1:
+        reasons.append("its UNet levels have different head counts without linear projections")
+    return reasons
+
+
+def check_exportable(unet_cfg: dict, vae_cfg: dict, source) -> None:
+    """ConfigError (one line) naming what `source`'s architecture has that the layout has not."""
+    if reasons := unsupported(unet_cfg, vae_cfg):
+        raise ConfigError(f"'{source}' cannot be written in the single-file (CompVis LDM) layout: "
+                          f"{'; '.join(reasons)}; only SD 1.x/2.x-style architectures (of any size) can")
+
+
+def ldm_config(unet_cfg: dict, vae_cfg: dict, sched_cfg: dict, family: str) -> dict:
+    """The original `v1-inference.yaml`-style config of a model (what A1111 reads from
+    `NAME.yaml` beside a checkpoint, and diffusers' `from_single_file(original_config=...)`)."""
+    base, mults = unet_cfg["block_out_channels"][0], unet_cfg["block_out_channels"]
+    heads = unet_cfg.get("num_attention_heads") or unet_cfg.get("attention_head_dim")
+    heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(mults)
+    linear = bool(unet_cfg.get("use_linear_projection"))
+    unet = {"use_checkpoint": False, "image_size": unet_cfg["sample_size"], "in_channels": unet_cfg["in_channels"],
+            "out_channels": unet_cfg["out_channels"], "model_channels": base,
+            "attention_resolutions": [2 ** i for i, b in enumerate(unet_cfg["down_block_types"]) if "CrossAttn" in b],
+            "num_res_blocks": unet_cfg["layers_per_block"], "channel_mult": [c // base for c in mults],
+            "use_spatial_transformer": True, "transformer_depth": unet_cfg.get("transformer_layers_per_block", 1),
+            "context_dim": unet_cfg["cross_attention_dim"], "legacy": False,
+            **({"num_head_channels": base // heads[0], "use_linear_in_transformer": True} if linear
+               else {"num_heads": heads[0]}),
+            **({"use_fp16": False} if family == "sd2" else {})}
+    vbase = vae_cfg["block_out_channels"][0]
+    ddconfig = {"double_z": True, "z_channels": vae_cfg["latent_channels"], "resolution": vae_cfg.get("sample_size", 256),
+                "in_channels": vae_cfg["in_channels"], "out_ch": vae_cfg["out_channels"], "ch": vbase,
+                "ch_mult": [c // vbase for c in vae_cfg["block_out_channels"]],
+                "num_res_blocks": vae_cfg["layers_per_block"], "attn_resolutions": [], "dropout": 0.0}
+    cond = ({"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder"} if family == "sd1" else
+            {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
+             "params": {"freeze": True, "layer": "penultimate"}})
+    params = {"linear_start": sched_cfg.get("beta_start", 0.00085), "linear_end": sched_cfg.get("beta_end", 0.012),
+              "num_timesteps_cond": 1, "log_every_t": 200, "timesteps": sched_cfg.get("num_train_timesteps", 1000),
+              "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": unet_cfg["sample_size"],
+              "channels": unet_cfg["in_channels"], "cond_stage_trainable": False, "conditioning_key": "crossattn",
+              "monitor": "val/loss_simple_ema", "scale_factor": vae_cfg.get("scaling_factor", 0.18215),
+              "use_ema": False,
+              **({"parameterization": "v"} if sched_cfg.get("prediction_type") == "v_prediction" else {}),
+              "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet},
+              "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL",
+                                     "params": {"embed_dim": vae_cfg["latent_channels"], "monitor": "val/rec_loss",
+                                                "ddconfig": ddconfig, "lossconfig": {"target": "torch.nn.Identity"}}},
+              "cond_stage_config": cond}
+    return {"model": {"base_learning_rate": 1.0e-4, "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+                      "params": params}}
+
+
+def export_single_file(components, out) -> tuple:
+    """Write `components` (a loaded model) as one original-layout `.safetensors` and its LDM
+    config as `.yaml` beside it; neither may exist. Returns (file, yaml, family)."""
+    unet_cfg, vae_cfg = dict(components.unet.config), dict(components.vae.config)
+    check_exportable(unet_cfg, vae_cfg, components.source)
+    out = Path(out)
+    side = out.with_suffix(".yaml")
+    for path in (out, side):
+        if path.exists() or path.is_symlink():
+            raise ConfigError(f"'{path}' exists; choose another output file (DST and DST.yaml are written) "
+                              "or remove it")
+    family = export_family(components.text_encoder)
+    state = original_state_dict(components.unet, components.vae, components.text_encoder, family)
+    config = ldm_config(unet_cfg, vae_cfg, components.scheduler_config, family)
+    atomic_save(out, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_save(side, lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+    return out, side, family
