@@ -416,3 +416,41 @@ def test_convert_to_single_file_refuses_with_one_line(capsys, sd1_layout_model, 
     assert main(["convert", str(SHIPPED), str(tmp_path / "shipped.safetensors"), "--to", "single-file"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "addition_embed_type" in err and not (tmp_path / "shipped.safetensors").exists()
+
+
+# --- 6. command-line conventions --------------------------------------------------------------
+
+def test_version_and_python_m_sdlab(capsys):
+    from sdlab import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"sdlab {__version__}"
+    run = subprocess.run([sys.executable, "-m", "sdlab", "--version"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == f"sdlab {__version__}"
+
+
+def _parsers(parser, name="sdlab"):
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, child in action.choices.items():
+                yield from _parsers(child, f"{name} {sub}")
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    missing, checked = [], 0
+    for name, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            d = action.default
+            if not action.option_strings or d is None or d is False or d == argparse.SUPPRESS or d == [] \
+                    or action.help == argparse.SUPPRESS:
+                continue
+            formatter = parser._get_formatter()
+            formatter.add_argument(action)
+            text = "".join(formatter.format_help().split())             # help lines wrap, even at hyphens
+            values = d if isinstance(d, (list, tuple)) else [d]
+            checked += 1
+            if not all("".join(str(v).split()) in text.split(action.option_strings[-1], 1)[-1] for v in values):
+                missing.append(f"{name} {action.option_strings[-1]} (default {d!r})")
+    assert checked > 100 and not missing, missing

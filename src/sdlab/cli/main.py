@@ -21,9 +21,32 @@ EPILOG = """examples:
 """
 
 
+def _with_default(action: argparse.Action) -> str | None:
+    """`action`'s help with "(default: X)" added when its default means something (not None,
+    False or empty) and the help does not give the value already."""
+    text, default = action.help or "", action.default
+    if (text == argparse.SUPPRESS or default is None or default is False or default in (argparse.SUPPRESS, [])
+            or not action.option_strings or "%(default)" in text or ("default" in text and str(default) in text)):
+        return action.help
+    return f"{text} (default: %(default)s)".lstrip()
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option of `parser` and of the subcommand parsers below it shows its default; the
+    examples in descriptions and epilogs keep their layout."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        action.help = _with_default(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdlab", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="sdlab", description=__doc__, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"sdlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate.register(sub)
     attend.register(sub)
@@ -36,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     convert.register(sub)
     evaluate.register(sub)
+    _show_defaults(parser)
     return parser
 
 
