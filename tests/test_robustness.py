@@ -205,3 +205,90 @@ def test_low_memory_degrades_to_what_the_cpu_supports(capsys, tmp_path, tiny_mod
     notes = [ln for ln in err.splitlines() if ln.startswith("sdlab: note:")]
     assert notes == ["sdlab: note: --low-memory without CUDA: attention/VAE slicing and VAE tiling only "
                      "(model CPU offload needs a CUDA device)"]
+
+
+# --- NaN / inf never reach a PNG ----------------------------------------------------------------
+
+def test_nan_embedding_stops_sampling_with_one_line(capsys, tmp_path, tiny_model_dir):
+    import torch
+    from safetensors.torch import save_file
+
+    emb = tmp_path / "nan.safetensors"
+    save_file({"<nan>": torch.full((1, 32), float("nan"))}, str(emb))
+    code, out, err = run(capsys, "generate", "a <nan> circle", "--embedding", emb, "--steps", 3, "--seed", 1,
+                         "--model", tiny_model_dir, "--out", tmp_path / "o")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1] == ("sdlab: error: the sampler produced non-finite latents (NaN/inf) at step 1 "
+                                            "of 3: check the weights of embedding '<nan>'")
+    assert "Traceback" not in err and not list((tmp_path / "o").glob("*.png"))
+
+
+def test_a_nan_model_weight_is_named_at_its_step(tiny_model_dir):
+    import torch
+
+    from sdlab.config import GenerationConfig
+    from sdlab.errors import NonFiniteError
+    from sdlab.pipeline import Pipeline, _to_pil
+
+    pipe = Pipeline.load(tiny_model_dir)
+    with torch.no_grad():
+        pipe.c.unet.conv_out.bias[0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"non-finite latents \(NaN/inf\) at step 1 of 2: check the "
+                                             r"LoRA/embedding/model weights$"):
+        pipe.generate(GenerationConfig("a red circle", steps=2, seed=1, sampler="Euler"))
+    with pytest.raises(NonFiniteError, match="would come out black; nothing was written"):
+        _to_pil(torch.full((1, 3, 2, 2), float("nan")))
+
+
+def test_a_lora_that_makes_weights_non_finite_is_not_merged(tmp_path, tiny_model_dir):
+    import torch
+
+    from sdlab.errors import ConfigError
+    from sdlab.models import lora
+    from sdlab.pipeline import Pipeline
+
+    pipe = Pipeline.load(tiny_model_dir)
+    modules = lora.model_modules(pipe.c.unet, pipe.c.text_encoder)
+    names = [n for n, m in modules.items() if n.startswith("unet.") and isinstance(m, torch.nn.Linear)][:2]
+    layers = {}
+    for name, up_value in zip(names, (0.5, float("nan"))):      # the second layer is broken
+        w = modules[name].weight
+        layers[name] = lora.LoraLayer(torch.full((2, w.shape[1]), 0.5), torch.full((w.shape[0], 2), up_value), 2.0)
+    path = lora.write(tmp_path / "nan.safetensors", layers, "kohya")
+    before = {k: v.clone() for k, v in pipe.c.unet.state_dict().items()}
+    with pytest.raises(ConfigError, match=rf"LoRA layer '{names[1]}' at scale 1 makes the weights non-finite"):
+        lora.apply_lora(pipe, path)
+    assert pipe.loras == []
+    after = pipe.c.unet.state_dict()         # the first layer taken out again, the second never merged
+    assert all(torch.isfinite(v).all() and torch.allclose(before[k], v, atol=1e-6) for k, v in after.items())
+
+
+def test_vae_overflowing_in_low_precision_is_decoded_again_in_fp32(monkeypatch, tiny_model_dir):
+    import numpy as np
+    import torch
+
+    from sdlab.config import GenerationConfig
+    from sdlab.errors import NonFiniteError
+    from sdlab.pipeline import Pipeline
+
+    config = GenerationConfig("a red circle", steps=2, seed=3, sampler="Euler")
+    reference = np.asarray(Pipeline.load(tiny_model_dir).generate(config).images[0], dtype=int)
+    pipe = Pipeline.load(tiny_model_dir)
+    vae = pipe.c.vae.to(torch.bfloat16)
+    decode, dtypes = vae.decode, []
+
+    def overflows_in_bf16(z, *args, **kwargs):     # as an SD VAE overflows in fp16 on large activations
+        dtypes.append(vae.dtype)
+        out = decode(z, *args, **kwargs)
+        if vae.dtype != torch.float32:
+            out.sample.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(vae, "decode", overflows_in_bf16)
+    image = np.asarray(pipe.generate(config).images[0], dtype=int)
+    assert dtypes == [torch.bfloat16, torch.float32] and vae.dtype == torch.bfloat16   # back in its own dtype
+    assert np.abs(image - reference).mean() < 2       # the fp32 decode of bf16-rounded weights
+    monkeypatch.setattr(vae, "decode", lambda z, *a, **k: type("Out", (), {"sample": z[:, :3] * float("nan")})())
+    with pytest.raises(NonFiniteError, match=r"the VAE decoder turned finite latents into non-finite pixels "
+                                             r"\(NaN/inf\), in fp32 too"):
+        pipe.generate(config)

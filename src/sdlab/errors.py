@@ -19,3 +19,7 @@ class ImageReadError(SdlabError):
 
 class Cancelled(SdlabError):
     """Work was cancelled through a CancelToken or a callback."""
+
+
+class NonFiniteError(SdlabError):
+    """Sampling or decoding produced NaN/inf values (broken weights, fp16 overflow)."""

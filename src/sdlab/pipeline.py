@@ -129,8 +129,17 @@ class Pipeline:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [-1, 1] through the VAE decoder."""
-        return self.decode_differentiable(latents)
+        """Latents -> images in [-1, 1] through the VAE decoder; NaN/inf never come out (a decoder
+        that overflows in fp16/bf16 runs again in fp32, see sdlab.models.precision)."""
+        from .models.precision import decode_finite
+
+        return decode_finite(self.decode_differentiable, self.c.vae, latents, self.nonfinite_hint())
+
+    def nonfinite_hint(self) -> str:
+        """What to check when sampling gives NaN/inf: the LoRAs and embeddings in use, the precision."""
+        suspects = [f"LoRA '{r['name']}'" for r in self.loras] + [f"embedding '{r['name']}'" for r in self.embeddings]
+        hint = f"check the weights of {', '.join(suspects)}" if suspects else "check the LoRA/embedding/model weights"
+        return hint if self.c.dtype == torch.float32 else f"{hint} or use --dtype fp32"
 
     def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
         """`decode` with autograd left on, for losses on the decoded image (loss guidance)."""
@@ -223,6 +232,10 @@ class Pipeline:
         model = CFGDenoiser(self.denoiser, config.cfg_scale, config.guidance_rescale)
         for wrap in guidance:
             model = wrap(model, self)
+        from .callbacks import combine
+        from .models.precision import finite_guard
+
+        callback = combine([finite_guard(self.nonfinite_hint()), callback])    # NaN/inf stop the loop at once
         with self._attention(attention):
             return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
                            callback=callback, cancel=cancel, generator=generators)
@@ -291,6 +304,9 @@ def _expand(t: torch.Tensor, n: int, name: str) -> torch.Tensor:
 
 
 def _to_pil(images: torch.Tensor) -> list[Image.Image]:
+    from .models.precision import require_finite
+
+    require_finite(images)                    # NaN would be written as black, silently
     arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
 

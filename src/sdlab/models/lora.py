@@ -259,14 +259,19 @@ class AppliedLora:
         self.registry, self.record = registry, record
         if registry is not None:
             registry.append(record)
-        self.applied = []
+        self.applied, self.fused = [], list(fused)
         with torch.no_grad():
             for path, layer in layers.items():
                 w = modules[path].weight
                 delta = (layer.delta(w.shape) * scale).to(w.device, w.dtype)
-                w.add_(delta)
+                merged = w + delta
+                if not torch.isfinite(merged).all():    # NaN/inf merged in could never be taken out again
+                    self.remove()
+                    raise ConfigError(f"LoRA layer '{path}' at scale {scale:g} makes the weights non-finite "
+                                      f"(NaN/inf in the file, or an overflow in {str(w.dtype).replace('torch.', '')}); "
+                                      "the LoRA was not applied")
+                w.copy_(merged)
                 self.applied.append((w, delta))
-        self.fused = list(fused)
         refresh_fused_projections(self.fused)
 
     def remove(self) -> None:
