@@ -22,6 +22,7 @@ from ..sampling import sampler_names
 from ..models.vae_file import find_vae, vae_names
 from ..text.extra_networks import find_lora, lora_names, tags_of_prompts
 from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
+from .a1111 import a1111_router
 from .auth import AccessMiddleware
 from .body import BodyGuardMiddleware, public_errors
 from .files import UploadError, gallery, safe_output_path, save_upload
@@ -77,6 +78,7 @@ def create_app(settings: ServerSettings, load_pipeline=None, queue_lock: Optiona
     app.add_middleware(SecurityHeadersMiddleware)               # outermost: on every response
     _errors(app)
     _job_routes(app, settings)
+    app.include_router(a1111_router(_job_params))  # AUTOMATIC1111's /sdapi/v1
     _file_routes(app, settings)
     return app
 

@@ -1,0 +1,384 @@
+"""An AUTOMATIC1111-compatible HTTP API under /sdapi/v1 (txt2img, img2img, samplers, schedulers,
+sd-models, options, progress, interrupt), so A1111 clients such as `webuiapi` drive `sdlab serve`.
+
+Requests use A1111's field names (StableDiffusionProcessingTxt2Img / Img2Img of its
+modules/api/models.py); unknown fields are ignored as A1111 ignores them, and features sdlab
+lacks (hires fix, face restoration, scripts, inpainting masks, ...) are refused with a 422 when
+asked for, never silently dropped. Every image job goes through the studio's job queue (one
+model, shared progress and cancel); txt2img and img2img block until the job ends, as in A1111,
+and reply with the saved PNGs (A1111 `parameters` chunk included) in base64.
+
+All routes live under PREFIX, where the body-limit middleware allows JSON bodies that hold a
+base64 image of up to the upload limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from typing import Any, Callable, Optional
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .. import __version__
+from ..errors import ConfigError
+from ..io.metadata import SCHEDULE_TYPES, parse_infotext
+from ..models.vae_file import vae_names
+from ..sampling import sampler_names
+from ..sampling.samplers import get_sampler
+from .files import safe_output_path, save_upload
+from .schemas import (MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, GenerateRequest,
+                      Img2ImgRequest, _clean_text)
+from .settings import ServerSettings
+from .store import TERMINAL
+
+PREFIX = "/sdapi/v1"
+POLL_SECONDS = 0.05
+# k-diffusion names A1111 lists as aliases; a "Karras" variant takes the alias plus "_ka".
+_BASE_ALIASES = {"Euler a": ["k_euler_a", "k_euler_ancestral"], "Euler": ["k_euler"], "LMS": ["k_lms"],
+                 "Heun": ["k_heun"], "DPM++ 2M": ["k_dpmpp_2m"], "DDIM": ["ddim"]}
+DEFAULT_SCHEDULER = {"DPM++ 2M": "karras"}   # A1111's sampler option: what "automatic" means for it
+NO_VAE = ("Automatic", "None")      # A1111's sd_vae values for "the model's own VAE"
+STUDIO_MODELS = {"txt2img": GenerateRequest, "img2img": Img2ImgRequest}   # the studio's checks of a job
+
+
+def sampler_aliases(name: str) -> list[str]:
+    """A1111's aliases of a sampler name ("DPM++ 2M Karras" -> ["k_dpmpp_2m_ka"])."""
+    base, karras = (name.removesuffix(" Karras"), name.endswith(" Karras"))
+    return [f"{a}_ka" if karras else a for a in _BASE_ALIASES.get(base, [])]
+
+
+def schedulers(timestep_spacing: str) -> dict[str, str]:
+    """A1111's schedulers (name: label) this model offers: automatic, karras, and the label
+    sdlab's default sigmas carry in infotext for this spacing (e.g. sgm_uniform for trailing)."""
+    own = SCHEDULE_TYPES.get(timestep_spacing)
+    return {"automatic": "Automatic", "karras": "Karras", **({own.lower().replace(" ", "_"): own} if own else {})}
+
+
+def resolve_sampler(name: str, scheduler: Optional[str], timestep_spacing: str) -> str:
+    """sdlab's sampler for A1111's sampler name (or alias, or an old "X Karras" name) and
+    scheduler (name or label). "automatic" keeps a name's Karras, else takes the sampler's
+    A1111 default (Karras for DPM++ 2M)."""
+    by_alias = {a: n for n in sampler_names() for a in sampler_aliases(n)}
+    spec = get_sampler(by_alias.get(name.strip().lower(), name))
+    base = spec.name.removesuffix(" Karras")
+    offered = schedulers(timestep_spacing)
+    wanted = (scheduler or "automatic").strip().lower().replace(" ", "_")
+    if wanted not in offered:
+        raise ConfigError(f"scheduler must be one of {', '.join(offered)} for this model")
+    if wanted == "automatic":
+        wanted = "karras" if spec.sigma_kind == "karras" else DEFAULT_SCHEDULER.get(base, wanted)
+    chosen = f"{base} Karras" if wanted == "karras" else base
+    if chosen not in sampler_names():
+        raise ConfigError(f"sampler {base} has no {offered[wanted]} schedule here; use scheduler automatic")
+    return chosen
+
+
+class A1111Request(BaseModel):
+    """Fields of A1111's processing request that sdlab honours; see the module docstring."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    styles: list[str] = Field([], description="must be empty: this server has no prompt styles")
+    seed: int = Field(-1, ge=-1, le=2**32 - 1, description="-1: a random seed")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, description="must be 0: no variation seeds")
+    sampler_name: Optional[str] = Field(None, max_length=100, description="default: sampler_index")
+    sampler_index: Optional[str] = Field("Euler", max_length=100)
+    scheduler: Optional[str] = Field(None, max_length=100, description="automatic, karras or the model's own "
+                                                                        "(GET schedulers)")
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
+    n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
+    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
+    height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
+    restore_faces: Optional[bool] = None
+    tiling: Optional[bool] = None
+    override_settings: dict[str, Any] = Field({}, description="sd_model_checkpoint and sd_vae are read")
+    script_name: Optional[str] = None
+    alwayson_scripts: dict[str, Any] = {}
+    send_images: bool = True
+    save_images: bool = Field(False, description="ignored: images are always saved in the output folder")
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _text(cls, v: str, info) -> str:
+        return _clean_text(v, info.field_name)
+
+    @field_validator("styles", "subseed_strength", "restore_faces", "tiling", "script_name", "alwayson_scripts",
+                     "enable_hr", "resize_mode", "mask", check_fields=False)
+    @classmethod
+    def _unsupported(cls, v: Any, info) -> Any:
+        """Features sdlab lacks: accepted at their off value (A1111 clients send them all), else 422."""
+        if v:
+            raise ValueError(f"{info.field_name} is not supported by this server (sdlab); leave it unset")
+        return v
+
+    def job_fields(self, timestep_spacing: str) -> dict:
+        """The studio job's fields (sdlab names) for this request on a model with this spacing."""
+        sampler = resolve_sampler(self.sampler_name or self.sampler_index or "Euler", self.scheduler, timestep_spacing)
+        return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "steps": self.steps,
+                "cfg_scale": self.cfg_scale, "sampler": sampler, "seed": None if self.seed == -1 else self.seed,
+                "width": self.width, "height": self.height, "batch_size": self.batch_size,
+                "batch_count": self.n_iter}
+
+
+class A1111Txt2Img(A1111Request):
+    """POST /sdapi/v1/txt2img (A1111's StableDiffusionTxt2ImgProcessingAPI)."""
+
+    enable_hr: bool = Field(False, description="must be false: no hires fix")
+
+
+class A1111Img2Img(A1111Request):
+    """POST /sdapi/v1/img2img (A1111's StableDiffusionImg2ImgProcessingAPI): SDEdit from one image."""
+
+    init_images: list[str] = Field(min_length=1, max_length=1, description="one image: base64 or a data URL")
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    resize_mode: int = Field(0, description="0 (just resize) only")
+    mask: Optional[str] = Field(None, description="must be unset: no inpainting")
+    include_init_images: bool = False
+
+
+class ImagesResponse(BaseModel):
+    images: list[str] = Field(description="PNG files in base64, each with its A1111 `parameters` chunk")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON: seed, all_seeds, infotexts, ... as A1111's Processed.js()")
+
+
+class ProgressResponse(BaseModel):
+    progress: float = Field(description="0 to 1")
+    eta_relative: float = Field(description="seconds left (estimate)")
+    state: dict[str, Any]
+    current_image: Optional[str] = Field(None, description="the running job's preview, PNG in base64")
+    textinfo: Optional[str] = None
+
+
+def decode_image(text: str) -> bytes:
+    """Bytes of a base64 image, raw or as a data URL (A1111 accepts both); 422 if it is neither.
+    Size, format and pixel count are checked where the bytes are stored (files.save_upload)."""
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if not head.endswith(";base64"):
+            raise HTTPException(422, "init_images: a data URL must be base64 (data:image/png;base64,...)")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, "init_images: not base64 image data (raw base64 or a data:image/...;base64, "
+                                 "URL; URLs to fetch are not accepted)") from None
+
+
+def a1111_router(job_params: Callable[[BaseModel, ServerSettings], dict]) -> APIRouter:
+    """The /sdapi/v1 routes; `job_params(request_model, settings)` checks a studio request
+    against the server's limits and returns the job's params (the studio's own check)."""
+    router = APIRouter(prefix=PREFIX, tags=["AUTOMATIC1111 API"])
+    options = {"sd_vae": "Automatic"}
+
+    def prepare(kind: str, body: A1111Request, settings: ServerSettings, pipe) -> dict:
+        """The job's params (blocking work: the model hash, base64, storing the upload)."""
+        fields = body.job_fields(pipe.schedule.timestep_spacing)
+        fields["vae"] = _job_vae(body.override_settings, options, settings, pipe)
+        if kind == "img2img":
+            fields["strength"] = body.denoising_strength
+        params = job_params(_studio_request(STUDIO_MODELS[kind], fields), settings)
+        if kind == "img2img":
+            data = decode_image(body.init_images[0])
+            params["init_image"] = save_upload(data, settings.upload_dir, settings.max_upload_bytes,
+                                               settings.max_upload_pixels)
+        return params
+
+    async def run(kind: str, body: A1111Request, request: Request) -> dict:
+        settings, queue, pipe = request.app.state.settings, request.app.state.queue, _pipe(request)
+        params = await asyncio.to_thread(prepare, kind, body, settings, pipe)
+        job = await _wait(request, queue.submit(kind, params)["id"])
+        return await asyncio.to_thread(_reply, job, body, settings, pipe)
+
+    @router.post("/txt2img", response_model=ImagesResponse)
+    async def txt2img(body: A1111Txt2Img, request: Request) -> dict:
+        """txt2img as A1111 runs it: blocks until the images are made."""
+        return await run("txt2img", body, request)
+
+    @router.post("/img2img", response_model=ImagesResponse)
+    async def img2img(body: A1111Img2Img, request: Request) -> dict:
+        """img2img (SDEdit) from init_images[0], noised to denoising_strength; blocks until done."""
+        return await run("img2img", body, request)
+
+    @router.get("/progress", response_model=ProgressResponse)
+    def progress(request: Request, skip_current_image: bool = False) -> dict:
+        """The running job's progress (any kind: the queue is shared with the studio)."""
+        return _progress(_running(request), skip_current_image)
+
+    @router.post("/interrupt")
+    def interrupt(request: Request) -> dict:
+        """Cancel the running job(s); queued jobs still run."""
+        queue = request.app.state.queue
+        for job in queue.store.list("running", limit=100):
+            queue.cancel(job["id"])
+        return {}
+
+    @router.get("/samplers")
+    def list_samplers() -> list[dict]:
+        """Samplers as A1111 >= 1.9 lists them: the schedule apart (scheduler), its default as an option."""
+        return [{"name": n, "aliases": sampler_aliases(n),
+                 "options": {"scheduler": DEFAULT_SCHEDULER[n]} if n in DEFAULT_SCHEDULER else {}}
+                for n in sampler_names() if not n.endswith(" Karras")]
+
+    @router.get("/schedulers")
+    def list_schedulers(request: Request) -> list[dict]:
+        offered = schedulers(_pipe(request).schedule.timestep_spacing)
+        return [{"name": k, "label": v, "aliases": None, "default_rho": 7.0 if k == "karras" else -1.0,
+                 "need_inner_model": False} for k, v in offered.items()]
+
+    @router.get("/sd-models")
+    def sd_models(request: Request) -> list[dict]:
+        """The one model this server runs (switching models means restarting with --model)."""
+        c = _pipe(request).c
+        return [{"title": _title(c), "model_name": c.name, "hash": c.model_hash, "sha256": None,
+                 "filename": str(c.source), "config": None}]
+
+    @router.get("/scripts")
+    def scripts() -> dict:
+        return {"txt2img": [], "img2img": []}
+
+    @router.get("/options")
+    def get_options(request: Request) -> dict:
+        """The A1111 settings this server has: the model, the VAE (settable) and fixed ones."""
+        return {"sd_model_checkpoint": _title(_pipe(request).c), "sd_vae": options["sd_vae"],
+                "samples_format": "png", "CLIP_stop_at_last_layers": 1, "return_grid": False}
+
+    @router.post("/options")
+    def set_options(body: dict[str, Any], request: Request) -> None:
+        """Set sd_vae (Automatic, None or a --vae-dir name); sd_model_checkpoint must name the
+        loaded model; other A1111 settings are ignored, as A1111 ignores unknown ones."""
+        settings, pipe = request.app.state.settings, _pipe(request)
+        if "sd_model_checkpoint" in body:
+            _check_checkpoint(body["sd_model_checkpoint"], pipe)
+        if "sd_vae" in body:
+            _vae_name(body["sd_vae"], settings)
+            options["sd_vae"] = body["sd_vae"]
+        return None
+
+    return router
+
+
+def _pipe(request: Request):
+    return next(iter(request.app.state.queue.pipes.values()))
+
+
+def _title(c) -> str:
+    return f"{c.name} [{c.model_hash}]"
+
+
+def _check_checkpoint(value: Any, pipe) -> None:
+    c = pipe.c
+    if value not in (_title(c), c.name, c.model_hash, c.source.name, str(c.source)):
+        raise ConfigError(f"sd_model_checkpoint: this server runs only {_title(c)} (restart sdlab serve --model "
+                          "to change models)")
+
+
+def _vae_name(value: Any, settings: ServerSettings) -> Optional[str]:
+    """The job's `vae` for A1111's sd_vae value (None: the model's own)."""
+    if value is None or value in NO_VAE:
+        return None
+    offered = vae_names(settings.vae_dirs)
+    if not isinstance(value, str) or value not in offered:
+        raise ConfigError(f"sd_vae must be {', '.join(NO_VAE)} or a VAE this server offers "
+                          f"({', '.join(offered) or 'none: sdlab serve --vae-dir'})")
+    return value
+
+
+def _job_vae(override: dict, options: dict, settings: ServerSettings, pipe) -> Optional[str]:
+    if "sd_model_checkpoint" in override:
+        _check_checkpoint(override["sd_model_checkpoint"], pipe)
+    return _vae_name(override.get("sd_vae", options["sd_vae"]), settings)
+
+
+def _studio_request(model: type[BaseModel], fields: dict) -> BaseModel:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as err:  # the A1111 models check the same bounds; this is a safety net
+        first = err.errors()[0]
+        raise ConfigError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+async def _wait(request: Request, job_id: str) -> dict:
+    """Poll the job until it ends; a client that hangs up cancels it."""
+    queue = request.app.state.queue
+    while (job := queue.store.get(job_id))["state"] not in TERMINAL:
+        if await request.is_disconnected():
+            queue.cancel(job_id)
+        await asyncio.sleep(POLL_SECONDS)
+    return job
+
+
+def _reply(job: dict, body: A1111Request, settings: ServerSettings, pipe) -> dict:
+    """A1111's reply: base64 PNGs, the request as `parameters`, Processed.js() as `info`."""
+    if job["state"] == "failed":
+        raise HTTPException(500, f"the job failed: {job['error']}")
+    made = (job["result"] or {}).get("images", []) if job["state"] == "done" else []
+    images = [_b64_file(settings, im["url"]) for im in made] if body.send_images else []
+    parameters = body.model_dump()
+    if isinstance(body, A1111Img2Img) and not body.include_init_images:
+        parameters["init_images"] = None
+    return {"images": images, "parameters": parameters, "info": json.dumps(_info(job, made, pipe))}
+
+
+def _b64_file(settings: ServerSettings, url: str) -> str:
+    path = safe_output_path(settings.output_dir, url.removeprefix("/files/"))
+    if path is None:
+        raise HTTPException(500, "an image of the job is gone from the output folder")
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _info(job: dict, made: list[dict], pipe) -> dict:
+    p = job["params"]
+    seeds = [p["seed"] + i for i in range(p["batch_size"] * p["batch_count"])]
+    infotexts = [im["infotext"] for im in made]
+    params = parse_infotext(infotexts[0])[2] if infotexts else {}
+    n = len(seeds)
+    return {"prompt": p["prompt"], "all_prompts": [p["prompt"]] * n, "negative_prompt": p["negative_prompt"],
+            "all_negative_prompts": [p["negative_prompt"]] * n, "seed": seeds[0], "all_seeds": seeds,
+            "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0.0,
+            "width": p["width"] or pipe.native_size, "height": p["height"] or pipe.native_size,
+            "sampler_name": p["sampler"], "cfg_scale": p["cfg_scale"], "steps": p["steps"],
+            "batch_size": p["batch_size"], "restore_faces": False, "face_restoration_model": None,
+            "sd_model_name": pipe.c.name, "sd_model_hash": pipe.c.model_hash, "sd_vae_name": params.get("VAE"),
+            "sd_vae_hash": params.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "denoising_strength": p.get("strength"), "extra_generation_params": {}, "index_of_first_image": 0,
+            "infotexts": infotexts, "styles": [], "job_timestamp": _timestamp(job["created"]), "clip_skip": 1,
+            "is_using_inpainting_conditioning": False, "version": __version__, "job_id": job["id"],
+            "state": job["state"]}
+
+
+def _timestamp(t: Optional[float]) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.localtime(t or time.time()))
+
+
+def _running(request: Request) -> Optional[dict]:
+    queue = request.app.state.queue
+    running = queue.store.list("running", limit=100)
+    return queue.snapshot(running[-1]["id"]) if running else None   # the oldest
+
+
+def _progress(job: Optional[dict], skip_image: bool) -> dict:
+    """A1111's /progress for a job snapshot (None: idle)."""
+    if job is None or job["state"] != "running":
+        state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
+                 "job_timestamp": _timestamp(None), "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+    batches = max(1, int(job["params"].get("batch_count", 1)))
+    per = job["total"] // batches
+    job_no = min(job["step"] // per, batches - 1) if per else 0
+    state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": job["kind"],
+             "job_id": job["id"], "job_count": batches, "job_timestamp": _timestamp(job["created"]),
+             "job_no": job_no, "sampling_step": job["step"] - job_no * per, "sampling_steps": per}
+    done, elapsed = job["progress"], time.time() - (job["started"] or time.time())
+    preview = job["preview"]
+    image = preview.partition(",")[2] if preview and not skip_image else None
+    return {"progress": done, "eta_relative": elapsed * (1 - done) / done if done > 0 else 0.0, "state": state,
+            "current_image": image, "textinfo": None}
