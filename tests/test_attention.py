@@ -183,7 +183,8 @@ def test_attend_cli_writes_image_overlays_and_grid(tiny_model_dir, tmp_path, cap
     assert rc == 0
     paths = capsys.readouterr().out.split()
     names = [p.rsplit("/", 1)[-1] for p in paths]
-    assert names == ["5-image.png", "5-token01-a.png", "5-token02-red.png", "5-token03-circle.png", "5-grid.png"]
+    assert names == ["00000-5-image.png", "00000-5-token01-a.png", "00000-5-token02-red.png",
+                     "00000-5-token03-circle.png", "00000-5-grid.png"]
     image = Image.open(paths[0])
     assert image.size == (16, 16)  # the tiny VAE downsamples 2x: 8x8 latents
     assert Image.open(paths[-1]).size == (4 * 32, 32 + 14)  # image + 3 tokens, each 2x with a label strip

@@ -218,7 +218,7 @@ def test_edit_cli(tiny_model_dir, tmp_path, capsys):
                "--seed", "4", "--reweight", "red=2", "--out", str(tmp_path)])
     assert rc == 0
     paths = capsys.readouterr().out.split()
-    assert [p.rsplit("/", 1)[-1] for p in paths] == ["4-source.png", "4-target.png", "4-pair.png"]
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["00000-4-source.png", "00000-4-target.png", "00000-4-pair.png"]
     meta = read_png_metadata(paths[1])
     assert meta["prompt"] == "a red square" and meta["settings"]["edit"]["reweight"] == {"red": 2.0}
     assert Image.open(paths[2]).size == (32, 16)

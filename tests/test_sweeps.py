@@ -73,7 +73,7 @@ def test_mix_cli(capsys, tiny_model_dir, tmp_path):
     assert meta["settings"]["prompt"] == "a large red circle on a blue background"
     code, out, _ = run(capsys, "mix", "a red {}", "circle", "square", "--sweep", 3, "--model", tiny_model_dir,
                        "--steps", 2, "--seed", 4, "--out", tmp_path)
-    assert code == 0 and out[0].endswith("mix-sweep.png")
+    assert code == 0 and out[0].endswith("/mix-sweep-00001.png")  # numbered after 00000-4.png
     code, _, err = run(capsys, "mix", "a red circle", "hexagon=1", "--word", "circle", "--model", tiny_model_dir,
                        "--out", tmp_path)
     assert code == 2 and "unknown token: 'hexagon'" in err
@@ -95,7 +95,7 @@ def test_mix_argument_parsing():
 def test_interpolate_cli(capsys, tiny_model_dir, tmp_path):
     code, out, _ = run(capsys, "interpolate", "a red circle", "a blue square", "--frames", 3, "--steps", 2,
                        "--seed", 1, "--model", tiny_model_dir, "--out", tmp_path / "s.gif")
-    assert code == 0 and [p.rsplit("/", 1)[1] for p in out] == ["s.gif", "s.png"]
+    assert code == 0 and [p.rsplit("/", 1)[1] for p in out] == ["s.gif", "s-strip.png"]
     with Image.open(out[0]) as im:
         assert im.n_frames == 3
     code, _, err = run(capsys, "interpolate", "a", "b", "--frames", 1, "--model", tiny_model_dir,

@@ -1,4 +1,6 @@
-"""`sdlab attend "PROMPT" --out DIR`: the image, one cross-attention overlay per token, and a grid.
+"""`sdlab attend "PROMPT" --out DIR`: the image, one cross-attention overlay per token, and a grid,
+as `NNNNN-SEED-image.png`, `NNNNN-SEED-tokenPP-WORD.png`, `NNNNN-SEED-grid.png` (numbered past
+the folder's outputs).
 
 Maps are averaged over heads, the chosen layers (--layers, --res) and sampling steps
 (--step-range), from the conditional half of the CFG batch (sdlab.attention.store). On the
@@ -44,7 +46,7 @@ def _slug(text: str) -> str:
 def _save(path: Path, image) -> Path:
     from ..io.atomic import atomic_save
 
-    return atomic_save(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_save(path, lambda tmp: image.save(tmp, format="PNG"), replace=False)
 
 
 def run(args) -> int:
@@ -54,7 +56,7 @@ def run(args) -> int:
 
     if not 0 <= args.alpha <= 1:
         raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
-    from ..io.outputs import output_folder
+    from ..io.outputs import output_folder, save_numbered
 
     config = config_from_args(args)
     out = output_folder(args.out)
@@ -64,8 +66,10 @@ def run(args) -> int:
     tokens = token_labels(pipe.c.tokenizer, config.prompt)
     for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
         overlays, grid = attention_figure(image, maps[i], tokens, alpha=args.alpha)
-        stem = f"{seed}"
-        print(_save(out / f"{stem}-image.png", image))
+        index, path = save_numbered(out, lambda n, s=seed: f"{n:05d}-{s}-image.png",
+                                    lambda p, im=image: _save(p, im))
+        print(path)
+        stem = f"{index:05d}-{seed}"
         for tok, ov in zip(tokens, overlays):
             print(_save(out / f"{stem}-token{tok.position:02d}-{_slug(tok.text)}.png", ov))
         print(_save(out / f"{stem}-grid.png", grid))

@@ -1,6 +1,7 @@
 """`sdlab edit "SOURCE" "TARGET"`: a prompt-to-prompt edit (Hertz et al. 2022) with one seed.
 
-Writes the source image, the edited image and a side-by-side pair into --out.
+Writes the source image, the edited image and a side-by-side pair into --out as
+`NNNNN-SEED-source.png`, `-target.png` and `-pair.png`, numbered past the folder's outputs.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def run(args) -> int:
     from ..io.atomic import atomic_save
     from ..io.images import make_grid
     from ..io.metadata import save_png
-    from ..io.outputs import output_folder
+    from ..io.outputs import output_folder, save_numbered
 
     cfg = EditConfig(mode=args.mode, cross_replace=args.cross_replace, self_replace=args.self_replace,
                      reweight=parse_word_numbers(args.reweight), blend=tuple(args.blend),
@@ -87,11 +88,12 @@ def run(args) -> int:
     r = edit(pipe, args.source, args.target, config=config, edit=cfg)
     infos = {"source": pipe.infotext(config, r.seed, *r.source_image.size),
              "target": pipe.infotext(replace(config, prompt=r.target_prompt), r.seed, *r.target_image.size)}
-    for name, image in (("source", r.source_image), ("target", r.target_image)):
-        path = out / f"{r.seed}-{name}.png"
-        save_png(path, image, infos[name], r.settings)
+    index, source = save_numbered(out, lambda i: f"{i:05d}-{r.seed}-source.png",
+                                  lambda p: save_png(p, r.source_image, infos["source"], r.settings))
+    stem = out / f"{index:05d}-{r.seed}"
+    target = save_png(f"{stem}-target.png", r.target_image, infos["target"], r.settings)
+    grid = make_grid([r.source_image, r.target_image], cols=2)
+    pair = atomic_save(f"{stem}-pair.png", lambda tmp: grid.save(tmp, format="PNG"), replace=False)
+    for path in (source, target, pair):
         print(path)
-    pair = out / f"{r.seed}-pair.png"
-    atomic_save(pair, lambda tmp: make_grid([r.source_image, r.target_image], cols=2).save(tmp, format="PNG"))
-    print(pair)
     return 0

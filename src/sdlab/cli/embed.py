@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -28,7 +27,8 @@ INTERP_EXAMPLES = """examples:
   sdlab interpolate "a large red circle on a blue background" "a large red square on a blue background" --frames 8 --out sweep.gif
   sdlab interpolate "a small white star" "a large black cross" --frames 12 --method lerp --out sweep.mp4
 
-An animation (.gif/.mp4) also gets a labelled PNG strip beside it (same name, .png).
+An animation NAME.gif/.mp4 also gets its frames as one labelled PNG strip beside it: NAME-strip.png.
+An existing file is never replaced: the command refuses before sampling.
 """
 
 
@@ -40,7 +40,7 @@ def register(sub) -> None:
     m.add_argument("--word", default=None, help="word of the prompt to replace (when TEMPLATE has no '{}')")
     m.add_argument("--sweep", type=int, default=None, metavar="N",
                    help="with two words: N mixes from the first (w=0) to the second (w=1), one seed, "
-                        "written as mix-sweep.png (weights given are ignored)")
+                        "written as mix-sweep-NNNNN.png (weights given are ignored)")
     sampling_options(m)
     m.add_argument("--batch-size", type=int, default=1, help="images per mix (default 1)")
     m.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
@@ -103,6 +103,7 @@ def run_mix(args) -> int:
 
 
 def _mix_sweep(args, prompt: str, target: str, words: list[str]) -> int:
+    from ..io.outputs import output_folder, save_numbered
     from ..io.sweeps import save_sweep, value_labels
     from ..pipeline import _to_pil
     from ..text.embedding_ops import encode_with_overrides, mix
@@ -110,6 +111,7 @@ def _mix_sweep(args, prompt: str, target: str, words: list[str]) -> int:
     if len(words) != 2 or not isinstance(args.sweep, int) or args.sweep < 2:
         raise ConfigError(f"--sweep needs two words and N >= 2, got {len(words)} word(s) and N={args.sweep}")
     config = config_from_args(args, prompt=prompt, batch_size=1)
+    out = output_folder(args.out)
     pipe = load_pipeline(args)
     ws = [k / (args.sweep - 1) for k in range(args.sweep)]
     images = []
@@ -118,16 +120,19 @@ def _mix_sweep(args, prompt: str, target: str, words: list[str]) -> int:
             cond = encode_with_overrides(pipe, prompt, {target: mix({words[0]: 1 - w, words[1]: w})})
             images += _to_pil(pipe.decode(pipe.sample_latents(config, [config.seed], *pipe._size(config),
                                                               cond=cond)))
-    print(save_sweep(images, value_labels(ws, f"w({words[1]})"), Path(args.out) / "mix-sweep.png"))
+    labels = value_labels(ws, f"w({words[1]})")
+    print(save_numbered(out, lambda i: f"mix-sweep-{i:05d}.png", lambda p: save_sweep(images, labels, p))[1])
     return 0
 
 
 def run_interpolate(args) -> int:
-    from ..io.sweeps import check_sweep_path, save_sweep, value_labels
+    from ..io.outputs import output_file
+    from ..io.sweeps import check_sweep_path, save_sweep, strip_path, value_labels
     from ..text.interpolation import check_frames, interpolate
 
-    out = check_sweep_path(args.out)
     check_frames(args.frames)
+    out = output_file(check_sweep_path(args.out))             # before sampling: sdlab replaces no file
+    strip = output_file(strip_path(out)) if out.suffix.lower() != ".png" else None
     config = config_from_args(args, prompt=args.prompt_a)
     pipe = load_pipeline(args)
     with tqdm(total=config.steps * -(-args.frames // 8), desc="sampling", unit="step", file=sys.stderr) as bar:
@@ -136,6 +141,6 @@ def run_interpolate(args) -> int:
     labels = value_labels(result.ts, "t")
     print(f"seed {result.seed}, {args.method}, {args.frames} frames", file=sys.stderr)
     print(save_sweep(result.images, labels, out, fps=args.fps))
-    if out.suffix.lower() != ".png":
-        print(save_sweep(result.images, labels, out.with_suffix(".png")))
+    if strip is not None:
+        print(save_sweep(result.images, labels, strip))
     return 0

@@ -239,10 +239,11 @@ def _trajectory_recorder(args):
     if not getattr(args, "trajectory", None):
         return None
     from ..io.animation import check_fps
+    from ..io.outputs import output_file
     from ..io.trajectory import TrajectoryRecorder, check_trajectory_path
 
-    check_trajectory_path(args.trajectory)
     check_fps(args.fps)
+    output_file(check_trajectory_path(args.trajectory), "--trajectory")
     return TrajectoryRecorder(None)
 
 

@@ -1,5 +1,6 @@
 """Writing frame sequences: animated GIF (Pillow), MP4 (imageio + imageio-ffmpeg, the optional
-`video` extra), or a single PNG. Every file is written atomically (sdlab.io.atomic).
+`video` extra), or a single PNG. Every file is written atomically (sdlab.io.atomic), and an
+existing file is not replaced unless asked.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ def _frames(frames: Sequence[Image.Image]) -> list[Image.Image]:
     return frames
 
 
-def save_gif(path: str | Path, frames: Sequence[Image.Image], fps: float = 4.0, loop: int = 0) -> Path:
+def save_gif(path: str | Path, frames: Sequence[Image.Image], fps: float = 4.0, loop: int = 0, *,
+             replace: bool = False) -> Path:
     """An animated GIF with one frame per image (`loop=0`: repeat forever)."""
     frames, duration = _frames(frames), round(1000 / check_fps(fps))
     return atomic_save(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
-                                                         duration=duration, loop=loop, optimize=False))
+                                                         duration=duration, loop=loop, optimize=False),
+                       replace=replace)
 
 
 def _pad_to_block(frame: Image.Image) -> np.ndarray:
@@ -64,7 +67,7 @@ def require_video() -> None:
         raise ConfigError(f"writing .mp4 needs imageio and imageio-ffmpeg: {VIDEO_HINT}; or write a .gif")
 
 
-def save_mp4(path: str | Path, frames: Sequence[Image.Image], fps: float = 4.0) -> Path:
+def save_mp4(path: str | Path, frames: Sequence[Image.Image], fps: float = 4.0, *, replace: bool = False) -> Path:
     """An H.264 MP4 through imageio-ffmpeg; frames are padded to multiples of 16 pixels."""
     fps = check_fps(fps)
     require_video()
@@ -78,14 +81,16 @@ def save_mp4(path: str | Path, frames: Sequence[Image.Image], fps: float = 4.0) 
         if Path(tmp).stat().st_size == 0:
             raise ConfigError(f"ffmpeg wrote nothing for '{path}'")
 
-    return atomic_save(path, write)
+    return atomic_save(path, write, replace=replace)
 
 
-def save_animation(path: str | Path, frames: Sequence[Image.Image], fps: float = 4.0) -> Path:
-    """Write `frames` as .gif or .mp4, chosen by the suffix of `path`."""
+def save_animation(path: str | Path, frames: Sequence[Image.Image], fps: float = 4.0, *,
+                   replace: bool = False) -> Path:
+    """Write `frames` as .gif or .mp4, chosen by the suffix of `path`; an existing `path` is
+    kept (OutputExists) unless `replace`."""
     suffix = Path(path).suffix.lower()
     if suffix == ".gif":
-        return save_gif(path, frames, fps)
+        return save_gif(path, frames, fps, replace=replace)
     if suffix == ".mp4":
-        return save_mp4(path, frames, fps)
+        return save_mp4(path, frames, fps, replace=replace)
     raise ConfigError(f"animation file must end in {' or '.join(ANIMATION_SUFFIXES)}, got '{path}'")

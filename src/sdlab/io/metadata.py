@@ -122,15 +122,17 @@ def parse_infotext(text: str) -> tuple[str, str, dict[str, Any]]:
     return "\n".join(prompt_lines), "\n".join(negative_lines), params
 
 
-def save_png(path: str | Path, image, infotext: str, settings: dict | None = None) -> Path:
-    """Save ``image`` as PNG with a ``parameters`` chunk (infotext) and a ``sdlab`` JSON chunk."""
+def save_png(path: str | Path, image, infotext: str, settings: dict | None = None, *,
+             replace: bool = False) -> Path:
+    """Save ``image`` as PNG with a ``parameters`` chunk (infotext) and a ``sdlab`` JSON chunk.
+    An existing ``path`` is kept (OutputExists) unless ``replace``."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, infotext)
     if settings is not None:
         info.add_text(SETTINGS_KEY, json.dumps(settings, ensure_ascii=False, default=str))
-    return atomic_save(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    return atomic_save(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), replace=replace)
 
 
 def read_png_metadata(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Paths built from user input: a name must be one path component, and a file the user names
-must not exist yet (sdlab never replaces a file it did not write in the same run)."""
+"""Paths built from user input: a name must be one path component, checked where the path is
+built; a file that exists is named in one message (sdlab never replaces a file it did not write)."""
 
 from __future__ import annotations
 
@@ -26,11 +26,3 @@ def exists_message(path: str | Path, option: str | None = None) -> str:
     """"'x.gif' exists; choose another --out or remove it" (`option` None: "another name")."""
     return f"'{path}' exists; choose another {option or 'name'} or remove it"
 
-
-def new_file(path: str | Path, option: str | None = "--out") -> Path:
-    """`path`, refused (ConfigError) if something is already there: call it before the work
-    that makes the file, and write with `atomic_save(..., replace=False)`."""
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        raise ConfigError(exists_message(path, option))
-    return path

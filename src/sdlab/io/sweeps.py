@@ -28,15 +28,22 @@ def check_sweep_path(path: str | Path) -> Path:
     return path
 
 
+def strip_path(path: str | Path) -> Path:
+    """Where the labelled PNG strip of the animation `path` goes: `D/movie.gif` -> `D/movie-strip.png`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-strip.png")
+
+
 def save_sweep(images: Sequence[Image.Image], labels: Sequence[str], path: str | Path, *, fps: float = 4.0,
-               scale: Optional[int] = None) -> Path:
-    """.png: one labelled row; .gif / .mp4: one labelled frame per image."""
+               scale: Optional[int] = None, replace: bool = False) -> Path:
+    """.png: one labelled row; .gif / .mp4: one labelled frame per image. An existing `path` is
+    kept (OutputExists) unless `replace`."""
     path = check_sweep_path(path)
     if not images or len(images) != len(labels):
         raise ConfigError(f"a sweep needs one label per image, got {len(images)} images and {len(labels)} labels")
     scale = scale or auto_scale(images[0].height)
     if path.suffix.lower() == ".png":
         strip = labelled_grid([list(images)], col_labels=list(labels), scale=scale)
-        return atomic_save(path, lambda tmp: strip.save(tmp, format="PNG"))
+        return atomic_save(path, lambda tmp: strip.save(tmp, format="PNG"), replace=replace)
     frames = [labelled_grid([[im]], col_labels=[label], scale=scale) for im, label in zip(images, labels)]
-    return save_animation(path, frames, fps)
+    return save_animation(path, frames, fps, replace=replace)

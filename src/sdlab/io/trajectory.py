@@ -98,8 +98,9 @@ class TrajectoryRecorder:
         return Trajectory(xt=rows[:s], x0=rows[s:], sigmas=sigmas, steps=steps)
 
     def save(self, path: str | Path, *, fps: float = 4.0, scale: Optional[int] = None,
-             max_columns: int = 13) -> Path:
-        """Write the trajectory as .gif, .mp4 (animation) or .png (strip), by suffix."""
+             max_columns: int = 13, replace: bool = False) -> Path:
+        """Write the trajectory as .gif, .mp4 (animation) or .png (strip), by suffix; an existing
+        `path` is kept (OutputExists) unless `replace`."""
         path = check_trajectory_path(path)
         suffix = path.suffix.lower()
         check_fps(fps)
@@ -107,8 +108,8 @@ class TrajectoryRecorder:
         scale = scale or auto_scale(traj.xt[0][0].height)
         if suffix == ".png":
             strip = strip_image(traj, scale=scale, max_columns=max_columns)
-            return atomic_save(path, lambda tmp: strip.save(tmp, format="PNG"))
-        return save_animation(path, animation_frames(traj, scale=scale), fps)
+            return atomic_save(path, lambda tmp: strip.save(tmp, format="PNG"), replace=replace)
+        return save_animation(path, animation_frames(traj, scale=scale), fps, replace=replace)
 
 
 def check_trajectory_path(path: str | Path) -> Path:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..callbacks import CancelToken, StepCallback, StepEvent
 from ..errors import Cancelled, ConfigError
+from ..io.atomic import clean_stale_temps
 from ..io.outputs import output_folder
 from . import checkpoints as ck
 from .config import TrainingConfig
@@ -150,6 +151,47 @@ def run_base_model(run_dir: str | Path) -> str | None:
     return json.loads(path.read_text()).get("model") if path.is_file() else None
 
 
+SHIPPED_MODEL = "the shipped model"     # by name: its path changes with each install of sdlab
+
+
+def model_identity(model: str | None) -> str:
+    """The base model as a resume compares it: its resolved path, or SHIPPED_MODEL."""
+    from ..pipeline import DEFAULT_MODEL
+
+    if model is None:
+        return SHIPPED_MODEL
+    path = Path(model)
+    if not path.exists():
+        return str(model)
+    return SHIPPED_MODEL if path.resolve() == DEFAULT_MODEL.resolve() else str(path.resolve())
+
+
+def checkpoint_model(path: Path, state: dict) -> str | None:
+    """The base model checkpoint `path` trained on: as its state records it, or, for a checkpoint
+    of an older sdlab, as its run's training_config.json does (None: not known)."""
+    if "model" in state:
+        return state["model"]
+    run = Path(path).parent.parent
+    return model_identity(run_base_model(run)) if (run / RUN_CONFIG).is_file() else None
+
+
+def check_resume(path: Path, state: dict, config: TrainingConfig, method) -> None:
+    """ConfigError unless checkpoint `path` (its `state`, or just ck.checkpoint_settings) is of
+    `method`, with the same base model and the same STRUCTURE_OPTIONS."""
+    if state.get("method") != method.name:
+        raise ConfigError(f"checkpoint '{path}' is from method {state.get('method')!r}, not {method.name!r}")
+    mine = dataclasses.asdict(config.options) if config.options is not None else {}
+    changed = [f"{k} {state['options'][k]!r} -> {mine[k]!r}" for k in STRUCTURE_OPTIONS
+               if k in mine and k in state.get("options", {}) and state["options"][k] != mine[k]]
+    old, new = checkpoint_model(path, state), model_identity(config.model)
+    if old is not None and old != new:
+        shown = [m if m == SHIPPED_MODEL else f"'{m}'" for m in (old, new)]
+        changed.insert(0, f"model {shown[0]} -> {shown[1]}")
+    if changed:
+        raise ConfigError(f"checkpoint '{path}' was trained with other settings ({', '.join(changed)}); "
+                          "resume with the run's own (see its training_config.json)")
+
+
 class Trainer:
     """Holds the run's objects; `run()` trains to max_steps (or is interrupted)."""
 
@@ -159,6 +201,7 @@ class Trainer:
 
         self.config, self.method, self.callback, self.cancel = config, method, callback, cancel
         self.out = output_folder(config.output_dir)     # before the model loads: a bad folder fails fast
+        clean_stale_temps(self.out, depth=1)             # a killed run's half-written checkpoints, samples
         self.acc = make_accelerator(config)
         set_seed(config.seed)
         if components is None:
@@ -196,6 +239,7 @@ class Trainer:
     def state(self) -> dict:
         state = {"trainable": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "lr_scheduler": self.lr_scheduler.state_dict(), "rng": ck.rng_state(), "method": self.method.name,
+                 "model": model_identity(self.config.model),
                  "options": dataclasses.asdict(self.config.options) if self.config.options is not None else {}}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -215,14 +259,7 @@ class Trainer:
         if path is None:
             return
         step, state = ck.load_checkpoint(path)
-        if state.get("method") != self.method.name:
-            raise ConfigError(f"checkpoint '{path}' is from method {state.get('method')!r}, not {self.method.name!r}")
-        mine = dataclasses.asdict(self.config.options) if self.config.options is not None else {}
-        changed = [f"{k} {state['options'][k]!r} -> {mine[k]!r}" for k in STRUCTURE_OPTIONS
-                   if k in mine and k in state.get("options", {}) and state["options"][k] != mine[k]]
-        if changed:
-            raise ConfigError(f"checkpoint '{path}' was trained with other settings ({', '.join(changed)}); "
-                              "resume with the run's own (see its training_config.json)")
+        check_resume(path, state, self.config, self.method)
         self.method.load_state_dict(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -408,5 +445,9 @@ def _load(config: TrainingConfig, device):
 
 def train(config: TrainingConfig, method, *, resume=None, callback: StepCallback | None = None,
           cancel: CancelToken | None = None) -> TrainResult:
-    """Train `method` under `config`; `resume` is None, "latest" or a checkpoint folder."""
+    """Train `method` under `config`; `resume` is None, "latest" or a checkpoint folder (refused
+    before the model loads when it cannot continue under `config`)."""
+    path = ck.resolve_resume(resume, Path(config.output_dir) / "checkpoints")
+    if path is not None:
+        check_resume(path, ck.checkpoint_settings(path), config, method)
     return Trainer(config, method, callback=callback, cancel=cancel).run(resume)
