@@ -17,10 +17,17 @@ def register(sub) -> None:
     r.add_argument("--no-mask", action="store_true", help="leave out the run-length masks")
     r.set_defaults(run=run_read)
 
-    e = ws.add_parser("export", help="write rendered scenes as an image folder with metadata.jsonl")
-    e.add_argument("out")
-    e.add_argument("--n", type=int, default=1000)
-    e.add_argument("--seed", type=int, default=0)
+    e = ws.add_parser("export", help="write rendered scenes as an image folder with metadata.jsonl",
+                      epilog="examples:\n  sdlab world export hearts --concept heart --n 8   # a reserved shape: "
+                             "personalization data\n  sdlab world export striped --fill striped --n 512\n"
+                             "  sdlab world export world --n 1000                 # scenes as the base model saw them",
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("out", help="a new (or empty) folder")
+    e.add_argument("--n", type=int, default=1000, help="number of images (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    e.add_argument("--concept", default=None, metavar="SHAPE",
+                   help="every image shows this shape (e.g. the reserved 'heart'), single objects")
+    e.add_argument("--fill", default=None, help="every object has this fill (e.g. the reserved 'striped')")
     e.set_defaults(run=run_export)
 
     t = ws.add_parser("train-model", help="train the shipped model from scratch (resumable)",
@@ -70,9 +77,14 @@ def run_read(args) -> int:
 
 
 def run_export(args) -> int:
-    from ..world.data import export_folder
+    from tqdm import tqdm
 
-    print(export_folder(args.out, args.n, args.seed))
+    from ..world.data import concept_sampler, export_folder
+
+    sampler = concept_sampler(args.concept, args.fill) if args.concept or args.fill else None
+    with tqdm(total=args.n, desc="export", unit="img", disable=args.n < 50) as bar:
+        out = export_folder(args.out, args.n, args.seed, sampler, progress=lambda i, n: bar.update(1))
+    print(out)
     return 0
 
 

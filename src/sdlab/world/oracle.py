@@ -24,8 +24,9 @@ from .templates import iou
 
 STRIPE_THRESHOLD = 0.015
 NAMED_IOU = 0.72            # below this IoU with every template, an object is an unnamed shape
-OUTLINE_HOLE = 0.10         # outlined: the empty inside is at least this share of the object
-OUTLINE_THICKNESS = 3.2     # ... and the band is at most this thick (max distance to its edge)
+OUTLINE_THIN = 3.3          # outlined: a band at most this thick (max distance to its edge) ...
+OUTLINE_HOLE = 0.10         # ... or an empty inside of at least this share of the object
+OUTLINE_THICKNESS = 4.5     #     inside a band at most this thick (blur widens bands)
 _PALETTE_NAMES = tuple(spec.COLORS)
 _PALETTE = np.array([spec.COLORS[c] for c in _PALETTE_NAMES], dtype=np.float32)
 
@@ -126,19 +127,25 @@ def observed_templates() -> dict[str, tuple[np.ndarray, ...]]:
     return out
 
 
+def shape_scores(mask: np.ndarray, bbox) -> dict[str, float]:
+    """IoU of an object's mask with every named shape as the oracle sees it."""
+    norm = _normalised(mask, bbox)
+    return {name: max(iou(norm, v) for v in views) for name, views in observed_templates().items()}
+
+
 def _classify_shape(mask: np.ndarray, bbox) -> tuple[str, float]:
     """(name, IoU): the best named template, or spec.GENERIC when none reaches NAMED_IOU."""
-    norm = _normalised(mask, bbox)
-    scores = {name: max(iou(norm, v) for v in views) for name, views in observed_templates().items()}
+    scores = shape_scores(mask, bbox)
     name = max(scores, key=scores.get)
     return (name if scores[name] >= NAMED_IOU else spec.GENERIC), scores[name]
 
 
 def _is_outlined(band: np.ndarray, filled: np.ndarray) -> bool:
-    """A thin band around an empty inside (holes of solid silhouettes are small)."""
+    """A thin band, around an empty inside where the object is wide enough to have one
+    (a large solid object is thicker; holes of solid silhouettes are small)."""
     hole = 1 - band.sum() / max(filled.sum(), 1)
     thickness = ndimage.distance_transform_edt(np.pad(band, 1)).max()
-    return hole >= OUTLINE_HOLE and thickness <= OUTLINE_THICKNESS
+    return thickness <= OUTLINE_THIN or (hole >= OUTLINE_HOLE and thickness <= OUTLINE_THICKNESS)
 
 
 def _stripe_score(img, mask, core_dist) -> float:
@@ -175,10 +182,10 @@ def _read_object(img, dist, band, classify: bool = True) -> ObjectReading:
     size = "small" if side < spec.SIZE_THRESHOLD else "large"
     if size == "small":                  # the world's small objects are solid (spec.LARGE_ONLY_FILLS)
         fill = "solid"
+    elif _stripe_score(img, band, np.percentile(d, 90)) > STRIPE_THRESHOLD:
+        fill = "striped"
     elif _is_outlined(band, mask):
         fill = "outlined"
-    elif _stripe_score(img, mask, np.percentile(d, 90)) > STRIPE_THRESHOLD:
-        fill = "striped"
     else:
         fill = "solid"
     cx, cy = (bbox[0] + bbox[2] - 1) / 2, (bbox[1] + bbox[3] - 1) / 2

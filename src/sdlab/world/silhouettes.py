@@ -24,11 +24,14 @@ from . import spec
 from .templates import Ring, iou, poses, rasterize, rotate
 
 NUMBERS = {3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
-# Upper bounds on a silhouette's template IoU: below the oracle's naming threshold with a
-# margin (so the oracle reads it as an unnamed shape), and far from every reserved pose.
+# Upper bounds on a silhouette's IoU with the named shapes: drawn in the template box and
+# as the oracle reads its renders, below the oracle's naming threshold (0.72) with a margin,
+# a wider one from the reserved shapes; and from a reserved shape in any pose.
 NAMED_MAX_IOU = 0.62
+RENDERED_NAMED_MAX_IOU = 0.66
+RENDERED_RESERVED_MAX_IOU = 0.60
 RESERVED_MAX_IOU = 0.70
-VARIANTS = 10**9           # variant ids are drawn from range(VARIANTS)
+VARIANTS = 50_000          # distinct unnamed outlines (variant ids are drawn from range(VARIANTS))
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,30 @@ def named_score(mask: np.ndarray) -> float:
     return max(iou(mask, view) for views in observed_templates().values() for view in views)
 
 
+def _read_as_unnamed(sil: Silhouette) -> bool:
+    """Drawn large and small, the oracle finds one object, far from every named shape and
+    further still from the reserved ones (so degraded renders never read as one)."""
+    from .oracle import read, shape_scores
+    from .render import render_object
+
+    for size in spec.SIZES:
+        objects = read(render_object(sil.rings, size, sil.cuts), classify=False).objects
+        if len(objects) != 1:
+            return False
+        scores = shape_scores(objects[0].mask, objects[0].bbox)
+        if max(scores.values()) > RENDERED_NAMED_MAX_IOU:
+            return False
+        if max(scores[s] for s in spec.RESERVED_SHAPES) > RENDERED_RESERVED_MAX_IOU:
+            return False
+    return True
+
+
 def acceptable(sil: Silhouette) -> bool:
     """Resembles no reserved shape in any pose, and the oracle reads it as no named shape."""
     mask = rasterize(sil.rings, sil.cuts)
     if any(iou(mask, pose) > RESERVED_MAX_IOU for shape in spec.RESERVED_SHAPES for pose in poses(shape)):
         return False
-    return named_score(mask) <= NAMED_MAX_IOU
+    return named_score(mask) <= NAMED_MAX_IOU and _read_as_unnamed(sil)
 
 
 @functools.lru_cache(maxsize=65536)
