@@ -93,7 +93,7 @@ def test_vector_replacement_and_concept_file(pipe, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"hexagon": "square"}, "'hexagon' is not in the prompt; the prompt's tokens are: a, large, red, circle, on, a, blue"),
-    ({"circle": "zebra"}, "unknown token: 'zebra' is 5 token"),
+    ({"circle": "quetzalcoatl"}, "unknown token: 'quetzalcoatl' is 4 token"),
     ({"circle": 10**6}, "unknown token id 1000000"),
     ({"circle": 1.5}, "a replacement must be a word, a token id, a tensor or mix"),
     ({}, "non-empty mapping"),

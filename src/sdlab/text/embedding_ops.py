@@ -66,7 +66,9 @@ def word_ids(tokenizer, word: str | int) -> list[int]:
     if not isinstance(word, str) or not word.strip():
         raise ConfigError(f"a word must be a non-empty string or a token id, got {word!r}")
     vocab = tokenizer.get_vocab()
-    if word in vocab:
+    # 'circle</w>' names one entry; a plain 'circle' is tokenized as a prompt would be (in
+    # CLIP's vocabulary a bare 'circle' is also the piece that starts 'circles').
+    if word in vocab and (word.endswith("</w>") or word in tokenizer.all_special_tokens):
         return [vocab[word]]
     ids = tokenizer(word, add_special_tokens=False).input_ids
     unk = tokenizer.unk_token_id
