@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -233,6 +235,32 @@ def test_a_second_server_on_the_same_folder_is_refused(tiny_pipe, tmp_path, caps
     again = create_app(ServerSettings(output_dir=out), load_pipeline=lambda device: tiny_pipe)
     with TestClient(again, base_url="http://127.0.0.1:7860") as c:
         assert c.get(f"/api/jobs/{job['id']}").json()["state"] == "cancelled"   # the lock went with the first
+
+
+def test_stale_temp_files_of_a_killed_server_are_removed_at_start(tiny_pipe, tmp_path):
+    out = tmp_path / "out"
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    stale = [out / f".00003-1.png.tmp-{dead}-0123abcd", out / "attention" / f".x-grid.png.tmp-{dead}-0123abcd",
+             out / ".sdlab-server" / "uploads" / "train-ab" / f".a.png.tmp-{dead}-0123abcd",
+             out / "training" / "0123456789abcdef" / "checkpoints" / f".step-00000010.tmp-{dead}-0123abcd"]
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        kept = [out / f".00004-1.png.tmp-{writer.pid}-0123abcd",         # a live process still writes it
+                out / "00001-1.png", out / f"notes.tmp-{dead}-0123abcd", out / ".notes.png.tmp"]  # not sdlab's temps
+        for path in stale[:3] + kept:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"partial")
+        (stale[3] / "state.safetensors").parent.mkdir(parents=True)
+        (stale[3] / "state.safetensors").write_bytes(b"half a checkpoint")
+        app = create_app(ServerSettings(output_dir=out), load_pipeline=lambda device: tiny_pipe)
+        with TestClient(app, base_url="http://127.0.0.1:7860") as c:
+            assert c.get("/api/health").status_code == 200
+            assert [p for p in stale if p.exists()] == []
+            assert [p for p in kept if not p.exists()] == []
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def _png() -> bytes:

@@ -25,7 +25,7 @@ from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the j
 from .a1111 import a1111_router
 from .auth import AccessMiddleware
 from .body import BodyGuardMiddleware, public_errors
-from .files import UploadError, gallery, safe_output_path, save_upload
+from .files import UploadError, clean_server_temps, gallery, safe_output_path, save_upload
 from .headers import SecurityHeadersMiddleware
 from .jobs import RUNNERS, JobQueue
 from .lock import QueueLock
@@ -57,6 +57,7 @@ def create_app(settings: ServerSettings, load_pipeline=None, queue_lock: Optiona
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         lock = queue_lock or QueueLock.acquire(settings)
         try:
+            await asyncio.to_thread(clean_server_temps, settings.output_dir, settings.upload_dir)
             store = JobStore(settings.db_path)
             queue = JobQueue(settings, store, load_pipeline or _load_pipeline(settings))
             try:

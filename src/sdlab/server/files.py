@@ -16,7 +16,7 @@ from typing import Optional
 from PIL import Image
 
 from ..errors import ImageReadError, SdlabError
-from ..io.atomic import atomic_write_bytes
+from ..io.atomic import atomic_write_bytes, clean_stale_temps
 from ..io.images import load_image
 from ..io.metadata import read_png_metadata
 
@@ -112,3 +112,10 @@ def save_upload(data: bytes, upload_dir: Path, max_bytes: int, max_pixels: int) 
         path.unlink(missing_ok=True)
         raise UploadError(str(exc).replace(str(path), "upload")) from exc
     return path.name
+
+
+def clean_server_temps(output_dir: Path, upload_dir: Path) -> list[Path]:
+    """Remove the temp files and folders of atomic writes that a killed server left: outputs,
+    attention maps, training runs' checkpoints, uploads (what a live process writes is kept)."""
+    return (clean_stale_temps(output_dir, depth=1) + clean_stale_temps(output_dir / "training", depth=2)
+            + clean_stale_temps(upload_dir, depth=1))
