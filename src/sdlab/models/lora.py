@@ -167,7 +167,6 @@ def kohya_names(modules: dict[str, torch.nn.Module]) -> dict[str, str]:
     return out
 
 
-
 def check_shapes(layers: dict[str, LoraLayer], modules: dict[str, torch.nn.Module]) -> None:
     for path, layer in layers.items():
         module = modules.get(path)
