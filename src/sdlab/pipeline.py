@@ -103,6 +103,22 @@ class Pipeline:
             self._vaes = {**dict(list(self._vaes.items())[-1:]), key: (module, record)}
         self.c.vae, self.c.extra["vae"] = self._vaes[key]
 
+    def load_lora(self, path: str | Path, scale: float = 1.0):
+        """Merge a LoRA file (diffusers or kohya layout, sdlab.models.lora) into the weights at
+        `scale` (in [-10, 10]); returns a handle whose `remove()` takes it out again. Recorded in
+        `self.loras` (metadata, infotext "Lora hashes") while applied."""
+        from .models.lora import apply_lora
+
+        return apply_lora(self, path, scale)
+
+    def load_embedding(self, path: str | Path, token: str | None = None, *, replace: bool = False) -> list[str]:
+        """Add a textual-inversion embedding file (diffusers learned_embeds, A1111 .pt/.safetensors;
+        sdlab.text.embeddings); returns its prompt token(s). `token` renames a one-embedding file;
+        `replace` overwrites the vectors of a token an earlier file added."""
+        from .text.embeddings import load_embedding
+
+        return load_embedding(self, path, token=token, replace=replace)
+
     @property
     def native_size(self) -> int:
         return self.c.unet.config.sample_size * self.vae_scale
