@@ -282,3 +282,7 @@ def test_a_token_guarded_server_needs_the_token(shipped_pipe, tmp_path):
         assert api.get_sd_models()[0]["model_name"] == "shapes-sd"
         r = api.txt2img(prompt=PROMPT, steps=1, seed=1, **SMALL)
         assert len(r.images) == 1 and r.info["all_seeds"] == [1]
+        basic = webuiapi.WebUIApi(host="127.0.0.1", port=port, username="anyone", password=TOKEN)   # --api-auth
+        assert basic.get_sd_models()[0]["model_name"] == "shapes-sd"
+        wrong = webuiapi.WebUIApi(host="127.0.0.1", port=port, username="anyone", password="not-it")
+        assert wrong.session.get(f"{wrong.baseurl}/sd-models").status_code == 401

@@ -4,6 +4,7 @@ rebinding, cross-site form posts, pages served by other local servers on other p
 
 from __future__ import annotations
 
+import base64
 import hmac
 from typing import Optional
 from urllib.parse import urlsplit
@@ -23,10 +24,17 @@ def token_matches(expected: str, given: Optional[str]) -> bool:
 
 
 def request_token(headers: dict[str, str], query: dict[str, str]) -> Optional[str]:
-    """`Authorization: Bearer TOKEN`, else the `token` query parameter (for <img> and EventSource)."""
+    """`Authorization: Bearer TOKEN`, or Basic auth with the token as the password (any user
+    name: what A1111 clients send for --api-auth), else the `token` query parameter (for <img>
+    and EventSource)."""
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
+    if auth[:6].lower() == "basic ":
+        try:
+            return base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
     return query.get("token")
 
 
@@ -85,7 +93,8 @@ class AccessMiddleware:
             return None
         given = request_token({k.lower(): v for k, v in request.headers.items()}, dict(request.query_params))
         if not token_matches(self.token, given):
-            return JSONResponse({"detail": "missing or wrong access token (Authorization: Bearer TOKEN)"},
+            return JSONResponse({"detail": "missing or wrong access token (Authorization: Bearer TOKEN, or Basic "
+                                           "auth with the token as the password)"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return None
 
