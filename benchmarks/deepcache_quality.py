@@ -1,6 +1,7 @@
 """Quality and speed of DeepCache-style step caching against the full UNet, on the shipped
 model: oracle accuracies on seen prompts, mean absolute pixel difference to the full path
-(same seeds), PSNR, and seconds per image. Appends to benchmarks/RESULTS.md with --results.
+(same seeds), PSNR, and seconds per image. --results records the table in benchmarks/RESULTS.md,
+in place of this script's section with the same title.
 
     python benchmarks/deepcache_quality.py --n 64 --intervals 2 3 4
 """
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler", default="Euler a")
     ap.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--results", action="store_true")
+    ap.add_argument("--results", action="store_true",
+                    help="record the table in benchmarks/RESULTS.md (replaces this script's section of the same title)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,8 +1,9 @@
 """Inference speed: plain diffusers StableDiffusionPipeline vs sdlab, same model, sampler
 (Euler), steps, size and seed, measured in one process, interleaved. Prints a Markdown table
 (s/image, UNet it/s, peak memory, ratio sdlab/diffusers, first-call times, on a GPU the UNet's
-achieved FLOP/s as a share of the bf16 peak) and, with --results, appends it to
-benchmarks/RESULTS.md with the date, hardware and command.
+achieved FLOP/s as a share of the bf16 peak) and, with --results, records it in
+benchmarks/RESULTS.md with the date, hardware and command, in place of this script's section
+with the same title (hardware and settings).
 
     python benchmarks/inference.py                                  # shipped model, CPU, batch 1 and 4
     python benchmarks/inference.py --model random:sd15 --size 512 --device cuda --dtype fp16 \\
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--low-memory", action="store_true",
                     help="sdlab with attention/VAE slicing, VAE tiling and (CUDA) model CPU offload")
     ap.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the sdlab UNet")
-    ap.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--results", action="store_true",
+                    help="record the table in benchmarks/RESULTS.md (replaces this script's section of the same title)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

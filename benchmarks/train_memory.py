@@ -2,8 +2,8 @@
 inversion, LoRA (rank 4, UNet attention) and DreamBooth (full UNet) on random weights of the
 SD 1.5 architecture at 512x512, against the targets (TI < 6 GiB, LoRA < 8 GiB, DreamBooth
 < 12 GiB with 8-bit Adam, gradient checkpointing and fp16). Synthetic data (random images and
-metadata.jsonl in a temp folder); no network. Prints a Markdown table; --results appends it
-to benchmarks/RESULTS.md.
+metadata.jsonl in a temp folder); no network. Prints a Markdown table; --results records it
+in benchmarks/RESULTS.md, in place of this script's section with the same title.
 
     python benchmarks/train_memory.py                             # CUDA, random:sd15, 512x512
     python benchmarks/train_memory.py --results
@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="training steps per run (CUDA: at least 2)")
     ap.add_argument("--methods", nargs="+", default=list(TARGET_GIB), choices=list(TARGET_GIB))
     ap.add_argument("--prior", action="store_true", help="DreamBooth with prior preservation (doubles the batch)")
-    ap.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--results", action="store_true",
+                    help="record the table in benchmarks/RESULTS.md (replaces this script's section of the same title)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("train_memory: no CUDA GPU here; use --device cpu for the accounting smoke run", file=sys.stderr)

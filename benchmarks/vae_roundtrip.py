@@ -1,8 +1,8 @@
 """What a VAE keeps of the shapes world: the oracle reads fresh renders after their round trip
 (encode, mode, decode) through the model's own VAE and through each `--vae`, per fill (the
 reserved striped one and the base solid one) and object size. Shows whether a style's detail
-survives the decoder before any UNet is trained on it (`sdlab train vae-decoder`). Appends to
-benchmarks/RESULTS.md with --results.
+survives the decoder before any UNet is trained on it (`sdlab train vae-decoder`). --results
+records the table in benchmarks/RESULTS.md, in place of this script's section with the same title.
 
     python benchmarks/vae_roundtrip.py --vae runs/vae/vae --n 256
 """
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--vae", action="append", default=[], help="a VAE to compare (repeatable)")
     ap.add_argument("--n", type=int, default=256, help="renders per fill")
     ap.add_argument("--seed", type=int, default=4321)
-    ap.add_argument("--results", action="store_true")
+    ap.add_argument("--results", action="store_true",
+                    help="record the table in benchmarks/RESULTS.md (replaces this script's section of the same title)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     base = Pipeline.load(args.model, device="cpu")
