@@ -1,5 +1,8 @@
 """Prompt-to-prompt: token alignment, attention injection and reweighting, local blend, edit API/CLI, errors."""
 
+import json
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,7 @@ from sdlab.attention.p2p import PromptToPromptController
 from sdlab.config import GenerationConfig
 from sdlab.errors import ConfigError
 
+from bench_util import load_benchmark
 from test_attention import sd15_layout_unet
 
 
@@ -229,16 +233,18 @@ def test_edit_cli(tiny_model_dir, tmp_path, capsys):
         assert msg in capsys.readouterr().err
 
 
-# --- the oracle measurements of sdlab.evaluate.p2p_eval ----------------------------------------
+# --- the oracle measurements of benchmarks/p2p_eval.py ------------------------------------------
 
-def test_eval_metrics_on_rendered_scenes():
+def test_eval_metrics_on_rendered_scenes(monkeypatch):
     import random
 
-    from sdlab.evaluate.p2p_eval import _compare, _swap_shape, colour_stats, iou, otsu_threshold
+    from sdlab.evaluate.masks import iou, otsu_threshold
     from sdlab.world import oracle
     from sdlab.world.render import render
     from sdlab.world.scene import single_object_scene
 
+    p2p_eval = load_benchmark("p2p_eval", monkeypatch)
+    _compare, _swap_shape, colour_stats = p2p_eval._compare, p2p_eval._swap_shape, p2p_eval.colour_stats
     values = np.concatenate([np.full(300, 0.1), np.full(100, 0.9)])
     assert 0.1 <= otsu_threshold(values) < 0.9
     a = np.zeros((4, 4), bool)
@@ -258,13 +264,26 @@ def test_eval_metrics_on_rendered_scenes():
     assert _swap_shape("a photo of a large red circle on the left", "circle", "star").endswith("red star on the left")
 
 
-def test_eval_runs_on_a_tiny_model(pipe):
-    from sdlab.evaluate.p2p_eval import evaluate
+def test_eval_runs_on_a_tiny_model(pipe, monkeypatch):
+    evaluate = load_benchmark("p2p_eval", monkeypatch).evaluate
 
     report = evaluate(pipe, n=2, steps=1, batch=2, cross_replace=(0.8, 0.4), factors=(0.5, 1.0))
     assert set(report["replace"]) == {"p2p_cross0.8_self0.4", "p2p_cross0.4_self0.4", "plain_prompt"}
     assert report["reweight_colour"]["factors"] == [0.5, 1.0] and report["reweight_colour"]["n"] == 2
     assert all(0 <= r["n"] <= 2 for r in report["replace"].values())
+
+
+def test_eval_results_go_to_the_experiments_one_file(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    p2p_eval = load_benchmark("p2p_eval", monkeypatch)
+    monkeypatch.setattr(sys.modules["report"], "RESULTS_DIR", tmp_path)
+    (tmp_path / "p2p_eval.json").write_text('{"n": 64}')           # an earlier run's result
+    args = ["--model", str(tiny_model_dir), "--steps", "1", "--batch", "1", "--cross-replace", "0.8", "--results"]
+    assert p2p_eval.main([*args, "--n", "1", "--n-reweight", "1"]) == 0
+    assert [f.name for f in tmp_path.iterdir()] == ["p2p_eval.json"]
+    assert json.loads((tmp_path / "p2p_eval.json").read_text())["n"] == 1
+    with pytest.raises(SystemExit):
+        p2p_eval.main([*args, "--out", str(tmp_path / "other.json")])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_word_cross_replace_frees_one_word_early(pipe):

@@ -5,7 +5,7 @@ the folder's outputs).
 Maps are averaged over heads, the chosen layers (--layers, --res) and sampling steps
 (--step-range), from the conditional half of the CFG batch (sdlab.attention.store). On the
 shipped model the up-block maps of the later steps follow the objects most closely (see
-sdlab.evaluate.p2p_eval). Only the first batch is drawn (--batch-count is ignored).
+benchmarks/p2p_eval.py). Only the first batch is drawn (--batch-count is ignored).
 """
 
 from __future__ import annotations

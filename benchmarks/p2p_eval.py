@@ -1,6 +1,6 @@
 """Oracle measurements of cross-attention maps and prompt-to-prompt edits on a shapes-world model.
 
-    python -m sdlab.evaluate.p2p_eval --n 64 [--model PATH] [--out report.json] [--examples DIR]
+    python benchmarks/p2p_eval.py --n 64 [--model PATH] [--out report.json | --results] [--examples DIR]
 
 - attention: IoU between the shape word's cross-attention map (min-max normalized, thresholded
   at its mean and by Otsu's method) and the oracle's object mask, per layer resolution and all.
@@ -11,6 +11,8 @@
   to that palette colour) and the object's saturation, with the fraction of seeds where they
   rise monotonically with the factor.
 Scenes are single objects of the training split with their full captions; seeds 20000 + i.
+`--results` writes the report to benchmarks/results/p2p_eval.json, this experiment's one current
+result: a newer run replaces it.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..attention.align import prompt_tokens
-from ..attention.edit import EditConfig, edit_batch
-from ..attention.maps import normalize, upsample
-from ..attention.store import AttentionStore, mean_maps
-from ..config import GenerationConfig
-from ..world import oracle, spec
-from ..world.captions import article, full_caption, object_phrase
-from ..world.scene import SceneSampler
-from . import emit_report
+from report import result_file
+from sdlab.attention.align import prompt_tokens
+from sdlab.attention.edit import EditConfig, edit_batch
+from sdlab.attention.maps import normalize, upsample
+from sdlab.attention.store import AttentionStore, mean_maps
+from sdlab.config import GenerationConfig
+from sdlab.evaluate import emit_report
+from sdlab.evaluate.masks import iou, otsu_threshold
+from sdlab.world import oracle, spec
+from sdlab.world.captions import article, full_caption, object_phrase
+from sdlab.world.scene import SceneSampler
 
 SEED0 = 20_000
 KEPT = ("position", "size", "color")
@@ -56,22 +60,6 @@ def scenes_for(n: int, seed: int = 5) -> list:
     rng = random.Random(seed)
     sampler = SceneSampler(split="train", two_object_prob=0.0)
     return [sampler.sample(rng) for _ in range(n)]
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
-    """Otsu's threshold (maximum between-class variance) of values in [0, 1]."""
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    p = hist / max(hist.sum(), 1)
-    centers = (edges[:-1] + edges[1:]) / 2
-    w0, m0 = np.cumsum(p), np.cumsum(p * centers)
-    w1, mt = 1 - w0, m0[-1]
-    between = (mt * w0 - m0) ** 2 / np.clip(w0 * w1, 1e-12, None)
-    return float(edges[1:][int(np.argmax(between[:-1]))]) if bins > 1 else 0.5
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 def _chunks(n: int, size: int):
@@ -258,8 +246,8 @@ def save_examples(examples, folder, limit: int = 16) -> None:
     """A grid per row: source | p2p replace (each setting) | plain target prompt, first `limit` scenes."""
     from pathlib import Path
 
-    from ..io.atomic import atomic_save
-    from ..io.images import make_grid
+    from sdlab.io.atomic import atomic_save
+    from sdlab.io.images import make_grid
 
     cells = [im for triple in examples[:limit] for im in triple]
     if cells:
@@ -292,7 +280,7 @@ def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdlab.evaluate.p2p_eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="python benchmarks/p2p_eval.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--n", type=int, default=64, help="scenes (default 64)")
@@ -309,16 +297,20 @@ def main(argv=None) -> int:
     p.add_argument("--captions", choices=sorted(CAPTIONS), default="full",
                    help="full: every attribute named; sized: size, colour and shape (position and background left "
                         "to the seed); short: colour and shape only (size too left to the seed)")
-    p.add_argument("--out", default=None, help="write the JSON report here")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default=None, help="write the JSON report here")
+    out.add_argument("--results", action="store_true",
+                     help="write the JSON report to benchmarks/results/p2p_eval.json, this experiment's one "
+                          "current result (a newer run replaces the file an earlier run of this script wrote)")
     p.add_argument("--examples", default=None, help="folder for an example grid (source | p2p... | plain)")
     args = p.parse_args(argv)
-    from ..pipeline import Pipeline
+    from sdlab.pipeline import Pipeline
 
     report = evaluate(Pipeline.load(args.model), n=args.n, n_reweight=args.n_reweight, steps=args.steps,
                       cfg_scale=args.cfg_scale, sampler=args.sampler, batch=args.batch,
                       cross_replace=args.cross_replace, self_replace=args.self_replace, examples_dir=args.examples,
                       captions=args.captions, word_cross_replace=args.word_cross_replace)
-    emit_report(report, args.out)
+    emit_report(report, result_file(__file__) if args.results else args.out)
     return 0
 
 
