@@ -47,7 +47,7 @@ facts["parameters_M"] = {name: round(sum(p.numel() for p in getattr(c, name).par
 facts["latent_shape"] = [c.unet.config.in_channels, c.unet.config.sample_size, c.unet.config.sample_size]
 facts["prediction_type"] = c.prediction_type
 
-# %% 2. The VAE round trip: 64x64x3 pixels <-> 4x16x16 latents (48x fewer numbers)
+# %% 2. The VAE round trip: pixels <-> latents with many times fewer numbers
 from sdlab.world.data import to_images, to_tensor  # noqa: E402
 from sdlab.world.render import render  # noqa: E402
 from sdlab.world.scene import single_object_scene  # noqa: E402
@@ -56,9 +56,11 @@ import random  # noqa: E402
 scene = single_object_scene("star", "yellow", "large", "center", "black", random.Random(0))
 x = to_tensor([render(scene)])
 latents = pipe.encode_image(x)
+facts["vae_shapes"] = {"pixels": list(x.shape[1:]), "latents": list(latents.shape[1:])}
+facts["vae_fewer_numbers"] = x[0].numel() / latents[0].numel()      # 3x64x64 / 4x16x16 = 12 here
 back = to_images(pipe.decode(latents))[0]
 facts["vae_round_trip_oracle_shape"] = oracle.read(back).objects[0].shape if oracle.read(back).objects else None
-channels = [to_images(latents[:, i:i + 1].repeat(1, 3, 1, 1) / latents.abs().max())[0].resize((64, 64))
+channels = [to_images(latents[:, i:i + 1].repeat(1, 3, 1, 1) / latents.abs().max())[0].resize(back.size)
             for i in range(latents.shape[1])]
 show("02-vae-round-trip", [render(scene), back] + channels)
 
@@ -99,12 +101,21 @@ cfg_images = [pipe.generate(GenerationConfig(PROMPT, steps=args.steps, cfg_scale
               for s in (1.0, 3.0, 7.5, 12.0)]
 show("05-cfg-scales", cfg_images)
 
-# %% 6. img2img: noise a rendered scene part way, denoise toward a new prompt
+# %% 6. img2img (SDEdit): noise a rendered scene part way, denoise toward a new prompt
+# Strength s runs the last int(steps * s) steps, from the input's latent plus that step's noise:
+# a low strength keeps the input, a high one follows the prompt. The CFG scale is low here. At
+# strength 0.3 (the last 7 of 25 steps) too little noise is left to draw a new shape, while CFG
+# 7.5 multiplies the prompt's disagreement with the input (a yellow star, not a green square):
+# the star is erased and no square drawn, leaving the empty background. (The img2img steps and
+# start noise are diffusers' own; the effect is this model's.)
 from sdlab.sampling.strength_sweep import strength_sweep  # noqa: E402
 
 sweep = strength_sweep(pipe, render(scene), GenerationConfig("a large green square on a black background",
-                                                             steps=args.steps, seed=3), [0.3, 0.6, 0.9])
+                                                             steps=args.steps, cfg_scale=2.0, seed=3),
+                       [0.3, 0.6, 0.9])
 show("06-img2img-strengths", sweep.grid)
+facts["img2img_oracle"] = {f"{s:g}": [[o.color, o.shape] for o in oracle.read(r.images[0]).objects]
+                           for s, r in zip(sweep.strengths, sweep.results)}
 
 # %% 7. Embedding mixing: half "circle", half "square" at the token embedding
 from sdlab.text.embedding_ops import encode_with_overrides, mix  # noqa: E402

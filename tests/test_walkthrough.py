@@ -12,13 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_walkthrough_runs_and_its_manual_loop_matches_the_library(tmp_path):
     out = tmp_path / "wt"
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "walkthrough.py"), "--out", str(out), "--steps", "4"],
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "walkthrough.py"), "--out", str(out), "--steps", "10"],
                           capture_output=True, text=True, timeout=900,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     facts = json.loads((out / "facts.json").read_text())
     assert facts["manual_vs_library_max_pixel_diff"] <= 1          # the hand-written loop is the library's
     assert facts["latent_shape"] == [4, 16, 16]
+    assert facts["vae_shapes"] == {"pixels": [3, 64, 64], "latents": [4, 16, 16]} and facts["vae_fewer_numbers"] == 12
+    img2img = facts["img2img_oracle"]                   # low strength keeps the input, high follows the prompt
+    assert img2img["0.3"] == [["yellow", "star"]] and all(img2img.values()) and ["green", "square"] in img2img["0.9"]
     assert facts["tokens"][:5] == ["<|startoftext|>", "a", "large", "red", "circle"]
     assert facts["embedding_shapes"]["cond"] == [1, 77, 128]
     assert len(facts["figures"]) == 8
