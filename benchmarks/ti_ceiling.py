@@ -122,9 +122,7 @@ def per_layer(pipe, space: str):
 
 def optimize(pipe, latents, steps: int, lr: float, space: str, t_min: int = 0, batch: int = 4,
              layered: bool = False) -> torch.Tensor:
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler.from_config(pipe.c.scheduler_config)
+    sched = pipe.schedule
     params, encode = per_layer(pipe, space) if layered else conditioning(pipe, space)
     opt = torch.optim.Adam(params if layered else [params], lr=lr)
     pipe.c.unet.requires_grad_(False)
@@ -132,10 +130,10 @@ def optimize(pipe, latents, steps: int, lr: float, space: str, t_min: int = 0, b
     for step in range(steps):
         idx = torch.randint(0, len(latents), (batch,), generator=g)
         noise, t = sample_noise(latents.shape[1:], [step * batch + i for i in range(batch)],
-                                sched.config.num_train_timesteps)
-        t = t_min + t % (sched.config.num_train_timesteps - t_min)     # --t-min: only the noisier steps
+                                sched.num_train_timesteps)
+        t = t_min + t % (sched.num_train_timesteps - t_min)     # --t-min: only the noisier steps
         noisy = sched.add_noise(latents[idx], noise, t)
-        target = sched.get_velocity(latents[idx], noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        target = sched.target(latents[idx], noise, t)
         pred = pipe.c.unet(noisy, t, encoder_hidden_states=encode().expand(batch, -1, -1)).sample
         loss = F.mse_loss(pred, target)
         opt.zero_grad()

@@ -131,15 +131,16 @@ def test_caption_dropout_draws_empty_prompts_by_seed(tiny_model_dir, data, tmp_p
 def test_min_snr_weights_cap_the_easy_timesteps(tiny_model_dir, data, tmp_path):
     from diffusers import DDPMScheduler
 
-    from sdlab.training.methods.base import min_snr_weights
+    from sdlab.sampling import NoiseSchedule
 
-    ac = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    sd = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    ac = DDPMScheduler(**sd).alphas_cumprod
     t = torch.tensor([0, 100, 500, 999])
     snr = ac[t] / (1 - ac[t])
-    w = min_snr_weights(ac, t, 5.0)
+    w = NoiseSchedule(**sd).min_snr_weights(t, 5.0)
     assert torch.allclose(w.double(), torch.where(snr > 5, 5 / snr, torch.ones_like(snr)).double(), rtol=1e-5)
     assert w[0] < 0.01 and w[-1] == 1.0     # nearly clean step down-weighted, the noisiest untouched
-    v = min_snr_weights(ac, t, 5.0, "v_prediction")
+    v = NoiseSchedule(**sd, prediction_type="v_prediction").min_snr_weights(t, 5.0)
     assert torch.allclose(v.double(), (snr.clamp(max=5) / (snr + 1)).double(), rtol=1e-5)
     # in the loop: the same first batch, weighted, gives a smaller loss (every weight <= 1 here)
     plain = train(_cfg(tiny_model_dir, data, tmp_path / "plain", max_steps=1), LoRA(LoraOptions(rank=2)))

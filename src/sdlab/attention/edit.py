@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..callbacks import combine
-from ..config import GenerationConfig
+from ..config import GenerationConfig, setting
 from ..errors import ConfigError
 from .align import PromptTokens, prompt_tokens, refine_mapping, replace_mapping
 from .p2p import LocalBlend, PromptToPromptController
@@ -63,13 +63,14 @@ class EditConfig:
     paper's 16x16 = 256 for SD's 64x64 latents). blend_start: fraction of steps before blending.
     """
 
-    mode: str = "replace"
-    cross_replace: float = 0.8
-    self_replace: float = 0.4
+    mode: str = setting("replace", "replace: word swap (same token count); refine: added words; "
+                                   "reweight: scale words", choices=lambda: list(MODES))
+    cross_replace: float = setting(0.8, "fraction of steps with cross-attention injected", lo=0.0, hi=1.0)
+    self_replace: float = setting(0.4, "fraction of steps with self-attention injected", lo=0.0, hi=1.0)
     word_cross_replace: tuple[tuple[str, float], ...] = ()   # per target word, e.g. {"square": 0.2}
     reweight: tuple[tuple[str, float], ...] = ()
     blend: tuple[str, ...] = ()
-    blend_threshold: float = 0.3
+    blend_threshold: float = setting(0.3, "local blend mask threshold in [0, 1]", lo=0.0, hi=1.0)
     blend_start: float = 0.2
     self_max_queries: int = 256
 

@@ -14,7 +14,9 @@ import argparse
 import re
 from pathlib import Path
 
+from ..config import GenerationConfig
 from .generate import config_from_args, load_pipeline, sampling_options
+from .options import add_config_arguments
 
 EXAMPLES = """examples:
   sdlab attend "a large red circle on the left on a blue background" --out attn --seed 3
@@ -27,7 +29,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", help="what to draw")
     sampling_options(p)
-    p.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
+    add_config_arguments(p, GenerationConfig, ["batch_size"])
     p.add_argument("--out", default="attention", help="output folder (default ./attention)")
     p.add_argument("--layers", nargs="+", default=["down", "mid", "up"], choices=["down", "mid", "up"],
                    help="UNet places to average (default: all)")

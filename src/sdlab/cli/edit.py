@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from ..attention.edit import MODES, EditConfig
+from ..config import GenerationConfig
 from ..errors import ConfigError
-from ..sampling import sampler_names
-from .generate import learned_options, load_learned
+from .generate import config_from_args, learned_options, load_learned
+from .options import add_config_arguments
 
 EXAMPLES = """examples:
   sdlab edit "a red circle on a blue background" "a red square on a blue background" --seed 3
@@ -26,12 +28,7 @@ def register(sub) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="the source prompt")
     p.add_argument("target", nargs="?", default=None, help="the edited prompt (default: the source, for reweight)")
-    p.add_argument("--mode", default="replace", choices=["replace", "refine", "reweight"],
-                   help="replace: word swap (same token count); refine: added words; reweight: scale words")
-    p.add_argument("--cross-replace", type=float, default=0.8, help="fraction of steps with cross-attention "
-                                                                     "injected (default 0.8)")
-    p.add_argument("--self-replace", type=float, default=0.4, help="fraction of steps with self-attention "
-                                                                    "injected (default 0.4)")
+    add_config_arguments(p, EditConfig, ["mode", "cross_replace", "self_replace"], mode=dict(choices=MODES))
     p.add_argument("--word-cross-replace", nargs="+", default=[], metavar="WORD=FRACTION",
                    help="a target word's own cross-replace fraction, e.g. square=0.2 (the new shape "
                         "then forms its own outline instead of filling the old one's)")
@@ -39,12 +36,9 @@ def register(sub) -> None:
                    help="scale the attention of target words, e.g. red=2.0")
     p.add_argument("--blend", nargs="+", default=[], metavar="WORD",
                    help="local blend: edit only where these words attend (words of either prompt)")
-    p.add_argument("--blend-threshold", type=float, default=0.3, help="mask threshold in [0, 1] (default 0.3)")
-    p.add_argument("--seed", type=int, default=0, help="seed shared by source and target (default 0)")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
-    p.add_argument("--cfg-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(sampler_names())} (default Euler a)")
-    p.add_argument("--negative-prompt", "-n", default="", help="what to steer away from")
+    add_config_arguments(p, EditConfig, ["blend_threshold"])
+    add_config_arguments(p, GenerationConfig, ["seed", "steps", "cfg_scale", "sampler", "negative_prompt"],
+                         seed=dict(default=0, help="seed shared by source and target"))
     p.add_argument("--model", default=None, help="diffusers folder or single file (default: the shipped model)")
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
@@ -69,8 +63,7 @@ def parse_word_numbers(items: list[str], option: str = "--reweight", metavar: st
 
 
 def run(args) -> int:
-    from ..attention.edit import EditConfig, edit
-    from ..config import GenerationConfig
+    from ..attention.edit import edit
     from ..io.atomic import atomic_save
     from ..io.images import make_grid
     from ..io.metadata import save_png
@@ -81,8 +74,7 @@ def run(args) -> int:
                      blend_threshold=args.blend_threshold,
                      word_cross_replace=parse_word_numbers(args.word_cross_replace, "--word-cross-replace",
                                                            "WORD=FRACTION", "square=0.2"))
-    config = GenerationConfig(prompt=args.source, negative_prompt=args.negative_prompt, steps=args.steps,
-                              cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
+    config = config_from_args(args, prompt=args.source)
     out = output_folder(args.out)
     pipe = load_learned(args)
     r = edit(pipe, args.source, args.target, config=config, edit=cfg)

@@ -7,8 +7,10 @@ import sys
 
 from tqdm import tqdm
 
+from ..config import GenerationConfig
 from ..errors import ConfigError
 from .generate import config_from_args, load_pipeline, run_and_save, sampling_options
+from .options import add_config_arguments
 
 MIX_HELP = """Mix the input (token) embeddings of several words and draw the result.
 
@@ -42,7 +44,7 @@ def register(sub) -> None:
                    help="with two words: N (2..64) mixes from the first (w=0) to the second (w=1), one seed, "
                         "written as mix-sweep-NNNNN.png (weights given are ignored)")
     sampling_options(m)
-    m.add_argument("--batch-size", type=int, default=1, help="images per mix (default 1)")
+    add_config_arguments(m, GenerationConfig, ["batch_size"], batch_size=dict(help="images per mix"))
     m.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     m.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
     m.set_defaults(run=run_mix, trajectory=None)

@@ -11,7 +11,8 @@ from tqdm import tqdm
 from ..callbacks import combine
 from ..config import GenerationConfig
 from ..errors import ConfigError
-from ..sampling import sampler_names
+from ..guidance import DEFAULT_GUIDANCE_SCALES
+from .options import add_config_arguments
 
 EXAMPLES = """examples:
   sdlab generate "a large red circle on the left on a blue background"
@@ -24,18 +25,14 @@ EXAMPLES = """examples:
 """
 
 
+# GenerationConfig fields that are options of every sampling command; the batch ones are not
+SAMPLING_SETTINGS = ("negative_prompt", "steps", "cfg_scale", "sampler", "seed", "width", "height", "guidance_rescale")
+BATCH_SETTINGS = ("batch_size", "batch_count")
+
+
 def sampling_options(p: argparse.ArgumentParser) -> None:
     """Options of one sampling run (no prompt, batch or output): shared with mix / interpolate."""
-    p.add_argument("--negative-prompt", "-n", default="", help="what to steer away from")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
-    p.add_argument("--cfg-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(sampler_names())} (default Euler a)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of the first image, 0 .. 2^32-1 (default: random); image i uses seed+i, so the last "
-                        "image's seed must stay below 2^32 too (a larger one is refused, not wrapped)")
-    p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
-    p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al. 2023)")
+    add_config_arguments(p, GenerationConfig, SAMPLING_SETTINGS)
     p.add_argument("--model", default=None, help="diffusers folder or .safetensors/.ckpt file (default: the shipped model)")
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
@@ -56,7 +53,8 @@ def sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classifier-guidance", default=None, metavar="LABEL",
                    help="push toward a shape with the shipped noise-aware classifier (e.g. triangle)")
     g.add_argument("--guidance-scale", type=float, default=None,
-                   help="strength of the guidance above (default: 3000 colour, 3000 CLIP, 16 classifier)")
+                   help="strength of the guidance above (default: " +
+                        ", ".join(f"{v:g} {k}" for k, v in DEFAULT_GUIDANCE_SCALES.items()) + ")")
     g.add_argument("--guidance-every", type=int, default=1, help="apply it every N denoiser calls (default 1)")
 
 
@@ -78,8 +76,7 @@ def learned_options(p: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what to draw")
     sampling_options(p)
-    p.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
-    p.add_argument("--batch-count", type=int, default=1, help="number of batches (default 1)")
+    add_config_arguments(p, GenerationConfig, BATCH_SETTINGS)
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
     p.add_argument("--trajectory", default=None, metavar="FILE",
@@ -100,22 +97,22 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("image", help="input image (any format Pillow reads)")
     _common(q)
-    q.add_argument("--strength", type=float, nargs="+", default=[0.75],
-                   help="how much to change, in [0, 1] (default 0.75); several values run a sweep with the same "
-                        "seed and also write sweep-NNNNN.png, a labelled grid (rows: images, columns: strengths)")
+    add_config_arguments(q, GenerationConfig, ["strength"], strength=dict(
+        nargs="+", more="; several values run a sweep with the same seed and also write sweep-NNNNN.png, a labelled "
+                        "grid (rows: images, columns: strengths)"))
     q.set_defaults(run=run_img2img)
 
 
 def config_from_args(args, **extra) -> GenerationConfig:
-    """A GenerationConfig from the parsed options (`extra` overrides or adds fields)."""
+    """A GenerationConfig from the parsed options of its fields (`extra` overrides or adds fields);
+    no --seed: a random one."""
     import random
 
-    fields = dict(prompt=getattr(args, "prompt", ""), negative_prompt=args.negative_prompt, steps=args.steps,
-                  cfg_scale=args.cfg_scale, sampler=args.sampler,
-                  seed=args.seed if args.seed is not None else random.randrange(2**31),  # room for seed + i
-                  batch_size=getattr(args, "batch_size", 1), batch_count=getattr(args, "batch_count", 1),
-                  width=args.width, height=args.height, guidance_rescale=args.guidance_rescale)
-    return GenerationConfig(**{**fields, **extra})
+    fields = {name: getattr(args, name) for name in GenerationConfig.field_names() if hasattr(args, name)}
+    fields = {"prompt": "", **fields, **extra}
+    if fields.get("seed") is None:
+        fields["seed"] = random.randrange(2**31)        # room for seed + i
+    return GenerationConfig(**fields)
 
 
 def load_pipeline(args):
@@ -184,30 +181,12 @@ def _rgb(text: str) -> tuple[float, float, float]:
     return values
 
 
-# Measured on the shipped model (python -m sdlab.evaluate.guidance_eval): colour 3000 makes the
-# object bluer on average; classifier "triangle" with an empty prompt: 0.13 at 0, 0.59 at 12, 0.66 at 16.
-DEFAULT_GUIDANCE_SCALES = {"color": 3000.0, "clip": 3000.0, "classifier": 16.0}
-
-
 def guidance_from_args(args) -> list:
-    """Guidance wrappers from the --*-guidance options (at most one of each kind)."""
-    from ..guidance.classifier import classifier_guidance
-    from ..guidance.loss import loss_guidance
-    from ..guidance.losses import clip_loss, color_loss
+    """Guidance wrappers from the --*-guidance options (sdlab.guidance.presets)."""
+    from ..guidance import guidance
 
-    every = args.guidance_every
-
-    def scale(kind: str) -> float:
-        return DEFAULT_GUIDANCE_SCALES[kind] if args.guidance_scale is None else args.guidance_scale
-
-    out = []
-    if args.color_guidance:
-        out.append(loss_guidance(color_loss(_rgb(args.color_guidance)), scale("color"), every=every))
-    if args.clip_guidance:
-        out.append(loss_guidance(clip_loss(args.clip_guidance), scale("clip"), every=every))
-    if args.classifier_guidance:
-        out.append(classifier_guidance(args.classifier_guidance, scale("classifier"), every=every))
-    return out
+    return guidance(color=_rgb(args.color_guidance) if args.color_guidance else None, clip=args.clip_guidance,
+                    classifier=args.classifier_guidance, scale=args.guidance_scale, every=args.guidance_every)
 
 
 def run_and_save(args, config: GenerationConfig, init_image=None, cond_fn=None, settings: dict | None = None) -> int:

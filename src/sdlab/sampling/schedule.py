@@ -29,19 +29,19 @@ SIGMA_KINDS = ("default", "karras")
 ZERO_SNR_ALPHA_CUMPROD = 2.0**-24  # diffusers' clamp for the last alpha_cumprod under zero SNR
 
 
-def _betas(schedule: "NoiseSchedule") -> torch.Tensor:
+def _betas(schedule: "NoiseSchedule", dtype: torch.dtype = torch.float64) -> torch.Tensor:
     n = schedule.num_train_timesteps
     if schedule.beta_schedule == "linear":
-        return torch.linspace(schedule.beta_start, schedule.beta_end, n, dtype=torch.float64)
+        return torch.linspace(schedule.beta_start, schedule.beta_end, n, dtype=dtype)
     if schedule.beta_schedule == "scaled_linear":  # the latent-diffusion schedule
         lo, hi = math.sqrt(schedule.beta_start), math.sqrt(schedule.beta_end)
-        return torch.linspace(lo, hi, n, dtype=torch.float64) ** 2
+        return torch.linspace(lo, hi, n, dtype=dtype) ** 2
     # squaredcos_cap_v2: cosine schedule of Nichol & Dhariwal 2021, betas capped at 0.999
     def alpha_bar(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
     betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
-    return torch.tensor(betas, dtype=torch.float64)
+    return torch.tensor(betas, dtype=dtype)
 
 
 def _rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -52,11 +52,24 @@ def _rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return root**2
 
 
+def _training_alphas_cumprod(schedule: "NoiseSchedule") -> torch.Tensor:
+    """alpha_bar as diffusers' DDPMScheduler computes it for training: float32 throughout and, under
+    zero terminal SNR, back through the betas (alpha_bar_T = 0 exactly, no clamp), so the training
+    side noises latents with the very numbers diffusers-trained models saw, bit for bit."""
+    alphas = 1.0 - _betas(schedule, torch.float32)
+    if schedule.rescale_betas_zero_snr:
+        bar = _rescale_zero_terminal_snr(torch.cumprod(alphas, dim=0))
+        alphas = 1.0 - (1.0 - torch.cat([bar[:1], bar[1:] / bar[:-1]]))
+    return torch.cumprod(alphas, dim=0)
+
+
 @dataclass(frozen=True, eq=False)
 class NoiseSchedule:
     """A discrete noise schedule; build it with `NoiseSchedule.from_config(scheduler.config)`.
 
-    `alphas_cumprod` and `sigmas` (both float64, index = training timestep t) are derived.
+    `alphas_cumprod` and `sigmas` (both float64, index = training timestep t) are derived; sampling
+    reads them. Training reads `add_noise`, `target` and `min_snr_weights` (the DDPM forward
+    process, k-diffusion's `loss` side), on `training_alphas_cumprod` (float32, as diffusers').
     """
 
     num_train_timesteps: int = 1000
@@ -70,6 +83,7 @@ class NoiseSchedule:
     alphas_cumprod: torch.Tensor = field(init=False, repr=False)
     sigmas: torch.Tensor = field(init=False, repr=False)
     log_sigmas: torch.Tensor = field(init=False, repr=False)
+    training_alphas_cumprod: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._validate()
@@ -81,6 +95,7 @@ class NoiseSchedule:
         object.__setattr__(self, "alphas_cumprod", acp)
         object.__setattr__(self, "sigmas", sigmas)
         object.__setattr__(self, "log_sigmas", sigmas.log())
+        object.__setattr__(self, "training_alphas_cumprod", _training_alphas_cumprod(self))
 
     def _validate(self) -> None:
         n = self.num_train_timesteps
@@ -144,6 +159,41 @@ class NoiseSchedule:
         low = tt.floor().long().clamp(max=self.num_train_timesteps - 2)
         w = tt - low
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[low + 1]).exp()
+
+    # --- the training side: the forward process x_t = sqrt(a) x0 + sqrt(1 - a) eps -------------
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(a_t), sqrt(1 - a_t)) at integer timesteps `t`, shaped to broadcast over `like`'s
+        batch, in its dtype and on its device (the operations of diffusers' add_noise)."""
+        acp = self.training_alphas_cumprod.to(device=like.device, dtype=like.dtype)
+        a = acp[torch.as_tensor(t, device=like.device)].reshape(-1, *([1] * (like.ndim - 1)))
+        return a**0.5, (1 - a) ** 0.5
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise (Ho et al. 2020, eq. 4)."""
+        a, s = self._coefficients(t, x0)
+        return a * x0 + s * noise
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(a_t) noise - sqrt(1 - a_t) x0 (Salimans & Ho 2022)."""
+        a, s = self._coefficients(t, x0)
+        return a * noise - s * x0
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the model learns to predict at `t`: the noise (epsilon) or the velocity (v)."""
+        return noise if self.prediction_type == "epsilon" else self.velocity(x0, noise, t)
+
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio a_t / (1 - a_t) at integer timesteps `t` (float64, on the CPU)."""
+        a = self.training_alphas_cumprod[torch.as_tensor(t).cpu()].double()
+        return a / (1 - a)
+
+    def min_snr_weights(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma (Hang et al. 2023): each timestep's loss weighted by min(SNR, gamma) / SNR
+        for epsilon targets (/ (SNR + 1) for v), so the nearly clean, easy timesteps stop
+        dominating the gradient. float32, on the CPU."""
+        snr = self.snr(t)
+        capped = snr.clamp(max=gamma)
+        return (capped / (snr + 1) if self.prediction_type == "v_prediction" else capped / snr).float()
 
     def timesteps(self, steps: int) -> np.ndarray:
         """The `steps` training timesteps (descending, float64) of this schedule's spacing."""

@@ -32,7 +32,7 @@ from ..sampling import sampler_names
 from ..sampling.samplers import get_sampler
 from .files import safe_output_path, save_upload
 from .schemas import (MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, GenerateRequest,
-                      Img2ImgRequest, _clean_text)
+                      Img2ImgRequest, _clean_text, http_bound)
 from .settings import ServerSettings
 from .store import TERMINAL
 
@@ -79,7 +79,9 @@ def resolve_sampler(name: str, scheduler: Optional[str], timestep_spacing: str) 
 
 
 class A1111Request(BaseModel):
-    """Fields of A1111's processing request that sdlab honours; see the module docstring."""
+    """Fields of A1111's processing request that sdlab honours; see the module docstring. The
+    defaults are A1111's own (50 steps, CFG 7, Euler: what its clients expect), not sdlab's;
+    the bounds are the studio's (sdlab.server.schemas)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -95,7 +97,7 @@ class A1111Request(BaseModel):
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
-    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    cfg_scale: float = Field(7.0, ge=0.0, le=http_bound("cfg_scale"))
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
     restore_faces: Optional[bool] = None

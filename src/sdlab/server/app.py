@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..config import GenerationConfig
 from ..errors import ConfigError
 from ..sampling import sampler_names
 from ..models.vae_file import find_vae, vae_names
@@ -169,7 +170,7 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
     @app.get("/api/options", response_model=Options)
     def options(request: Request) -> dict:
         pipe = next(iter(_queue(request).pipes.values()), None)
-        return {"samplers": sampler_names(), "default_sampler": "Euler a", "model": pipe.c.name if pipe else None,
+        return {"samplers": sampler_names(), "default_sampler": GenerationConfig.sampler, "model": pipe.c.name if pipe else None,
                 "native_size": pipe.native_size if pipe else None, "loras": lora_names(settings.lora_dirs),
                 "vaes": vae_names(settings.vae_dirs),
                 "limits": {"max_side": settings.max_side, "max_images": settings.max_images,

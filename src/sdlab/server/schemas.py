@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import MISSING
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
 
-from ..sampling import sampler_names
+from ..attention.edit import MAX_WEIGHT, EditConfig
+from ..config import SAME, GenerationConfig, settings_of
 
-MAX_PROMPT_CHARS = 2000
-MAX_STEPS = 150
-MAX_SIDE = 2048          # schema bound; the server's --max-side setting may be lower
-MAX_BATCH_SIZE = 8
-MAX_BATCH_COUNT = 4
+
+def http_bound(name: str) -> int:
+    """The HTTP API's upper bound of a GenerationConfig setting (its own, where stricter)."""
+    s = settings_of(GenerationConfig)[name][2]
+    return s.http_hi if s.http_hi is not None else s.hi
+
+
+MAX_PROMPT_CHARS = settings_of(GenerationConfig)["prompt"][2].http["max_length"]
+MAX_STEPS = http_bound("steps")
+MAX_SIDE = http_bound("width")     # schema bound; the server's --max-side setting may be lower
+MAX_BATCH_SIZE = http_bound("batch_size")
+MAX_BATCH_COUNT = http_bound("batch_count")
 MAX_WORDS = 16           # reweight / blend entries of an edit
-MAX_WEIGHT = 10.0        # |reweight factor|, as sdlab.attention.edit allows
-
-SamplerName = Literal[tuple(sampler_names())]  # type: ignore[valid-type]
 
 
 def _clean_text(value: str, name: str) -> str:
@@ -28,18 +34,33 @@ def _clean_text(value: str, name: str) -> str:
     return value
 
 
-class SamplingRequest(BaseModel):
-    """Sampling settings shared by every job kind; seed null picks a random one."""
+def declared(base: type[BaseModel], cls, *names: str) -> type[BaseModel]:
+    """`base` with the named settings of the dataclass `cls` as fields: type, default, range
+    (the HTTP bound where stricter) and description from the declaration (sdlab.config.setting)."""
+    fields = {}
+    for name in names:
+        default, kind, s = settings_of(cls)[name]
+        default = default if s.request_default is SAME else s.request_default
+        if s.choices is not None:
+            kind = Literal[tuple(s.choices())]
+        if default is None:
+            kind = Optional[kind]
+        bounds = {} if s.lo is None else {"ge": s.lo, "le": s.hi if s.http_hi is None else s.http_hi}
+        if s.multiple_of:
+            bounds["multiple_of"] = s.multiple_of
+        text = s.help + (f" (default: {s.default_text})" if default is None and s.default_text else "")
+        fields[name] = (kind, Field(... if default is MISSING else default, description=text, **bounds, **s.http))
+    return create_model(f"_{base.__name__}With_{'_'.join(names)}", __base__=base, **fields)
 
+
+class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    steps: int = Field(25, ge=1, le=MAX_STEPS)
-    cfg_scale: float = Field(7.5, ge=0.0, le=30.0)
-    sampler: SamplerName = "Euler a"
-    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
-    width: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
-    height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
+
+class SamplingRequest(declared(_Request, GenerationConfig, "negative_prompt", "steps", "cfg_scale", "sampler", "seed",
+                               "width", "height")):
+    """Sampling settings shared by every job kind; seed null picks a random one."""
+
     vae: Optional[str] = Field(None, max_length=255, pattern=r"^[^/\\]+$",
                                description="a VAE the server offers (`vaes` of /api/options); null: the server's own")
 
@@ -49,13 +70,10 @@ class SamplingRequest(BaseModel):
         return _clean_text(v, info.field_name)
 
 
-class GenerateRequest(SamplingRequest):
+class GenerateRequest(declared(SamplingRequest, GenerationConfig, "prompt", "batch_size", "batch_count",
+                               "guidance_rescale")):
     """A txt2img job: image i of the job uses seed + i."""
 
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS, examples=["a large red circle on the left on a blue background"])
-    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
-    batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
-    guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
     trained: Optional[str] = Field(None, pattern=r"^[0-9a-f]{16}$",
                                    description="id of a finished train job: its LoRA or embedding is applied")
     trained_scale: float = Field(1.0, ge=-10.0, le=10.0, description="the trained LoRA's scale")
@@ -66,12 +84,10 @@ class GenerateRequest(SamplingRequest):
         return _clean_text(v, info.field_name)
 
 
-class Img2ImgRequest(GenerateRequest):
+class Img2ImgRequest(declared(GenerateRequest, GenerationConfig, "strength")):
     """An img2img job (SDEdit): the uploaded image, noised to `strength`, then denoised."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the multipart form also holds `image`
-
-    strength: float = Field(0.75, ge=0.0, le=1.0)
 
 
 Place = Literal["down", "mid", "up"]
@@ -79,10 +95,9 @@ Word = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
 
 
-class AttendRequest(SamplingRequest):
+class AttendRequest(declared(SamplingRequest, GenerationConfig, "prompt")):
     """Cross-attention maps of one image: an overlay per prompt token (sdlab.attention.store.attend)."""
 
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS, examples=["a large red circle on the left on a blue background"])
     layers: list[Place] = Field(["down", "mid", "up"], min_length=1, max_length=3,
                                 description="UNet places whose maps are averaged")
 
@@ -97,18 +112,14 @@ class AttendRequest(SamplingRequest):
         return list(dict.fromkeys(v))
 
 
-class EditRequest(SamplingRequest):
+class EditRequest(declared(SamplingRequest, EditConfig, "mode", "cross_replace", "self_replace", "blend_threshold")):
     """A prompt-to-prompt edit (Hertz et al. 2022): source and target sampled from one seed.
     The fractions are of the sampling steps; target null means the source (for reweight)."""
 
     source: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, examples=["a red circle on a blue background"])
     target: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS, examples=["a red square on a blue background"])
-    mode: Literal["replace", "refine", "reweight"] = "replace"
-    cross_replace: float = Field(0.8, ge=0.0, le=1.0)
-    self_replace: float = Field(0.4, ge=0.0, le=1.0)
     reweight: dict[Word, Weight] = Field({}, max_length=MAX_WORDS, examples=[{"red": 2.0}])
     blend: list[Word] = Field([], max_length=MAX_WORDS, description="local blend: edit only where these words attend")
-    blend_threshold: float = Field(0.3, ge=0.0, le=1.0)
 
     @field_validator("source", "target")
     @classmethod
@@ -132,23 +143,48 @@ MAX_TRAIN_STEPS = 500
 MAX_TRAIN_IMAGES = 16
 
 
+def _studio_methods() -> tuple[str, ...]:
+    """The training methods the studio offers: those whose MethodSpec maps request fields."""
+    from ..training.methods import registry
+
+    return tuple(s.name for s in registry.specs() if s.studio)
+
+
+def _option_default(request_field: str):
+    """The default of the method option a TrainRequest field sets (MethodSpec.studio)."""
+    import dataclasses
+
+    from ..training.methods import registry
+
+    spec = next(s for s in registry.specs() if s.studio and request_field in s.studio)
+    return next(f.default for f in dataclasses.fields(spec.options) if f.name == spec.studio[request_field])
+
+
+def _lora_presets() -> tuple[str, ...]:
+    from ..training.methods.lora import TARGET_PRESETS
+
+    return tuple(TARGET_PRESETS)
+
+
 class TrainRequest(BaseModel):
     """A short personalisation run (sdlab.training) on the uploaded images; the loss streams as
     job metrics. lora: low-rank adapters (Hu et al. 2021); textual-inversion: a new token
-    embedding (Gal et al. 2022)."""
+    embedding (Gal et al. 2022). Each method's fields set its options (MethodSpec.studio)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the multipart form also holds `images`
 
-    method: Literal["lora", "textual-inversion"] = "lora"
+    method: Literal[_studio_methods()] = "lora"  # type: ignore[valid-type]
     instance_prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, examples=["a sks shape"])
     max_steps: int = Field(50, ge=1, le=MAX_TRAIN_STEPS)
     learning_rate: Optional[float] = Field(None, gt=0.0, le=1.0, description="default: the method's")
-    rank: int = Field(4, ge=1, le=64, description="lora rank")
-    lora_targets: Literal["attention", "transformer", "all"] = Field(
-        "attention", description="lora layers: attention projections, whole transformer blocks, or every conv too")
-    placeholder: str = Field("<my-shape>", min_length=1, max_length=50, pattern=r"^\S+$",
+    rank: int = Field(_option_default("rank"), ge=1, le=64, description="lora rank")
+    lora_targets: Literal[_lora_presets()] = Field(  # type: ignore[valid-type]
+        _option_default("lora_targets"),
+        description="lora layers: attention projections, whole transformer blocks, or every conv too")
+    placeholder: str = Field(_option_default("placeholder"), min_length=1, max_length=50, pattern=r"^\S+$",
                              description="textual inversion: the new token")
-    initializer: str = Field("shape", min_length=1, max_length=50, description="textual inversion: start word(s)")
+    initializer: str = Field(_option_default("initializer"), min_length=1, max_length=50,
+                             description="textual inversion: start word(s)")
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @field_validator("instance_prompt", "placeholder", "initializer")

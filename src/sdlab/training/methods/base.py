@@ -59,10 +59,10 @@ class DiffusionMethod:
     adapters_on_cast_base = False
 
     def setup(self, components, config, accelerator) -> None:
-        from diffusers import DDPMScheduler
+        from ...sampling.schedule import NoiseSchedule
 
         self.c, self.config, self.accelerator = components, config, accelerator
-        self.noise_scheduler = DDPMScheduler.from_config(components.scheduler_config)
+        self.schedule = NoiseSchedule.from_config(components.scheduler_config)   # noise, target, Min-SNR
         self.unet, self.text_encoder, self.vae = components.unet, components.text_encoder, components.vae
         for module in (components.unet, components.vae, components.text_encoder):
             module.requires_grad_(False)
@@ -172,25 +172,20 @@ class DiffusionMethod:
         """Mean squared error of the UNet prediction per sample, (B,); `latents`: the pixels'
         latents when already known."""
         latents = self.latents(pixels) if latents is None else latents
-        noise, timesteps = sample_noise(latents.shape[1:], seeds, self.noise_scheduler.config.num_train_timesteps,
+        noise, timesteps = sample_noise(latents.shape[1:], seeds, self.schedule.num_train_timesteps,
                                         self.config.noise_offset)
         cond = self.encode_text([self.caption_or_empty(self.shuffled_tags(self.transform_text(t, s), s), s)
                                  for t, s in zip(texts, seeds)])
         mse = self.prediction_error(self.unet, latents, noise, timesteps, cond)
         if self.config.snr_gamma is None:
             return mse
-        cfg = self.noise_scheduler.config
-        return mse * min_snr_weights(self.noise_scheduler.alphas_cumprod, timesteps.cpu(), self.config.snr_gamma,
-                                     cfg.prediction_type).to(mse.device)
+        return mse * self.schedule.min_snr_weights(timesteps, self.config.snr_gamma).to(mse.device)
 
     def prediction_error(self, unet, latents, noise, timesteps, cond) -> torch.Tensor:
         """Per-sample MSE of `unet`'s prediction (noise or velocity) for latents noised to `timesteps`."""
         noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        noisy = self.schedule.add_noise(latents, noise, timesteps)
+        target = self.schedule.target(latents, noise, timesteps)
         unet_dtype = next(self.c.unet.parameters()).dtype
         pred = unet(noisy.to(unet_dtype), timesteps, encoder_hidden_states=cond.to(unet_dtype)).sample
         return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -205,7 +200,7 @@ class DiffusionMethod:
         only when the model does: a steadier curve than the training loss, and on held-out
         images the sign of overfitting."""
         latents = self.latents(pixels[None]).expand(timesteps, -1, -1, -1)
-        total = self.noise_scheduler.config.num_train_timesteps
+        total = self.schedule.num_train_timesteps
         t = torch.tensor([int((k + 0.5) * total / timesteps) for k in range(timesteps)])
         noise, _ = sample_noise(latents.shape[1:], [seed * 31 + k for k in range(timesteps)], total)
         cond = self.encode_text([self.transform_text(text, seed)] * timesteps, self.c.text_encoder)
@@ -259,17 +254,6 @@ def save_model_folder(components, path: Path) -> Path:
             if (src / name).is_file() and not (Path(tmp) / "tokenizer" / name).exists():
                 shutil.copy(src / name, Path(tmp) / "tokenizer" / name)
     return Path(path)
-
-
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
-                    prediction_type: str = "epsilon") -> torch.Tensor:
-    """Min-SNR-gamma (Hang et al. 2023): weight each timestep's loss by min(SNR, gamma) / SNR
-    for epsilon targets (/ (SNR + 1) for v), so the nearly clean, easy timesteps stop
-    dominating the gradient."""
-    alpha = alphas_cumprod[timesteps].double()
-    snr = alpha / (1 - alpha)
-    capped = snr.clamp(max=gamma)
-    return (capped / (snr + 1) if prediction_type == "v_prediction" else capped / snr).float()
 
 
 def sample_noise(shape, seeds: list[int], num_timesteps: int, offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
