@@ -1,12 +1,14 @@
-"""Measure loss and classifier guidance with the oracle (issue acceptance numbers).
+"""Measure loss and classifier guidance with the oracle.
 
-    python -m sdlab.evaluate.guidance_eval --n 32
+    python benchmarks/guidance_eval.py --n 32 [--out report.json | --results]
 
 - colour: the same prompts and seeds without and with colour-loss guidance toward blue; the
   object's mean blue and "blueness" (B - (R + G) / 2) inside the oracle's object mask. Prompts
   name a non-blue colour (`named`: guidance against the prompt) or no colour (`uncoloured`);
 - classifier: the empty prompt, without and with classifier guidance toward "triangle"; the
   rate at which the oracle reads a triangle.
+`--results` writes the report to benchmarks/results/guidance_eval.json, this experiment's one
+current result: a newer run replaces it.
 """
 
 from __future__ import annotations
@@ -14,22 +16,27 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from PIL import Image
 
-from ..config import GenerationConfig
-from ..guidance.classifier import classifier_guidance
-from ..guidance.loss import loss_guidance
-from ..guidance.losses import color_loss
-from ..pipeline import Pipeline
-from ..world import oracle
-from ..world.captions import article, full_caption, object_phrase
-from ..world.evaluate_model import prompt_set
-from . import emit_report
+from report import result_file
+from sdlab.config import GenerationConfig
+from sdlab.evaluate import emit_report
+from sdlab.guidance.classifier import classifier_guidance
+from sdlab.guidance.loss import loss_guidance
+from sdlab.guidance.losses import color_loss
+from sdlab.pipeline import Pipeline
+from sdlab.world import oracle, spec
+from sdlab.world.captions import article, full_caption, object_phrase
+from sdlab.world.prompt_sets import prompt_set
 
 BLUE = (0, 0, 255)
 
 
 def object_blue(image) -> tuple[float, float] | None:
     """(mean blue, mean B - (R+G)/2) of the first object the oracle finds, or None."""
+    image = image.convert("RGB")
+    if image.size != (spec.IMAGE_SIZE, spec.IMAGE_SIZE):  # the oracle's masks are at the world's size
+        image = image.resize((spec.IMAGE_SIZE, spec.IMAGE_SIZE), Image.Resampling.BILINEAR)
     reading = oracle.read(image)
     if not reading.objects:
         return None
@@ -79,7 +86,8 @@ def classifier_eval(pipe, n: int, scales, steps: int, label: str = "triangle") -
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python benchmarks/guidance_eval.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--steps", type=int, default=25)
@@ -87,7 +95,11 @@ def main(argv=None) -> int:
     ap.add_argument("--color-prompts", choices=("named", "uncoloured"), default="named")
     ap.add_argument("--classifier-scales", type=float, nargs="+", default=[4.0, 16.0, 24.0])
     ap.add_argument("--only", choices=("color", "classifier"), default=None)
-    ap.add_argument("--out", default=None, help="write the JSON report here")
+    out = ap.add_mutually_exclusive_group()
+    out.add_argument("--out", default=None, help="write the JSON report here")
+    out.add_argument("--results", action="store_true",
+                     help="write the JSON report to benchmarks/results/guidance_eval.json, this experiment's one "
+                          "current result (a newer run replaces the file an earlier run of this script wrote)")
     args = ap.parse_args(argv)
     pipe = Pipeline.load(args.model)
     report = {}
@@ -95,7 +107,7 @@ def main(argv=None) -> int:
         report["color"] = color_eval(pipe, args.n, args.color_scales, args.steps, args.color_prompts)
     if args.only in (None, "classifier"):
         report["classifier"] = classifier_eval(pipe, args.n, args.classifier_scales, args.steps)
-    emit_report(report, args.out)
+    emit_report(report, result_file(__file__) if args.results else args.out)
     return 0
 
 

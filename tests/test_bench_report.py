@@ -1,6 +1,9 @@
 """benchmarks/report.py: RESULTS.md holds one current section per script and title; an
 experiment's JSON result has one name."""
 
+import json
+import sys
+
 from bench_util import BENCHMARKS, load_benchmark
 
 
@@ -19,3 +22,14 @@ def test_publish_replaces_the_section_of_the_same_script_and_title(tmp_path, mon
         ["| 4 |", "| y |", "| 2 |", "| 3 |"]
     assert "python benchmarks/inference.py --fast" in capsys.readouterr().out
     assert report.result_file("benchmarks/p2p_eval.py") == BENCHMARKS / "results" / "p2p_eval.json"
+
+
+def test_guidance_eval_results_go_to_the_experiments_one_file(tiny_model_dir, tmp_path, monkeypatch):
+    guidance_eval = load_benchmark("guidance_eval", monkeypatch)
+    monkeypatch.setattr(sys.modules["report"], "RESULTS_DIR", tmp_path)
+    (tmp_path / "guidance_eval.json").write_text('{"color": {}}')          # an earlier run's result
+    assert guidance_eval.main(["--model", str(tiny_model_dir), "--n", "1", "--steps", "1", "--only", "color",
+                               "--color-scales", "10", "--results"]) == 0
+    assert [f.name for f in tmp_path.iterdir()] == ["guidance_eval.json"]
+    report = json.loads((tmp_path / "guidance_eval.json").read_text())
+    assert report["color"]["prompts"] == "named" and set(report) == {"color"}
