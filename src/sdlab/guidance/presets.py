@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-# Measured on the shipped model (python -m sdlab.evaluate.guidance_eval): colour 3000 makes the
+# Measured on the shipped model (python benchmarks/guidance_eval.py): colour 3000 makes the
 # object bluer on average; classifier "triangle" with an empty prompt: 0.13 at 0, 0.59 at 12, 0.66 at 16.
 DEFAULT_GUIDANCE_SCALES = {"color": 3000.0, "clip": 3000.0, "classifier": 16.0}
 
