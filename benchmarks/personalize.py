@@ -1,4 +1,4 @@
-"""Acceptance measurement of personalization on the shipped model (CPU, small scale).
+"""Personalization measured on the shipped model (CPU, small scale).
 
 From 8 renders of the reserved "heart" shape, train textual inversion, LoRA and DreamBooth
 (with and without prior preservation) and read samples with the oracle:
@@ -6,7 +6,7 @@ detection of "a <concept>", colour kept in "a red <concept>", drift on class pro
 `ft`: full fine-tune on the world re-rendered in the reserved "striped" fill (captions say
 "striped"); the oracle reads the fill of samples of striped and of plain prompts.
 
-    PYTHONPATH=src python benchmarks/personalize.py --out runs/accept --steps 200 --n 16
+    python benchmarks/personalize.py --out runs/personalize --steps 200 --n 16
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def run_finetune(args):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=None)
-    p.add_argument("--out", default="runs/accept")
+    p.add_argument("--out", default="runs/personalize")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--only", default="base,ti,lora,db,db-noprior,ft")

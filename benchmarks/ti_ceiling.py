@@ -1,4 +1,4 @@
-"""How far can conditioning alone take a frozen UNet toward a new shape? (diagnostic for #4)
+"""How far can conditioning alone take a frozen UNet toward a new shape? (a diagnostic)
 
 Textual inversion only moves input embeddings; whatever it finds, the UNet sees text-encoder
 hidden states. This script skips the text encoder: it optimizes one free conditioning tensor
