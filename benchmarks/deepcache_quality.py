@@ -20,7 +20,7 @@ from report import cpu_description, publish
 from sdlab import GenerationConfig, Pipeline
 from sdlab.models.speed import SpeedOptions
 from sdlab.world.captions import full_caption
-from sdlab.world.evaluate_model import SCORED, prompt_set
+from sdlab.world.prompt_sets import SCORED, prompt_set
 from sdlab.world.metrics import accuracy
 
 

@@ -17,7 +17,7 @@ import torch
 
 from report import cpu_description, publish
 from sdlab import Pipeline
-from sdlab.world.data import render_batch, to_images
+from sdlab.recipe.data import render_batch, to_images
 from sdlab.world.metrics import accuracy
 from sdlab.world.scene import SceneSampler
 from sdlab.world.spec import SIZES

@@ -48,7 +48,7 @@ facts["latent_shape"] = [c.unet.config.in_channels, c.unet.config.sample_size, c
 facts["prediction_type"] = c.prediction_type
 
 # %% 2. The VAE round trip: pixels <-> latents with many times fewer numbers
-from sdlab.world.data import to_images, to_tensor  # noqa: E402
+from sdlab.recipe.data import to_images, to_tensor  # noqa: E402
 from sdlab.world.render import render  # noqa: E402
 from sdlab.world.scene import single_object_scene  # noqa: E402
 import random  # noqa: E402

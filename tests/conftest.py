@@ -20,8 +20,8 @@ def tiny_model_dir(tmp_path_factory):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sdlab.world import recipe
-    from sdlab.world.tokenizer_build import build_tokenizer
+    from sdlab.recipe import architecture
+    from sdlab.recipe.tokenizer import build_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
     tok = build_tokenizer(root / "tok")
@@ -39,7 +39,7 @@ def tiny_model_dir(tmp_path_factory):
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         layers_per_block=1, norm_num_groups=4, sample_size=16)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=CLIPTokenizer.from_pretrained(root / "tok"),
-                                   unet=unet, scheduler=EulerDiscreteScheduler(**recipe.scheduler_config()),
+                                   unet=unet, scheduler=EulerDiscreteScheduler(**architecture.scheduler_config()),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     out = root / "tiny-sd"
     pipe.save_pretrained(out, safe_serialization=True)

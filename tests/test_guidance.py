@@ -84,7 +84,7 @@ def test_color_loss_and_its_errors():
 
 def test_clip_loss_ranks_matching_text_lower():
     scorer = ClipScorer()
-    from sdlab.world.data import to_tensor
+    from sdlab.recipe.data import to_tensor
     from sdlab.world.render import render
     from sdlab.world.scene import single_object_scene
     import random

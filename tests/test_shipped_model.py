@@ -9,7 +9,7 @@ from sdlab import GenerationConfig, Pipeline
 from sdlab.io.outputs import save_result
 from sdlab.pipeline import DEFAULT_MODEL
 from sdlab.world.captions import full_caption
-from sdlab.world.evaluate_model import evaluate
+from sdlab.recipe.evaluate import evaluate
 from sdlab.world.metrics import accuracy
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model_index.json").exists(), reason="no shipped model")

@@ -89,14 +89,14 @@ def run_export(args) -> int:
 
 
 def run_train(args) -> int:
-    from ..world.base_model import train_model
+    from ..recipe.train import train_model
 
     out = train_model(Path(args.run_dir), Path(args.out), vae_minutes=args.vae_minutes, decoder_minutes=args.decoder_minutes,
                       clip_minutes=args.clip_minutes, unet_minutes=args.unet_minutes, cache_size=args.cache_size,
                       clip_out=Path(args.clip_out), threads=args.threads,
                       init_from=Path(args.init_from) if args.init_from else None)
     if args.card:
-        from ..world.base_model import card
+        from ..recipe.model_card import card
 
         card(out, Path(args.run_dir))
     print(out)
@@ -105,7 +105,7 @@ def run_train(args) -> int:
 
 def run_train_classifier(args) -> int:
     from ..pipeline import Pipeline
-    from ..world.train_classifier import train_classifier
+    from ..recipe.classifier import train_classifier
 
     report = train_classifier(Pipeline.load(args.model), args.out, minutes=args.minutes, n=args.n, seed=args.seed,
                               latent_cache=Path(args.latent_cache) if args.latent_cache else None)
@@ -115,7 +115,7 @@ def run_train_classifier(args) -> int:
 
 def run_eval(args) -> int:
     from ..pipeline import Pipeline
-    from ..world.evaluate_model import evaluate
+    from ..recipe.evaluate import evaluate
 
     report = evaluate(Pipeline.load(args.model), n=args.n, steps=args.steps, cfgs=args.cfg, sampler=args.sampler)
     text = json.dumps(report, indent=2)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from ..config import GenerationConfig
 from ..world import oracle
 from ..world.captions import full_caption
-from ..world.evaluate_model import prompt_set
+from ..world.prompt_sets import prompt_set
 from ..world.metrics import accuracy
 from ..world.render import render
 from ..world.scene import single_object_scene

@@ -37,7 +37,7 @@ class Encoder:
             self.model = CLIPModel.from_pretrained(self.path).to(device).eval()
             self.tokenizer = CLIPTokenizer.from_pretrained(self.path)
             self.size = self.model.config.vision_config.image_size
-            # the shipped pair takes [-1, 1] pixels (sdlab.world.train_clip); other CLIPs OpenAI's stats
+            # the shipped pair takes [-1, 1] pixels (sdlab.recipe.clip); other CLIPs OpenAI's stats
             shipped = self.path.resolve() == SHIPPED_CLIP.resolve()
             self.mean, self.std = ((0.5,) * 3, (0.5,) * 3) if shipped else \
                 ((0.4815, 0.4578, 0.4082), (0.2686, 0.2613, 0.2758))

@@ -129,12 +129,12 @@ def resolve_resume(resume: str | Path | None, root: Path) -> Path | None:
     return path
 
 
-def checkpoint_settings(path: Path) -> dict:
-    """The plain entries of checkpoint `path`'s state that a resume must match (method, options,
-    base model), read from state.json alone: cheap, before any model loads."""
+def checkpoint_settings(path: Path, keys: tuple[str, ...] = ("method", "options", "model")) -> dict:
+    """The plain (tensor-free) entries `keys` of checkpoint `path`'s state, by default those a resume
+    must match (method, options, base model), read from state.json alone: cheap, before any model loads."""
     meta = json.loads((Path(path) / "state.json").read_text())
     entries = dict(meta["state"].get("__dict__", []))
-    return {k: unpack(entries[k], {}) for k in ("method", "options", "model") if k in entries}
+    return {k: unpack(entries[k], {}) for k in keys if k in entries}
 
 
 def load_checkpoint(path: Path) -> tuple[int, dict]:

@@ -1,30 +1,17 @@
-"""Oracle evaluation of a text-to-image model on the shapes world.
+"""Oracle evaluation of a text-to-image model on the shapes world (`sdlab world eval-model`).
 
-Prompt sets: "seen" (single named objects whose colour/shape pair was in training),
-"held_out" (pairs never rendered in training: composition) and "two" (two objects, related
-or counted: binding). Each sample gets a fresh scene's full caption and its own seed;
-scores are per-attribute accuracies.
+Each sample of a prompt set (sdlab.world.prompt_sets: seen, held_out, two) gets a fresh scene's
+full caption and its own seed; scores are per-attribute accuracies.
 """
 
 from __future__ import annotations
 
-import random
 import time
 
 from ..config import GenerationConfig
-from .captions import full_caption
-from .metrics import accuracy
-from .scene import SceneSampler
-
-PROMPT_SETS = {"seen": SceneSampler(split="train", two_object_prob=0.0, generic_prob=0.0),
-               "held_out": SceneSampler(split="held_out", two_object_prob=0.0),
-               "two": SceneSampler(split="train", two_object_prob=1.0, generic_prob=0.0)}
-SCORED = ("background", "count", "color", "shape", "size", "position", "fill")
-
-
-def prompt_set(name: str, n: int, seed: int = 2024):
-    rng = random.Random(seed)
-    return [PROMPT_SETS[name].sample(rng) for _ in range(n)]
+from ..world.captions import full_caption
+from ..world.metrics import accuracy
+from ..world.prompt_sets import PROMPT_SETS, SCORED, prompt_set
 
 
 def evaluate(pipe, n: int = 64, steps: int = 25, cfgs=(7.5, 1.0), sampler: str = "Euler a",

@@ -1,4 +1,5 @@
-"""Stage 1 of the base recipe: the AutoencoderKL, trained on fresh renders.
+"""Stage 1 of the base recipe: the AutoencoderKL, trained on fresh renders; then stage 1b, its
+decoder fine-tuned with the encoder frozen.
 
 Loss: object-weighted L1 + MSE on pixels plus a tiny KL term (1e-8), as the calibration
 notes found best for flat colours; readback is measured with the oracle.
@@ -10,13 +11,12 @@ import random
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
 
-from . import recipe
-from .checkpoint import optimizer_step, resume, run_timed, save_stage
+from ..world.metrics import accuracy
+from ..world.scene import SceneSampler
+from . import architecture
 from .data import object_weights, render_batch, to_images
-from .metrics import accuracy
-from .scene import SceneSampler
+from .stages import Stage, build_model, load, optimizer_step, run_timed
 
 
 def readback(vae, n: int = 256, seed: int = 1234) -> dict[str, float]:
@@ -29,10 +29,11 @@ def readback(vae, n: int = 256, seed: int = 1234) -> dict[str, float]:
 
 
 def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, log=print) -> Path:
-    ckpt, dev = Path(run_dir) / "vae", recipe.train_device()
-    state, vae, opt = resume(ckpt, AutoencoderKL.from_pretrained, recipe.build_vae,
-                             lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0), dev)
-    rng = random.Random(state["step"] + 17)
+    stage, dev = Stage(run_dir, "vae"), architecture.train_device()
+    vae = stage.model("vae", architecture.build_vae, dev)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    stage.restore_optimizer(opt)
+    rng, _ = stage.random(17)
     sampler = SceneSampler()
 
     def step():
@@ -41,8 +42,8 @@ def train_vae(run_dir: Path, minutes: float, batch: int = 16, lr: float = 1e-3, 
         rec = vae.decode(post.sample()).sample
         return optimizer_step(opt, reconstruction_loss(rec, x) + 1e-8 * post.kl().mean())
 
-    run_timed("vae", minutes, state, step, lambda st: save_stage(ckpt, vae, opt, st), log)
-    return _finish("vae", ckpt, vae, opt, state, log)
+    run_timed("vae", minutes, stage.progress, step, stage.save, log)
+    return _finish("vae", stage, vae, log)
 
 
 def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -50,12 +51,11 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (object_weights(x) * ((rec - x).abs() + (rec - x) ** 2)).mean()
 
 
-def _finish(name: str, ckpt: Path, vae, opt, state: dict, log) -> Path:
+def _finish(name: str, stage: Stage, vae, log) -> Path:
     """Measure oracle readback of reconstructions and write the final checkpoint."""
-    state["readback"] = readback(vae)
-    log(f"{name} readback {state['readback']}")
-    save_stage(ckpt, vae, opt, state)
-    return ckpt
+    stage.progress["readback"] = readback(vae)
+    log(f"{name} readback {stage.progress['readback']}")
+    return stage.save()
 
 
 def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,13 +66,12 @@ def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float =
                      latent_noise: float = 0.05, log=print) -> Path:
     """Stage 1b: train only the decoder (encoder frozen, so the UNet's latents stay valid),
     with an edge loss for sharp corners and small latent noise for robustness to samples."""
-    run_dir = Path(run_dir)
-    ckpt, dev = run_dir / "vae_decoder", recipe.train_device()
-    state, vae, opt = resume(
-        ckpt, AutoencoderKL.from_pretrained, lambda: AutoencoderKL.from_pretrained(run_dir / "vae" / "model"),
-        lambda m: torch.optim.AdamW(list(m.decoder.parameters()) + list(m.post_quant_conv.parameters()),
-                                    lr=lr, weight_decay=0.0), dev)
-    rng = random.Random(state["step"] + 31)
+    stage, dev = Stage(run_dir, "vae_decoder"), architecture.train_device()
+    vae = stage.model("vae", lambda: build_model(load(run_dir, "vae")["models"]["vae"]), dev)
+    opt = torch.optim.AdamW(list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()),
+                            lr=lr, weight_decay=0.0)
+    stage.restore_optimizer(opt)
+    rng, _ = stage.random(31)
     sampler = SceneSampler()
 
     def step():
@@ -86,5 +85,11 @@ def finetune_decoder(run_dir: Path, minutes: float, batch: int = 16, lr: float =
             loss = loss + 2.0 * (er - ex).abs().mean()
         return optimizer_step(opt, loss)
 
-    run_timed("decoder", minutes, state, step, lambda st: save_stage(ckpt, vae, opt, st), log)
-    return _finish("decoder", ckpt, vae, opt, state, log)
+    run_timed("decoder", minutes, stage.progress, step, stage.save, log)
+    return _finish("decoder", stage, vae, log)
+
+
+def final_vae(run_dir: Path):
+    """The VAE the model ships: the fine-tuned decoder's when that stage ran, else stage 1's."""
+    state = load(run_dir, "vae_decoder") or load(run_dir, "vae")
+    return build_model(state["models"]["vae"])

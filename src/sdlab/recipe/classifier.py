@@ -15,9 +15,9 @@ import torch
 
 from ..guidance.classifier import LatentClassifier
 from ..sampling import NoiseSchedule
-from . import spec
+from ..world import spec
+from ..world.scene import SceneSampler
 from .data import render_batch
-from .scene import SceneSampler
 
 EVAL_TIMESTEPS = (0, 250, 500, 750, 900)
 
@@ -36,7 +36,7 @@ def encode_scenes(pipe, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def cached_scenes(pipe, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(scaled latents, shape labels) of the single-object scenes in a base-recipe latent
-    cache (runs/.../latents.safetensors + .jsonl, written by train_unet)."""
+    cache (runs/.../latents.safetensors + .jsonl, written by the UNet stage, recipe/unet.py)."""
     import json
 
     from safetensors.torch import load_file
@@ -49,9 +49,8 @@ def cached_scenes(pipe, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def noised(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, gen: torch.Generator) -> torch.Tensor:
-    """Variance-preserving x_t = sqrt(a) x0 + sqrt(1 - a) eps at integer timesteps t."""
-    a = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
-    return a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=gen)
+    """x0 noised to integer timesteps t as the model was trained (schedule.add_noise), noise from `gen`."""
+    return schedule.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
 
 
 @torch.no_grad()

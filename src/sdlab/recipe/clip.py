@@ -8,13 +8,13 @@ import random
 from pathlib import Path
 
 import torch
-from transformers import CLIPModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
-from . import recipe
-from .captions import caption
-from .checkpoint import optimizer_step, resume, run_timed, save_stage
+from ..world.captions import caption
+from ..world.scene import SceneSampler
+from . import architecture
 from .data import render_batch
-from .scene import SceneSampler
+from .stages import Stage, optimizer_step, run_timed
 
 CLIP_MEAN, CLIP_STD = 0.0, 1.0     # images go in as [-1, 1]
 
@@ -32,12 +32,12 @@ def retrieval_accuracy(clip, tok, n: int = 256, seed: int = 99) -> float:
 
 def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 128, lr: float = 5e-4,
                log=print) -> Path:
-    ckpt = Path(run_dir) / "clip"
     tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    dev = recipe.train_device()
-    state, clip, opt = resume(ckpt, CLIPModel.from_pretrained, lambda: recipe.build_clip(tok),
-                              lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.05), dev)
-    rng = random.Random(state["step"] + 23)
+    stage, dev = Stage(run_dir, "clip"), architecture.train_device()
+    clip = stage.model("clip", lambda: architecture.build_clip(tok), dev)
+    opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.05)
+    stage.restore_optimizer(opt)
+    rng, _ = stage.random(23)
     sampler = SceneSampler()
 
     def step():
@@ -47,8 +47,7 @@ def train_clip(run_dir: Path, tokenizer_dir: Path, minutes: float, batch: int = 
                    return_loss=True)
         return optimizer_step(opt, out.loss)
 
-    run_timed("clip", minutes, state, step, lambda st: save_stage(ckpt, clip, opt, st), log)
-    state["retrieval_top1"] = retrieval_accuracy(clip, tok)
-    log(f"clip retrieval top-1 {state['retrieval_top1']:.3f}")
-    save_stage(ckpt, clip, opt, state)
-    return ckpt
+    run_timed("clip", minutes, stage.progress, step, stage.save, log)
+    stage.progress["retrieval_top1"] = retrieval_accuracy(clip, tok)
+    log(f"clip retrieval top-1 {stage.progress['retrieval_top1']:.3f}")
+    return stage.save()

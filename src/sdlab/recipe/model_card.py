@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import recipe, spec
+from ..io.atomic import atomic_write_text
+from ..world import spec
+from . import architecture
 
 
 def _folder_mb(path: Path) -> float:
@@ -31,13 +33,13 @@ A small but real latent diffusion model in the diffusers layout, trained from sc
 Stable Diffusion checkpoint uses, so every sdlab code path is exercised on it.
 
 ## Architecture
-- VAE: `AutoencoderKL` {recipe.vae_config()['block_out_channels']}, 4x downsampling, 64x64 RGB -> 4x16x16,
+- VAE: `AutoencoderKL` {architecture.vae_config()['block_out_channels']}, 4x downsampling, 64x64 RGB -> 4x16x16,
   scaling factor {unet_s.get('scaling_factor', float('nan')):.4f}.
-- Text encoder: `CLIPTextModel` (hidden {recipe.TEXT_DIM}, 4 layers, 77 tokens) with a BPE `CLIPTokenizer`
+- Text encoder: `CLIPTextModel` (hidden {architecture.TEXT_DIM}, 4 layers, 77 tokens) with a BPE `CLIPTokenizer`
   learned on world captions; pre-trained contrastively with a ViT image tower (the pair ships
   as `shapes-clip`, unchanged), then trained on with the UNet at half its learning rate
   (contrastive pre-training alone left "left" and "right" 9 % apart, and the UNet ignored position).
-- UNet: `UNet2DConditionModel` {recipe.unet_config()['block_out_channels']}, cross-attention at 16x16 and 8x8,
+- UNet: `UNet2DConditionModel` {architecture.unet_config()['block_out_channels']}, cross-attention at 16x16 and 8x8,
   pooled text added to the time embedding (`addition_embed_type="text"`).
 - Schedule: scaled-linear betas rescaled to zero terminal SNR, v-prediction, trailing timesteps
   (Lin et al. 2023). Size on disk: {_folder_mb(model_dir):.1f} MiB (fp32 safetensors).
@@ -61,6 +63,22 @@ prompt), {report['steps']} steps, sampler {report['sampler']}. "all" = every sco
 {extra}
 Reproduce: `sdlab world eval-model --model PATH --n {report['n']}`.
 """
-    path = model_dir / "MODEL_CARD.md"
-    path.write_text(text)
-    return path
+    return atomic_write_text(model_dir / "MODEL_CARD.md", text)
+
+
+def card(model_dir: Path, run_dir: Path, n: int = 64, hardware: str = "", log=print) -> Path:
+    """Evaluate `model_dir` with the oracle (eval.json) and write its MODEL_CARD.md."""
+    import json
+    import platform
+
+    import torch
+
+    from ..pipeline import Pipeline
+    from .assemble import training_summary
+    from .evaluate import evaluate
+
+    report = evaluate(Pipeline.load(model_dir), n=n)
+    log(json.dumps(report, indent=2))
+    atomic_write_text(Path(model_dir) / "eval.json", json.dumps(report, indent=2))
+    hardware = hardware or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return write_model_card(model_dir, training_summary(run_dir), report, hardware)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from ..io.atomic import atomic_dir
 from ..models.tokenizer import write_clip_tokenizer_files
 
 
 def build_tokenizer(out_dir: str | Path, max_length: int = 77) -> CLIPTokenizer:
-    """Write a CLIPTokenizer folder (vocab.json, merges.txt, tokenizer_config.json) to `out_dir`."""
-    write_clip_tokenizer_files(out_dir, model_max_length=max_length)
+    """Write a CLIPTokenizer folder (vocab.json, merges.txt, tokenizer_config.json) to `out_dir`, atomically."""
+    with atomic_dir(out_dir) as tmp:
+        write_clip_tokenizer_files(tmp, model_max_length=max_length)
     return CLIPTokenizer.from_pretrained(out_dir)
