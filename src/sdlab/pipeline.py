@@ -22,6 +22,7 @@ from .callbacks import CancelToken, StepCallback
 from .config import GenerationConfig
 from .errors import ConfigError
 from .guidance.cfg import CFGDenoiser, GuidanceCond
+from .io.images import to_pil
 from .io.metadata import format_infotext, hashes_field, sampler_fields
 from .sampling import Denoiser, NoiseSchedule, get_sampler, get_sigmas, img2img_start
 from .sampling.noise import batch_noise
@@ -168,8 +169,27 @@ class Pipeline:
         vae = self.c.vae
         return vae.encode(images.to(self.device, vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
 
-    def _size(self, config: GenerationConfig) -> tuple[int, int]:
+    def size(self, config: GenerationConfig) -> tuple[int, int]:
+        """(width, height) of `config`'s images: its own, or the model's native size."""
         return config.width or self.native_size, config.height or self.native_size
+
+    _size = size      # the former private name
+
+    @staticmethod
+    def to_images(pixels: torch.Tensor) -> list[Image.Image]:
+        """Decoded images in [-1, 1], (B, 3, H, W), as PIL images (NaN/inf refused)."""
+        return to_pil(pixels)
+
+    def decode_images(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Clean latents (B, C, h, w), e.g. from `sample_latents` or a step's predicted x0, as PIL images."""
+        return to_pil(self.decode(latents.to(self.device)))
+
+    def sample_images(self, config: GenerationConfig, seeds: Sequence[int], **loop) -> list[Image.Image]:
+        """One batch of images at `config`'s size, image i from the noise of seeds[i] (seeds may
+        repeat): `sample_latents` then `decode_images`. `loop`: sample_latents' keywords (cond,
+        uncond, noise, guidance, attention, callback, cancel). Prompt `<lora:...>` tags are not
+        applied here: wrap the call in `prompt_loras(...)`, as `generate` does."""
+        return self.decode_images(self.sample_latents(config, list(seeds), *self.size(config), **loop))
 
     # --- generation -------------------------------------------------------------------------
     def generate(self, config: GenerationConfig, *, init_image: Optional[Image.Image] = None,
@@ -185,7 +205,7 @@ class Pipeline:
         `config.prompt` (embedding mixing, interpolation), (1 or batch_size, tokens, dim)."""
         if not isinstance(config, GenerationConfig):
             raise ConfigError(f"config must be a GenerationConfig, got {type(config).__name__}")
-        width, height = self._size(config)
+        width, height = self.size(config)
         init = None
         if init_image is not None:
             init = self._init_latent(init_image, width, height)
@@ -195,7 +215,7 @@ class Pipeline:
                 seeds = [config.seed + b * config.batch_size + i for i in range(config.batch_size)]
                 latents = self.sample_latents(config, seeds, width, height, init=init, callback=callback,
                                               cancel=cancel, guidance=guidance, attention=attention, cond=cond)
-                images = _to_pil(self.decode(latents))
+                images = self.decode_images(latents)
                 for seed, image in zip(seeds, images):
                     settings = self.settings_for(config, seed, width, height, img2img=init is not None)
                     result.images.append(image)
@@ -207,13 +227,12 @@ class Pipeline:
     @contextlib.contextmanager
     def prompt_loras(self, *prompts: str):
         """The prompts' `<lora:NAME:W>` tags applied from `lora_dirs` while sampling, then taken out."""
-        from .models.lora import apply_lora
         from .text.extra_networks import find_lora, tags_of_prompts
 
         handles = []
         try:
             for name, weight in tags_of_prompts(prompts):
-                handles.append(apply_lora(self, find_lora(name, self.lora_dirs), weight))
+                handles.append(self.load_lora(find_lora(name, self.lora_dirs), weight))
             yield
         finally:
             for handle in reversed(handles):
@@ -319,12 +338,7 @@ def _expand(t: torch.Tensor, n: int, name: str) -> torch.Tensor:
     return t.expand(n, -1, -1)
 
 
-def _to_pil(images: torch.Tensor) -> list[Image.Image]:
-    from .models.precision import require_finite
-
-    require_finite(images)                    # NaN would be written as black, silently
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
+_to_pil = to_pil      # the former private name (sdlab.io.images.to_pil)
 
 
 def _version() -> str:

@@ -180,15 +180,14 @@ def edit_batch(pipe, sources, targets, config: GenerationConfig, cfg: EditConfig
     seeds = [config.seed + i for i in range(len(sources))] if seeds is None else list(seeds)
     if len(seeds) != len(sources):
         raise ConfigError(f"need one seed per edit pair ({len(sources)}), got {len(seeds)}")
-    width, height = config.width or pipe.native_size, config.height or pipe.native_size
+    width, height = pipe.size(config)
     # a pair's rows share its seed: the same starting and ancestral noise, drawn in the order a
     # plain generation draws them, so the source row is the plain source image
     with pipe.prompt_loras(*sources, *targets):
-        latents = pipe.sample_latents(config, seeds + seeds, width, height,
-                                      callback=combine([controller.step_callback, callback]), cancel=cancel,
-                                      attention=controller, cond=pipe.encode_prompt(sources + targets),
-                                      uncond=pipe.encode_prompt([config.negative_prompt]))
-    images, k = _to_images(pipe.decode(latents)), len(sources)
+        images = pipe.sample_images(config, seeds + seeds, callback=combine([controller.step_callback, callback]),
+                                    cancel=cancel, attention=controller, cond=pipe.encode_prompt(sources + targets),
+                                    uncond=pipe.encode_prompt([config.negative_prompt]))
+    k = len(sources)
     mask = controller.blend.mask if controller.blend is not None else None
     out = []
     for i, (source, target, seed) in enumerate(zip(sources, targets, seeds)):
@@ -234,9 +233,3 @@ def _edit_dict(cfg: EditConfig) -> dict:
     d["reweight"] = dict(cfg.reweight)
     d["blend"] = list(cfg.blend)
     return d
-
-
-def _to_images(x: torch.Tensor) -> list[Image.Image]:
-    from ..pipeline import _to_pil
-
-    return _to_pil(x)

@@ -107,7 +107,6 @@ def run_mix(args) -> int:
 def _mix_sweep(args, prompt: str, target: str, words: list[str]) -> int:
     from ..io.outputs import output_folder, save_numbered
     from ..io.sweeps import save_sweep, value_labels
-    from ..pipeline import _to_pil
     from ..text.embedding_ops import encode_with_overrides, mix
 
     if len(words) != 2:
@@ -120,8 +119,7 @@ def _mix_sweep(args, prompt: str, target: str, words: list[str]) -> int:
     with pipe.prompt_loras(prompt):
         for w in tqdm(ws, desc="mix sweep", file=sys.stderr):
             cond = encode_with_overrides(pipe, prompt, {target: mix({words[0]: 1 - w, words[1]: w})})
-            images += _to_pil(pipe.decode(pipe.sample_latents(config, [config.seed], *pipe._size(config),
-                                                              cond=cond)))
+            images += pipe.sample_images(config, [config.seed], cond=cond)
     labels = value_labels(ws, f"w({words[1]})")
     print(save_numbered(out, lambda i: f"mix-sweep-{i:05d}.png", lambda p: save_sweep(images, labels, p))[1])
     return 0

@@ -134,15 +134,11 @@ def load_learned(args):
 
 def apply_learned(pipe, embeddings: list[str], loras: list[str]) -> None:
     """Add embedding files and merge LoRA files ("FILE" or "FILE:SCALE") into `pipe`."""
-    from ..models.lora import apply_lora
-    from ..text.embeddings import load_embedding
-
     for path in embeddings:
-        tokens = load_embedding(pipe, path)
+        tokens = pipe.load_embedding(path)
         print(f"embedding {path}: token {', '.join(tokens)}", file=sys.stderr)
     for spec in loras:
-        path, scale = lora_spec(spec)
-        apply_lora(pipe, path, scale)
+        pipe.load_lora(*lora_spec(spec))
 
 
 def lora_spec(spec: str) -> tuple[str, float]:

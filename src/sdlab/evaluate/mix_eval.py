@@ -75,7 +75,6 @@ def sample_mix(pipe, texts: Sequence[str], w: float, config: GenerationConfig, s
     """Images for each prompt with "circle" mixed toward "square" by w; prompt i uses seed0 + i."""
     import torch
 
-    from ..pipeline import _to_pil
     from ..text.embedding_ops import encode_with_overrides, mix
 
     weights = {WORDS[0]: 1.0 - w, WORDS[1]: w}
@@ -84,7 +83,7 @@ def sample_mix(pipe, texts: Sequence[str], w: float, config: GenerationConfig, s
         chunk = texts[i:i + batch]
         cond = torch.cat([encode_with_overrides(pipe, t, {WORDS[0]: mix(weights)}) for t in chunk])
         seeds = [seed0 + i + j for j in range(len(chunk))]
-        images += _to_pil(pipe.decode(pipe.sample_latents(config, seeds, *pipe._size(config), cond=cond)))
+        images += pipe.sample_images(config, seeds, cond=cond)
     return images
 
 

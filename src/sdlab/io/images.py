@@ -1,4 +1,4 @@
-"""Reading input images robustly and tiling outputs into grids."""
+"""Reading input images robustly, decoded pixels as images, and tiling outputs into grids."""
 
 from __future__ import annotations
 
@@ -107,6 +107,18 @@ def _scale_to_l(img: Image.Image) -> Image.Image:
     else:  # 32-bit "I": PIL's mode for 16-bit PNGs; assume 8-bit data if it fits
         top = 65535.0 if arr.size and arr.max() > 255 else 255.0
     return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def to_pil(pixels) -> list[Image.Image]:
+    """Images in [-1, 1], a (B, 3, H, W) tensor (what a VAE decodes), as PIL RGB images; NaN/inf
+    refused (NonFiniteError), as they would be written as black."""
+    import torch
+
+    from sdlab.models.precision import require_finite
+
+    require_finite(pixels)
+    arr = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
 
 
 def make_grid(images: Sequence[Image.Image], cols: int | None = None,

@@ -86,14 +86,12 @@ class TrajectoryRecorder:
 
     def decode(self) -> Trajectory:
         """Decode every recorded latent with the pipeline's VAE, DECODE_BATCH at a time."""
-        from ..pipeline import _to_pil
-
         xt, x0, sigmas, steps = self.latents()
         s, b = xt.shape[:2]
         flat = torch.cat([xt, x0]).flatten(0, 1)
         images = []
         for chunk in flat.split(DECODE_BATCH):
-            images += _to_pil(self.pipe.decode(chunk.to(self.pipe.device)))
+            images += self.pipe.decode_images(chunk)
         rows = [images[i * b:(i + 1) * b] for i in range(2 * s)]
         return Trajectory(xt=rows[:s], x0=rows[s:], sigmas=sigmas, steps=steps)
 

@@ -14,9 +14,7 @@ MAX_PREVIEW_SIDE = 256
 
 def preview_image(pipe, denoised: torch.Tensor) -> Image.Image:
     """Decode x0 of the first row; downscaled so that its longer side is at most 256 px."""
-    from ..pipeline import _to_pil
-
-    img = _to_pil(pipe.decode(denoised[:1].to(pipe.device)))[0]
+    img = pipe.decode_images(denoised[:1])[0]
     if max(img.size) > MAX_PREVIEW_SIDE:
         img.thumbnail((MAX_PREVIEW_SIDE, MAX_PREVIEW_SIDE))
     return img

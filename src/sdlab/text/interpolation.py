@@ -75,12 +75,8 @@ def interpolate(pipe, prompt_a: str, prompt_b: str, n: int = 8, seed: int = 0, *
     a, b = pipe.encode_prompt([prompt_a]), pipe.encode_prompt([prompt_b])
     a, b = pad_to_same_length(a, b, lambda: pipe.encode_prompt([""]))
     cond = interpolate_embeddings(a, b, n, method)
-    from ..pipeline import _to_pil
-
-    width, height = pipe._size(config)
     images = []
     with pipe.prompt_loras(prompt_a, prompt_b):
         for rows in cond.split(batch_size):
-            latents = pipe.sample_latents(config, [seed] * len(rows), width, height, cond=rows, callback=callback)
-            images += _to_pil(pipe.decode(latents))
+            images += pipe.sample_images(config, [seed] * len(rows), cond=rows, callback=callback)
     return Interpolation(images, [i / (n - 1) for i in range(n)], cond, seed)
