@@ -116,3 +116,22 @@ def test_library_layers_below_the_pipeline_do_not_import_it():
                 if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "pipeline":
                     offenders.append(f"{package}/{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_readme_python_examples_name_what_exists():
+    """Every import and every `pipe.NAME(...)` call in the README's Python blocks exists (the
+    blocks sample for minutes, so they are not run here; the names are what goes stale)."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```python\n(.*?)```", readme, re.S))
+    imports = re.findall(r"^from (sdlab[\w.]*) import (.+)$", blocks, re.M)
+    assert len(imports) >= 5
+    for module, names in imports:
+        for name in names.split(","):
+            assert hasattr(importlib.import_module(module), name.strip()), f"{module}.{name.strip()}"
+    calls = set(re.findall(r"\bpipe\.(\w+)\(", blocks)) | set(re.findall(r"\bPipeline\.(\w+)\(", blocks))
+    assert {"generate", "load_lora", "load_embedding", "sample_images", "decode_images", "size"} <= calls
+    assert [c for c in calls if not hasattr(Pipeline, c)] == []
