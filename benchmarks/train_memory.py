@@ -29,13 +29,16 @@ from PIL import Image
 
 from report import cpu_description, publish
 from sdlab.training import memory
-from sdlab.training.config import TrainingConfig
-from sdlab.training.methods import build_method
+from sdlab.training.methods import registry
 
 TARGET_GIB = {"textual-inversion": 6, "lora": 8, "dreambooth": 12}
-METHOD_ARGS = dict(rank=4, alpha=None, train_text_encoder=False, placeholder="<bench-x>", initializer="shape",
-                   num_vectors=1, templates="object", class_prompt="a shape", class_data_dir=None,
-                   num_class_images=4, prior_loss_weight=1.0, no_prior_preservation=True)
+
+
+def method_options(method: str, prior: bool, cls: Path) -> dict:
+    """Each method's options here; LoRA keeps the prior preservation its class prompt turned on."""
+    classes = dict(class_prompt="a shape", class_data_dir=str(cls), num_class_images=4)
+    return {"textual-inversion": dict(placeholder="<bench-x>"), "lora": dict(rank=4, prior_preservation=True, **classes),
+            "dreambooth": dict(prior_preservation=prior, **classes)}[method]
 
 
 @dataclass(frozen=True)
@@ -84,13 +87,11 @@ def synthetic_data(root: Path, size: int, n: int = 4, seed: int = 0) -> tuple[Pa
 
 
 def config(run: Run, args, data: Path, cls: Path, out: Path):
-    margs = dict(METHOD_ARGS, no_prior_preservation=not args.prior, class_data_dir=str(cls))
-    method, defaults = build_method(run.method, margs)
-    cfg = TrainingConfig(method=run.method, data_dir=str(data), output_dir=str(out), model=str(args.model_path),
-                         resolution=args.size, batch_size=args.batch, learning_rate=defaults["learning_rate"],
-                         adam_weight_decay=defaults["weight_decay"], device=args.device, options=defaults["options"],
-                         **run.options)
-    return cfg, method
+    spec = registry.get(run.method)
+    options = spec.options(**method_options(run.method, args.prior, cls))
+    cfg = spec.config(options, data_dir=str(data), output_dir=str(out), model=str(args.model_path),
+                      resolution=args.size, batch_size=args.batch, device=args.device, **run.options)
+    return cfg, spec.build(options)
 
 
 def row(run: Run, cfg, method, args) -> str:

@@ -101,15 +101,17 @@ def test_prior_loss_uses_each_class_image_caption(tiny_model_dir, data, tmp_path
 def test_lora_with_prior_preservation(tiny_model_dir, data, tmp_path):
     """LoRA takes DreamBooth's prior (as diffusers' DreamBooth-LoRA script does): the CLI turns
     it on with --class-prompt, class images are generated and the loss grows with the weight."""
+    from argparse import Namespace
+
     from sdlab.cli.main import build_parser
-    from sdlab.training.methods import build_method
+    from sdlab.cli.train import method_from_args
     from sdlab.training.methods.lora import LoRA, LoraOptions
 
     args = build_parser().parse_args(["train", "lora", "--data", str(data), "--class-prompt", "a circle",
                                       "--class-prompt", "a square", "--num-class-images", "2"])
-    method, _ = build_method("lora", vars(args))
+    method = method_from_args(args)
     assert method.options.prior_preservation and method.options.class_prompts == ("a circle", "a square")
-    assert not build_method("lora", {**vars(args), "class_prompt": None})[0].options.prior_preservation
+    assert not method_from_args(Namespace(**{**vars(args), "class_prompt": None})).options.prior_preservation
     losses = []
     for w in (0.0, 1.0):
         method = LoRA(LoraOptions(rank=2, prior_preservation=True, class_prompt=("a circle", "a square"),

@@ -43,12 +43,12 @@ def test_all_targets_every_resnet_conv_and_loads_alike(conv_lora, tiny_model_dir
 
 
 def test_presets_nest_and_the_memory_estimate_counts_them(conv_lora, tiny_model_dir):
-    from sdlab.training.memory import _lora_numel, model_shapes
+    from sdlab.training.memory import lora_numel, model_shapes
     from sdlab.training.methods.lora import TARGET_PRESETS, matching_modules, target_names
 
     method, _ = conv_lora
     c = model_shapes(tiny_model_dir)
-    sizes = [_lora_numel(matching_modules(c.unet, target_names(t, c.unet)[0]), 2)
+    sizes = [lora_numel(matching_modules(c.unet, target_names(t, c.unet)[0]), 2)
              for t in ("attention", "transformer", "all")]
     assert sizes[0] < sizes[1] < sizes[2]
     assert set(TARGET_PRESETS["attention"][0]) < set(TARGET_PRESETS["transformer"][0]) < set(TARGET_PRESETS["all"][0])

@@ -238,13 +238,12 @@ def test_resume_from_the_shipped_model_onto_another_is_refused_before_loading(tm
     from sdlab.training import checkpoints as ck
     from sdlab.training.config import TrainingConfig
     from sdlab.training.loop import train
-    from sdlab.training.methods import build_method
+    from sdlab.training.methods.textual_inversion import TextualInversion, TIOptions
 
-    method, defaults = build_method("textual-inversion", {"placeholder": "<x>", "initializer": "shape",
-                                                          "num_vectors": 1, "templates": "object"})
+    method = TextualInversion(TIOptions(placeholder="<x>", initializer="shape", num_vectors=1, templates="object"))
     out = tmp_path / "run"
     ck.save_checkpoint(out / "checkpoints", 1, {"method": method.name, "options": {}, "model": "the shipped model"}, 1)
     config = TrainingConfig(method=method.name, data_dir=str(data), output_dir=str(out), model=str(tmp_path / "m"),
-                            options=defaults["options"])
+                            options=method.options)
     with pytest.raises(ConfigError, match=f"other settings .model the shipped model -> '{tmp_path / 'm'}'"):
         train(config, method, resume="latest")            # the model folder does not exist: it is never loaded

@@ -14,28 +14,23 @@ from ..errors import ConfigError
 from ..io.paths import safe_component
 from .jobs import JobContext, register_kind
 
-METHOD_ARGS = {"alpha": None, "train_text_encoder": False, "num_vectors": 1, "templates": "object"}
-
 
 @register_kind("train")
 def run_train(ctx: JobContext) -> dict:
-    from ..training.config import TrainingConfig
     from ..training.loop import train
-    from ..training.methods import build_method
+    from ..training.methods import registry
 
     p, out_dir = ctx.params, ctx.settings.output_dir
-    method, defaults = build_method(p["method"], {**METHOD_ARGS, "rank": p["rank"], "placeholder": p["placeholder"],
-                                                  "initializer": p["initializer"],
-                                                  "targets": p.get("lora_targets", "attention")})
+    spec = registry.get(p["method"])
+    options = spec.studio_options(p)
     run_dir = out_dir / "training" / safe_component(ctx.job["id"], "job id")
     data_dir = ctx.settings.upload_dir / safe_component(p["data"], "data")
-    config = TrainingConfig(
-        method=p["method"], data_dir=str(data_dir), output_dir=str(run_dir),
+    lr = {"learning_rate": p["learning_rate"]} if p.get("learning_rate") else {}
+    config = spec.config(
+        options, data_dir=str(data_dir), output_dir=str(run_dir),
         model=None if ctx.settings.model is None else str(ctx.settings.model), instance_prompt=p["instance_prompt"],
-        max_steps=p["max_steps"], learning_rate=p.get("learning_rate") or defaults["learning_rate"],
-        adam_weight_decay=defaults["weight_decay"], seed=p["seed"], checkpoint_every=max(p["max_steps"] // 4, 10),
-        keep_last=1, options=defaults["options"])
-    result = train(config, method, resume="latest", callback=ctx.callback(), cancel=ctx.cancel)
+        max_steps=p["max_steps"], seed=p["seed"], checkpoint_every=max(p["max_steps"] // 4, 10), keep_last=1, **lr)
+    result = train(config, spec.build(options), resume="latest", callback=ctx.callback(), cancel=ctx.cancel)
     return {"steps": result.step, "losses": result.losses, "method": p["method"],
             "saved": [path.relative_to(out_dir).as_posix() for path in result.saved]}
 

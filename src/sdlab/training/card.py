@@ -28,20 +28,15 @@ def _changed_options(opts) -> dict:
             if f.default is dataclasses.MISSING or getattr(opts, f.name) != f.default}
 
 
-def _usage(method: str, out: Path, saved: list[Path], prompt: str) -> list[str]:
-    names = {p.name: p for p in saved}
-    lines = []
-    if method == "lora":
-        extra = f" --embedding {names['learned_embeds.safetensors']}" if "learned_embeds.safetensors" in names else ""
-        lines.append(f'sdlab generate "{prompt}" --lora {names["lora_kohya.safetensors"]}:1.0{extra}')
-    elif method == "textual-inversion":
-        lines.append(f'sdlab generate "{prompt}" --embedding {names["learned_embeds.safetensors"]}')
-    elif method in ("dreambooth", "finetune"):
-        vae = f" --vae {out / 'vae'}" if (out / "vae").is_dir() else ""
-        lines.append(f'sdlab generate "{prompt}" --model {names["model"]}{vae}')
-    elif method == "vae-decoder":
-        lines.append(f'sdlab generate "{prompt}" --vae {names["vae"]}')
-    return lines
+def trained_prompt(config, token: str | None = None) -> str:
+    """The prompt a card's usage line shows: the run's instance prompt, else "a TOKEN"."""
+    return config.instance_prompt or (f"a {token}" if token else "a large red circle")
+
+
+def model_usage(config, options, saved: dict, out: Path) -> list[str]:
+    """The usage line of a run that saves a model folder (OUT/model), with a tuned VAE beside it."""
+    vae = f" --vae {out / 'vae'}" if (out / "vae").is_dir() else ""
+    return [f'sdlab generate "{trained_prompt(config)}" --model {saved["model"]}{vae}']
 
 
 def card_path(out: Path) -> Path:
@@ -54,10 +49,9 @@ def card_path(out: Path) -> Path:
 
 def write_model_card(out: Path, config, method, saved: list[Path], losses: list[float]) -> Path:
     """The model card of a finished run (`card_path`: a user's own README.md is never overwritten)."""
-    opts = getattr(method, "options", None)
-    placeholder = getattr(opts, "placeholder", None) or getattr(opts, "new_token", None)
-    prompt = f"a {placeholder}" if method.name == "textual-inversion" else \
-        config.instance_prompt or (f"a {placeholder}" if placeholder else "a large red circle")
+    from .methods.registry import get
+
+    opts = method.options
     base = config.model or "the shipped shapes-world model"
     front = ["---", f"base_model: {base}", "library_name: sdlab", "tags: [stable-diffusion, text-to-image, sdlab, "
              f"{method.name}]"] + ([f"instance_prompt: {config.instance_prompt}"] if config.instance_prompt else []) \
@@ -76,7 +70,8 @@ def write_model_card(out: Path, config, method, saved: list[Path], losses: list[
         kind = _what(path)
         digest = sha256_file(path)[:12] if path.is_file() else "-"
         lines.append(f"| `{path.relative_to(out)}` | {kind} | {digest} |")
-    usage = _usage(method.name, out, saved, prompt)
+    spec = get(method.name)
+    usage = spec.usage(config, opts, {p.name: p for p in saved}, out) if spec.usage else []
     if usage:
         lines += ["", "## Use", "", "```bash"] + usage + ["```"]
     tail = losses[-50:]

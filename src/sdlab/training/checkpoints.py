@@ -143,3 +143,13 @@ def load_checkpoint(path: Path) -> tuple[int, dict]:
     meta = json.loads((path / "state.json").read_text())
     tensors = load_file(str(path / "state.safetensors"))
     return int(meta["step"]), unpack(meta["state"], tensors)
+
+
+def trained_weights(state: dict) -> dict:
+    """A checkpoint state's trainable weights by name, the EMA ones when the run kept an EMA
+    (its shadow parameters follow the trainable order)."""
+    weights = dict(state["trainable"])
+    if "ema" in state:
+        for key, shadow in zip(list(weights), state["ema"]["shadow_params"]):
+            weights[key] = shadow
+    return weights

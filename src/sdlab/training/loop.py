@@ -108,9 +108,6 @@ def apply_memory_options(method, config: TrainingConfig) -> None:
 
 
 RUN_CONFIG = "training_config.json"
-# method options that decide what trains (and its shapes): a resume must keep them
-STRUCTURE_OPTIONS = ("rank", "alpha", "targets", "text_encoder", "num_vectors", "placeholder", "freeze_text_encoder",
-                      "train_vae_decoder", "lr_ratio_b", "new_token", "new_token_vectors")
 
 
 def load_datasets(config: TrainingConfig, components, captioned: bool = True):
@@ -177,11 +174,13 @@ def checkpoint_model(path: Path, state: dict) -> str | None:
 
 def check_resume(path: Path, state: dict, config: TrainingConfig, method) -> None:
     """ConfigError unless checkpoint `path` (its `state`, or just ck.checkpoint_settings) is of
-    `method`, with the same base model and the same STRUCTURE_OPTIONS."""
+    `method`, with the same base model and the options its MethodSpec says a resume must keep."""
+    from .methods.registry import get
+
     if state.get("method") != method.name:
         raise ConfigError(f"checkpoint '{path}' is from method {state.get('method')!r}, not {method.name!r}")
     mine = dataclasses.asdict(config.options) if config.options is not None else {}
-    changed = [f"{k} {state['options'][k]!r} -> {mine[k]!r}" for k in STRUCTURE_OPTIONS
+    changed = [f"{k} {state['options'][k]!r} -> {mine[k]!r}" for k in get(method.name).resume_keeps
                if k in mine and k in state.get("options", {}) and state["options"][k] != mine[k]]
     old, new = checkpoint_model(path, state), model_identity(config.model)
     if old is not None and old != new:
@@ -206,9 +205,9 @@ class Trainer:
         set_seed(config.seed)
         if components is None:
             components = _load(config, self.acc.device)
-        self.data, self.val = load_datasets(config, components, getattr(method, "uses_captions", True))
+        self.data, self.val = load_datasets(config, components, method.uses_captions)
         self.plan = BucketPlan.of(self.data.sizes, config.batch_size, config.seed) if config.aspect_buckets else None
-        if config.cache_latents and not getattr(method, "uses_captions", True):
+        if config.cache_latents and not method.uses_captions:
             raise ConfigError(f"{method.name} trains on the pixels themselves: --cache-latents does not apply")
         self.latent_cache: dict | None = {} if config.cache_latents else None
         method.setup(components, config, self.acc)
@@ -216,8 +215,7 @@ class Trainer:
         self.params = method.parameters()
         if not self.params:
             raise ConfigError(f"method {method.name} has no trainable parameters")
-        groups = method.param_groups(config.learning_rate) if hasattr(method, "param_groups") else self.params
-        optimizer = make_optimizer(config, groups)
+        optimizer = make_optimizer(config, method.param_groups(config.learning_rate))
         self.lr_scheduler = make_lr_scheduler(config, optimizer)
         modules = method.trainable_modules()
         prepared = self.acc.prepare(*modules, optimizer)

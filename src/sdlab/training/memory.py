@@ -182,12 +182,14 @@ def _optimizer_bytes(cfg: TrainingConfig, params) -> tuple[int, int, int]:
 
 
 def _fresh(method, cfg: TrainingConfig):
-    """An unset-up copy of `method` for a trial run; DreamBooth keeps its class-image cache
-    where the real run will look for it, so the trial's class images are not thrown away."""
-    options = getattr(method, "options", None)
-    if options is not None and getattr(options, "prior_preservation", False) and options.class_data_dir is None:
+    """An unset-up copy of `method` for a trial run; prior preservation keeps its class-image
+    cache where the real run will look for it, so the trial's class images are not thrown away."""
+    from .methods.prior import PriorOptions
+
+    options = method.options
+    if isinstance(options, PriorOptions) and options.prior_preservation and options.class_data_dir is None:
         options = dataclasses.replace(options, class_data_dir=str(Path(cfg.output_dir) / "class_images"))
-    return type(method)(options) if options is not None else type(method)()
+    return type(method)(options)
 
 
 def _trial_config(cfg: TrainingConfig, out: str, steps: int) -> TrainingConfig:
@@ -396,11 +398,11 @@ def model_shapes(model=None):
     return SimpleNamespace(unet=unet, vae=vae, text_encoder=text)
 
 
-def _numel(module) -> int:
+def numel(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _lora_numel(layers: dict, rank: int) -> int:
+def lora_numel(layers: dict, rank: int) -> int:
     """Parameters of peft's LoRA on `layers` (Linear / Conv2d): down (in x k x k -> rank), up (rank -> out)."""
     total = 0
     for m in layers.values():
@@ -411,48 +413,48 @@ def _lora_numel(layers: dict, rank: int) -> int:
     return total
 
 
-def _cast_numel(module) -> int:
+def cast_numel(module) -> int:
     """Parameters of the Linear and Conv layers (what autocast casts)."""
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
     return sum(p.numel() for m in module.modules() if isinstance(m, kinds) for p in m.parameters(recurse=False))
 
 
-def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
-    """Analytic peak of one training step (no forward pass): see the constants above."""
-    from .methods.base import native_resolution
-    from .methods.lora import matching_modules, target_names
+@dataclass(frozen=True)
+class Footprint:
+    """What a method trains, as the estimate needs it: each method's MethodSpec.footprint
+    (components, options, low precision) gives one."""
 
+    trainable: int                  # trainable parameters
+    weights: int                    # bytes of every weight, at its dtype
+    autocast_copies: int = 0        # bytes of the low-precision casts of trainable fp32 weights
+    text_trained: bool = False      # gradients flow through the text encoder: its activations are kept
+    whole_unet: bool = True         # the UNet keeps activations as when all of it trains (FULL_UNET_FACTOR)
+    text_casts: bool = False        # a frozen fp32 text encoder under autocast keeps its weights' casts
+    samples: int = 1                # samples per batch item (prior preservation: 2)
+
+
+def whole_unet_footprint(c, low: bool, train_text: bool, samples: int = 1) -> Footprint:
+    """The whole UNet trains in fp32 (and the text encoder, with `train_text`), the rest is cast."""
+    unet_n, vae_n, text_n, wb = numel(c.unet), numel(c.vae), numel(c.text_encoder), 2 if low else 4
+    cast = cast_numel(c.unet) + (cast_numel(c.text_encoder) if train_text else 0)
+    return Footprint(trainable=unet_n + (text_n if train_text else 0),
+                     weights=unet_n * 4 + vae_n * wb + text_n * (4 if train_text else wb),
+                     autocast_copies=cast * 2 if low else 0, text_trained=train_text, samples=samples)
+
+
+def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
+    """Analytic peak of one training step (no forward pass): what the method trains (its
+    MethodSpec.footprint) and the activation constants above."""
+    from .methods.base import native_resolution
+    from .methods.registry import get
+
+    footprint = get(method.name).footprint
+    if footprint is None:
+        raise ConfigError(f"training method {method.name!r} has no memory estimate: plan its --memory-budget "
+                          "without --memory-estimate")
     c = components or model_shapes(cfg.model)
     low = cfg.mixed_precision != "no"
-    wb = 2 if low else 4
-    unet_n, vae_n, text_n = _numel(c.unet), _numel(c.vae), _numel(c.text_encoder)
-    opts, name = getattr(method, "options", None), method.name
-    train_text = bool(getattr(method, "train_text_encoder", False))
-    copies, whole_unet_activations = 0, name not in ("lora", "textual-inversion")
-    if name == "textual-inversion":
-        emb = c.text_encoder.get_input_embeddings().weight
-        trainable = emb.numel() + opts.num_vectors * emb.shape[1]
-        weights = unet_n * wb + vae_n * wb + (text_n + opts.num_vectors * emb.shape[1]) * 4
-        text_trained = True
-    elif name == "lora":
-        unet_names, text_names = target_names(opts.targets, c.unet, c.text_encoder if opts.text_encoder else None)
-        unet_layers = matching_modules(c.unet, unet_names)
-        trainable = _lora_numel(unet_layers, opts.rank)
-        # adapters on the resnet convolutions keep every conv's input, as training the whole UNet does
-        whole_unet_activations = any(".resnets." in n for n in unet_layers)
-        if opts.text_encoder:
-            trainable += _lora_numel(matching_modules(c.text_encoder, text_names), opts.rank)
-        weights = (unet_n + vae_n + text_n) * wb + trainable * 4
-        copies = trainable * 2 if low else 0
-        text_trained = opts.text_encoder
-    else:                                            # dreambooth, finetune: the whole UNet
-        trainable = unet_n + (text_n if train_text else 0)
-        weights = unet_n * 4 + vae_n * wb + text_n * (4 if train_text else wb)
-        copies = (_cast_numel(c.unet) + (_cast_numel(c.text_encoder) if train_text else 0)) * 2 if low else 0
-        text_trained = train_text
-    grads = trainable * 4
-    state = trainable * ADAM_STATE_BYTES[cfg.use_8bit_adam]
-    scratch = trainable * ADAM_SCRATCH_BYTES[cfg.use_8bit_adam]
+    f = footprint(c, method.options, low)
     res = cfg.resolution or native_resolution(c)
     lat = res // 2 ** (len(c.vae.config.block_out_channels) - 1)
     fv = feature_volume(c.unet.config, lat, lat)
@@ -461,16 +463,17 @@ def estimate_step(cfg: TrainingConfig, method, components=None) -> Measurement:
     if cfg.attention == "sliced":          # attention probabilities saved for backward
         ab = 2 if low else 4
         per_sample += ab * (fv.largest_probs if cfg.gradient_checkpointing else fv.attn_probs + fv.cross_probs)
-    if whole_unet_activations:
+    if f.whole_unet:
         per_sample *= FULL_UNET_FACTOR[key]
-    if text_trained:
+    if f.text_trained:
         t = c.text_encoder.config
         per_sample += TEXT_ACT_BYTES[key] * t.num_hidden_layers * TOKENS * t.hidden_size
-        if low and name == "textual-inversion":           # saved casts of the frozen fp32 layers
-            per_sample += 2 * _cast_numel(c.text_encoder) / (t.num_hidden_layers if cfg.gradient_checkpointing else 1)
-    samples = cfg.batch_size * (2 if getattr(opts, "prior_preservation", False) else 1)
-    b = Breakdown(weights=int(weights), trainable_params=int(trainable), grads=int(grads), optimizer=int(state),
-                  autocast_copies=int(copies), activations=int(per_sample * samples), optimizer_scratch=int(scratch))
+        if low and f.text_casts:                           # saved casts of the frozen fp32 layers
+            per_sample += 2 * cast_numel(c.text_encoder) / (t.num_hidden_layers if cfg.gradient_checkpointing else 1)
+    b = Breakdown(weights=int(f.weights), trainable_params=int(f.trainable), grads=int(f.trainable * 4),
+                  optimizer=int(f.trainable * ADAM_STATE_BYTES[cfg.use_8bit_adam]),
+                  autocast_copies=int(f.autocast_copies), activations=int(per_sample * (cfg.batch_size * f.samples)),
+                  optimizer_scratch=int(f.trainable * ADAM_SCRATCH_BYTES[cfg.use_8bit_adam]))
     return Measurement(b.peak, "estimate", b)
 
 
@@ -518,6 +521,6 @@ def plan_for_budget(cfg: TrainingConfig, method, budget_bytes: int, measure=None
         if peak <= budget_bytes:
             return Plan(trial, rung, peak, budget_bytes, kind, tried)
     rung, peak = min(tried, key=lambda rp: rp[1])
-    other = ", or train LoRA or textual inversion" if method.name in ("dreambooth", "finetune") else ""
+    other = ", or train LoRA or textual inversion" if method.train_unet else ""
     raise ConfigError(f"nothing fits the memory budget of {gib(budget_bytes)}: the smallest peak is {gib(peak)} "
                       f"({kind}, {rung.name}); lower --resolution or --batch-size{other}")

@@ -33,13 +33,25 @@ class Batch:
 
 @runtime_checkable
 class Method(Protocol):
-    name: str
+    """Every member the loop, the memory planner and the model card use (DiffusionMethod gives
+    each a default). A method is built as `cls(options)`; its MethodSpec (registry.py) holds
+    what is not training: recipe, CLI flags, result use, card line, memory estimate."""
+
+    name: str                       # its registry name; checkpoints record it
+    options: object                 # its frozen options dataclass
+    uses_captions: bool             # False: any image folder will do (metadata.jsonl read when present)
+    train_unet: bool                # the whole UNet trains (the planner suggests lighter methods)
+    c: object                       # the model's components, after setup
+    step: int                       # the loop's step, set before `save`
 
     def setup(self, components, config, accelerator) -> None: ...
     def trainable_modules(self) -> list[torch.nn.Module]: ...
     def set_prepared(self, modules: list[torch.nn.Module]) -> None: ...
     def parameters(self) -> list[torch.nn.Parameter]: ...
+    def param_groups(self, lr: float) -> list[dict]: ...
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor: ...
     def loss(self, batch: Batch) -> torch.Tensor: ...
+    def validation_loss(self, pixels: torch.Tensor, text: str, seed: int) -> float: ...
     def after_step(self) -> None: ...
     def state_dict(self) -> dict[str, torch.Tensor]: ...
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
@@ -50,9 +62,15 @@ class DiffusionMethod:
     """Shared plumbing: frozen modules, text encoding, the noised-latent loss."""
 
     name = "base"
+    options = None
+    uses_captions = True
+    c = None                        # the model's components, once set up
+    step = 0
     train_unet = False
     train_text_encoder = False
     train_vae_decoder = False
+    unet_adapters = False           # adapters on the UNet train (the UNet is prepared, its base frozen)
+    text_adapters = False           # ... on the text encoder
     # Adapter methods (LoRA) keep their frozen base weights at the mixed-precision dtype, as
     # diffusers' LoRA scripts do: an fp32 base would cost 4 bytes a weight plus the
     # low-precision copy autocast saves for backward.
@@ -73,9 +91,9 @@ class DiffusionMethod:
         if not self.train_vae_decoder:
             cast(components.vae)
         cast_base = self.adapters_on_cast_base
-        if not self.train_unet and (cast_base or not getattr(self, "unet_adapters", False)):
+        if not self.train_unet and (cast_base or not self.unet_adapters):
             cast(components.unet)
-        if not self.train_text_encoder and (cast_base or not getattr(self, "text_adapters", False)):
+        if not self.train_text_encoder and (cast_base or not self.text_adapters):
             cast(components.text_encoder)
         if cast_base:                       # the adapters themselves train in fp32
             for p in self.parameters():
@@ -86,9 +104,9 @@ class DiffusionMethod:
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         mods = []
-        if self.train_unet or getattr(self, "unet_adapters", False):
+        if self.train_unet or self.unet_adapters:
             mods.append(self.c.unet)
-        if self.train_text_encoder or getattr(self, "text_adapters", False):
+        if self.train_text_encoder or self.text_adapters:
             mods.append(self.c.text_encoder)
         if self.train_vae_decoder:
             mods.append(self.c.vae)
@@ -106,6 +124,10 @@ class DiffusionMethod:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The optimizer's parameter groups: one, at the run's learning rate."""
+        return [{"params": self.parameters()}]
 
     def after_step(self) -> None:
         pass

@@ -19,12 +19,15 @@ from pathlib import Path
 
 import torch
 
-from ...config import _check_float, _check_int
+from ...config import _check_float, setting
 from ...errors import ConfigError
 from ...models import lora as lora_files
+from ..card import trained_prompt
+from ..checkpoints import trained_weights
 from .base import DiffusionMethod
 from .prior import PriorOptions, PriorPreservation
-from .textual_inversion import NewTokens, TIOptions, embedding_file_name
+from .registry import MethodSpec
+from .textual_inversion import DIFFUSERS_FILE, NewTokens, TIOptions, embedding_file_name
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -37,6 +40,8 @@ TARGET_PRESETS = {
     "all": (UNET_TARGETS + _BLOCKS + _CONVS, TEXT_TARGETS + ("fc1", "fc2")),
 }
 _NAME_LIST = re.compile(r"^[A-Za-z_][\w.]*(,[A-Za-z_][\w.]*)*$")
+KOHYA_FILE = "lora_kohya.safetensors"
+EMBEDDING_WEIGHT = "embeddings.token_embedding.weight"          # under text_model. in older transformers
 
 
 def matching_modules(module, names) -> dict[str, torch.nn.Module]:
@@ -67,26 +72,29 @@ class LoraOptions(PriorOptions):
     """Adapter shape, and (off by default) DreamBooth's prior preservation, as diffusers'
     DreamBooth-LoRA script offers it."""
 
-    prior_preservation: bool = False
-    rank: int = 4
-    alpha: float | None = None          # None: alpha = rank (scale 1)
-    text_encoder: bool = False
-    targets: str = "attention"          # a TARGET_PRESETS key or module names "to_q,to_v,conv1"
-    lr_ratio_b: float = 1.0             # LoRA+ (Hayou et al. 2024): the B matrices learn this much faster
-    new_token: str | None = None        # a placeholder ("<sks>") whose embedding trains with the adapters
-    new_token_init: str = "shape"       # ... initialised from this word
-    new_token_vectors: int = 1
-    new_token_lr: float | None = None   # the new token's own learning rate (None: the adapters')
+    prior_preservation: bool = False    # the CLI turns it on with class prompts or class images (from_args)
+    rank: int = setting(4, "LoRA rank: the adapters' inner width", lo=1, hi=1024)
+    alpha: float | None = setting(None, "LoRA alpha (the adapters' scale is alpha / rank)", lo=1e-6, hi=1e6,
+                                  default_text="rank")
+    text_encoder: bool = setting(False, "adapters on the text encoder too", flag="--train-text-encoder")
+    targets: str = setting("attention", "layers that get adapters: attention (q, k, v, out), transformer (+ proj_in/out "
+                           "and feed-forward), all (+ every resnet conv and the samplers: LoCon), or module names, "
+                           "e.g. to_q,to_v,conv1")
+    lr_ratio_b: float = setting(1.0, "LoRA+ (Hayou et al. 2024): the B (up) matrices learn this many times faster than "
+                                "the A (down) ones; 16 is the paper's choice (kohya's loraplus_lr_ratio; 1: off)",
+                                lo=1e-3, hi=1e4)
+    new_token: str | None = setting(None, "also learn an embedding for this new token, used in the captions (e.g. "
+                                    "'<sks>'): pivotal tuning; saved as textual inversion saves it")
+    new_token_init: str = setting("shape", "the word the new token starts from")
+    new_token_vectors: int = setting(1, "vectors of the new token")
+    new_token_lr: float | None = setting(None, "the new token's own learning rate (textual inversion's is 5e-3)",
+                                         default_text="the adapters'")
 
     def __post_init__(self):
-        super().__post_init__()
-        _check_int("rank", self.rank, 1, 1024)
+        super().__post_init__()         # with the declared ranges
         if not isinstance(self.targets, str) or not (self.targets in TARGET_PRESETS or _NAME_LIST.match(self.targets)):
             raise ConfigError(f"LoRA targets must be one of {', '.join(TARGET_PRESETS)} or comma-separated "
                               f"module names (to_q,to_v,conv1), got {self.targets!r}")
-        if self.alpha is not None:
-            _check_float("alpha", self.alpha, 1e-6, 1e6)
-        _check_float("lr_ratio_b", self.lr_ratio_b, 1e-3, 1e4)
         if self.new_token is not None:
             if isinstance(self.new_token, str):
                 embedding_file_name(self.new_token, "new_token")                        # named as new_token
@@ -173,5 +181,62 @@ class LoRA(PriorPreservation, DiffusionMethod):
         layers = self.layers()
         out = Path(output_dir)
         saved = [lora_files.write(out / "lora" / "pytorch_lora_weights.safetensors", layers, "diffusers"),
-                 lora_files.write(out / "lora_kohya.safetensors", layers, "kohya")]
-        return saved + (self.new.save(out, step=getattr(self, "step", 0)) if self.new is not None else [])
+                 lora_files.write(out / KOHYA_FILE, layers, "kohya")]
+        return saved + (self.new.save(out, step=self.step) if self.new is not None else [])
+
+
+def apply_checkpoint(pipe, state: dict, path) -> None:
+    """A checkpoint's adapters (the EMA ones when kept) merged into `pipe` at scale 1; with a
+    new token, its vectors (the new rows that end the embedding table) as that token."""
+    import json
+
+    from ...text import embeddings
+
+    weights, opts = trained_weights(state), state.get("options") or {}
+    if opts.get("new_token"):
+        table = weights.pop(next(k for k in weights if k.startswith("text_encoder.") and k.endswith(EMBEDDING_WEIGHT)))
+        n = opts.get("new_token_vectors") or 1
+        embeddings.add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, embeddings.token_names(opts["new_token"], n),
+                              table[-n:])
+    alpha = opts.get("alpha") or opts.get("rank")
+    meta = {lora_files.METADATA_KEY: json.dumps({f"{c}.lora_alpha": alpha for c in lora_files.PREFIXES})}
+    modules = lora_files.model_modules(pipe.c.unet, pipe.c.text_encoder)
+    layers = lora_files.parse(weights, meta, lora_files.kohya_names(modules))
+    lora_files.check_shapes(layers, modules)
+    lora_files.AppliedLora(modules, layers, 1.0)
+
+
+def usage(config, options: LoraOptions, saved: dict, out: Path) -> list[str]:
+    extra = f" --embedding {saved[DIFFUSERS_FILE]}" if DIFFUSERS_FILE in saved else ""
+    return [f'sdlab generate "{trained_prompt(config, options.new_token)}" --lora {saved[KOHYA_FILE]}:1.0{extra}']
+
+
+def footprint(c, options: LoraOptions, low: bool):
+    """The adapters train in fp32 over a base cast to the mixed precision; adapters on the resnet
+    convolutions keep every conv's input, as training the whole UNet does."""
+    from ..memory import Footprint, lora_numel, numel
+
+    o = options
+    unet_names, text_names = target_names(o.targets, c.unet, c.text_encoder if o.text_encoder else None)
+    unet_layers = matching_modules(c.unet, unet_names)
+    trainable = lora_numel(unet_layers, o.rank)
+    if o.text_encoder:
+        trainable += lora_numel(matching_modules(c.text_encoder, text_names), o.rank)
+    weights = (numel(c.unet) + numel(c.vae) + numel(c.text_encoder)) * (2 if low else 4) + trainable * 4
+    return Footprint(trainable=trainable, weights=weights, autocast_copies=trainable * 2 if low else 0,
+                     text_trained=o.text_encoder, whole_unet=any(".resnets." in n for n in unet_layers),
+                     samples=2 if o.prior_preservation else 1)
+
+
+def prior_from_class_data(values: dict) -> dict:
+    """The CLI's LoRA options: class prompts or a class image folder turn the prior on."""
+    return {**values, "prior_preservation": bool(values.get("class_prompt") or values.get("class_data_dir"))}
+
+
+SPEC = MethodSpec(
+    name="lora", method=LoRA, options=LoraOptions,
+    summary="low-rank adapters on the UNet, optionally the text encoder (Hu et al. 2021)",
+    recipe=dict(learning_rate=1e-4, adam_weight_decay=1e-2, max_steps=500, caption_dropout=0.0),
+    resume_keeps=("rank", "alpha", "targets", "text_encoder", "lr_ratio_b", "new_token", "new_token_vectors"),
+    apply_checkpoint=apply_checkpoint, usage=usage, footprint=footprint, from_args=prior_from_class_data,
+    studio={"rank": "rank", "lora_targets": "targets"})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ...config import _check_float, _check_int
+from ...config import check_settings, setting
 from ...errors import ConfigError
 from ..data import ImageDataset, read_examples, sample_index, sample_seed
 from .base import Batch, native_resolution
@@ -30,12 +30,16 @@ CLASS_IMAGE = re.compile(r"class-\d{5}\.png")      # the names generate_class_im
 
 @dataclass(frozen=True)
 class PriorOptions:
-    class_prompt: str | tuple[str, ...] | None = None     # one prompt or several (image i: prompt i mod k)
-    class_data_dir: str | None = None
-    num_class_images: int = 50
-    prior_loss_weight: float = 1.0
-    prior_preservation: bool = True
-    class_sampling_steps: int = 25
+    class_prompt: str | tuple[str, ...] | None = setting(
+        None, "prompt of the class for prior preservation, e.g. 'a shape'; repeat for several (class image i uses "
+        "prompt i mod k); for LoRA, giving one turns the prior on")
+    class_data_dir: str | None = setting(None, "class images cache; with captions (metadata.jsonl or .txt files) and "
+                                         "no --class-prompt, your own captioned class images",
+                                         default_text="OUTPUT/class_images")
+    num_class_images: int = setting(50, "class images to generate or read", lo=1, hi=100000)
+    prior_loss_weight: float = setting(1.0, "weight of the class images' loss", lo=0.0, hi=100.0)
+    prior_preservation: bool = setting(True, "train without the class images' loss", flag="--no-prior-preservation")
+    class_sampling_steps: int = setting(25, lo=1, hi=1000, flag=None)
 
     def __post_init__(self):
         if isinstance(self.class_prompt, list):
@@ -46,9 +50,7 @@ class PriorOptions:
         if self.prior_preservation and not prompts and not self.class_data_dir:
             raise ConfigError("prior preservation needs class_prompt (e.g. --class-prompt 'a shape'), or a "
                               "captioned --class-data-dir, or turn prior preservation off")
-        _check_int("num_class_images", self.num_class_images, 1, 100000)
-        _check_float("prior_loss_weight", self.prior_loss_weight, 0.0, 100.0)
-        _check_int("class_sampling_steps", self.class_sampling_steps, 1, 1000)
+        check_settings(self)
 
     @property
     def class_prompts(self) -> tuple[str, ...]:

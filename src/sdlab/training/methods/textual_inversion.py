@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ...config import _check_float, _check_int
+from ...config import check_settings, setting
 from ...errors import ConfigError
 from ...io.paths import safe_component
 from ...text import embeddings
 from .base import DiffusionMethod
+from .registry import MethodSpec
 
 OBJECT_TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a picture of a {}", "an image of a {}",
                     "a {}", "the {}", "a drawing of a {}", "a clean {}", "a small {}", "a large {}")
@@ -43,13 +44,18 @@ def embedding_file_name(placeholder: str, what: str = "placeholder") -> str:
     return f"{name}.safetensors"
 
 
+TEMPLATE_KINDS = ("object", "style", "none")        # none: the captions, with the placeholder in them
+
+
 @dataclass(frozen=True)
 class TIOptions:
-    placeholder: str = "<my-shape>"
-    initializer: str = "shape"
-    num_vectors: int = 1
-    templates: str = "object"            # object, style, or none (use the captions)
-    max_norm: float | None = None        # clip each new vector's norm after every step
+    placeholder: str = setting("<my-shape>", "the new token")
+    initializer: str = setting("shape", "word(s) whose embedding starts the new vectors")
+    num_vectors: int = setting(1, "vectors per placeholder (N new tokens)", lo=1, hi=75)
+    templates: str = setting("object", "prompt templates (none: use the captions, which must contain the placeholder)",
+                             choices=lambda: TEMPLATE_KINDS)
+    max_norm: float | None = setting(None, "clip each new vector's norm after every step (e.g. the vocabulary's "
+                                     "typical norm)", lo=1e-6, hi=1e6, default_text="no clipping")
 
     def __post_init__(self):
         if not isinstance(self.placeholder, str) or not self.placeholder.strip() or " " in self.placeholder:
@@ -57,11 +63,9 @@ class TIOptions:
         embedding_file_name(self.placeholder)
         if not isinstance(self.initializer, str) or not self.initializer.strip():
             raise ConfigError("initializer must be a non-empty word or phrase")
-        _check_int("num_vectors", self.num_vectors, 1, 75)
-        if self.templates not in ("object", "style", "none"):
+        check_settings(self)
+        if self.templates not in TEMPLATE_KINDS:
             raise ConfigError(f"templates must be object, style or none; got {self.templates!r}")
-        if self.max_norm is not None:
-            _check_float("max_norm", self.max_norm, 1e-6, 1e6)
 
 
 class NewTokens:
@@ -158,4 +162,38 @@ class TextualInversion(DiffusionMethod):
         self.new.load(state["learned_embeds"])
 
     def save(self, output_dir: Path) -> list[Path]:
-        return self.new.save(output_dir, step=getattr(self, "step", 0))
+        return self.new.save(output_dir, step=self.step)
+
+
+def apply_checkpoint(pipe, state: dict, path) -> None:
+    """A checkpoint's vectors as the placeholder's new tokens (as trained: an EMA would be of
+    the whole embedding table)."""
+    vectors = state["trainable"]["learned_embeds"]
+    placeholder = (state.get("options") or {})["placeholder"]
+    embeddings.add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, embeddings.token_names(placeholder, len(vectors)),
+                          vectors)
+
+
+def usage(config, options: TIOptions, saved: dict, out: Path) -> list[str]:
+    return [f'sdlab generate "a {options.placeholder}" --embedding {saved[DIFFUSERS_FILE]}']
+
+
+def footprint(c, options: TIOptions, low: bool):
+    """The whole embedding table trains (other rows are restored after each step); the text
+    encoder stays fp32 and its activations are kept."""
+    from ..memory import Footprint, numel
+
+    emb = c.text_encoder.get_input_embeddings().weight
+    new = options.num_vectors * emb.shape[1]
+    weights = (numel(c.unet) + numel(c.vae)) * (2 if low else 4) + (numel(c.text_encoder) + new) * 4
+    return Footprint(trainable=emb.numel() + new, weights=weights, text_trained=True, whole_unet=False,
+                     text_casts=True)
+
+
+SPEC = MethodSpec(
+    name="textual-inversion", method=TextualInversion, options=TIOptions,
+    summary="learn new token embeddings for a concept (Gal et al. 2022)",
+    recipe=dict(learning_rate=5e-3, adam_weight_decay=0.0, max_steps=500, caption_dropout=0.0),
+    resume_keeps=("placeholder", "num_vectors"),
+    apply_checkpoint=apply_checkpoint, usage=usage, footprint=footprint,
+    studio={"placeholder": "placeholder", "initializer": "initializer"})

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..card import trained_prompt
 from .base import Batch, DiffusionMethod
+from .registry import MethodSpec
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,22 @@ def save_vae_folder(vae, path: Path) -> Path:
     with atomic_dir(path) as tmp:
         torch.nn.Module.to(vae, dtype=torch.float32).save_pretrained(tmp, safe_serialization=True)
     return Path(path)
+
+
+def usage(config, options: VaeDecoderOptions, saved: dict, out: Path) -> list[str]:
+    return [f'sdlab generate "{trained_prompt(config)}" --vae {saved["vae"]}']
+
+
+def footprint(c, options: VaeDecoderOptions, low: bool):
+    """Estimated as a whole-UNet run, as the planner always has: an over-estimate, since only
+    the decoder trains."""
+    from ..memory import whole_unet_footprint
+
+    return whole_unet_footprint(c, low, False)
+
+
+SPEC = MethodSpec(
+    name="vae-decoder", method=VaeDecoder, options=VaeDecoderOptions,
+    summary="tune the VAE decoder on the images' round trip (as sd-vae-ft-mse), for detail the decoder loses",
+    recipe=dict(learning_rate=1e-4, adam_weight_decay=0.0, max_steps=500, caption_dropout=0.0),
+    usage=usage, footprint=footprint)

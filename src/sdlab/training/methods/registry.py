@@ -1,0 +1,126 @@
+"""The training methods, each declared once by its module's `SPEC` (a MethodSpec): its options
+(with their flags and help: `sdlab.config.setting`), its recipe (the loop defaults measured for
+the shipped model), which options a resume must keep, how a checkpoint of it is applied to a
+pipeline, its model-card usage line and its memory estimate. `sdlab train`, the studio,
+`sdlab eval`, the model card and the memory planner loop over this registry.
+
+A new method is one module that ends with `SPEC = MethodSpec(...)` plus its line in MODULES
+(or `register(spec)` from anywhere); see "Adding a training method" in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from ...errors import ConfigError
+from ..checkpoints import trained_weights
+from ..config import TrainingConfig
+
+# sdlab.training.methods.<module>.SPEC, in the order `sdlab train --help` lists them
+MODULES = ("textual_inversion", "dreambooth", "lora", "finetune", "vae_decoder")
+_SPECS: dict[str, "MethodSpec"] = {}
+
+
+def load_trained_weights(pipe, state: dict, path: Path) -> None:
+    """Put a checkpoint's trained weights ("unet.<param>", "text_encoder.<param>", "vae.<param>";
+    the EMA ones when it kept an EMA) into `pipe`'s modules: the default `apply_checkpoint`, for
+    methods whose trainable parameters are the model's own."""
+    weights = trained_weights(state)
+    for comp in ("unet", "text_encoder", "vae"):
+        sub = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(comp + ".")}
+        if sub:
+            missing = getattr(pipe.c, comp).load_state_dict(sub, strict=False)
+            if missing.unexpected_keys:
+                raise ConfigError(f"checkpoint '{path}' does not fit the model: {missing.unexpected_keys[:3]}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything about one training method that is not the training itself.
+
+    method: the Method class, called with an options object. options: its frozen options
+    dataclass, whose fields (declared with `sdlab.config.setting`) give `sdlab train NAME`'s
+    method options. recipe: TrainingConfig defaults of this method (learning rate, weight decay,
+    steps, ...), the values measured for the shipped model. resume_keeps: options a resumed run
+    must keep (they decide what trains, and its shapes). apply_checkpoint(pipe, state, path):
+    puts a training checkpoint's weights into a Pipeline. usage(config, options, saved, out):
+    the model card's "Use" lines (`saved`: file name -> path). footprint(components, options,
+    low_precision): what it trains, for the memory estimate (sdlab.training.memory.Footprint).
+    from_args(values): adjusts the option values the CLI parsed. studio: TrainRequest field ->
+    option name, for a method the studio offers."""
+
+    name: str
+    method: Callable
+    options: type
+    recipe: Mapping[str, Any]
+    summary: str = ""
+    resume_keeps: tuple[str, ...] = ()
+    apply_checkpoint: Callable = load_trained_weights
+    usage: Optional[Callable] = None
+    footprint: Optional[Callable] = None
+    from_args: Optional[Callable] = None
+    studio: Optional[Mapping[str, str]] = None
+
+    def __post_init__(self):
+        loop, own = {f.name for f in fields(TrainingConfig)}, {f.name for f in fields(self.options)}
+        checks = [("recipe", set(self.recipe) - (loop - {"method", "options"}), "is not a TrainingConfig field"),
+                  ("resume_keeps", set(self.resume_keeps) - own, f"is not a field of {self.options.__name__}"),
+                  ("options", own & loop, "is also a TrainingConfig field (their flags would collide)"),
+                  ("studio", set((self.studio or {}).values()) - own, f"is not a field of {self.options.__name__}")]
+        for what, bad, why in checks:
+            if bad:
+                raise ConfigError(f"training method {self.name!r}: {what} entry {sorted(bad)[0]!r} {why}")
+
+    def build(self, options=None):
+        """The Method object, with `options` (None: the method's own defaults)."""
+        return self.method() if options is None else self.method(options)
+
+    def studio_options(self, params: Mapping[str, Any]):
+        """The options of a studio request (its fields as `studio` maps them; absent ones default)."""
+        return self.options(**{option: params[name] for name, option in (self.studio or {}).items() if name in params})
+
+    def config(self, options, **fields) -> TrainingConfig:
+        """The TrainingConfig of a run of this method: its recipe, then `fields`."""
+        return TrainingConfig(method=self.name, options=options, **{**self.recipe, **fields})
+
+def _load_builtin() -> None:
+    if not _SPECS:
+        for module in MODULES:
+            spec = importlib.import_module(f"{__package__}.{module}").SPEC
+            _SPECS[spec.name] = spec
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method (after the built-in ones); a name already taken is refused."""
+    _load_builtin()
+    if spec.name in _SPECS:
+        raise ConfigError(f"a training method named {spec.name!r} is registered already")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a method that `register` added."""
+    _load_builtin()
+    _SPECS.pop(name, None)
+
+
+def specs() -> list[MethodSpec]:
+    """Every registered method, the built-in ones first."""
+    _load_builtin()
+    return list(_SPECS.values())
+
+
+def names() -> tuple[str, ...]:
+    return tuple(s.name for s in specs())
+
+
+def get(name: str) -> MethodSpec:
+    """The spec of method `name`; ConfigError naming the known ones otherwise."""
+    _load_builtin()
+    if name not in _SPECS:
+        raise ConfigError(f"unknown training method {name!r}; use {', '.join(_SPECS)}")
+    return _SPECS[name]
