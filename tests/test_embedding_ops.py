@@ -1,5 +1,8 @@
 """Token-embedding replacement and mixing, and prompt interpolation, on a tiny random model."""
 
+import json
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,8 @@ from sdlab.text.embedding_ops import (encode_with_overrides, load_concept, mix, 
                                       replacement_vectors, token_embedding_hook)
 from sdlab.text.interpolation import interpolate, interpolate_embeddings, lerp, slerp
 from sdlab.text.tokens import text_embeddings_module
+
+from bench_util import load_benchmark
 
 PROMPT = "a large red circle on a blue background"
 
@@ -156,13 +161,16 @@ def test_interpolate_endpoints_and_shared_seed(pipe, tmp_path):
         assert im.width == 3 * 2 * pipe.native_size
 
 
-def test_mix_eval_squareness_and_summary(pipe):
-    from sdlab.evaluate.mix_eval import evaluate_mix, reference_squareness, squareness, summarize
+def test_mix_eval_squareness_and_summary(pipe, tiny_model_dir, tmp_path, monkeypatch):
+    from sdlab.evaluate.masks import squareness
+
+    mix_eval = load_benchmark("mix_eval", monkeypatch)
+    evaluate_mix, summarize = mix_eval.evaluate_mix, mix_eval.summarize
 
     yy, xx = np.mgrid[:41, :41]
     disc = (xx - 20) ** 2 + (yy - 20) ** 2 <= 20.5 ** 2
     assert abs(squareness(disc) - np.pi / 4) < 0.02 and squareness(np.ones((5, 7), bool)) == 1.0
-    ref = reference_squareness("large", n=2)
+    ref = mix_eval.reference_squareness("large", n=2)
     assert 0.72 < ref["circle"] < 0.82 and ref["square"] > 0.97
     r = lambda shape, s: {"shape": shape, "squareness": s}
     summary = summarize({0.0: [r("circle", 0.78), r("circle", 0.80)], 0.5: [r("square", 0.9), r("none", float("nan"))],
@@ -177,3 +185,9 @@ def test_mix_eval_squareness_and_summary(pipe):
     report, images = evaluate_mix(pipe, n=2, weights=(0.0, 1.0), steps=2, cfg=2.0)
     assert set(report["per_weight"]) == {"0", "1"} and len(images[1.0]) == 2
     assert abs(sum(report["per_weight"]["0"]["rates"].values()) - 1) < 1e-6
+    monkeypatch.setattr(sys.modules["report"], "RESULTS_DIR", tmp_path)      # --results: the experiment's one file
+    (tmp_path / "mix_eval.json").write_text('{"n": 32}')
+    assert mix_eval.main(["--model", str(tiny_model_dir), "--n", "1", "--weights", "0", "1", "--steps", "1",
+                          "--results"]) == 0
+    assert [f.name for f in tmp_path.iterdir()] == ["mix_eval.json"]
+    assert json.loads((tmp_path / "mix_eval.json").read_text())["n"] == 1

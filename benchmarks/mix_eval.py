@@ -12,7 +12,10 @@ is sampled with the prompt's own seed, the same for every w. The oracle reads ea
   w=1 is squarer than w=0 at all (ends_ordered_rate); the mean squareness gain over w=0 on
   the same seed.
 
-    python -m sdlab.evaluate.mix_eval --n 32 --out runs/mix_eval
+    python benchmarks/mix_eval.py --n 32 [--out runs/mix_eval | --results]
+
+`--results` writes the report to benchmarks/results/mix_eval.json, this experiment's one current
+result: a newer run replaces it.
 """
 
 from __future__ import annotations
@@ -24,24 +27,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from ..config import GenerationConfig
-from ..world import oracle, spec
-from ..world.captions import full_caption
-from ..world.scene import single_object_scene
-from . import emit_report
+from report import result_file
+from sdlab.config import GenerationConfig
+from sdlab.evaluate import emit_report
+from sdlab.evaluate.masks import squareness
+from sdlab.world import oracle, spec
+from sdlab.world.captions import full_caption
+from sdlab.world.scene import single_object_scene
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 WORDS = ("circle", "square")
-
-
-def squareness(mask: np.ndarray) -> float:
-    """Mask area / bounding-box area of a bool mask (circle ~ 0.785, square 1.0)."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return float("nan")
-    return float(mask.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)))
 
 
 def prompts(n: int, size: str = "large", seed: int = 2024) -> list[str]:
@@ -59,7 +54,7 @@ def prompts(n: int, size: str = "large", seed: int = 2024) -> list[str]:
 
 def reference_squareness(size: str = "large", n: int = 8) -> dict[str, float]:
     """Mean squareness the oracle reads from rendered circles and squares (the ground truth)."""
-    from ..world.render import render
+    from sdlab.world.render import render
 
     rng, out = random.Random(0), {}
     for shape in WORDS:
@@ -75,7 +70,7 @@ def sample_mix(pipe, texts: Sequence[str], w: float, config: GenerationConfig, s
     """Images for each prompt with "circle" mixed toward "square" by w; prompt i uses seed0 + i."""
     import torch
 
-    from ..text.embedding_ops import encode_with_overrides, mix
+    from sdlab.text.embedding_ops import encode_with_overrides, mix
 
     weights = {WORDS[0]: 1.0 - w, WORDS[1]: w}
     images = []
@@ -136,7 +131,7 @@ def evaluate_mix(pipe, n: int = 32, weights: Sequence[float] = WEIGHTS, steps: i
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdlab.evaluate.mix_eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="python benchmarks/mix_eval.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="default: the shipped model")
     p.add_argument("--n", type=int, default=32, help="prompts (seeds) per weight")
@@ -145,17 +140,21 @@ def main(argv=None) -> int:
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--size", choices=tuple(spec.SIZES), default="large")
-    p.add_argument("--out", default=None, help="folder for mix_eval.json and mix_eval.png (a grid of 8 seeds)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None, help="folder for mix_eval.json and mix_eval.png (a grid of 8 seeds)")
+    where.add_argument("--results", action="store_true",
+                     help="write the JSON report to benchmarks/results/mix_eval.json, this experiment's one "
+                          "current result (a newer run replaces the file an earlier run of this script wrote)")
     args = p.parse_args(argv)
-    from ..pipeline import Pipeline
+    from sdlab.pipeline import Pipeline
 
     report, images = evaluate_mix(Pipeline.load(args.model), args.n, sorted(args.weights), args.steps, args.cfg,
                                   args.sampler, args.size)
-    emit_report(report, Path(args.out) / "mix_eval.json" if args.out else None)
+    emit_report(report, result_file(__file__) if args.results else args.out and Path(args.out) / "mix_eval.json")
     if args.out:
-        from ..io.atomic import atomic_save
-        from ..io.labels import labelled_grid
-        from ..io.sweeps import value_labels
+        from sdlab.io.atomic import atomic_save
+        from sdlab.io.labels import labelled_grid
+        from sdlab.io.sweeps import value_labels
 
         out = Path(args.out)
         ws = sorted(images)
