@@ -51,16 +51,13 @@ def trained_result(output_dir: Path, job_id: str) -> Path:
 def trained_applied(pipe, output_dir: Path, job_id: str | None, scale: float):
     """A LoRA merged into `pipe` for the job and taken out after it; an embedding's token
     added (or its vectors replaced, when an earlier run used the same token) and kept."""
-    from ..models.lora import apply_lora
-    from ..text.embeddings import load_embedding
-
     handle = None
     if job_id is not None:
         path = trained_result(output_dir, job_id)
         if path.name == "learned_embeds.safetensors":
-            load_embedding(pipe, path, replace=True)
+            pipe.load_embedding(path, replace=True)
         else:
-            handle = apply_lora(pipe, path, scale)
+            handle = pipe.load_lora(path, scale)
     try:
         yield
     finally:
