@@ -14,6 +14,7 @@ import argparse
 import re
 from pathlib import Path
 
+from ..attention.store import ALL_PLACES
 from ..config import GenerationConfig
 from .generate import config_from_args, load_pipeline, sampling_options
 from .options import add_config_arguments
@@ -31,7 +32,7 @@ def register(sub) -> None:
     sampling_options(p)
     add_config_arguments(p, GenerationConfig, ["batch_size"])
     p.add_argument("--out", default="attention", help="output folder (default ./attention)")
-    p.add_argument("--layers", nargs="+", default=["down", "mid", "up"], choices=["down", "mid", "up"],
+    p.add_argument("--layers", nargs="+", default=list(ALL_PLACES), choices=ALL_PLACES,
                    help="UNet places to average (default: all)")
     p.add_argument("--res", nargs="+", type=int, default=None,
                    help="feature-map heights to average, e.g. 16 8 (default: all)")

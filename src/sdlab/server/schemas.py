@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
 
 from ..attention.edit import MAX_WEIGHT, EditConfig
+from ..attention.store import ALL_PLACES
 from ..config import SAME, GenerationConfig, settings_of
 
 
@@ -90,7 +91,7 @@ class Img2ImgRequest(declared(GenerateRequest, GenerationConfig, "strength")):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the multipart form also holds `image`
 
 
-Place = Literal["down", "mid", "up"]
+Place = Literal[ALL_PLACES]  # type: ignore[valid-type]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
 
@@ -98,7 +99,7 @@ Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
 class AttendRequest(declared(SamplingRequest, GenerationConfig, "prompt")):
     """Cross-attention maps of one image: an overlay per prompt token (sdlab.attention.store.attend)."""
 
-    layers: list[Place] = Field(["down", "mid", "up"], min_length=1, max_length=3,
+    layers: list[Place] = Field(list(ALL_PLACES), min_length=1, max_length=len(ALL_PLACES),
                                 description="UNet places whose maps are averaged")
 
     @field_validator("prompt")
