@@ -154,7 +154,8 @@ def test_train_model_killed_in_the_unet_stage_resumes_to_completion(tmp_path):
 
     # A new run folder from the assembled model continues its UNet and text encoder.
     seeded = tmp_path / "run2"
-    cmd = _train_model(seeded, tmp_path / "model2", tmp_path / "clip2", "--unet-minutes", str(more + 0.05),
+    cmd = _train_model(seeded, tmp_path / "model2", tmp_path / "clip2",
+                       "--unet-minutes", str(again["progress"]["seconds"] / 60 + 0.05),
                        "--init-from", str(out))
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr[-2000:]
