@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import SdlabError
-from . import attend, convert, edit, embed, evaluate, generate, info, serve, tokens, train, world
+from . import attend, batch, convert, edit, embed, evaluate, generate, info, serve, tokens, train, world
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate.register(sub)
+    batch.register(sub)
     attend.register(sub)
     edit.register(sub)
     info.register(sub)
