@@ -11,6 +11,8 @@ EXAMPLES = """examples:
   sdlab serve --lora-dir my_loras                # prompts may use <lora:NAME:0.8>
   sdlab serve --vae-dir my_vaes                  # each job may pick one of its VAEs
   SDLAB_TOKEN=a-long-secret sdlab serve --host 0.0.0.0   # other hosts need a token
+  sdlab serve --ray --replicas 2                 # two model replicas on a local Ray
+  sdlab serve --ray --address ray://head:10001 --device cuda --min-replicas 1 --max-replicas 8
 """
 
 
@@ -35,6 +37,16 @@ def register(sub) -> None:
     p.add_argument("--vae-dir", action="append", default=[], metavar="DIR",
                    help="VAE files (.safetensors/.pt/.ckpt) and AutoencoderKL folders a job may pick by name "
                         "(A1111's models/VAE); repeatable")
+    r = p.add_argument_group("replicas on Ray Serve (pip install 'sdlab[ray]'; see docs/distributed.md)")
+    r.add_argument("--ray", action="store_true",
+                   help="serve the same app from model replicas on Ray Serve; the job records live in one Ray actor "
+                        "on this node (default: one process with its SQLite queue)")
+    r.add_argument("--replicas", type=int, default=1, help="model replicas (one per GPU with --device cuda)")
+    r.add_argument("--min-replicas", type=int, default=None, help="autoscale from this many replicas")
+    r.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many replicas")
+    r.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves for a CPU replica")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster to join, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a local Ray)")
     p.set_defaults(run=run_serve)
 
 
@@ -49,6 +61,53 @@ def settings_from_args(args):
                           lora_dirs=tuple(args.lora_dir), vae_dirs=tuple(args.vae_dir))
 
 
+def check_replicas(args) -> None:
+    """ConfigError for replica counts that cannot be, or replica options without --ray."""
+    from ..errors import ConfigError
+
+    given = [f for f, v in (("--min-replicas", args.min_replicas), ("--max-replicas", args.max_replicas),
+                            ("--address", args.address)) if v is not None] + (["--replicas"] if args.replicas != 1 else [])
+    if not args.ray and given:
+        raise ConfigError(f"{given[0]} needs --ray")
+    for name, value in (("replicas", args.replicas), ("min-replicas", args.min_replicas),
+                        ("max-replicas", args.max_replicas)):
+        if value is not None and not 1 <= value <= 10000:
+            raise ConfigError(f"--{name} must be between 1 and 10000, got {value}")
+    if args.min_replicas and args.max_replicas and args.min_replicas > args.max_replicas:
+        raise ConfigError(f"--min-replicas {args.min_replicas} is above --max-replicas {args.max_replicas}")
+    if args.ray and args.device and len(args.device) > 1:
+        raise ConfigError("with --ray each replica has one device: give one --device and --replicas N")
+
+
+def run_ray_serve(args, settings) -> int:
+    """The app on Ray Serve until Ctrl-C; the QueueLock keeps a plain server off this state folder."""
+    import time
+
+    from ..errors import ConfigError
+    from ..server.lock import QueueLock
+
+    try:
+        from ..server import ray_serve
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'sdlab[ray]'") from None
+    lock = QueueLock.acquire(settings)
+    started = ray_serve.connect(args.address, args.replicas * args.cpus_per_replica + 1)
+    try:
+        ray_serve.deploy(settings, args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                         cpus=args.cpus_per_replica)
+        print(f"sdlab studio on Ray Serve: http://{settings.host}:{settings.port}/  (outputs: {settings.output_dir})",
+              flush=True)
+        while True:
+            time.sleep(1.0)
+    finally:
+        ray_serve.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
+        lock.release()
+
+
 def run_serve(args) -> int:
     import uvicorn
 
@@ -56,7 +115,10 @@ def run_serve(args) -> int:
     from ..server.app import create_app
     from ..server.lock import QueueLock
 
+    check_replicas(args)
     settings = settings_from_args(args)  # ConfigError (e.g. no token off loopback) -> exit 2
+    if args.ray:
+        return run_ray_serve(args, settings)
     lock = QueueLock.acquire(settings)   # ServerBusy (another server on this folder) -> exit 2
     try:
         # Load before binding, so a bad --model is a one-line error (ModelLoadError -> exit 2).

@@ -48,28 +48,33 @@ def _load_pipeline(settings: ServerSettings):
     return load
 
 
-def create_app(settings: ServerSettings, load_pipeline=None, queue_lock: Optional[QueueLock] = None) -> FastAPI:
+def create_app(settings: ServerSettings, load_pipeline=None, queue_lock: Optional[QueueLock] = None,
+               job_queue=None) -> FastAPI:
     """The sdlab studio app; the queue starts (and the model loads) when the app starts up.
     The queue's lock (`queue_lock`, else taken at startup: ServerBusy if another server holds
-    it) is held until the app stops."""
+    it) is held until the app stops. `job_queue(settings, load_pipeline)`: builds the JobQueue
+    instead, over a store of its own that several apps share (Ray Serve's replicas,
+    sdlab.server.ray_serve); no lock is taken then."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.output_dir.mkdir(parents=True, exist_ok=True)
-        lock = queue_lock or QueueLock.acquire(settings)
+        lock = (queue_lock or QueueLock.acquire(settings)) if job_queue is None else None
         try:
             await asyncio.to_thread(clean_server_temps, settings.output_dir, settings.upload_dir)
-            store = JobStore(settings.db_path)
-            queue = JobQueue(settings, store, load_pipeline or _load_pipeline(settings))
+            load = load_pipeline or _load_pipeline(settings)
+            queue = (JobQueue(settings, JobStore(settings.db_path), load) if job_queue is None
+                     else job_queue(settings, load))
             try:
                 await asyncio.to_thread(queue.start)
                 app.state.queue = queue
                 yield
             finally:
                 await asyncio.to_thread(queue.stop)
-                store.close()
+                queue.store.close()
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     app = FastAPI(title="sdlab studio", version=__version__, lifespan=lifespan,
                   description="txt2img, img2img, attention-map, prompt-to-prompt and training jobs in a "
