@@ -6,11 +6,13 @@ import argparse
 import sys
 
 from ..errors import SdlabError
-from . import attend, batch, convert, edit, embed, evaluate, generate, info, serve, tokens, train, world
+from . import (attend, batch, convert, edit, embed, evaluate, generate, grid, info, inpaint, serve, tokens,
+               train, world)
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
   sdlab img2img input.png "a small yellow star" --strength 0.6
+  sdlab inpaint input.png mask.png "a small yellow star" --mask-blur 2
   sdlab info
   sdlab tokens "a (large:1.3) red circle BREAK on a blue background"
   sdlab world read image.png
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate.register(sub)
+    inpaint.register(sub)
+    grid.register(sub)
     batch.register(sub)
     attend.register(sub)
     edit.register(sub)
