@@ -145,7 +145,11 @@ def test_samplers_models_and_options(api, shipped_pipe):
     dpm = next(s for s in samplers if s["name"] == "DPM++ 2M")
     assert dpm["aliases"] == ["k_dpmpp_2m"] and dpm["options"] == {"scheduler": "karras"}
     assert [(s["name"], s["label"]) for s in api.get_schedulers()] == [
-        ("automatic", "Automatic"), ("karras", "Karras"), ("sgm_uniform", "SGM Uniform")]  # trailing spacing
+        ("automatic", "Automatic"), ("uniform", "Uniform"), ("sgm_uniform", "SGM Uniform"), ("ddim", "DDIM"),
+        ("karras", "Karras"), ("exponential", "Exponential"), ("polyexponential", "Polyexponential"),
+        ("align_your_steps", "Align Your Steps")]
+    sde = next(s for s in samplers if s["name"] == "DPM++ 2M SDE")
+    assert sde["aliases"] == ["k_dpmpp_2m_sde"] and sde["options"] == {"scheduler": "exponential"}
     (model,) = api.get_sd_models()
     title = f"shapes-sd [{shipped_pipe.c.model_hash}]"
     assert (model["title"], model["model_name"], model["hash"]) == (title, "shapes-sd", shipped_pipe.c.model_hash)
@@ -161,29 +165,32 @@ def test_samplers_models_and_options(api, shipped_pipe):
     assert r.info["sampler_name"] == "Euler a" and len(r.images) == 1
 
 
-@pytest.mark.parametrize("name, scheduler, spacing, sampler", [
-    ("DPM++ 2M", "automatic", "trailing", "DPM++ 2M Karras"),    # A1111's default schedule of DPM++ 2M
-    ("DPM++ 2M", "SGM Uniform", "trailing", "DPM++ 2M"),          # the label infotext writes for trailing
-    ("DPM++ 2M", "uniform", "linspace", "DPM++ 2M"),
-    ("DPM++ 2M Karras", None, "trailing", "DPM++ 2M Karras"),    # pre-1.9 names
-    ("Euler a", "automatic", "trailing", "Euler a"),
-    ("euler", "Karras", "leading", "Euler Karras"),
-    ("k_lms_ka", None, "trailing", "LMS Karras"),
-    ("DDIM", None, "leading", "DDIM"),
+@pytest.mark.parametrize("name, scheduler, sampler", [
+    ("DPM++ 2M", "automatic", ("DPM++ 2M Karras", "Automatic")),    # A1111's default schedule of DPM++ 2M
+    ("DPM++ 2M", "SGM Uniform", ("DPM++ 2M", "SGM Uniform")),       # the label infotext writes for trailing
+    ("DPM++ 2M", "uniform", ("DPM++ 2M", "Uniform")),
+    ("DPM++ 2M Karras", None, ("DPM++ 2M Karras", "Automatic")),    # pre-1.9 names
+    ("DPM++ 2M Karras", "exponential", ("DPM++ 2M Karras", "Automatic")),   # the name's schedule wins, as in A1111
+    ("DPM++ 3M SDE Exponential", None, ("DPM++ 3M SDE", "Exponential")),
+    ("Euler a", "automatic", ("Euler a", "Automatic")),
+    ("euler", "Karras", ("Euler Karras", "Automatic")),
+    ("k_lms_ka", None, ("LMS Karras", "Automatic")),
+    ("k_dpmpp_2m_sde", None, ("DPM++ 2M SDE", "Exponential")),         # A1111's default for it
+    ("DDIM", None, ("DDIM", "Automatic")),
+    ("DDIM", "karras", ("DDIM", "Karras")),
+    ("UniPC", "align_your_steps", ("UniPC", "Align Your Steps")),
 ])
-def test_a1111_sampler_and_scheduler_names(name, scheduler, spacing, sampler):
-    assert resolve_sampler(name, scheduler, spacing) == sampler
+def test_a1111_sampler_and_scheduler_names(name, scheduler, sampler):
+    assert resolve_sampler(name, scheduler) == sampler
 
 
-@pytest.mark.parametrize("name, scheduler, spacing, message", [
-    ("DDIM", "karras", "trailing", "sampler DDIM has no Karras schedule"),
-    ("Euler", "exponential", "trailing", "scheduler must be one of automatic, karras, sgm_uniform"),
-    ("Euler", "uniform", "trailing", "scheduler must be one of automatic, karras, sgm_uniform"),
-    ("Euler z", None, "trailing", "unknown sampler"),
+@pytest.mark.parametrize("name, scheduler, message", [
+    ("Euler", "cosine", "unknown schedule 'cosine'; known schedules: Automatic, Uniform"),
+    ("Euler z", None, "unknown sampler"),
 ])
-def test_a1111_sampler_names_refused(name, scheduler, spacing, message):
+def test_a1111_sampler_names_refused(name, scheduler, message):
     with pytest.raises(ConfigError, match=message):
-        resolve_sampler(name, scheduler, spacing)
+        resolve_sampler(name, scheduler)
 
 
 @pytest.mark.parametrize("route, body, field", [
@@ -197,8 +204,7 @@ def test_a1111_sampler_names_refused(name, scheduler, spacing, message):
     ("txt2img", {"batch_size": 8, "n_iter": 3}, "batch_size * batch_count"),
     ("txt2img", {"prompt": "a\x00b"}, "prompt"),
     ("txt2img", {"sampler_name": "Euler z"}, "unknown sampler"),
-    ("txt2img", {"scheduler": "exponential"}, "scheduler"),
-    ("txt2img", {"sampler_name": "DDIM", "scheduler": "karras"}, "no Karras schedule"),
+    ("txt2img", {"scheduler": "cosine"}, "unknown schedule"),
     ("txt2img", {"enable_hr": True}, "enable_hr"),
     ("txt2img", {"restore_faces": True}, "restore_faces"),
     ("txt2img", {"styles": ["anime"]}, "styles"),

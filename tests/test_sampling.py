@@ -147,7 +147,7 @@ def test_schedule_ignores_unrelated_scheduler_keys_and_rejects_bad_steps():
     with pytest.raises(ConfigError, match="steps"):
         get_sigmas(s, 0)
     with pytest.raises(ConfigError, match="sigma kind"):
-        get_sigmas(s, 10, "exponential")
+        get_sigmas(s, 10, "cosine")
 
 
 # --- denoiser ----------------------------------------------------------------------------------

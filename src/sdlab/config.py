@@ -105,6 +105,12 @@ def _sampler_names() -> list[str]:
     return sampler_names()
 
 
+def _schedule_names() -> list[str]:
+    from .sampling import schedule_names
+
+    return schedule_names()
+
+
 _SIDE = dict(lo=8, hi=MAX_SIDE, multiple_of=8, default_text="the model's native size", http_hi=2048)
 _TEXT = dict(max_length=2000)   # characters of a prompt over HTTP
 
@@ -119,6 +125,9 @@ class GenerationConfig:
     steps: int = setting(25, "sampling steps", lo=1, hi=1000, http_hi=150)
     cfg_scale: float = setting(7.5, "classifier-free guidance scale", lo=0.0, hi=100.0, http_hi=30.0)
     sampler: str = setting("Euler a", "the sampler, by its AUTOMATIC1111 name", choices=_sampler_names)
+    schedule: str = setting("Automatic", "the sigma schedule (A1111's Schedule type); Automatic: the one the "
+                            "sampler's name carries (Karras for \"... Karras\"), else the model's timestep spacing",
+                            choices=_schedule_names)
     seed: int = setting(0, "seed of the first image, 0 .. 2^32-1; image i uses seed+i, so the last image's seed "
                            "must stay below 2^32 too (a larger one is refused, not wrapped)",
                         lo=0, hi=MAX_SEED, request_default=None, default_text="random")
@@ -139,9 +148,9 @@ class GenerationConfig:
         if self.seed + n - 1 > MAX_SEED:     # image i uses seed + i: refused, never wrapped
             raise ConfigError(f"seed must be between 0 and {MAX_SEED - n + 1} for {n} images (batch_size x "
                               f"batch_count), as image i uses seed + i and seeds are below 2^32; got {self.seed}")
-        from .sampling.samplers import get_sampler
+        from .sampling.samplers import resolve_sampler
 
-        get_sampler(self.sampler)
+        resolve_sampler(self.sampler, self.schedule)
 
     def to_dict(self) -> dict:
         return asdict(self)

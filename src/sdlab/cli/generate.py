@@ -26,7 +26,8 @@ EXAMPLES = """examples:
 
 
 # GenerationConfig fields that are options of every sampling command; the batch ones are not
-SAMPLING_SETTINGS = ("negative_prompt", "steps", "cfg_scale", "sampler", "seed", "width", "height", "guidance_rescale")
+SAMPLING_SETTINGS = ("negative_prompt", "steps", "cfg_scale", "sampler", "schedule", "seed", "width", "height",
+                     "guidance_rescale")
 BATCH_SETTINGS = ("batch_size", "batch_count")
 
 

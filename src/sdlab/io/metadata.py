@@ -32,18 +32,26 @@ FLOAT_KEYS = {"CFG scale", "Denoising strength", "Variation seed strength", "Eta
 
 
 # A1111 >= 1.9 writes the sigma schedule apart from the sampler ("Sampler: DPM++ 2M, Schedule type:
-# Karras"); without the field it takes the sampler's own default (Karras, for DPM++ 2M). sdlab's
-# default sigmas follow the model's timestep spacing: A1111's Uniform is linspace, SGM Uniform
-# trailing, DDIM leading.
-SCHEDULE_TYPES = {"karras": "Karras", "linspace": "Uniform", "trailing": "SGM Uniform", "leading": "DDIM"}
+# Karras"); without the field it takes the sampler's own default (Karras, for DPM++ 2M). Its schedule
+# types (sd_schedulers.py) by name and label, those sdlab has. sdlab's "default" sigmas follow the model's
+# timestep spacing: A1111's Uniform is linspace, SGM Uniform trailing, DDIM leading.
+SCHEDULE_LABELS = {"automatic": "Automatic", "uniform": "Uniform", "sgm_uniform": "SGM Uniform", "ddim": "DDIM",
+                   "karras": "Karras", "exponential": "Exponential", "polyexponential": "Polyexponential",
+                   "align_your_steps": "Align Your Steps"}
+SPACING_SCHEDULES = {"linspace": "uniform", "trailing": "sgm_uniform", "leading": "ddim"}
+
+
+def schedule_label(sigma_kind: str, timestep_spacing: str) -> str:
+    """A1111's "Schedule type" of sdlab's sigma kind ("default": the label of the model's spacing)."""
+    key = SPACING_SCHEDULES.get(timestep_spacing) if sigma_kind == "default" else sigma_kind
+    return SCHEDULE_LABELS.get(key, "Automatic")
 
 
 def sampler_fields(name: str, sigma_kind: str, timestep_spacing: str) -> dict[str, str]:
-    """A1111's "Sampler" and "Schedule type" of an sdlab sampler: "DPM++ 2M Karras" ->
-    {"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, as A1111 writes them."""
-    if sigma_kind == "karras":
-        return {"Sampler": name.removesuffix(" Karras"), "Schedule type": SCHEDULE_TYPES["karras"]}
-    return {"Sampler": name, "Schedule type": SCHEDULE_TYPES.get(timestep_spacing, "Automatic")}
+    """A1111's "Sampler" and "Schedule type" of an sdlab sampler and its sigma kind: "DPM++ 2M Karras" ->
+    {"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, as A1111 writes them (a name's schedule suffix goes)."""
+    label = schedule_label(sigma_kind, timestep_spacing)
+    return {"Sampler": name.removesuffix(f" {label}") if sigma_kind != "default" else name, "Schedule type": label}
 
 
 def hashes_field(records) -> str | None:

@@ -9,8 +9,14 @@ at noise * sigmas[0] (or a noised image for img2img), and `sigmas` is descending
 After each step the sampler reports `StepEvent(step=i, total=len(sigmas) - 1, sigma, x, denoised)`
 to `callback` and then checks `cancel.raise_if_cancelled()`. Ancestral noise comes from
 `generator` on the CPU (see `noise.randn_like`), so a seed reproduces across devices; a list of
-generators, one per batch row, makes each row reproducible on its own.
+generators, one per batch row, makes each row reproducible on its own (the DPM++ SDE family draws
+Brownian-tree noise from it, sdlab.sampling.brownian). A sampler may take more keywords (eta, order).
 Samplers run under `torch.no_grad()`; a guidance wrapper that needs gradients enables them itself.
+
+The ODE samplers and DDPM and LCM live here, the DPM++ SDE family in `sde`, UniPC in `unipc`, Restart
+in `restart`, the steps they share in `steps`. `SAMPLERS` registers them under AUTOMATIC1111's names;
+the sigma schedule is chosen apart (sdlab.sampling.sigmas, A1111's "Schedule type"), and a name such as
+"DPM++ 2M Karras" carries its schedule (`resolve_sampler`).
 """
 
 from __future__ import annotations
@@ -23,43 +29,20 @@ import numpy as np
 import torch
 from numpy.polynomial import polynomial as P
 
-from ..callbacks import CancelToken, StepCallback, StepEvent
+from ..callbacks import CancelToken, StepCallback
 from ..errors import ConfigError
+from ..io.metadata import SCHEDULE_LABELS
 from .noise import Generators, randn_like
-from .schedule import NoiseSchedule, get_sigmas
-
-Denoise = Callable[..., torch.Tensor]
-Sigmas = torch.Tensor | Sequence[float]
-
-
-def _floats(sigmas: Sigmas) -> list[float]:
-    return [float(s) for s in sigmas]
-
-
-def _call(model: Denoise, x: torch.Tensor, sigma: float, extra_args: Optional[dict]) -> torch.Tensor:
-    dtype = torch.promote_types(x.dtype, torch.float32)  # sigma stays >= float32 with fp16 latents
-    return model(x, torch.full((x.shape[0],), sigma, dtype=dtype, device=x.device), **(extra_args or {}))
-
-
-def _report(i: int, total: int, sigma: float, x: torch.Tensor, denoised: torch.Tensor,
-            callback: Optional[StepCallback], cancel: Optional[CancelToken]) -> None:
-    if callback is not None:
-        callback(StepEvent(step=i, total=total, sigma=sigma, x=x, denoised=denoised))
-    if cancel is not None:
-        cancel.raise_if_cancelled()
-
+from .restart import sample_restart
+from .schedule import NoiseSchedule
+from .sde import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_sde
+from .sigmas import AUTOMATIC, get_sigmas, schedule_kind
+from .steps import Denoise, Sigmas, ancestral_step, call, ddim_step, floats, heun_step, report
+from .unipc import sample_unipc
 
 def _d(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
     """The probability-flow ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, eq. 4)."""
     return (x - denoised) / sigma
-
-
-def ddim_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-    """x at sigma_next = denoised + sigma_next * eps with eps = (x - denoised) / sigma, written as
-    (sigma_next / sigma) x + (1 - sigma_next / sigma) denoised: exact for a constant denoiser, and finite
-    as sigma grows without bound (x / sigma stays the initial noise), as on a zero-terminal-SNR schedule."""
-    ratio = sigma_next / sigma
-    return x * ratio + denoised * (1 - ratio)
 
 
 @torch.no_grad()
@@ -67,21 +50,12 @@ def sample_euler(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_args:
                  callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None,
                  generator: Generators = None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn)."""
-    s = _floats(sigmas)
+    s = floats(sigmas)
     for i in range(len(s) - 1):
-        denoised = _call(model, x, s[i], extra_args)
+        denoised = call(model, x, s[i], extra_args)
         x = x + _d(x, denoised, s[i]) * (s[i + 1] - s[i])
-        _report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
+        report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
     return x
-
-
-def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
-    """(sigma_down, sigma_up): the deterministic step goes to sigma_down, then noise of std sigma_up
-    is added so the marginal at sigma_next is right (the DDPM ancestral step in sigma form)."""
-    if sigma_next == 0 or eta == 0:
-        return sigma_next, 0.0
-    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    return math.sqrt(sigma_next**2 - up**2), up
 
 
 @torch.no_grad()
@@ -89,14 +63,14 @@ def sample_euler_ancestral(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, e
                            callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None,
                            generator: Generators = None, eta: float = 1.0) -> torch.Tensor:
     """Euler ancestral ("Euler a"): an Euler step to sigma_down plus fresh noise of std sigma_up."""
-    s = _floats(sigmas)
+    s = floats(sigmas)
     for i in range(len(s) - 1):
-        denoised = _call(model, x, s[i], extra_args)
+        denoised = call(model, x, s[i], extra_args)
         down, up = ancestral_step(s[i], s[i + 1], eta)
         x = x + _d(x, denoised, s[i]) * (down - s[i])
         if up > 0:
             x = x + randn_like(x, generator) * up
-        _report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
+        report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
     return x
 
 
@@ -115,16 +89,10 @@ def sample_heun(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_args: 
     weighs it (s - s') / (2 s) <= 1/2. Same order, same model calls; on ordinary steps the two differ by
     O(h^3) per step (not bit-identical to k-diffusion's or diffusers' Heun). The last step to sigma = 0 is Euler.
     """
-    s = _floats(sigmas)
+    s = floats(sigmas)
     for i in range(len(s) - 1):
-        denoised = _call(model, x, s[i], extra_args)
-        x_euler = ddim_step(x, denoised, s[i], s[i + 1])
-        if s[i + 1] == 0:
-            x = x_euler
-        else:
-            denoised_next = _call(model, x_euler, s[i + 1], extra_args)
-            x = ddim_step(x, (denoised + denoised_next) / 2, s[i], s[i + 1])
-        _report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
+        x, denoised = heun_step(model, x, s[i], s[i + 1], extra_args)
+        report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
     return x
 
 
@@ -138,11 +106,11 @@ def sample_ddim(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_args: 
     algebraically the Euler step of the probability-flow ODE (Karras et al. 2022, Sec. 4); DDIM and
     Euler differ in practice only by the sigmas they are given.
     """
-    s = _floats(sigmas)
+    s = floats(sigmas)
     for i in range(len(s) - 1):
-        denoised = _call(model, x, s[i], extra_args)
+        denoised = call(model, x, s[i], extra_args)
         x = ddim_step(x, denoised, s[i], s[i + 1])
-        _report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
+        report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
     return x
 
 
@@ -170,16 +138,16 @@ def sample_lms(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_args: O
     coefficients 17 times the step in sum, which amplifies the model's step-to-step noise
     (k-diffusion extrapolates there; the results differ only in that step).
     """
-    s = _floats(sigmas)
+    s = floats(sigmas)
     ds: list[torch.Tensor] = []
     for i in range(len(s) - 1):
-        denoised = _call(model, x, s[i], extra_args)
+        denoised = call(model, x, s[i], extra_args)
         ds = (ds + [_d(x, denoised, s[i])])[-order:]
         if s[i + 1] == 0:
             x = denoised
         else:
             x = x + sum(lms_coefficient(s, i, len(ds), j) * ds[-1 - j] for j in range(len(ds)))
-        _report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
+        report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
     return x
 
 
@@ -190,11 +158,11 @@ def sample_dpmpp_2m(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_ar
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), multistep second order in
     lambda = -log(sigma); the first step is first order and the last step to sigma = 0 returns x0.
     """
-    s = _floats(sigmas)
+    s = floats(sigmas)
     old_denoised: Optional[torch.Tensor] = None
     h_last = 0.0
     for i in range(len(s) - 1):
-        denoised = _call(model, x, s[i], extra_args)
+        denoised = call(model, x, s[i], extra_args)
         if s[i + 1] == 0:
             x = denoised
         else:
@@ -207,7 +175,35 @@ def sample_dpmpp_2m(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_ar
             x = x * (s[i + 1] / s[i]) - d * math.expm1(-h)
             h_last = h
         old_denoised = denoised
-        _report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
+        report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
+    return x
+
+
+@torch.no_grad()
+def sample_ddpm(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_args: Optional[dict] = None,
+                callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None,
+                generator: Generators = None) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, eq. 6-7; diffusers' DDPMScheduler, fixed_small variance,
+    no clipping) on any sigmas. Divided by sqrt(alpha_bar'), the posterior q(x' | x, x0) is
+    N(D + (s'^2 / s^2) (x - D), s'^2 (1 - s'^2 / s^2)): the ancestral step at eta = 1, so this is "Euler a"
+    (DDIM at eta 1) in exact arithmetic."""
+    return sample_euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, cancel=cancel,
+                                  generator=generator, eta=1.0)
+
+
+@torch.no_grad()
+def sample_lcm(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_args: Optional[dict] = None,
+               callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None,
+               generator: Generators = None) -> torch.Tensor:
+    """Latent-consistency sampling (Luo et al. 2023; Song et al. 2023, Algorithm 1, multistep consistency
+    sampling): at each step predict x0, then noise it afresh to the next sigma, x' = x0 + sigma' z, with z
+    from `generator`. Works with any denoiser; a distilled LCM applies its boundary condition (c_skip,
+    c_out of the consistency parameterisation) in its denoiser, as ComfyUI does, not here."""
+    s = floats(sigmas)
+    for i in range(len(s) - 1):
+        denoised = call(model, x, s[i], extra_args)
+        x = denoised + randn_like(denoised, generator) * s[i + 1] if s[i + 1] > 0 else denoised
+        report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
     return x
 
 
@@ -215,7 +211,8 @@ def sample_dpmpp_2m(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_ar
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A named sampler: the function and which sigmas it runs on ("default" or "karras")."""
+    """A named sampler: the function and the sigma kind its name carries ("default", or the
+    schedule of a name such as "DPM++ 2M Karras": sdlab.sampling.sigmas.SIGMA_KINDS)."""
 
     name: str
     fn: Callable[..., torch.Tensor]
@@ -224,15 +221,26 @@ class SamplerSpec:
     def __iter__(self):  # unpacks as (fn, sigma_kind)
         return iter((self.fn, self.sigma_kind))
 
+    @property
+    def base(self) -> str:
+        """The sampler without the schedule its name carries ("DPM++ 2M Karras" -> "DPM++ 2M")."""
+        return self.name.removesuffix(f" {SCHEDULE_LABELS[self.sigma_kind]}") if self.sigma_kind != "default" \
+            else self.name
+
+
+# Samplers registered with a Karras variant ("Euler Karras", ...), then those without one.
+WITH_KARRAS = {"Euler": sample_euler, "Euler a": sample_euler_ancestral, "Heun": sample_heun, "LMS": sample_lms,
+               "DPM++ 2M": sample_dpmpp_2m, "DPM++ SDE": sample_dpmpp_sde, "DPM++ 2M SDE": sample_dpmpp_2m_sde,
+               "DPM++ 3M SDE": sample_dpmpp_3m_sde}
+PLAIN = {"DDIM": sample_ddim, "UniPC": sample_unipc, "DDPM": sample_ddpm, "LCM": sample_lcm, "Restart": sample_restart}
+
 
 def _registry() -> dict[str, SamplerSpec]:
-    base = {"Euler": sample_euler, "Euler a": sample_euler_ancestral, "Heun": sample_heun,
-            "LMS": sample_lms, "DPM++ 2M": sample_dpmpp_2m}
     out = {}
-    for name, fn in base.items():
+    for name, fn in WITH_KARRAS.items():
         out[name] = SamplerSpec(name, fn, "default")
         out[f"{name} Karras"] = SamplerSpec(f"{name} Karras", fn, "karras")
-    out["DDIM"] = SamplerSpec("DDIM", sample_ddim, "default")
+    out.update({name: SamplerSpec(name, fn, "default") for name, fn in PLAIN.items()})
     return out
 
 
@@ -245,21 +253,42 @@ def sampler_names() -> list[str]:
 
 
 def get_sampler(name: str) -> SamplerSpec:
-    """The sampler called `name` (case-insensitive, surrounding spaces ignored)."""
+    """The sampler called `name` (case-insensitive, surrounding spaces ignored). As in A1111, a
+    registered sampler followed by a schedule label ("DPM++ 2M SDE Exponential") names both."""
     if isinstance(name, str):
         wanted = " ".join(name.split()).casefold()
         for key, spec in SAMPLERS.items():
             if key.casefold() == wanted:
                 return spec
+        for kind, label in SCHEDULE_LABELS.items():
+            base = wanted.removesuffix(f" {label.casefold()}")
+            spec = next((v for k, v in SAMPLERS.items() if k.casefold() == base), None)
+            if kind != AUTOMATIC and base != wanted and spec is not None and spec.sigma_kind == "default":
+                return SamplerSpec(f"{spec.name} {label}", spec.fn, kind)
     raise ConfigError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}")
+
+
+def resolve_sampler(name: str, schedule: str = "Automatic") -> tuple[SamplerSpec, str]:
+    """(the sampler, the sigma kind it runs on) for a sampler name and a schedule type (A1111 >= 1.9
+    chooses them apart). "Automatic" takes the schedule the name carries ("DPM++ 2M Karras": Karras),
+    else the model's own timestep spacing ("default"); a name's schedule and another one conflict."""
+    spec, kind = get_sampler(name), schedule_kind(schedule)
+    if kind == AUTOMATIC or kind == spec.sigma_kind:
+        return spec, spec.sigma_kind
+    if spec.sigma_kind != "default":
+        raise ConfigError(f"sampler {spec.name!r} runs on the {SCHEDULE_LABELS[spec.sigma_kind]} schedule, not "
+                          f"{SCHEDULE_LABELS[kind]}: use sampler {spec.base!r} with schedule {schedule!r}")
+    return spec, kind
 
 
 def sample(name: str, denoiser: Denoise, noise: torch.Tensor, steps: int, schedule: NoiseSchedule, *,
            extra_args: Optional[dict] = None, callback: Optional[StepCallback] = None,
-           cancel: Optional[CancelToken] = None, generator: Generators = None) -> torch.Tensor:
-    """Run sampler `name` for `steps` steps from unit-variance `noise` (scaled here by sigmas[0])."""
-    fn, kind = get_sampler(name)
+           cancel: Optional[CancelToken] = None, generator: Generators = None,
+           schedule_type: str = "Automatic") -> torch.Tensor:
+    """Run sampler `name` for `steps` steps from unit-variance `noise` (scaled here by sigmas[0]),
+    on the sigmas of `schedule_type` (see `resolve_sampler`)."""
+    spec, kind = resolve_sampler(name, schedule_type)
     sigmas = get_sigmas(schedule, steps, kind)
     x = noise * float(sigmas[0])
-    return fn(denoiser, x, sigmas, extra_args=extra_args, callback=callback, cancel=cancel,
-              generator=generator)
+    return spec.fn(denoiser, x, sigmas, extra_args=extra_args, callback=callback, cancel=cancel,
+                   generator=generator)

@@ -4,19 +4,17 @@ A DDPM model trained with `alphas_cumprod[t]` (Ho et al. 2020) sees x_t = sqrt(a
 Dividing by sqrt(a) gives x = x0 + sigma eps with sigma = sqrt((1 - a) / a), the variance-exploding
 form that Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based Generative
 Models") and k-diffusion sample in. `NoiseSchedule` holds both, converts sigma <-> t (continuous t
-by interpolation in log-sigma), and builds sigma sequences for N sampling steps:
-
-- `discrete_sigmas`: the scheduler's own timestep spacing ("leading", "trailing", "linspace";
-  Lin et al. 2023, Table 2), the same timesteps diffusers' EulerDiscreteScheduler uses;
-- `karras_sigmas`: Karras et al. 2022, eq. 5, rho = 7 (under zero terminal SNR: after a first step
-  from the SNR-0 sigma, see there).
+by interpolation in log-sigma). `discrete_sigmas` gives the sigmas of N sampling steps at the
+scheduler's own timestep spacing ("leading", "trailing", "linspace"; Lin et al. 2023, Table 2), the
+same timesteps diffusers' EulerDiscreteScheduler uses; `sdlab.sampling.sigmas` the other named
+sigma sequences (Karras, exponential, ...).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -26,7 +24,6 @@ from ..errors import ConfigError
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-SIGMA_KINDS = ("default", "karras")
 ZERO_SNR_ALPHA_CUMPROD = 2.0**-24  # diffusers' clamp for the last alpha_cumprod under zero SNR
 
 
@@ -198,7 +195,7 @@ class NoiseSchedule:
 
     def timesteps(self, steps: int) -> np.ndarray:
         """The `steps` training timesteps (descending, float64) of this schedule's spacing."""
-        _check_steps(steps)
+        check_steps(steps)
         n = self.num_train_timesteps
         if steps > n:
             raise ConfigError(f"steps must be <= num_train_timesteps ({n}) for the discrete spacing, got {steps}")
@@ -211,7 +208,7 @@ class NoiseSchedule:
         return np.round(n - np.arange(steps) * ratio) - 1.0
 
 
-def _check_steps(steps: Any) -> None:
+def check_steps(steps: Any) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
 
@@ -225,36 +222,3 @@ def discrete_sigmas(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     """
     sig = schedule.t_to_sigma(torch.from_numpy(schedule.timesteps(steps)))
     return torch.cat([sig, sig.new_zeros(1)])
-
-
-def karras_sigmas(schedule: NoiseSchedule, steps: int, rho: float = 7.0,
-                  sigma_min: Optional[float] = None, sigma_max: Optional[float] = None) -> torch.Tensor:
-    """Karras et al. 2022, eq. 5: sigma_i = (max^(1/rho) + i/(N-1) (min^(1/rho) - max^(1/rho)))^rho, then 0.
-
-    Under zero terminal SNR (and no `sigma_max` given) the largest sigma is infinite in truth (clamped
-    to ~4096), and a ramp from it spends most steps where the image is still pure noise (13 of 20 above
-    sigma 20, 0 of 20 from SD's 14.6). There the sequence starts at the SNR-0 sigma (Lin et al. 2023:
-    sample from the last timestep), takes the trailing spacing's first step, to t = T (1 - 1/N) - 1
-    (a sigma that grows with N), and ramps from there to sigma_min over the other N - 1 steps.
-    """
-    _check_steps(steps)
-    lo = schedule.sigma_min if sigma_min is None else sigma_min
-    if sigma_max is None and schedule.rescale_betas_zero_snr:
-        n = schedule.num_train_timesteps
-        first = float(schedule.t_to_sigma(float(np.round(n - n / steps) - 1)))
-        rest = karras_sigmas(schedule, steps - 1, rho, lo, first) if steps > 1 else schedule.sigmas.new_zeros(1)
-        return torch.cat([schedule.sigmas[-1:], rest])
-    hi = schedule.sigma_max if sigma_max is None else sigma_max
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
-    inv_hi, inv_lo = hi ** (1 / rho), lo ** (1 / rho)
-    sig = (inv_hi + ramp * (inv_lo - inv_hi)) ** rho
-    return torch.cat([sig, sig.new_zeros(1)])
-
-
-def get_sigmas(schedule: NoiseSchedule, steps: int, kind: str = "default") -> torch.Tensor:
-    """The sigma sequence of `kind` ("default" = scheduler spacing, "karras") for `steps` steps."""
-    if kind == "default":
-        return discrete_sigmas(schedule, steps)
-    if kind == "karras":
-        return karras_sigmas(schedule, steps)
-    raise ConfigError(f"sigma kind must be one of {', '.join(SIGMA_KINDS)}; got {kind!r}")

@@ -26,10 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import __version__
 from ..errors import ConfigError
-from ..io.metadata import SCHEDULE_TYPES, parse_infotext
+from ..io.metadata import SCHEDULE_LABELS, parse_infotext
 from ..models.vae_file import vae_names
-from ..sampling import sampler_names
-from ..sampling.samplers import get_sampler
+from ..sampling import SAMPLERS, get_sampler, sampler_names, schedule_kind
 from .files import safe_output_path, save_upload
 from .schemas import (MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, GenerateRequest,
                       Img2ImgRequest, _clean_text, http_bound)
@@ -40,8 +39,12 @@ PREFIX = "/sdapi/v1"
 POLL_SECONDS = 0.05
 # k-diffusion names A1111 lists as aliases; a "Karras" variant takes the alias plus "_ka".
 _BASE_ALIASES = {"Euler a": ["k_euler_a", "k_euler_ancestral"], "Euler": ["k_euler"], "LMS": ["k_lms"],
-                 "Heun": ["k_heun"], "DPM++ 2M": ["k_dpmpp_2m"], "DDIM": ["ddim"]}
-DEFAULT_SCHEDULER = {"DPM++ 2M": "karras"}   # A1111's sampler option: what "automatic" means for it
+                 "Heun": ["k_heun"], "DPM++ 2M": ["k_dpmpp_2m"], "DPM++ SDE": ["k_dpmpp_sde"],
+                 "DPM++ 2M SDE": ["k_dpmpp_2m_sde"], "DPM++ 3M SDE": ["k_dpmpp_3m_sde"], "DDIM": ["ddim"],
+                 "UniPC": ["unipc"], "LCM": ["k_lcm"], "Restart": ["restart"]}
+# A1111's sampler options: what "automatic" means for each (sd_samplers_kdiffusion.py, sd_samplers_extra.py)
+DEFAULT_SCHEDULER = {"DPM++ 2M": "karras", "DPM++ SDE": "karras", "DPM++ 2M SDE": "exponential",
+                     "DPM++ 3M SDE": "exponential", "Restart": "karras"}
 NO_VAE = ("Automatic", "None")      # A1111's sd_vae values for "the model's own VAE"
 STUDIO_MODELS = {"txt2img": GenerateRequest, "img2img": Img2ImgRequest}   # the studio's checks of a job
 
@@ -52,30 +55,21 @@ def sampler_aliases(name: str) -> list[str]:
     return [f"{a}_ka" if karras else a for a in _BASE_ALIASES.get(base, [])]
 
 
-def schedulers(timestep_spacing: str) -> dict[str, str]:
-    """A1111's schedulers (name: label) this model offers: automatic, karras, and the label
-    sdlab's default sigmas carry in infotext for this spacing (e.g. sgm_uniform for trailing)."""
-    own = SCHEDULE_TYPES.get(timestep_spacing)
-    return {"automatic": "Automatic", "karras": "Karras", **({own.lower().replace(" ", "_"): own} if own else {})}
-
-
-def resolve_sampler(name: str, scheduler: Optional[str], timestep_spacing: str) -> str:
-    """sdlab's sampler for A1111's sampler name (or alias, or an old "X Karras" name) and
-    scheduler (name or label). "automatic" keeps a name's Karras, else takes the sampler's
-    A1111 default (Karras for DPM++ 2M)."""
+def resolve_sampler(name: str, scheduler: Optional[str]) -> tuple[str, str]:
+    """(sdlab's sampler, schedule) for A1111's sampler name (or alias) and scheduler (name or label),
+    as A1111's get_sampler_and_scheduler: a name that carries a schedule ("DPM++ 2M Karras") keeps it,
+    "automatic" takes the sampler's A1111 default (Karras for DPM++ 2M). A Karras schedule is given as
+    the "X Karras" sampler where one is registered (as sdlab writes it), else as the schedule."""
     by_alias = {a: n for n in sampler_names() for a in sampler_aliases(n)}
     spec = get_sampler(by_alias.get(name.strip().lower(), name))
-    base = spec.name.removesuffix(" Karras")
-    offered = schedulers(timestep_spacing)
-    wanted = (scheduler or "automatic").strip().lower().replace(" ", "_")
-    if wanted not in offered:
-        raise ConfigError(f"scheduler must be one of {', '.join(offered)} for this model")
-    if wanted == "automatic":
-        wanted = "karras" if spec.sigma_kind == "karras" else DEFAULT_SCHEDULER.get(base, wanted)
-    chosen = f"{base} Karras" if wanted == "karras" else base
-    if chosen not in sampler_names():
-        raise ConfigError(f"sampler {base} has no {offered[wanted]} schedule here; use scheduler automatic")
-    return chosen
+    if spec.sigma_kind != "default":      # registered ("DPM++ 2M Karras") or not ("DPM++ 2M Exponential")
+        return (spec.name, "Automatic") if spec.name in SAMPLERS else (spec.base, SCHEDULE_LABELS[spec.sigma_kind])
+    kind = schedule_kind(scheduler or "automatic")
+    if kind == "automatic":
+        kind = DEFAULT_SCHEDULER.get(spec.name, kind)
+    if kind == "karras" and f"{spec.name} Karras" in SAMPLERS:
+        return f"{spec.name} Karras", "Automatic"
+    return spec.name, SCHEDULE_LABELS[kind]
 
 
 class A1111Request(BaseModel):
@@ -92,8 +86,7 @@ class A1111Request(BaseModel):
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0, description="must be 0: no variation seeds")
     sampler_name: Optional[str] = Field(None, max_length=100, description="default: sampler_index")
     sampler_index: Optional[str] = Field("Euler", max_length=100)
-    scheduler: Optional[str] = Field(None, max_length=100, description="automatic, karras or the model's own "
-                                                                        "(GET schedulers)")
+    scheduler: Optional[str] = Field(None, max_length=100, description="automatic or a schedule of GET schedulers")
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
@@ -122,11 +115,12 @@ class A1111Request(BaseModel):
             raise ValueError(f"{info.field_name} is not supported by this server (sdlab); leave it unset")
         return v
 
-    def job_fields(self, timestep_spacing: str) -> dict:
-        """The studio job's fields (sdlab names) for this request on a model with this spacing."""
-        sampler = resolve_sampler(self.sampler_name or self.sampler_index or "Euler", self.scheduler, timestep_spacing)
+    def job_fields(self) -> dict:
+        """The studio job's fields (sdlab names) for this request."""
+        sampler, schedule = resolve_sampler(self.sampler_name or self.sampler_index or "Euler", self.scheduler)
         return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "steps": self.steps,
-                "cfg_scale": self.cfg_scale, "sampler": sampler, "seed": None if self.seed == -1 else self.seed,
+                "cfg_scale": self.cfg_scale, "sampler": sampler, "schedule": schedule,
+                "seed": None if self.seed == -1 else self.seed,
                 "width": self.width, "height": self.height, "batch_size": self.batch_size,
                 "batch_count": self.n_iter}
 
@@ -183,7 +177,7 @@ def a1111_router(job_params: Callable[[BaseModel, ServerSettings], dict]) -> API
 
     def prepare(kind: str, body: A1111Request, settings: ServerSettings, pipe) -> dict:
         """The job's params (blocking work: the model hash, base64, storing the upload)."""
-        fields = body.job_fields(pipe.schedule.timestep_spacing)
+        fields = body.job_fields()
         fields["vae"] = _job_vae(body.override_settings, options, settings, pipe)
         if kind == "img2img":
             fields["strength"] = body.denoising_strength
@@ -231,10 +225,11 @@ def a1111_router(job_params: Callable[[BaseModel, ServerSettings], dict]) -> API
                 for n in sampler_names() if not n.endswith(" Karras")]
 
     @router.get("/schedulers")
-    def list_schedulers(request: Request) -> list[dict]:
-        offered = schedulers(_pipe(request).schedule.timestep_spacing)
-        return [{"name": k, "label": v, "aliases": None, "default_rho": 7.0 if k == "karras" else -1.0,
-                 "need_inner_model": False} for k, v in offered.items()]
+    def list_schedulers() -> list[dict]:
+        """A1111's schedulers that sdlab has (any of them works on any model)."""
+        rho = {"karras": 7.0, "polyexponential": 1.0}    # A1111's default_rho
+        return [{"name": k, "label": v, "aliases": None, "default_rho": rho.get(k, -1.0),
+                 "need_inner_model": k in ("uniform", "sgm_uniform", "ddim")} for k, v in SCHEDULE_LABELS.items()]
 
     @router.get("/sd-models")
     def sd_models(request: Request) -> list[dict]:

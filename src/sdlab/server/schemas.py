@@ -58,8 +58,8 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class SamplingRequest(declared(_Request, GenerationConfig, "negative_prompt", "steps", "cfg_scale", "sampler", "seed",
-                               "width", "height")):
+class SamplingRequest(declared(_Request, GenerationConfig, "negative_prompt", "steps", "cfg_scale", "sampler",
+                               "schedule", "seed", "width", "height")):
     """Sampling settings shared by every job kind; seed null picks a random one."""
 
     vae: Optional[str] = Field(None, max_length=255, pattern=r"^[^/\\]+$",
@@ -252,6 +252,9 @@ class Gallery(BaseModel):
 class Options(BaseModel):
     samplers: list[str]
     default_sampler: str
+    schedules: list[str] = Field(default_factory=lambda: settings_of(GenerationConfig)["schedule"][2].choices(),
+                                 description="sigma schedules (A1111's Schedule type) a job may pick")
+    default_schedule: str = GenerationConfig.schedule
     model: Optional[str]
     native_size: Optional[int]
     loras: list[str] = Field(default_factory=list, description="names for <lora:NAME:W> prompt tags (--lora-dir)")

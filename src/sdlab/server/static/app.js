@@ -104,6 +104,7 @@ function request() {
   if (S.mode === "train") return trainRequest();
   const p = {
     prompt: $("prompt").value, negative_prompt: $("negative_prompt").value, sampler: $("sampler").value,
+    schedule: $("schedule").value || null,
     steps: numberOrNull("steps"), cfg_scale: numberOrNull("cfg_scale"), seed: numberOrNull("seed"),
     width: numberOrNull("width"), height: numberOrNull("height"),
     batch_size: numberOrNull("batch_size"), batch_count: numberOrNull("batch_count"),
@@ -401,6 +402,8 @@ async function init2() {
     S.model = o.model;
     $("sampler").innerHTML = "";
     for (const name of o.samplers) $("sampler").add(new Option(name, name, false, name === o.default_sampler));
+    $("schedule").innerHTML = "";
+    for (const name of o.schedules) $("schedule").add(new Option(name, name, false, name === o.default_schedule));
     if (o.native_size) {
       for (const id of ["width", "height"]) if (!$(id).value) $(id).value = o.native_size;
     }
