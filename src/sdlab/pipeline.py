@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .guidance.cfg import CFGDenoiser, GuidanceCond
 from .io.images import to_pil
 from .io.metadata import format_infotext, hashes_field, sampler_fields
-from .sampling import Denoiser, NoiseSchedule, get_sampler, get_sigmas, img2img_start
+from .sampling import Denoiser, NoiseSchedule, get_sigmas, img2img_start, resolve_sampler
 from .sampling.noise import batch_noise
 from .text.chunks import encode_weighted_batch, pad_to_same_length
 from .text.extra_networks import with_lora_tags
@@ -242,16 +242,17 @@ class Pipeline:
                        init: Optional[torch.Tensor] = None, callback=None, cancel=None,
                        guidance: Sequence[GuidanceWrapper] = (), attention=None,
                        cond: Optional[torch.Tensor] = None, uncond: Optional[torch.Tensor] = None,
-                       noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       noise: Optional[torch.Tensor] = None, denoiser=None) -> torch.Tensor:
         """Run the loop for one batch; returns clean latents (B, C, h, w). `cond`/`uncond`
         override the encoded prompt / negative prompt; `noise` overrides the seeded noise
-        (e.g. one noise shared by every row, as prompt-to-prompt needs)."""
-        spec = get_sampler(config.sampler)
-        shape = (self.c.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
+        (e.g. one noise shared by every row, as prompt-to-prompt needs); `denoiser` the UNet's
+        own (sdlab.sampling.Denoiser), e.g. an inpainting UNet's with its mask (sdlab.inpaint)."""
+        spec, sigma_kind = resolve_sampler(config.sampler, config.schedule)
+        shape = (self.c.vae.config.latent_channels, height // self.vae_scale, width // self.vae_scale)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         seeded = batch_noise(shape, generators)   # drawn even when overridden: ancestral noise follows it
         noise = (seeded if noise is None else noise).to(self.device)
-        sigmas = get_sigmas(self.schedule, config.steps, spec.sigma_kind).to(self.device, torch.float32)
+        sigmas = get_sigmas(self.schedule, config.steps, sigma_kind).to(self.device, torch.float32)
         if init is None:
             x = noise * sigmas[0]
         else:
@@ -264,7 +265,8 @@ class Pipeline:
         cond, uncond = pad_to_same_length(cond, uncond, lambda: self.encode_prompt([""]))
         n = len(seeds)
         cond, uncond = _expand(cond, n, "cond"), _expand(uncond, n, "uncond")
-        model = CFGDenoiser(self.denoiser, config.cfg_scale, config.guidance_rescale)
+        base = denoiser if denoiser is not None else self._unmasked_denoiser(shape)
+        model = CFGDenoiser(base, config.cfg_scale, config.guidance_rescale)
         for wrap in guidance:
             model = wrap(model, self)
         from .callbacks import combine
@@ -274,6 +276,36 @@ class Pipeline:
         with self._attention(attention):
             return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
                            callback=callback, cancel=cancel, generator=generators)
+
+    def _unmasked_denoiser(self, shape: tuple[int, int, int]):
+        """The UNet's denoiser; an inpainting UNet (9 input channels) gets A1111's conditioning
+        for txt2img and img2img: the whole image to repaint, the latents of a grey image."""
+        from .sampling.inpaint import ConcatUNet, inpaint_conditioning, is_inpainting_unet
+
+        if not is_inpainting_unet(self.c.unet):
+            return self.denoiser
+        grey = torch.zeros((1, 3, shape[1] * self.vae_scale, shape[2] * self.vae_scale), device=self.device)
+        return Denoiser(ConcatUNet(self.c.unet, inpaint_conditioning(self.encode_image, grey, None, shape[1:])),
+                        self.schedule)
+
+    def inpaint(self, config: GenerationConfig, image: Image.Image, mask: Image.Image, options=None,
+                **loop) -> GenerationResult:
+        """Repaint the white area of `mask` in `image` (AUTOMATIC1111's inpainting; sdlab.inpaint):
+        `options` an InpaintConfig (mask blur, masked content, only masked, padding, invert);
+        config.strength is the denoising strength. Pixels outside the blurred mask stay the
+        source's. `loop`: callback, cancel, guidance, attention."""
+        from .inpaint import InpaintConfig, inpaint
+
+        return inpaint(self, config, image, mask, options or InpaintConfig(), **loop)
+
+    def outpaint(self, config: GenerationConfig, image: Image.Image, expand, options=None,
+                 **loop) -> GenerationResult:
+        """`image` grown by `expand` (an sdlab.inpaint.Expand, or "left=16,top=8") with the new
+        border painted; the original area is kept as it is."""
+        from .inpaint import Expand, InpaintConfig, outpaint
+
+        expand = Expand.parse(expand) if isinstance(expand, str) else expand
+        return outpaint(self, config, image, expand, options or InpaintConfig(), **loop)
 
     def _attention(self, controller):
         """Install an attention controller on the UNet for one loop (sdlab.attention)."""
@@ -309,15 +341,17 @@ class Pipeline:
         text = f"{config.prompt} {config.negative_prompt or ''}"
         return [dict(r) for r in self.embeddings if re.search(rf"(?<!\w){re.escape(r['name'])}(?!\w)", text)]
 
-    def infotext(self, config: GenerationConfig, seed: int, width: int, height: int, *, img2img=False) -> str:
-        spec = get_sampler(config.sampler)
-        params = {"Steps": config.steps, **sampler_fields(spec.name, spec.sigma_kind, self.schedule.timestep_spacing),
+    def infotext(self, config: GenerationConfig, seed: int, width: int, height: int, *, img2img=False,
+                 extra: Optional[dict] = None) -> str:
+        spec, sigma_kind = resolve_sampler(config.sampler, config.schedule)
+        params = {"Steps": config.steps, **sampler_fields(spec.name, sigma_kind, self.schedule.timestep_spacing),
                   "CFG scale": config.cfg_scale, "Seed": seed, "Size": f"{width}x{height}",
                   "Model hash": self.c.model_hash, "Model": self.c.name}
         if img2img:
             params["Denoising strength"] = config.strength
         if config.guidance_rescale:
             params["CFG Rescale phi"] = config.guidance_rescale
+        params.update(extra or {})          # e.g. inpainting's Mask blur, Masked content
         if vae := self.c.extra.get("vae"):    # A1111 writes these two only for a swapped-in VAE
             params["VAE hash"], params["VAE"] = vae["hash"], vae["name"]
         params["Lora hashes"] = hashes_field(self.loras)     # A1111's keys, which civitai and others read

@@ -26,8 +26,9 @@ def _fail(path, reason: str, what: str = "image") -> ImageReadError:
     return ImageReadError(f"cannot read {what} '{path}': {reason}")
 
 
-def load_image(path: str | Path, max_pixels: int | None = None, what: str = "image") -> Image.Image:
-    """Open a user's image file as RGB: EXIF orientation applied, alpha composited on white.
+def load_image(path: str | Path, max_pixels: int | None = None, what: str = "image", convert=None) -> Image.Image:
+    """Open a user's image file as RGB: EXIF orientation applied, alpha composited on white
+    (`convert(image)` instead of to_rgb: another conversion, e.g. a mask's, sdlab.inpaint.masks).
 
     The one safe reader of user images: anything but a regular file (a FIFO, a device, a folder)
     is refused before it is read, and an image over ``max_pixels`` (default: MAX_PIXELS, or
@@ -46,7 +47,7 @@ def load_image(path: str | Path, max_pixels: int | None = None, what: str = "ima
                         raise _fail(p, f"{w}x{h} is {w * h} pixels, over the limit of {limit} "
                                        "(decompression bomb guard)", what)
                     img.load()
-                    return to_rgb(ImageOps.exif_transpose(img))
+                    return (convert or to_rgb)(ImageOps.exif_transpose(img))
         except ImageReadError:
             raise
         except Image.DecompressionBombError as exc:     # PIL's own guard, at twice its MAX_IMAGE_PIXELS

@@ -1,0 +1,16 @@
+"""Inpainting and outpainting (AUTOMATIC1111's img2img with a mask) through the one sampling loop.
+
+    from sdlab import Pipeline, GenerationConfig
+    from sdlab.inpaint import InpaintConfig
+    pipe = Pipeline.load()
+    out = pipe.inpaint(GenerationConfig("a red star on the left on a blue background", seed=1),
+                       image, mask, InpaintConfig(mask_blur=2))      # white in `mask` = repaint
+    wide = pipe.outpaint(GenerationConfig("a red circle on a blue background"), image, "left=16,top=8")
+"""
+
+from .masks import expand_canvas, load_mask, mask_from_image
+from .options import MASKED_CONTENT, Expand, InpaintConfig
+from .run import Prepared, composite, inpaint, inpaint_latents, outpaint, prepare, processing_size
+
+__all__ = ["MASKED_CONTENT", "Expand", "InpaintConfig", "Prepared", "composite", "expand_canvas", "inpaint",
+           "inpaint_latents", "load_mask", "mask_from_image", "outpaint", "prepare", "processing_size"]
