@@ -11,10 +11,15 @@ guided prediction back towards that of the conditional one to counter over-expos
 
 Here the rescale acts on the denoised x0 prediction (the quantity the denoiser interface returns);
 diffusers' pipelines apply it to the raw UNet output instead, so results differ slightly.
+
+`cond` and `uncond` may each be a `ScheduledCond`, conditionings that change with the sampler step
+(A1111 prompt editing, sdlab.text.prompt_schedule): the wrapper uses the entry of its current `step`,
+which `on_step`, given to the sampler as a callback, advances after each step.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
@@ -23,6 +28,34 @@ import torch
 
 from ..errors import ConfigError
 from ..sampling.denoiser import broadcast_batch, sigma_batch
+
+
+@dataclass(frozen=True)
+class ScheduledCond:
+    """Conditionings per sampler step: `conds[i]` is used while the (0-based) step is <= `ends[i]`
+    (ascending), the last one after; every entry has the same shape."""
+
+    ends: tuple[int, ...]
+    conds: tuple[torch.Tensor, ...]
+
+    def __post_init__(self):
+        if not self.conds or len(self.ends) != len(self.conds) or list(self.ends) != sorted(self.ends):
+            raise ConfigError("a ScheduledCond needs one ascending end step per conditioning, and at least one")
+        if any(c.shape != self.conds[0].shape for c in self.conds):
+            raise ConfigError(f"the conditionings of a ScheduledCond must have one shape, got "
+                              f"{sorted({tuple(c.shape) for c in self.conds})}")
+
+    def at(self, step: int) -> torch.Tensor:
+        """The conditioning of sampler step `step`."""
+        return self.conds[min(bisect.bisect_left(self.ends, step), len(self.conds) - 1)]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ScheduledCond":
+        return ScheduledCond(self.ends, tuple(fn(c) for c in self.conds))
+
+
+def cond_at(value: Any, step: int) -> Any:
+    """`value` at sampler step `step`: a ScheduledCond's entry, anything else as it is."""
+    return value.at(step) if isinstance(value, ScheduledCond) else value
 
 
 @dataclass(frozen=True)
@@ -74,15 +107,21 @@ class CFGDenoiser:
         self.denoiser = denoiser
         self.scale = _check_number("scale", scale, 0.0)
         self.guidance_rescale = _check_number("guidance_rescale", guidance_rescale, 0.0, 1.0)
+        self.step = 0          # the sampler step, for ScheduledCond conditionings
+
+    def on_step(self, event) -> None:
+        """A StepCallback: the sampler finished step `event.step`, so the next calls belong to the next one."""
+        self.step = event.step + 1
 
     def __call__(self, x: torch.Tensor, sigma: Any, cond: Any) -> torch.Tensor:
         c = GuidanceCond.coerce(cond)
+        cond, uncond = cond_at(c.cond, self.step), cond_at(c.uncond, self.step)
         if self.scale == 1.0:
-            return self.denoiser(x, sigma, c.cond)
-        if c.uncond is None:
+            return self.denoiser(x, sigma, cond)
+        if uncond is None:
             raise ConfigError(f"uncond is required for guidance scale {self.scale} (only scale 1 works without it)")
         b = x.shape[0]
-        cond_t, uncond_t = broadcast_batch(c.cond, b, "cond"), broadcast_batch(c.uncond, b, "uncond")
+        cond_t, uncond_t = broadcast_batch(cond, b, "cond"), broadcast_batch(uncond, b, "uncond")
         if cond_t.shape[1:] != uncond_t.shape[1:]:
             raise ConfigError(f"uncond shape {tuple(uncond_t.shape[1:])} must match cond shape "
                               f"{tuple(cond_t.shape[1:])} to batch them in one call")
