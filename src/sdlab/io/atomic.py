@@ -101,13 +101,17 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8", *, r
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temp folder to fill; on success it replaces ``path``, on error it is removed.
 
     The previous folder is moved aside only once the new one is complete, then deleted. (A
     crash between the two renames leaves the old copy as ``.NAME.old-*`` beside ``path``.)
+    ``replace=False``: an existing ``path`` is kept and OutputExists raised, before the work
+    and again when the folder is published (the name is claimed with mkdir, then filled).
     """
     path = Path(path)
+    if not replace and (path.exists() or path.is_symlink()):
+        raise OutputExists(exists_message(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
     tmp.mkdir()
@@ -117,7 +121,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             for name in files:
                 _fsync_path(Path(root) / name)
         old = None
-        if path.exists() or path.is_symlink():
+        if not replace:
+            _claim_dir(path)
+        elif path.exists() or path.is_symlink():
             old = _sibling(path, "old")
             os.replace(path, old)
         try:
@@ -125,6 +131,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         except BaseException:
             if old is not None:
                 os.replace(old, path)
+            elif not replace:
+                with contextlib.suppress(OSError):
+                    path.rmdir()        # our empty claim, unless someone wrote into it
             raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,6 +144,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
+
+
+def _claim_dir(path: Path) -> None:
+    """Take the name `path` with an empty folder (OutputExists if it is taken)."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise OutputExists(exists_message(path)) from None
 
 
 def _writer_gone(pid: int, modified: float) -> bool:

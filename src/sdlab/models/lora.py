@@ -192,10 +192,12 @@ def load_layers(path, unet, text_encoder) -> dict[str, LoraLayer]:
     return layers
 
 
-def write(path: str | Path, layers: dict[str, LoraLayer], fmt: str) -> Path:
-    """Write `layers` as a diffusers/peft or kohya safetensors file (atomically)."""
+def write(path: str | Path, layers: dict[str, LoraLayer], fmt: str, *, replace: bool = True,
+          metadata: dict | None = None) -> Path:
+    """Write `layers` as a diffusers/peft or kohya safetensors file (atomically; an existing
+    file is kept, OutputExists, unless `replace`); `metadata`: more header entries (strings)."""
     tensors: dict[str, torch.Tensor] = {}
-    metadata = {"format": "pt"}
+    metadata = {**(metadata or {}), "format": "pt"}
     if fmt == "kohya":
         for module, layer in layers.items():
             stem = kohya_stem(module)
@@ -209,7 +211,7 @@ def write(path: str | Path, layers: dict[str, LoraLayer], fmt: str) -> Path:
         metadata[METADATA_KEY] = json.dumps(_peft_metadata(layers), indent=2, sort_keys=True)
     else:
         raise ConfigError(f"LoRA format must be 'diffusers' or 'kohya', got {fmt!r}")
-    return atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), replace=replace)
 
 
 def _peft_metadata(layers: dict[str, LoraLayer]) -> dict:
