@@ -22,6 +22,7 @@ from ..config import TrainingConfig
 # sdlab.training.methods.<module>.SPEC, in the order `sdlab train --help` lists them
 MODULES = ("textual_inversion", "dreambooth", "lora", "finetune", "vae_decoder")
 _SPECS: dict[str, "MethodSpec"] = {}
+_loaded = False
 
 
 def load_trained_weights(pipe, state: dict, path: Path) -> None:
@@ -82,15 +83,18 @@ class MethodSpec:
         """The options of a studio request (its fields as `studio` maps them; absent ones default)."""
         return self.options(**{option: params[name] for name, option in (self.studio or {}).items() if name in params})
 
-    def config(self, options, **fields) -> TrainingConfig:
-        """The TrainingConfig of a run of this method: its recipe, then `fields`."""
-        return TrainingConfig(method=self.name, options=options, **{**self.recipe, **fields})
+    def config(self, options, **settings) -> TrainingConfig:
+        """The TrainingConfig of a run of this method: its recipe, then `settings`."""
+        return TrainingConfig(method=self.name, options=options, **{**self.recipe, **settings})
+
 
 def _load_builtin() -> None:
-    if not _SPECS:
-        for module in MODULES:
-            spec = importlib.import_module(f"{__package__}.{module}").SPEC
-            _SPECS[spec.name] = spec
+    """Import the built-in method modules once (first use), their specs first in the registry."""
+    global _loaded
+    if not _loaded:
+        builtin = [importlib.import_module(f"{__package__}.{module}").SPEC for module in MODULES]
+        _SPECS.update({spec.name: spec for spec in builtin})
+        _loaded = True
 
 
 def register(spec: MethodSpec) -> MethodSpec:
