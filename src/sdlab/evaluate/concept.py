@@ -25,7 +25,7 @@ from ..world.prompt_sets import prompt_set
 from ..world.metrics import accuracy
 from ..world.render import render
 from ..world.scene import single_object_scene
-from ..world.spec import COLORS, POSITIONS
+from ..world.spec import COLORS, LARGE_ONLY_FILLS, POSITIONS
 
 ATTRS = ("shape", "color", "fill", "position", "size")
 
@@ -118,7 +118,12 @@ def concept_images(n: int, shape: str = "heart", fill: str = "solid", seed: int 
 def world_scenes(concept: dict, n: int) -> tuple[list, list]:
     """`n` single-object scenes of the world's evaluation prompts ("seen"), and the same scenes
     with the concept's attributes (e.g. fill "striped") put into their object."""
-    plain = [s for s in prompt_set("seen", 4 * n) if len(s.objects) == 1][:n]
+    def fits(scene) -> bool:      # a solid single object the concept can go into (striped: large only)
+        obj = scene.objects[0] if len(scene.objects) == 1 else None
+        return bool(obj) and obj.fill == "solid" and (concept.get("fill") not in LARGE_ONLY_FILLS
+                                                      or obj.size == "large")
+
+    plain = [s for s in prompt_set("seen", 40 * n) if fits(s)][:n]
     return plain, [replace(s, objects=(replace(s.objects[0], **concept),)) for s in plain]
 
 
