@@ -26,7 +26,7 @@ SETTINGS_KEY = "sdlab"
 _PARAM_RE = re.compile(r'\s*(?P<key>\w[\w \-/]*?)\s*:\s*(?P<val>"(?:[^"\\]|\\.)*"|[^,]*)\s*(?:,|$)')
 _KEY_RE = re.compile(r"\w[\w \-/]*")
 INT_KEYS = {"Steps", "Seed", "Clip skip", "Batch size", "Batch pos", "Variation seed",
-            "Seed resize from-1", "ENSD", "Hires steps"}
+            "Seed resize from-1", "ENSD", "Hires steps", "Mask blur", "Masked area padding"}
 FLOAT_KEYS = {"CFG scale", "Denoising strength", "Variation seed strength", "Eta",
               "Hires upscale", "Guidance rescale"}
 
