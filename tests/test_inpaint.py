@@ -131,6 +131,14 @@ def test_masks_from_files_any_mode_and_size(tmp_path):
         load_mask(tmp_path / "bad.png")
 
 
+def test_a_mask_of_another_shape_is_refused():
+    """A mask at another scale of the image is resized (as A1111 does); one of another shape is a mistake."""
+    assert masks.prepare_mask(_mask((32, 16), (0, 0, 8, 16)), (64, 32)).size == (64, 32)
+    assert masks.prepare_mask(_mask((63, 64), (0, 0, 8, 16)), (64, 64)).size == (64, 64)     # rounding: fine
+    with pytest.raises(ConfigError, match="the mask is 64x32 but the image 64x64"):
+        masks.prepare_mask(_mask((64, 32), (0, 0, 8, 16)), (64, 64))
+
+
 def test_fill_paints_the_mask_from_its_surroundings():
     image = Image.new("RGB", (32, 32), (0, 0, 200))
     image.paste((255, 0, 0), (8, 8, 24, 24))

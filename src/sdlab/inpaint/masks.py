@@ -40,6 +40,9 @@ def prepare_mask(mask: Image.Image, size: tuple[int, int], invert: bool = False)
     if not isinstance(mask, Image.Image):
         raise ConfigError(f"mask must be a PIL image, got {type(mask).__name__}")
     m = mask if mask.mode == "L" else mask_from_image(mask)
+    if abs(m.size[0] * size[1] - m.size[1] * size[0]) > max(size[0], size[1], *m.size):
+        raise ConfigError(f"the mask is {m.size[0]}x{m.size[1]} but the image {size[0]}x{size[1]}: give a mask of "
+                          "the image's size (or the same shape at another scale)")
     if m.size != size:
         m = m.resize(size, Image.Resampling.LANCZOS)
     if invert:
