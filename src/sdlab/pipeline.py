@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ class Pipeline:
         self.speed = None                    # the SpeedOptions applied, if any
         self._own_vae = (components.vae, components.extra.get("vae"))   # what set_vae(None) returns to
         self._vaes: dict[str, tuple] = {}    # VAEs set_vae loaded, by path and mtime (the last two)
+        self._controlnets: dict[str, tuple] = {}   # ControlNets load_controlnet loaded, by path and mtime
+        self._controls: list = []            # the Controls of the generate() call running (sdlab.control)
 
     @classmethod
     def load(cls, model: str | Path | None = None, *, dtype: str | None = None, device: str | None = None,
@@ -111,6 +114,56 @@ class Pipeline:
         from .models.lora import apply_lora
 
         return apply_lora(self, path, scale)
+
+    def load_controlnet(self, path: str | Path):
+        """A ControlNetModel (diffusers folder, or a diffusers- or ldm-layout file; sdlab.control.loading)
+        for this model's UNet, on its device and in its dtype; loaded once per path and mtime."""
+        from .control.loading import load_controlnet
+        from .control.spec import model_name
+        from .models.hashing import short_hash
+
+        p = Path(path).expanduser().resolve()
+        key = f"{p}@{p.stat().st_mtime_ns}" if p.exists() else str(p)
+        if key not in self._controlnets:
+            net = load_controlnet(p, self.c.unet, self.c.dtype).to(self.device)
+            weights = p if p.is_file() else next(iter(sorted(p.glob("**/*.safetensors"))), None)
+            self._controlnets[key] = (net, model_name(p), short_hash(weights) if weights else None)
+        return self._controlnets[key]
+
+    @contextlib.contextmanager
+    def using_controls(self, controls: Sequence = ()):
+        """ControlNet units (sdlab.control.Control) applied to every sample_latents call inside the
+        block, with their infotext and settings; models given as paths are loaded (load_controlnet)."""
+        from .control.spec import Control, LoadedControl, check_fits
+
+        loaded = []
+        for c in controls:
+            if not isinstance(c, Control):
+                raise ConfigError(f"controls must be sdlab.control.Control units, got {type(c).__name__}")
+            if isinstance(c.model, (str, Path)):
+                net, name, digest = self.load_controlnet(c.model)
+                loaded.append(LoadedControl(c, net, name=name, hash=digest))
+            else:
+                loaded.append(LoadedControl(c, c.model.to(self.device), name=c.model.__class__.__name__))
+            check_fits(loaded[-1].net, loaded[-1].name, self.vae_scale)
+        before, self._controls = self._controls, loaded
+        try:
+            yield loaded
+        finally:
+            self._controls = before
+
+    def _controlled(self, base, shape, total: int, callback):
+        """`base` with the active controls' ControlNets at this latent shape, and `callback` with their
+        step counter; both unchanged without controls."""
+        if not self._controls:
+            return base, callback
+        from .callbacks import combine
+        from .control.unet import controlled_denoiser
+
+        h, w = shape[1] * self.vae_scale, shape[2] * self.vae_scale
+        units = [dataclasses.replace(lc, image=lc.control.condition(w, h)) for lc in self._controls]
+        model, unet = controlled_denoiser(base, units, total)
+        return model, combine([unet.on_step, callback])
 
     def load_embedding(self, path: str | Path, token: str | None = None, *, replace: bool = False) -> list[str]:
         """Add a textual-inversion embedding file (diffusers learned_embeds, A1111 .pt/.safetensors;
@@ -195,14 +248,15 @@ class Pipeline:
     def generate(self, config: GenerationConfig, *, init_image: Optional[Image.Image] = None,
                  callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None,
                  guidance: Sequence[GuidanceWrapper] = (), attention=None,
-                 cond: Optional[torch.Tensor] = None) -> GenerationResult:
+                 cond: Optional[torch.Tensor] = None, controls: Sequence = ()) -> GenerationResult:
         """txt2img, or img2img from `init_image` with `config.strength`: batch_count batches of
         batch_size images; image i uses seed config.seed + i for all of its noise.
 
         `guidance`: wrappers applied on top of classifier-free guidance, innermost first
         (loss or classifier guidance). `attention`: a controller for sdlab.attention, installed
         on the UNet for the loop. `cond`: prompt embeddings to use instead of encoding
-        `config.prompt` (embedding mixing, interpolation), (1 or batch_size, tokens, dim)."""
+        `config.prompt` (embedding mixing, interpolation), (1 or batch_size, tokens, dim).
+        `controls`: ControlNet units (sdlab.control.Control), applied in every step's UNet call."""
         if not isinstance(config, GenerationConfig):
             raise ConfigError(f"config must be a GenerationConfig, got {type(config).__name__}")
         width, height = self.size(config)
@@ -210,7 +264,7 @@ class Pipeline:
         if init_image is not None:
             init = self._init_latent(init_image, width, height)
         result = GenerationResult([], [], [], [])
-        with self.prompt_loras(config.prompt):
+        with self.prompt_loras(config.prompt), self.using_controls(controls):
             for b in range(config.batch_count):
                 seeds = [config.seed + b * config.batch_size + i for i in range(config.batch_size)]
                 latents = self.sample_latents(config, seeds, width, height, init=init, callback=callback,
@@ -266,6 +320,7 @@ class Pipeline:
         n = len(seeds)
         cond, uncond = _expand(cond, n, "cond"), _expand(uncond, n, "uncond")
         base = denoiser if denoiser is not None else self._unmasked_denoiser(shape)
+        base, callback = self._controlled(base, shape, len(sigmas) - 1, callback)
         model = CFGDenoiser(base, config.cfg_scale, config.guidance_rescale)
         for wrap in guidance:
             model = wrap(model, self)
@@ -330,6 +385,8 @@ class Pipeline:
             d["vae"] = dict(vae)
         if self.loras:
             d["loras"] = [dict(r) for r in self.loras]
+        if self._controls:
+            d["controls"] = [lc.record() for lc in self._controls]
         if used := self.embeddings_used(config):
             d["embeddings"] = used
         if not img2img:
@@ -352,6 +409,10 @@ class Pipeline:
         if config.guidance_rescale:
             params["CFG Rescale phi"] = config.guidance_rescale
         params.update(extra or {})          # e.g. inpainting's Mask blur, Masked content
+        if self._controls:
+            from .control.spec import infotext_fields
+
+            params.update(infotext_fields(self._controls))
         if vae := self.c.extra.get("vae"):    # A1111 writes these two only for a swapped-in VAE
             params["VAE hash"], params["VAE"] = vae["hash"], vae["name"]
         params["Lora hashes"] = hashes_field(self.loras)     # A1111's keys, which civitai and others read

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -28,6 +29,10 @@ import torch
 
 from ..errors import ConfigError
 from ..sampling.denoiser import broadcast_batch, sigma_batch
+
+# How many leading rows of the batch being denoised are CFG's unconditional half (0 outside a
+# batched call); a ControlNet in guess mode acts on the other rows only (sdlab.control.unet).
+UNCOND_ROWS: ContextVar[int] = ContextVar("sdlab_cfg_uncond_rows", default=0)
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,11 @@ class CFGDenoiser:
             raise ConfigError(f"uncond shape {tuple(uncond_t.shape[1:])} must match cond shape "
                               f"{tuple(cond_t.shape[1:])} to batch them in one call")
         s = sigma_batch(sigma, x)
-        out = self.denoiser(torch.cat([x, x]), torch.cat([s, s]), torch.cat([uncond_t, cond_t.to(uncond_t)]))
+        token = UNCOND_ROWS.set(b)
+        try:
+            out = self.denoiser(torch.cat([x, x]), torch.cat([s, s]), torch.cat([uncond_t, cond_t.to(uncond_t)]))
+        finally:
+            UNCOND_ROWS.reset(token)
         out_uncond, out_cond = out.chunk(2)
         guided = out_uncond + self.scale * (out_cond - out_uncond)
         if self.guidance_rescale > 0:
