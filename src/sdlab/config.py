@@ -111,6 +111,12 @@ def _schedule_names() -> list[str]:
     return schedule_names()
 
 
+def _hires_upscalers() -> list[str]:
+    from .sampling.hires import UPSCALERS
+
+    return list(UPSCALERS)
+
+
 _SIDE = dict(lo=8, hi=MAX_SIDE, multiple_of=8, default_text="the model's native size", http_hi=2048)
 _TEXT = dict(max_length=2000)   # characters of a prompt over HTTP
 
@@ -137,6 +143,18 @@ class GenerationConfig:
     height: Optional[int] = setting(None, "image height, a multiple of 8", **_SIDE)
     strength: float = setting(0.75, "how much img2img changes the image, in [0, 1]", lo=0.0, hi=1.0)
     guidance_rescale: float = setting(0.0, "CFG rescale phi in [0, 1] (Lin et al. 2023)", lo=0.0, hi=1.0)
+    clip_skip: int = setting(1, "CLIP skip as A1111's: 1 = the text encoder's last layer, 2 = the penultimate "
+                             "layer's output (through the final layer norm), ...", lo=1, hi=12)
+    hires_scale: float = setting(1.0, "hires fix: generate at the base size, upscale by this factor and "
+                                 "img2img at the new size (1 = off; sdlab.sampling.hires)", lo=1.0, hi=4.0,
+                                 group="hires fix")
+    hires_strength: float = setting(0.7, "hires fix: denoising strength of the second pass (A1111's default)",
+                                    lo=0.0, hi=1.0, group="hires fix")
+    hires_upscaler: str = setting("latent", "hires fix: how the first pass is upscaled (latent: A1111's Latent, "
+                                  "bilinear on the latents; lanczos: decode, Lanczos, encode)",
+                                  choices=_hires_upscalers, group="hires fix")
+    hires_steps: int = setting(0, "hires fix: steps of the second pass (0 = the same as steps)", lo=0, hi=1000,
+                               http_hi=150, group="hires fix")
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -151,6 +169,9 @@ class GenerationConfig:
         from .sampling.samplers import resolve_sampler
 
         resolve_sampler(self.sampler, self.schedule)
+        from .sampling.hires import check_upscaler
+
+        check_upscaler(self.hires_upscaler)
 
     def to_dict(self) -> dict:
         return asdict(self)

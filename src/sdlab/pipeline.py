@@ -22,12 +22,12 @@ from PIL import Image
 from .callbacks import CancelToken, StepCallback
 from .config import GenerationConfig
 from .errors import ConfigError
-from .guidance.cfg import CFGDenoiser, GuidanceCond
+from .guidance.cfg import CFGDenoiser, GuidanceCond, ScheduledCond, map_cond
 from .io.images import to_pil
 from .io.metadata import format_infotext, hashes_field, sampler_fields
 from .sampling import Denoiser, NoiseSchedule, get_sigmas, img2img_start, resolve_sampler
 from .sampling.noise import batch_noise
-from .text.chunks import encode_weighted_batch, pad_to_same_length
+from .text.chunks import encode_weighted_batch, pad_tokens
 from .text.extra_networks import with_lora_tags
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "shapes-sd"
@@ -188,14 +188,28 @@ class Pipeline:
                    return_tensors="pt").input_ids
 
     @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompt(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
         """CLIP last hidden states (B, 77 * chunks, dim), as SD conditions on them, with the
-        AUTOMATIC1111 prompt syntax: (word:1.3) weights, BREAK, prompts past 75 tokens."""
+        AUTOMATIC1111 prompt syntax: (word:1.3) weights, BREAK, prompts past 75 tokens;
+        `clip_skip` N > 1: the N-th layer from the end (A1111's CLIP skip)."""
         from .text.embeddings import expand_prompt
         from .text.extra_networks import strip_lora_tags
 
         prompts = [expand_prompt(strip_lora_tags(p), self.c.tokenizer) for p in prompts]  # multi-vector embeddings
-        return encode_weighted_batch(self.c.text_encoder, self.c.tokenizer, prompts)
+        return encode_weighted_batch(self.c.text_encoder, self.c.tokenizer, prompts, clip_skip=clip_skip)
+
+    def encode_scheduled(self, prompt: str, steps: int, hires_steps: Optional[int] = None,
+                         clip_skip: int = 1) -> torch.Tensor | ScheduledCond:
+        """`encode_prompt` of one prompt with A1111 prompt editing `[from:to:when]` and alternation
+        `[a|b]` over `steps` sampler steps (sdlab.text.prompt_schedule; `hires_steps`: a hires fix's
+        second pass): (1, tokens, dim) when the text never changes, else a ScheduledCond."""
+        from .text.prompt_schedule import encode_schedule
+
+        schedule = encode_schedule(lambda text: self.encode_prompt([text], clip_skip), prompt, steps, hires_steps)
+        if len(schedule) == 1:
+            return schedule[0][1]
+        conds = _same_length(*[c for _, c in schedule], empty=lambda: self.encode_prompt([""], clip_skip))
+        return ScheduledCond(tuple(end for end, _ in schedule), tuple(conds))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -259,7 +273,12 @@ class Pipeline:
         `controls`: ControlNet units (sdlab.control.Control), applied in every step's UNet call."""
         if not isinstance(config, GenerationConfig):
             raise ConfigError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        from .sampling import hires
+
         width, height = self.size(config)
+        hires.check_hires(config, img2img=init_image is not None)
+        if hires.enabled(config):
+            hires.hires_size(config, width, height)         # a size past the limit fails before sampling
         init = None
         if init_image is not None:
             init = self._init_latent(init_image, width, height)
@@ -267,9 +286,11 @@ class Pipeline:
         with self.prompt_loras(config.prompt), self.using_controls(controls):
             for b in range(config.batch_count):
                 seeds = [config.seed + b * config.batch_size + i for i in range(config.batch_size)]
-                latents = self.sample_latents(config, seeds, width, height, init=init, callback=callback,
-                                              cancel=cancel, guidance=guidance, attention=attention, cond=cond)
-                images = self.decode_images(latents)
+                loop = dict(callback=callback, cancel=cancel, guidance=guidance, attention=attention)
+                latents = self.sample_latents(config, seeds, width, height, init=init, cond=cond, **loop)
+                if hires.enabled(config):
+                    latents = hires.hires_pass(self, config, seeds, latents, width, height, cond=cond, **loop)
+                images = hires.decode(self, latents)
                 for seed, image in zip(seeds, images):
                     settings = self.settings_for(config, seed, width, height, img2img=init is not None)
                     result.images.append(image)
@@ -296,41 +317,55 @@ class Pipeline:
                        init: Optional[torch.Tensor] = None, callback=None, cancel=None,
                        guidance: Sequence[GuidanceWrapper] = (), attention=None,
                        cond: Optional[torch.Tensor] = None, uncond: Optional[torch.Tensor] = None,
-                       noise: Optional[torch.Tensor] = None, denoiser=None) -> torch.Tensor:
+                       noise: Optional[torch.Tensor] = None, denoiser=None,
+                       sigmas: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run the loop for one batch; returns clean latents (B, C, h, w). `cond`/`uncond`
-        override the encoded prompt / negative prompt; `noise` overrides the seeded noise
-        (e.g. one noise shared by every row, as prompt-to-prompt needs); `denoiser` the UNet's
-        own (sdlab.sampling.Denoiser), e.g. an inpainting UNet's with its mask (sdlab.inpaint)."""
+        override the encoded prompt / negative prompt (a tensor or a ScheduledCond); `noise`
+        overrides the seeded noise (e.g. one noise shared by every row, as prompt-to-prompt needs);
+        `denoiser` the UNet's own (sdlab.sampling.Denoiser), e.g. an inpainting UNet's with its mask
+        (sdlab.inpaint); `sigmas` the sigmas to run instead of config.steps' schedule, all of them,
+        from `init` noised to sigmas[0] when given (a hires fix's second pass)."""
         spec, sigma_kind = resolve_sampler(config.sampler, config.schedule)
         shape = (self.c.vae.config.latent_channels, height // self.vae_scale, width // self.vae_scale)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         seeded = batch_noise(shape, generators)   # drawn even when overridden: ancestral noise follows it
         noise = (seeded if noise is None else noise).to(self.device)
-        sigmas = get_sigmas(self.schedule, config.steps, sigma_kind).to(self.device, torch.float32)
+        strength = config.strength if sigmas is None else 1.0
+        if sigmas is None:
+            sigmas = get_sigmas(self.schedule, config.steps, sigma_kind)
+        sigmas = sigmas.to(self.device, torch.float32)
         if init is None:
             x = noise * sigmas[0]
         else:
-            sigmas, x = img2img_start(init.expand(len(seeds), -1, -1, -1), config.strength, sigmas, noise=noise)
+            sigmas, x = img2img_start(init.expand(len(seeds), -1, -1, -1), strength, sigmas, noise=noise)
             if len(sigmas) == 1:
                 return x
-        cond = self.encode_prompt([config.prompt]) if cond is None else _as_batch(cond, "cond").to(self.device)
-        uncond = (self.encode_prompt([config.negative_prompt]) if uncond is None
-                  else _as_batch(uncond, "uncond").to(self.device))
-        cond, uncond = pad_to_same_length(cond, uncond, lambda: self.encode_prompt([""]))
-        n = len(seeds)
-        cond, uncond = _expand(cond, n, "cond"), _expand(uncond, n, "uncond")
+        cond, uncond = self._conds(config, cond, uncond, len(seeds))
         base = denoiser if denoiser is not None else self._unmasked_denoiser(shape)
         base, callback = self._controlled(base, shape, len(sigmas) - 1, callback)
-        model = CFGDenoiser(base, config.cfg_scale, config.guidance_rescale)
+        model = cfg = CFGDenoiser(base, config.cfg_scale, config.guidance_rescale)
         for wrap in guidance:
             model = wrap(model, self)
         from .callbacks import combine
         from .models.precision import finite_guard
 
-        callback = combine([finite_guard(self.nonfinite_hint()), callback])    # NaN/inf stop the loop at once
+        # NaN/inf stop the loop at once; the CFG wrapper follows the step for prompt editing
+        callback = combine([finite_guard(self.nonfinite_hint()), cfg.on_step, callback])
         with self._attention(attention):
             return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
                            callback=callback, cancel=cancel, generator=generators)
+
+    def _conds(self, config: GenerationConfig, cond, uncond, n: int):
+        """(cond, uncond) for n images: the overrides or the config's (negative) prompt, encoded with
+        its prompt editing over config.steps and its CLIP skip, padded to one length."""
+        def get(value, prompt, name):
+            if value is None:
+                return self.encode_scheduled(prompt, config.steps, clip_skip=config.clip_skip)
+            return map_cond(value, lambda t: _as_batch(t, name).to(self.device))
+
+        cond, uncond = get(cond, config.prompt, "cond"), get(uncond, config.negative_prompt, "uncond")
+        cond, uncond = _same_length(cond, uncond, empty=lambda: self.encode_prompt([""], config.clip_skip))
+        return map_cond(cond, lambda t: _expand(t, n, "cond")), map_cond(uncond, lambda t: _expand(t, n, "uncond"))
 
     def _unmasked_denoiser(self, shape: tuple[int, int, int]):
         """The UNet's denoiser; an inpainting UNet (9 input channels) gets A1111's conditioning
@@ -391,6 +426,12 @@ class Pipeline:
             d["embeddings"] = used
         if not img2img:
             d.pop("strength")
+        for name, default in _QUIET_DEFAULTS.items():     # as A1111 writes them: only when set
+            if d.get(name) == default:
+                d.pop(name)
+        if d.get("hires_scale") is None:
+            for name in ("hires_strength", "hires_upscaler", "hires_steps"):
+                d.pop(name, None)
         return d
 
     def embeddings_used(self, config: GenerationConfig) -> list[dict]:
@@ -400,12 +441,17 @@ class Pipeline:
 
     def infotext(self, config: GenerationConfig, seed: int, width: int, height: int, *, img2img=False,
                  extra: Optional[dict] = None) -> str:
+        from .sampling.hires import infotext_fields as hires_fields
+
         spec, sigma_kind = resolve_sampler(config.sampler, config.schedule)
         params = {"Steps": config.steps, **sampler_fields(spec.name, sigma_kind, self.schedule.timestep_spacing),
                   "CFG scale": config.cfg_scale, "Seed": seed, "Size": f"{width}x{height}",
                   "Model hash": self.c.model_hash, "Model": self.c.name}
         if img2img:
             params["Denoising strength"] = config.strength
+        if config.clip_skip > 1:
+            params["Clip skip"] = config.clip_skip
+        params.update(hires_fields(config))
         if config.guidance_rescale:
             params["CFG Rescale phi"] = config.guidance_rescale
         params.update(extra or {})          # e.g. inpainting's Mask blur, Masked content
@@ -418,6 +464,20 @@ class Pipeline:
         params["Lora hashes"] = hashes_field(self.loras)     # A1111's keys, which civitai and others read
         params["TI hashes"] = hashes_field(self.embeddings_used(config))
         return format_infotext(with_lora_tags(config.prompt, self.loras), config.negative_prompt, params)
+
+
+_QUIET_DEFAULTS = {"clip_skip": 1, "hires_scale": 1.0}     # settings left out of the metadata at these values
+
+
+def _same_length(*conds, empty: Callable[[], torch.Tensor]) -> list:
+    """Tensors or ScheduledConds (B, 77 * n, dim) padded to one token length with chunks of the
+    empty prompt (`empty()`, called only when lengths differ), as A1111 pads cond and uncond."""
+    tensors = [t for c in conds for t in (c.conds if isinstance(c, ScheduledCond) else (c,))]
+    length = max(t.shape[1] for t in tensors)
+    if all(t.shape[1] == length for t in tensors):
+        return list(conds)
+    chunk = empty()
+    return [map_cond(c, lambda t: pad_tokens(t, length, chunk)) for c in conds]
 
 
 def _as_batch(t: torch.Tensor, name: str) -> torch.Tensor:

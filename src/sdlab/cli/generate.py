@@ -22,6 +22,8 @@ EXAMPLES = """examples:
   sdlab generate "a red sks" --lora runs/lora/lora_kohya.safetensors:0.8 --seed 1
   sdlab generate "a red sks <lora:my-heart:0.8>" --lora-dir my_loras --seed 1
   sdlab generate "a red <my-shape>" --embedding runs/ti/learned_embeds.safetensors --seed 1
+  sdlab generate "a large [red:blue:0.5] circle on a white background" --clip-skip 2
+  sdlab generate "a large red circle on a blue background" --hires-scale 2 --hires-strength 0.5
 """
 
 
@@ -29,6 +31,7 @@ EXAMPLES = """examples:
 SAMPLING_SETTINGS = ("negative_prompt", "steps", "cfg_scale", "sampler", "schedule", "seed", "width", "height",
                      "guidance_rescale")
 BATCH_SETTINGS = ("batch_size", "batch_count")
+HIRES_SETTINGS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps")   # txt2img only, as A1111
 
 
 def sampling_options(p: argparse.ArgumentParser) -> None:
@@ -77,7 +80,7 @@ def learned_options(p: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what to draw")
     sampling_options(p)
-    add_config_arguments(p, GenerationConfig, BATCH_SETTINGS)
+    add_config_arguments(p, GenerationConfig, BATCH_SETTINGS + ("clip_skip",))
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
     p.add_argument("--trajectory", default=None, metavar="FILE",
@@ -91,6 +94,7 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="text to image", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
+    add_config_arguments(p, GenerationConfig, HIRES_SETTINGS)
     p.set_defaults(run=run_generate)
     q = sub.add_parser("img2img", help="image to image (SDEdit), or a strength sweep",
                        epilog='examples:\n  sdlab img2img input.png "a small yellow star" --strength 0.6\n'
@@ -197,6 +201,8 @@ def run_and_save(args, config: GenerationConfig, init_image=None, cond_fn=None, 
     pipe = load_pipeline(args)
     cond = cond_fn(pipe) if cond_fn is not None else None
     steps_per_batch = config.steps if init_image is None else max(int(config.steps * config.strength), 0)
+    if config.hires_scale > 1:
+        steps_per_batch += config.hires_steps or config.steps
     with tqdm(total=steps_per_batch * config.batch_count, desc="sampling", unit="step", file=sys.stderr) as bar:
         callback = combine([lambda e: bar.update(1), recorder and recorder.bind(pipe)])
         result = pipe.generate(config, init_image=init_image, callback=callback, cond=cond, guidance=guidance)

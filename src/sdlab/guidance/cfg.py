@@ -58,6 +58,11 @@ class ScheduledCond:
         return ScheduledCond(self.ends, tuple(fn(c) for c in self.conds))
 
 
+def map_cond(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`fn` applied to a tensor, or to each entry of a ScheduledCond."""
+    return value.map(fn) if isinstance(value, ScheduledCond) else fn(value)
+
+
 def cond_at(value: Any, step: int) -> Any:
     """`value` at sampler step `step`: a ScheduledCond's entry, anything else as it is."""
     return value.at(step) if isinstance(value, ScheduledCond) else value

@@ -110,10 +110,19 @@ def prompt_chunks(tokenizer, prompt: str, *, comma_backtrack: int = COMMA_BACKTR
     return ids, weights
 
 
-def encode_chunks(text_encoder, ids: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (n_chunks, 77, dim) of a CLIP text encoder for token chunks."""
+def encode_chunks(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """Last hidden states (n_chunks, 77, dim) of a CLIP text encoder for token chunks; with
+    `clip_skip` N > 1 (A1111's CLIP skip) the output of the N-th layer from the end, through the
+    encoder's final layer norm."""
     device = next(text_encoder.parameters()).device
-    return text_encoder(ids.to(device)).last_hidden_state
+    if clip_skip == 1:
+        return text_encoder(ids.to(device)).last_hidden_state
+    layers = text_encoder.config.num_hidden_layers
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= layers:
+        raise ConfigError(f"clip_skip must be an integer from 1 to {layers} (the text encoder's layers), "
+                          f"got {clip_skip!r}")
+    hidden = text_encoder(ids.to(device), output_hidden_states=True).hidden_states[-clip_skip]
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)   # transformers 4 or 5
 
 
 def apply_weights(hidden: torch.Tensor, weights: torch.Tensor, *, restore_mean: bool = True) -> torch.Tensor:
@@ -131,10 +140,10 @@ def apply_weights(hidden: torch.Tensor, weights: torch.Tensor, *, restore_mean: 
 
 
 def encode_weighted(text_encoder, tokenizer, prompt: str, *, restore_mean: bool = True,
-                    comma_backtrack: int = COMMA_BACKTRACK) -> torch.Tensor:
+                    comma_backtrack: int = COMMA_BACKTRACK, clip_skip: int = 1) -> torch.Tensor:
     """Encode an A1111-syntax prompt of any length: (1, 77 * n_chunks, dim), chunks in order."""
     ids, weights = prompt_chunks(tokenizer, prompt, comma_backtrack=comma_backtrack)
-    hidden = apply_weights(encode_chunks(text_encoder, ids), weights, restore_mean=restore_mean)
+    hidden = apply_weights(encode_chunks(text_encoder, ids, clip_skip), weights, restore_mean=restore_mean)
     return hidden.reshape(1, -1, hidden.shape[-1])
 
 
