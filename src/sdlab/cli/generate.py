@@ -12,6 +12,7 @@ from ..callbacks import combine
 from ..config import GenerationConfig
 from ..errors import ConfigError
 from ..guidance import DEFAULT_GUIDANCE_SCALES
+from .control import control_options, controls_from_args
 from .options import add_config_arguments
 
 EXAMPLES = """examples:
@@ -22,6 +23,7 @@ EXAMPLES = """examples:
   sdlab generate "a red sks" --lora runs/lora/lora_kohya.safetensors:0.8 --seed 1
   sdlab generate "a red sks <lora:my-heart:0.8>" --lora-dir my_loras --seed 1
   sdlab generate "a red <my-shape>" --embedding runs/ti/learned_embeds.safetensors --seed 1
+  sdlab generate "a red object on a white background" --control scene.png:mask:0.9 --controlnet runs/cn/controlnet
   sdlab generate "a large [red:blue:0.5] circle on a white background" --clip-skip 2
   sdlab generate "a large red circle on a blue background" --hires-scale 2 --hires-strength 0.5
 """
@@ -88,6 +90,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "with several images, each frame is a grid with a row per image) or .png (a strip "
                         "with an x_t and an x0 row per image); .mp4 needs pip install 'sdlab[video]'")
     p.add_argument("--fps", type=float, default=4.0, help="frames per second of --trajectory animations (default 4)")
+    control_options(p)
 
 
 def register(sub) -> None:
@@ -197,6 +200,7 @@ def run_and_save(args, config: GenerationConfig, init_image=None, cond_fn=None, 
 
     recorder = _trajectory_recorder(args)
     guidance = guidance_from_args(args)
+    controls = controls_from_args(args)     # bad images, types and counts fail before the folder is made
     output_folder(args.out)                 # after the checks above: a refused run leaves no folder
     pipe = load_pipeline(args)
     cond = cond_fn(pipe) if cond_fn is not None else None
@@ -205,7 +209,8 @@ def run_and_save(args, config: GenerationConfig, init_image=None, cond_fn=None, 
         steps_per_batch += config.hires_steps or config.steps
     with tqdm(total=steps_per_batch * config.batch_count, desc="sampling", unit="step", file=sys.stderr) as bar:
         callback = combine([lambda e: bar.update(1), recorder and recorder.bind(pipe)])
-        result = pipe.generate(config, init_image=init_image, callback=callback, cond=cond, guidance=guidance)
+        result = pipe.generate(config, init_image=init_image, callback=callback, cond=cond, guidance=guidance,
+                               controls=controls)
     for s in result.settings:
         s.update(settings or {})
     paths = save_result(result, Path(args.out), grid=not args.no_grid)
