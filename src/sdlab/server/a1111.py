@@ -3,7 +3,7 @@ sd-models, options, progress, interrupt), so A1111 clients such as `webuiapi` dr
 
 Requests use A1111's field names (StableDiffusionProcessingTxt2Img / Img2Img of its
 modules/api/models.py); unknown fields are ignored as A1111 ignores them, and features sdlab
-lacks (hires fix, face restoration, scripts, inpainting masks, ...) are refused with a 422 when
+lacks (face restoration, scripts, inpainting masks, ...) are refused with a 422 when
 asked for, never silently dropped. Every image job goes through the studio's job queue (one
 model, shared progress and cancel); txt2img and img2img block until the job ends, as in A1111,
 and reply with the saved PNGs (A1111 `parameters` chunk included) in base64.
@@ -95,7 +95,8 @@ class A1111Request(BaseModel):
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE, multiple_of=8, description="default: the model's size")
     restore_faces: Optional[bool] = None
     tiling: Optional[bool] = None
-    override_settings: dict[str, Any] = Field({}, description="sd_model_checkpoint and sd_vae are read")
+    override_settings: dict[str, Any] = Field({}, description="sd_model_checkpoint, sd_vae and "
+                                              "CLIP_stop_at_last_layers are read")
     script_name: Optional[str] = None
     alwayson_scripts: dict[str, Any] = {}
     send_images: bool = True
@@ -107,7 +108,7 @@ class A1111Request(BaseModel):
         return _clean_text(v, info.field_name)
 
     @field_validator("styles", "subseed_strength", "restore_faces", "tiling", "script_name", "alwayson_scripts",
-                     "enable_hr", "resize_mode", "mask", check_fields=False)
+                     "resize_mode", "mask", check_fields=False)
     @classmethod
     def _unsupported(cls, v: Any, info) -> Any:
         """Features sdlab lacks: accepted at their off value (A1111 clients send them all), else 422."""
@@ -126,9 +127,47 @@ class A1111Request(BaseModel):
 
 
 class A1111Txt2Img(A1111Request):
-    """POST /sdapi/v1/txt2img (A1111's StableDiffusionTxt2ImgProcessingAPI)."""
+    """POST /sdapi/v1/txt2img (A1111's StableDiffusionTxt2ImgProcessingAPI), with its hires fix
+    (enable_hr, hr_scale, hr_upscaler, hr_second_pass_steps, denoising_strength; sdlab.sampling.hires)."""
 
-    enable_hr: bool = Field(False, description="must be false: no hires fix")
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_upscaler: Optional[str] = Field(None, max_length=100, description="Latent, Lanczos, ... (default Latent)")
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS, description="0: the same as steps")
+    denoising_strength: Optional[float] = Field(None, ge=0.0, le=1.0, description="the hires pass's (default 0.7)")
+    hr_resize_x: int = Field(0, description="must be 0: give hr_scale")
+    hr_resize_y: int = Field(0, description="must be 0: give hr_scale")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="must be empty: the pass uses prompt")
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="must be empty")
+    hr_sampler_name: Optional[str] = Field(None, max_length=100, description="unset: the pass uses sampler_name")
+    hr_checkpoint_name: Optional[str] = Field(None, max_length=255, description="unset: one model per server")
+
+    @field_validator("hr_resize_x", "hr_resize_y", "hr_prompt", "hr_negative_prompt", "hr_checkpoint_name")
+    @classmethod
+    def _scale_only(cls, v: Any, info) -> Any:
+        if v:
+            raise ValueError(f"{info.field_name} is not supported by this server (sdlab): the hires pass takes "
+                             "hr_scale and the first pass's prompts and model")
+        return v
+
+    @field_validator("hr_sampler_name")
+    @classmethod
+    def _same_sampler(cls, v: Optional[str], info) -> Optional[str]:
+        if v not in (None, "", "Use same sampler"):
+            raise ValueError("hr_sampler_name is not supported by this server (sdlab): the hires pass uses "
+                             "sampler_name")
+        return v
+
+    def job_fields(self) -> dict:
+        fields = super().job_fields()
+        if self.enable_hr:
+            from ..sampling.hires import upscaler_named
+
+            fields.update(hires_scale=self.hr_scale, hires_upscaler=upscaler_named(self.hr_upscaler or "Latent"),
+                          hires_steps=self.hr_second_pass_steps)
+            if self.denoising_strength is not None:
+                fields["hires_strength"] = self.denoising_strength
+        return fields
 
 
 class A1111Img2Img(A1111Request):
@@ -173,12 +212,14 @@ def a1111_router(job_params: Callable[[BaseModel, ServerSettings], dict]) -> API
     """The /sdapi/v1 routes; `job_params(request_model, settings)` checks a studio request
     against the server's limits and returns the job's params (the studio's own check)."""
     router = APIRouter(prefix=PREFIX, tags=["AUTOMATIC1111 API"])
-    options = {"sd_vae": "Automatic"}
+    options = {"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1}
 
     def prepare(kind: str, body: A1111Request, settings: ServerSettings, pipe) -> dict:
         """The job's params (blocking work: the model hash, base64, storing the upload)."""
         fields = body.job_fields()
         fields["vae"] = _job_vae(body.override_settings, options, settings, pipe)
+        fields["clip_skip"] = _clip_skip(body.override_settings.get("CLIP_stop_at_last_layers",
+                                                                   options["CLIP_stop_at_last_layers"]))
         if kind == "img2img":
             fields["strength"] = body.denoising_strength
         params = job_params(_studio_request(STUDIO_MODELS[kind], fields), settings)
@@ -246,7 +287,8 @@ def a1111_router(job_params: Callable[[BaseModel, ServerSettings], dict]) -> API
     def get_options(request: Request) -> dict:
         """The A1111 settings this server has: the model, the VAE (settable) and fixed ones."""
         return {"sd_model_checkpoint": _title(_pipe(request).c), "sd_vae": options["sd_vae"],
-                "samples_format": "png", "CLIP_stop_at_last_layers": 1, "return_grid": False}
+                "samples_format": "png", "CLIP_stop_at_last_layers": options["CLIP_stop_at_last_layers"],
+                "return_grid": False}
 
     @router.post("/options")
     def set_options(body: dict[str, Any], request: Request) -> None:
@@ -258,6 +300,8 @@ def a1111_router(job_params: Callable[[BaseModel, ServerSettings], dict]) -> API
         if "sd_vae" in body:
             _vae_name(body["sd_vae"], settings)
             options["sd_vae"] = body["sd_vae"]
+        if "CLIP_stop_at_last_layers" in body:
+            options["CLIP_stop_at_last_layers"] = _clip_skip(body["CLIP_stop_at_last_layers"])
         return None
 
     return router
@@ -286,6 +330,13 @@ def _vae_name(value: Any, settings: ServerSettings) -> Optional[str]:
     if not isinstance(value, str) or value not in offered:
         raise ConfigError(f"sd_vae must be {', '.join(NO_VAE)} or a VAE this server offers "
                           f"({', '.join(offered) or 'none: sdlab serve --vae-dir'})")
+    return value
+
+
+def _clip_skip(value: Any) -> int:
+    """A1111's CLIP_stop_at_last_layers as the job's clip_skip (1 .. 12, as A1111's slider)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
+        raise ConfigError(f"CLIP_stop_at_last_layers must be an integer from 1 to 12, got {value!r}")
     return value
 
 
@@ -338,6 +389,7 @@ def _info(job: dict, made: list[dict], pipe) -> dict:
     infotexts = [im["infotext"] for im in made]
     params = parse_infotext(infotexts[0])[2] if infotexts else {}
     n = len(seeds)
+    hires_strength = p.get("hires_strength") if p.get("hires_scale", 1) > 1 else None
     return {"prompt": p["prompt"], "all_prompts": [p["prompt"]] * n, "negative_prompt": p["negative_prompt"],
             "all_negative_prompts": [p["negative_prompt"]] * n, "seed": seeds[0], "all_seeds": seeds,
             "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0.0,
@@ -346,8 +398,9 @@ def _info(job: dict, made: list[dict], pipe) -> dict:
             "batch_size": p["batch_size"], "restore_faces": False, "face_restoration_model": None,
             "sd_model_name": pipe.c.name, "sd_model_hash": pipe.c.model_hash, "sd_vae_name": params.get("VAE"),
             "sd_vae_hash": params.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-            "denoising_strength": p.get("strength"), "extra_generation_params": {}, "index_of_first_image": 0,
-            "infotexts": infotexts, "styles": [], "job_timestamp": _timestamp(job["created"]), "clip_skip": 1,
+            "denoising_strength": p.get("strength", hires_strength), "extra_generation_params": {},
+            "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
+            "job_timestamp": _timestamp(job["created"]), "clip_skip": p.get("clip_skip", 1),
             "is_using_inpainting_conditioning": False, "version": __version__, "job_id": job["id"],
             "state": job["state"]}
 

@@ -20,6 +20,18 @@ def generation_config(params: dict) -> GenerationConfig:
     return GenerationConfig(**{k: v for k, v in params.items() if k in GENERATION_FIELDS})
 
 
+def check_hires_side(config: GenerationConfig, pipe, max_side: int) -> None:
+    """A hires fix's output size within the server's --max-side (ConfigError naming both)."""
+    from ..errors import ConfigError
+    from ..sampling.hires import enabled, hires_size
+
+    if enabled(config):
+        size = hires_size(config, *pipe.size(config))
+        if max(size) > max_side:
+            raise ConfigError(f"the hires fix would make {size[0]}x{size[1]} images, past this server's largest "
+                              f"side {max_side}; lower hires_scale")
+
+
 def file_links(paths: list[Path], out_dir: Path) -> list[dict]:
     return [{"name": p.name, "url": f"/files/{p.relative_to(out_dir).as_posix()}"} for p in paths]
 
@@ -28,6 +40,7 @@ def _generate(ctx: JobContext, init_image=None) -> dict:
     from .train_jobs import trained_applied
 
     config = generation_config(ctx.params)
+    check_hires_side(config, ctx.pipe, ctx.settings.max_side)
     with trained_applied(ctx.pipe, ctx.settings.output_dir, ctx.params.get("trained"),
                          ctx.params.get("trained_scale", 1.0)):
         result = ctx.pipe.generate(config, init_image=init_image, callback=ctx.callback(config.batch_count),

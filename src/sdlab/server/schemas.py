@@ -25,6 +25,7 @@ MAX_SIDE = http_bound("width")     # schema bound; the server's --max-side setti
 MAX_BATCH_SIZE = http_bound("batch_size")
 MAX_BATCH_COUNT = http_bound("batch_count")
 MAX_WORDS = 16           # reweight / blend entries of an edit
+HIRES_FIELDS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps")
 
 
 def _clean_text(value: str, name: str) -> str:
@@ -72,8 +73,8 @@ class SamplingRequest(declared(_Request, GenerationConfig, "negative_prompt", "s
 
 
 class GenerateRequest(declared(SamplingRequest, GenerationConfig, "prompt", "batch_size", "batch_count",
-                               "guidance_rescale")):
-    """A txt2img job: image i of the job uses seed + i."""
+                               "guidance_rescale", "clip_skip", *HIRES_FIELDS)):
+    """A txt2img job: image i of the job uses seed + i; hires_scale > 1: a hires fix (txt2img only)."""
 
     trained: Optional[str] = Field(None, pattern=r"^[0-9a-f]{16}$",
                                    description="id of a finished train job: its LoRA or embedding is applied")

@@ -59,6 +59,8 @@ function setMode(mode) {
   $("sampling-fields").hidden = mode === "train";
   $("batch-fields").hidden = mode !== "txt2img" && mode !== "img2img";
   $("trained-fields").hidden = mode !== "txt2img" && mode !== "img2img";
+  $("clip-fields").hidden = mode !== "txt2img" && mode !== "img2img";
+  $("hires-fields").hidden = mode !== "txt2img";
   $("prompt-label").textContent = { edit: "Source prompt", train: "Instance prompt" }[mode] || "Prompt";
 }
 
@@ -114,6 +116,11 @@ function request() {
   if ($("trained").value && (S.mode === "txt2img" || S.mode === "img2img")) {
     p.trained = $("trained").value;
     p.trained_scale = numberOrNull("trained_scale") ?? 1;
+  }
+  if (S.mode === "txt2img" || S.mode === "img2img") p.clip_skip = numberOrNull("clip_skip") ?? 1;
+  if (S.mode === "txt2img" && (numberOrNull("hires_scale") ?? 1) > 1) {
+    Object.assign(p, { hires_scale: numberOrNull("hires_scale"), hires_upscaler: $("hires_upscaler").value,
+                       hires_steps: numberOrNull("hires_steps") ?? 0, hires_strength: Number($("hires_strength").value) });
   }
   if (S.mode === "txt2img") return postJson("/api/generate", p);
   if (S.mode === "attend" || S.mode === "edit") { delete p.batch_size; delete p.batch_count; }
@@ -382,7 +389,7 @@ async function init() {
     e.target.value = "";
   });
   for (const m of MODES) $("tab-" + m).addEventListener("click", () => setMode(m));
-  for (const id of ["strength", "cross_replace", "self_replace"]) {
+  for (const id of ["strength", "cross_replace", "self_replace", "hires_strength"]) {
     $(id).addEventListener("input", () => { $(id + "-out").textContent = $(id).value; });
   }
   $("gallery-refresh").addEventListener("click", refreshGallery);
