@@ -20,7 +20,7 @@ from ..checkpoints import trained_weights
 from ..config import TrainingConfig
 
 # sdlab.training.methods.<module>.SPEC, in the order `sdlab train --help` lists them
-MODULES = ("textual_inversion", "dreambooth", "lora", "finetune", "vae_decoder")
+MODULES = ("textual_inversion", "dreambooth", "lora", "finetune", "vae_decoder", "controlnet")
 _SPECS: dict[str, "MethodSpec"] = {}
 _loaded = False
 
