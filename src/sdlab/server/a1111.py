@@ -3,9 +3,11 @@ sd-models, options, progress, interrupt), so A1111 clients such as `webuiapi` dr
 
 Requests use A1111's field names (StableDiffusionProcessingTxt2Img / Img2Img of its
 modules/api/models.py); unknown fields are ignored as A1111 ignores them, and features sdlab
-lacks (face restoration, scripts, inpainting masks, ...) are refused with a 422 when
+lacks (face restoration, scripts, ...) are refused with a 422 when
 asked for, never silently dropped. Every image job goes through the studio's job queue (one
-model, shared progress and cancel); txt2img and img2img block until the job ends, as in A1111,
+model, shared progress and cancel); img2img with a `mask` is an inpaint job (sdlab.inpaint, A1111's
+mask_blur, inpainting_fill, inpaint_full_res, its padding and inpainting_mask_invert); txt2img and img2img
+block until the job ends, as in A1111,
 and reply with the saved PNGs (A1111 `parameters` chunk included) in base64.
 
 All routes live under PREFIX, where the body-limit middleware allows JSON bodies that hold a
@@ -26,12 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import __version__
 from ..errors import ConfigError
+from ..inpaint.options import MASKED_CONTENT
 from ..io.metadata import SCHEDULE_LABELS, parse_infotext
 from ..models.vae_file import vae_names
 from ..sampling import SAMPLERS, get_sampler, sampler_names, schedule_kind
 from .files import safe_output_path, save_upload
 from .schemas import (MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, GenerateRequest,
-                      Img2ImgRequest, _clean_text, http_bound)
+                      Img2ImgRequest, InpaintRequest, _clean_text, http_bound)
+from .runners import inpaint_inputs
 from .settings import ServerSettings
 from .store import TERMINAL
 
@@ -46,7 +50,7 @@ _BASE_ALIASES = {"Euler a": ["k_euler_a", "k_euler_ancestral"], "Euler": ["k_eul
 DEFAULT_SCHEDULER = {"DPM++ 2M": "karras", "DPM++ SDE": "karras", "DPM++ 2M SDE": "exponential",
                      "DPM++ 3M SDE": "exponential", "Restart": "karras"}
 NO_VAE = ("Automatic", "None")      # A1111's sd_vae values for "the model's own VAE"
-STUDIO_MODELS = {"txt2img": GenerateRequest, "img2img": Img2ImgRequest}   # the studio's checks of a job
+STUDIO_MODELS = {"txt2img": GenerateRequest, "img2img": Img2ImgRequest, "inpaint": InpaintRequest}   # the studio's checks of a job
 
 
 def sampler_aliases(name: str) -> list[str]:
@@ -108,7 +112,7 @@ class A1111Request(BaseModel):
         return _clean_text(v, info.field_name)
 
     @field_validator("styles", "subseed_strength", "restore_faces", "tiling", "script_name", "alwayson_scripts",
-                     "resize_mode", "mask", check_fields=False)
+                     "resize_mode", check_fields=False)
     @classmethod
     def _unsupported(cls, v: Any, info) -> Any:
         """Features sdlab lacks: accepted at their off value (A1111 clients send them all), else 422."""
@@ -176,7 +180,26 @@ class A1111Img2Img(A1111Request):
     init_images: list[str] = Field(min_length=1, max_length=1, description="one image: base64 or a data URL")
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     resize_mode: int = Field(0, description="0 (just resize) only")
-    mask: Optional[str] = Field(None, description="must be unset: no inpainting")
+    mask: Optional[str] = Field(None, description="inpainting: white = repaint (base64 or a data URL)")
+    mask_blur: Optional[int] = Field(None, ge=0, le=64, description="default: mask_blur_x")
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64, description="must equal mask_blur_x: sdlab blurs both ways alike")
+    inpainting_fill: int = Field(0, ge=0, le=len(MASKED_CONTENT) - 1,
+                                 description="masked content: " + ", ".join(f"{i} {n}" for i, n in
+                                                                            enumerate(MASKED_CONTENT)))
+    inpaint_full_res: bool = Field(True, description="only masked: a crop around the mask at the model's size")
+    inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint the black area")
+
+    def inpaint_fields(self) -> dict:
+        """The inpaint job's options (sdlab.inpaint.InpaintConfig) for A1111's fields."""
+        blur = self.mask_blur_x if self.mask_blur is None else self.mask_blur
+        if self.mask_blur is None and self.mask_blur_y != self.mask_blur_x:
+            raise ConfigError(f"mask_blur_x ({self.mask_blur_x}) and mask_blur_y ({self.mask_blur_y}) must be "
+                              "equal on this server (sdlab blurs the mask alike both ways); or give mask_blur")
+        return {"mask_blur": blur, "masked_content": MASKED_CONTENT[self.inpainting_fill],
+                "only_masked": self.inpaint_full_res, "padding": self.inpaint_full_res_padding,
+                "invert_mask": bool(self.inpainting_mask_invert)}
     include_init_images: bool = False
 
 
@@ -194,17 +217,17 @@ class ProgressResponse(BaseModel):
     textinfo: Optional[str] = None
 
 
-def decode_image(text: str) -> bytes:
+def decode_image(text: str, field: str = "init_images") -> bytes:
     """Bytes of a base64 image, raw or as a data URL (A1111 accepts both); 422 if it is neither.
     Size, format and pixel count are checked where the bytes are stored (files.save_upload)."""
     if text.startswith("data:"):
         head, _, text = text.partition(",")
         if not head.endswith(";base64"):
-            raise HTTPException(422, "init_images: a data URL must be base64 (data:image/png;base64,...)")
+            raise HTTPException(422, f"{field}: a data URL must be base64 (data:image/png;base64,...)")
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise HTTPException(422, "init_images: not base64 image data (raw base64 or a data:image/...;base64, "
+        raise HTTPException(422, f"{field}: not base64 image data (raw base64 or a data:image/...;base64, "
                                  "URL; URLs to fetch are not accepted)") from None
 
 
@@ -220,13 +243,19 @@ def a1111_router(job_params: Callable[[BaseModel, ServerSettings], dict]) -> API
         fields["vae"] = _job_vae(body.override_settings, options, settings, pipe)
         fields["clip_skip"] = _clip_skip(body.override_settings.get("CLIP_stop_at_last_layers",
                                                                    options["CLIP_stop_at_last_layers"]))
-        if kind == "img2img":
+        if kind in ("img2img", "inpaint"):
             fields["strength"] = body.denoising_strength
+        if kind == "inpaint":
+            fields.update(body.inpaint_fields())
         params = job_params(_studio_request(STUDIO_MODELS[kind], fields), settings)
-        if kind == "img2img":
+        if kind in ("img2img", "inpaint"):
             data = decode_image(body.init_images[0])
             params["init_image"] = save_upload(data, settings.upload_dir, settings.max_upload_bytes,
                                                settings.max_upload_pixels)
+        if kind == "inpaint":
+            params["mask_image"] = save_upload(decode_image(body.mask, "mask"), settings.upload_dir,
+                                               settings.max_upload_bytes, settings.max_upload_pixels)
+            inpaint_inputs(params, settings)          # the mask fits the image and is not empty, else 422
         return params
 
     async def run(kind: str, body: A1111Request, request: Request) -> dict:
@@ -242,8 +271,9 @@ def a1111_router(job_params: Callable[[BaseModel, ServerSettings], dict]) -> API
 
     @router.post("/img2img", response_model=ImagesResponse)
     async def img2img(body: A1111Img2Img, request: Request) -> dict:
-        """img2img (SDEdit) from init_images[0], noised to denoising_strength; blocks until done."""
-        return await run("img2img", body, request)
+        """img2img (SDEdit) from init_images[0], noised to denoising_strength; with a mask, inpainting
+        (the mask's white area repainted, the rest kept); blocks until done."""
+        return await run("inpaint" if body.mask else "img2img", body, request)
 
     @router.get("/progress", response_model=ProgressResponse)
     def progress(request: Request, skip_current_image: bool = False) -> dict:

@@ -30,8 +30,8 @@ from .files import UploadError, clean_server_temps, gallery, safe_output_path, s
 from .headers import SecurityHeadersMiddleware
 from .jobs import RUNNERS, JobQueue
 from .lock import QueueLock
-from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest, JobList,
-                      JobOut, JobState, Options, SamplingRequest, TrainRequest)
+from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest,
+                      InpaintRequest, JobList, JobOut, JobState, Options, SamplingRequest, TrainRequest)
 from .settings import ServerSettings
 from .store import REQUEUEABLE, TERMINAL, JobStore, QueueFull
 
@@ -194,6 +194,23 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
         params["init_image"] = await asyncio.to_thread(save_upload, data, settings.upload_dir,
                                                        settings.max_upload_bytes, settings.max_upload_pixels)
         job = _queue(request).submit("img2img", params)
+        return _get_job(request, job["id"])
+
+    @app.post("/api/inpaint", status_code=202, response_model=JobOut)
+    async def inpaint(request: Request, form: Annotated[InpaintRequest, Form()],
+                      image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP or GIF")],
+                      mask: Annotated[Optional[UploadFile], File(description="white = repaint (any size of the "
+                                                                 "image's shape; transparency: its alpha); "
+                                                                 "not with expand")] = None) -> dict:
+        """Inpainting (the mask's white area repainted) or, with `expand`, outpainting."""
+        params = _job_params(form, settings)
+        for field, upload in (("init_image", image), ("mask_image", mask)):
+            if upload is not None and not (field == "mask_image" and params.get("expand")):
+                data = await upload.read(settings.max_upload_bytes + 1)
+                params[field] = await asyncio.to_thread(save_upload, data, settings.upload_dir,
+                                                        settings.max_upload_bytes, settings.max_upload_pixels)
+        await asyncio.to_thread(runners.inpaint_inputs, params, settings)      # the mask fits the image: else 422
+        job = _queue(request).submit("inpaint", params)
         return _get_job(request, job["id"])
 
     @app.post("/api/attend", status_code=202, response_model=JobOut)

@@ -1,4 +1,4 @@
-"""Job kinds of the generation studio: txt2img and img2img. Each is one registered runner.
+"""Job kinds of the generation studio: txt2img, img2img and inpaint. Each is one registered runner.
 
 Other kinds register the same way, `@register_kind("name") def run(ctx) -> dict`: attention
 maps and prompt-to-prompt edits (attention_jobs.py), training (train_jobs.py).
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import GenerationConfig
+from ..errors import ConfigError
 from ..io.outputs import save_result
 from .jobs import JobContext, register_kind
 
@@ -36,15 +37,16 @@ def file_links(paths: list[Path], out_dir: Path) -> list[dict]:
     return [{"name": p.name, "url": f"/files/{p.relative_to(out_dir).as_posix()}"} for p in paths]
 
 
-def _generate(ctx: JobContext, init_image=None) -> dict:
+def _generate(ctx: JobContext, init_image=None, make=None) -> dict:
+    """Run the job's generation (`make(config, **loop)`, default Pipeline.generate), save its images."""
     from .train_jobs import trained_applied
 
     config = generation_config(ctx.params)
     check_hires_side(config, ctx.pipe, ctx.settings.max_side)
     with trained_applied(ctx.pipe, ctx.settings.output_dir, ctx.params.get("trained"),
                          ctx.params.get("trained_scale", 1.0)):
-        result = ctx.pipe.generate(config, init_image=init_image, callback=ctx.callback(config.batch_count),
-                                   cancel=ctx.cancel)
+        make = make or (lambda config, **loop: ctx.pipe.generate(config, init_image=init_image, **loop))
+        result = make(config, callback=ctx.callback(config.batch_count), cancel=ctx.cancel)
     out_dir = ctx.settings.output_dir
     with ctx.save_lock:  # running numbers in the folder: one writer at a time
         paths = save_result(result, out_dir, grid=len(result.images) > 1)
@@ -66,3 +68,31 @@ def run_img2img(ctx: JobContext) -> dict:
     init = load_image(ctx.settings.upload_dir / Path(ctx.params["init_image"]).name,
                       max_pixels=ctx.settings.max_upload_pixels)
     return _generate(ctx, init_image=init)
+
+
+def inpaint_inputs(params: dict, settings) -> tuple:
+    """(image, mask or None, InpaintConfig, Expand or None) of an inpaint job's stored uploads and
+    params; ConfigError for a mask that does not fit the image or leaves nothing to repaint."""
+    from ..inpaint import Expand, InpaintConfig, load_mask
+    from ..inpaint.masks import prepare_mask
+    from ..io.images import load_image
+
+    uploads, limit = settings.upload_dir, settings.max_upload_pixels
+    image = load_image(uploads / Path(params["init_image"]).name, max_pixels=limit)
+    options = InpaintConfig(**{k: params[k] for k in InpaintConfig.field_names() if k in params})
+    if params.get("expand"):
+        return image, None, options, Expand.parse(params["expand"])
+    if not params.get("mask_image"):
+        raise ConfigError("mask: upload a mask (white = repaint), or give expand to outpaint")
+    mask = load_mask(uploads / Path(params["mask_image"]).name, max_pixels=limit)
+    prepare_mask(mask, image.size, options.invert_mask)
+    return image, mask, options, None
+
+
+@register_kind("inpaint")
+def run_inpaint(ctx: JobContext) -> dict:
+    """The uploaded image with its mask's white area repainted, or outpainted with `expand`."""
+    image, mask, options, expand = inpaint_inputs(ctx.params, ctx.settings)
+    if expand is not None:
+        return _generate(ctx, make=lambda config, **loop: ctx.pipe.outpaint(config, image, expand, options, **loop))
+    return _generate(ctx, make=lambda config, **loop: ctx.pipe.inpaint(config, image, mask, options, **loop))

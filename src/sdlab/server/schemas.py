@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 from ..attention.edit import MAX_WEIGHT, EditConfig
 from ..attention.store import ALL_PLACES
 from ..config import SAME, GenerationConfig, settings_of
+from ..inpaint.options import Expand, InpaintConfig
 
 
 def http_bound(name: str) -> int:
@@ -90,6 +91,19 @@ class Img2ImgRequest(declared(GenerateRequest, GenerationConfig, "strength")):
     """An img2img job (SDEdit): the uploaded image, noised to `strength`, then denoised."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the multipart form also holds `image`
+
+
+class InpaintRequest(declared(Img2ImgRequest, InpaintConfig, *InpaintConfig.field_names())):
+    """An inpaint job (sdlab.inpaint): the uploaded image with the white area of the uploaded mask
+    repainted at `strength`; or, with `expand`, outpainting (the image grown, no mask needed)."""
+
+    expand: Optional[str] = Field(None, max_length=100, examples=["left=16,top=8"],
+                                  description="outpaint: pixels to add per side (left, top, right, bottom)")
+
+    @field_validator("expand")
+    @classmethod
+    def _expand(cls, v: Optional[str]) -> Optional[str]:
+        return None if v in (None, "") else str(Expand.parse(v))    # ConfigError -> 422 naming the sides
 
 
 Place = Literal[ALL_PLACES]  # type: ignore[valid-type]
