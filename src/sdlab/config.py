@@ -112,9 +112,9 @@ def _schedule_names() -> list[str]:
 
 
 def _hires_upscalers() -> list[str]:
-    from .sampling.hires import UPSCALERS
+    from .sampling.names import HIRES_UPSCALERS      # torch-free, for `sdlab generate --help`
 
-    return list(UPSCALERS)
+    return list(HIRES_UPSCALERS)
 
 
 _SIDE = dict(lo=8, hi=MAX_SIDE, multiple_of=8, default_text="the model's native size", http_hi=2048)

@@ -6,58 +6,34 @@ maps or edit them (prompt-to-prompt, Hertz et al. 2022), and heatmaps of the map
     pipe.generate(config, attention=controller)                        # any AttentionController
 """
 
-from __future__ import annotations
+import sys
+import types
 
-import contextlib
-from typing import Iterator, Optional
-
-from ..errors import ConfigError
-from .controller import AttentionController
-from .processor import ControlledAttnProcessor, LayerInfo, place_of
-from .store import AttentionStore, attend
-
-_SUFFIX = ".processor"
-
-
-def _pre_hook(controller: AttentionController):
-    def hook(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-        controller.begin_forward(sample, timestep)
-
-    return hook
-
-
-@contextlib.contextmanager
-def attention_control(unet, controller: Optional[AttentionController] = None) -> Iterator:
-    """Install `ControlledAttnProcessor(controller)` on every attention layer of `unet` (via
-    `set_attn_processor`) plus a forward pre-hook that tells the controller each call's timestep;
-    on exit the original processors come back and the hook is removed. Yields the controller."""
-    if controller is not None and not isinstance(controller, AttentionController):
-        raise ConfigError(f"attention controller must be an AttentionController, got {type(controller).__name__}")
-    original = dict(unet.attn_processors)
-    if not original:
-        raise ConfigError(f"{type(unet).__name__} has no attention layers to control")
-    layers = {key: ControlledAttnProcessor(controller, key[: -len(_SUFFIX)] if key.endswith(_SUFFIX) else key)
-              for key in original}
-    handle = None
-    try:
-        unet.set_attn_processor(layers)
-        if controller is not None:
-            controller.begin_loop()
-            handle = unet.register_forward_pre_hook(_pre_hook(controller), with_kwargs=True)
-        yield controller
-    finally:
-        if handle is not None:
-            handle.remove()
-        unet.set_attn_processor(dict(original))
-        if controller is not None:
-            controller.end_loop()
-
-
-from .edit import EditConfig, EditResult, edit, edit_batch  # noqa: E402  (needs attention_control above)
-from .p2p import LocalBlend, PromptToPromptController  # noqa: E402
+from ..lazy import lazy_exports
 
 __all__ = ["attention_control", "attend", "AttentionController", "AttentionStore", "ControlledAttnProcessor",
            "LayerInfo", "place_of", "edit", "edit_batch", "EditConfig", "EditResult", "LocalBlend",
            "PromptToPromptController"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".hook": ("attention_control",), ".controller": ("AttentionController",),
+    ".processor": ("ControlledAttnProcessor", "LayerInfo", "place_of"), ".store": ("AttentionStore", "attend"),
+    ".edit": ("EditResult", "edit_batch"), ".options": ("EditConfig",),
+    ".p2p": ("LocalBlend", "PromptToPromptController")})
+
+
+class _Attention(types.ModuleType):
+    """`sdlab.attention.edit` stays the function, as when this package imported everything at once
+    (the submodule of the same name is in sys.modules, where `import sdlab.attention.edit` finds it)."""
+
+    @property
+    def edit(self):
+        from .edit import edit
+
+        return edit
+
+    @edit.setter
+    def edit(self, module) -> None:      # where the import system records the submodule: ignored
+        pass
+
+
+sys.modules[__name__].__class__ = _Attention

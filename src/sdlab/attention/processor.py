@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-PLACES = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
+from .options import PLACES  # noqa: F401  (declared torch-free, for `sdlab attend --help`)
 
 
 @dataclass(frozen=True)

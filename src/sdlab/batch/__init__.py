@@ -6,7 +6,8 @@ PNG plus a manifest, exactly once across kills and resumes, on Ray Data or in-pr
     summary = run_batch("prompts.jsonl", "out", GenerationConfig("", steps=20))
 """
 
-from .render import ModelSpec, Renderer
-from .run import BatchOptions, BatchSummary, run_batch
+from ..lazy import lazy_exports
 
 __all__ = ["BatchOptions", "BatchSummary", "ModelSpec", "Renderer", "run_batch"]
+__getattr__, __dir__ = lazy_exports(__name__, {".render": ("ModelSpec", "Renderer"),
+                                               ".run": ("BatchOptions", "BatchSummary", "run_batch")})

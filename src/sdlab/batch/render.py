@@ -10,14 +10,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from ..config import GenerationConfig
 from ..errors import ConfigError, SdlabError
 from ..io.atomic import OutputExists
 from .rows import Row, from_columns, row_config, row_record
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("sdlab.batch")
 # what decides a row's image, compared when its file is already there
@@ -179,6 +180,8 @@ class Pristine:
         try:
             yield
         finally:
+            import torch            # here, not at import: `sdlab batch --help` stays torch-free
+
             with torch.no_grad():
                 for p, s in zip(self.params(), self.saved):
                     if not torch.equal(p, s):

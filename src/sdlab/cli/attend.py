@@ -14,7 +14,7 @@ import argparse
 import re
 from pathlib import Path
 
-from ..attention.store import ALL_PLACES
+from ..attention.options import ALL_PLACES
 from ..config import GenerationConfig
 from .generate import config_from_args, load_pipeline, sampling_options
 from .options import add_config_arguments
@@ -25,8 +25,12 @@ EXAMPLES = """examples:
 """
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"attend": "cross-attention maps per token, overlaid on the image"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("attend", help="cross-attention maps per token, overlaid on the image", epilog=EXAMPLES,
+    p = sub.add_parser("attend", help=HELP["attend"], epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", help="what to draw")
     sampling_options(p)

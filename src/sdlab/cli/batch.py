@@ -24,11 +24,15 @@ Exit status 1 when some rows failed (their errors are in OUT/manifest.jsonl).
 ROW_DEFAULTS = ("negative_prompt", "steps", "cfg_scale", "sampler", "seed", "width", "height", "guidance_rescale")
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"batch": "render every row of a prompt file (JSONL, CSV, text, Parquet), on Ray"}
+
+
 def register(sub) -> None:
     from ..batch.run import BatchOptions
     from .generate import learned_options
 
-    p = sub.add_parser("batch", help="render every row of a prompt file (JSONL, CSV, text, Parquet), on Ray",
+    p = sub.add_parser("batch", help=HELP["batch"],
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompts", help="prompt file: .jsonl, .csv, .txt (one prompt a line) or .parquet")
     p.add_argument("--out", required=True, help="output folder: ID.png per row, manifest.jsonl, batch.json")

@@ -15,9 +15,13 @@ EXAMPLES = """examples:
 """
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"convert": "convert LoRA (diffusers <-> kohya) and embedding (diffusers <-> a1111) files, "
+                   "or a model folder to one single-file checkpoint"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("convert", help="convert LoRA (diffusers <-> kohya) and embedding (diffusers <-> a1111) files, "
-                                       "or a model folder to one single-file checkpoint",
+    p = sub.add_parser("convert", help=HELP["convert"],
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="input .safetensors (or an A1111 .pt embedding); a model folder for --to single-file")
     p.add_argument("dst", help="output .safetensors (must not exist)")

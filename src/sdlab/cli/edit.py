@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from ..attention.edit import MODES, EditConfig
+from ..attention.options import MODES, EditConfig
 from ..config import GenerationConfig
 from ..errors import ConfigError
 from .generate import config_from_args, learned_options, load_learned
@@ -23,8 +23,12 @@ EXAMPLES = """examples:
 """
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"edit": "prompt-to-prompt edit: replace, refine, reweight, local blend"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("edit", help="prompt-to-prompt edit: replace, refine, reweight, local blend",
+    p = sub.add_parser("edit", help=HELP["edit"],
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="the source prompt")
     p.add_argument("target", nargs="?", default=None, help="the edited prompt (default: the source, for reweight)")

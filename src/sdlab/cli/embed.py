@@ -34,8 +34,13 @@ An existing file is never replaced: the command refuses before sampling.
 """
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"mix": "mix token embeddings of words (e.g. half circle, half square)",
+        "interpolate": "interpolate between two prompts' embeddings (same seed), as a video"}
+
+
 def register(sub) -> None:
-    m = sub.add_parser("mix", help="mix token embeddings of words (e.g. half circle, half square)",
+    m = sub.add_parser("mix", help=HELP["mix"],
                        description=MIX_HELP, epilog=MIX_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("prompt", metavar="TEMPLATE", help="prompt with '{}' where the mixed word goes")
     m.add_argument("words", nargs="+", metavar="WORD[=WEIGHT]", help="words to mix with their weights (default 1)")
@@ -49,7 +54,7 @@ def register(sub) -> None:
     m.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
     m.set_defaults(run=run_mix, trajectory=None)
 
-    i = sub.add_parser("interpolate", help="interpolate between two prompts' embeddings (same seed), as a video",
+    i = sub.add_parser("interpolate", help=HELP["interpolate"],
                        epilog=INTERP_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("prompt_a")
     i.add_argument("prompt_b")

@@ -17,11 +17,15 @@ EXAMPLES = """examples:
 """
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"eval": "evaluate a learned concept (oracle rates, CLIP scores, drift) per checkpoint"}
+
+
 def register(sub) -> None:
     from ..config import settings_of
     from ..evaluate.run import EvalOptions
 
-    p = sub.add_parser("eval", help="evaluate a learned concept (oracle rates, CLIP scores, drift) per checkpoint",
+    p = sub.add_parser("eval", help=HELP["eval"],
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = ("run_dir", "artifacts")
     add_config_arguments(p.add_mutually_exclusive_group(required=True), EvalOptions, source)

@@ -93,13 +93,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     control_options(p)
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"generate": "text to image",
+        "img2img": "image to image (SDEdit), or a strength sweep"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="text to image", epilog=EXAMPLES,
+    p = sub.add_parser("generate", help=HELP["generate"], epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     add_config_arguments(p, GenerationConfig, HIRES_SETTINGS)
     p.set_defaults(run=run_generate)
-    q = sub.add_parser("img2img", help="image to image (SDEdit), or a strength sweep",
+    q = sub.add_parser("img2img", help=HELP["img2img"],
                        epilog='examples:\n  sdlab img2img input.png "a small yellow star" --strength 0.6\n'
                               '  sdlab img2img input.png "a small yellow star" --strength 0.2 0.4 0.6 0.8 --seed 1',
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -23,10 +23,14 @@ axes: any generation option by its name (steps, cfg-scale, sampler, schedule, se
 """
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"grid": "X/Y/Z plot: one image per combination of settings, in a labelled grid"}
+
+
 def register(sub) -> None:
     from ..sampling.xyz_axes import axis_names
 
-    p = sub.add_parser("grid", help="X/Y/Z plot: one image per combination of settings, in a labelled grid",
+    p = sub.add_parser("grid", help=HELP["grid"],
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", help="what to draw")
     names = ", ".join(axis_names())

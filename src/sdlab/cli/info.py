@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"info": "describe a model (default: the shipped model), a LoRA, embedding or VAE"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("info", help="describe a model (default: the shipped model), a LoRA, embedding or VAE")
+    p = sub.add_parser("info", help=HELP["info"])
     p.add_argument("model", nargs="?", default=None,
                    help="diffusers folder or single-file checkpoint; or a LoRA / embedding / VAE file or VAE folder")
     p.add_argument("--json", action="store_true", help="print JSON")

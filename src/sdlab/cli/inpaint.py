@@ -27,8 +27,12 @@ with --only-masked the model's native size); the result always has the image's s
 """
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"inpaint": "repaint the masked part of an image, or outpaint with --expand"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("inpaint", help="repaint the masked part of an image, or outpaint with --expand",
+    p = sub.add_parser("inpaint", help=HELP["inpaint"],
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", help="input image (any format Pillow reads)")
     p.add_argument("mask", metavar="MASK", help="mask image, white = repaint (with --expand: the prompt)")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from ..errors import SdlabError
-from . import (attend, batch, convert, edit, embed, evaluate, generate, grid, info, inpaint, serve, tokens,
-               train, world)
+
+# the module of each group of commands, in `sdlab --help` order; each has HELP: {command: one line}
+MODULES = ("generate", "inpaint", "grid", "batch", "attend", "edit", "info", "tokens", "world", "embed", "serve",
+           "train", "convert", "evaluate")
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
@@ -44,32 +47,33 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(child)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `sdlab` parser. `command`: only the module of that command is built in full, the others
+    are one-line entries for `sdlab --help`, so that a command (and its --help) imports only what
+    it needs (no torch for --help); None: every command in full."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="sdlab", description=__doc__, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"sdlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    generate.register(sub)
-    inpaint.register(sub)
-    grid.register(sub)
-    batch.register(sub)
-    attend.register(sub)
-    edit.register(sub)
-    info.register(sub)
-    tokens.register(sub)
-    world.register(sub)
-    embed.register(sub)
-    serve.register(sub)
-    train.register(sub)
-    convert.register(sub)
-    evaluate.register(sub)
+    for name in MODULES:
+        module = importlib.import_module(f".{name}", __package__)
+        if command is None or command in module.HELP:
+            module.register(sub)
+        else:
+            for cmd, text in module.HELP.items():
+                sub.add_parser(cmd, help=text)
     _show_defaults(parser)
     return parser
 
 
+def command_of(argv: list[str]) -> str:
+    """The command `argv` runs: its first argument that is no option ("" for none: `sdlab --help`)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(command_of(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0

@@ -16,8 +16,12 @@ EXAMPLES = """examples:
 """
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"serve": "web UI and HTTP API with a job queue"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="web UI and HTTP API with a job queue", epilog=EXAMPLES,
+    p = sub.add_parser("serve", help=HELP["serve"], epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")

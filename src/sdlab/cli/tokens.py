@@ -12,8 +12,12 @@ from pathlib import Path
 from ..errors import ModelLoadError
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"tokens": "show how a prompt is tokenized, chunked and weighted"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("tokens", help="show how a prompt is tokenized, chunked and weighted")
+    p = sub.add_parser("tokens", help=HELP["tokens"])
     p.add_argument("prompt", help='prompt in A1111 syntax, e.g. "a (red:1.3) circle BREAK blue background"')
     p.add_argument("--model", default=None, help="diffusers folder, tokenizer folder or single file "
                                                  "(default: the shipped model)")

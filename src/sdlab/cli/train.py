@@ -34,6 +34,10 @@ def _arguments(p: argparse.ArgumentParser, spec) -> None:
     add_config_arguments(p.add_argument_group(f"{spec.name} options"), spec.options)
 
 
+# the line of `sdlab --help` (the methods are listed by `sdlab train --help`: loading them imports torch)
+HELP = {"train": "personalize a model with a registered training method (textual inversion, LoRA, ...)"}
+
+
 def register(sub) -> None:
     from ..training.methods import registry
 

@@ -8,8 +8,12 @@ import json
 from pathlib import Path
 
 
+# this module's commands and their lines in `sdlab --help`
+HELP = {"world": "the shapes world: oracle, dataset, base model"}
+
+
 def register(sub) -> None:
-    p = sub.add_parser("world", help="the shapes world: oracle, dataset, base model")
+    p = sub.add_parser("world", help=HELP["world"])
     ws = p.add_subparsers(dest="world_command", required=True, metavar="WORLD_COMMAND")
 
     r = ws.add_parser("read", help="read background and objects from an image, as JSON")

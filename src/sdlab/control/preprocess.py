@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageFilter
-from scipy import ndimage
 
 from ..errors import ConfigError
 
@@ -40,6 +39,8 @@ def _grey(values: np.ndarray) -> Image.Image:
 
 def mask_map(image: Image.Image) -> Image.Image:
     """The objects' filled silhouettes, white on black."""
+    from scipy import ndimage           # here: `sdlab generate --help` lists PREPROCESSORS only
+
     dist = _distance(np.asarray(image.convert("RGB"), dtype=np.float32))
     fg = ndimage.binary_fill_holes(dist > max(30.0, 0.25 * float(np.percentile(dist, 99.5))))
     return _grey(fg * 255.0)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..config import setting
 from ..errors import ConfigError
-from . import apply
-from .report import BASELINE, EvalSettings, evaluate, pick_best, write_report
+
+if TYPE_CHECKING:       # the rest loads in the functions: `sdlab eval --help` reads EvalOptions without torch
+    from .report import EvalSettings
 
 ORACLE = ("auto", "on", "off")
 
@@ -113,6 +114,9 @@ def parse_concept(items) -> dict:
 def evaluate_learned(opts: EvalOptions, log: Callable[[str], None] = print) -> EvalResult:
     """Evaluate every checkpoint of `opts.run_dir` (or each artifact) and write the report;
     `log` gets one line of metrics per model read."""
+    from . import apply
+    from .report import evaluate, pick_best, write_report
+
     if opts.run_dir and opts.model is None:
         from ..training.loop import run_base_model
 
@@ -156,6 +160,9 @@ def evaluate_learned(opts: EvalOptions, log: Callable[[str], None] = print) -> E
 def _settings(opts: EvalOptions) -> tuple:
     """(the base model's pipeline for --drift or None, the EvalSettings), with the oracle decided
     and the settings that need it checked."""
+    from . import apply
+    from .report import EvalSettings
+
     concept = parse_concept(opts.concept)
     needs_base = opts.drift or (opts.oracle == "auto" and opts.model)
     base = apply.load_artifact(opts.model, None, vae=opts.vae) if needs_base else None
@@ -202,6 +209,9 @@ def _reference(opts: EvalOptions, s: EvalSettings) -> list | None:
 def _targets(opts: EvalOptions) -> list[tuple]:
     """(label, step, what to load) per model read: each checkpoint or artifact, the base model first
     with --baseline."""
+    from . import apply
+    from .report import BASELINE
+
     if opts.run_dir:
         targets = [(p.name, int(p.name.split("-")[1]), p) for p in apply.checkpoints_of(opts.run_dir)]
     else:
@@ -212,6 +222,7 @@ def _targets(opts: EvalOptions) -> list[tuple]:
 def _add_logged_losses(rows: list, run_dir: str) -> None:
     """What the run logged of each checkpoint: its validation loss, into its metrics."""
     from ..training.logs import validation_losses
+    from .report import BASELINE
 
     logged = validation_losses(run_dir)
     for label, step, metrics, _ in rows:

@@ -8,9 +8,11 @@
     wide = pipe.outpaint(GenerationConfig("a red circle on a blue background"), image, "left=16,top=8")
 """
 
-from .masks import expand_canvas, load_mask, mask_from_image
-from .options import MASKED_CONTENT, Expand, InpaintConfig
-from .run import Prepared, composite, inpaint, inpaint_latents, outpaint, prepare, processing_size
+from ..lazy import lazy_exports
 
 __all__ = ["MASKED_CONTENT", "Expand", "InpaintConfig", "Prepared", "composite", "expand_canvas", "inpaint",
            "inpaint_latents", "load_mask", "mask_from_image", "outpaint", "prepare", "processing_size"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".masks": ("expand_canvas", "load_mask", "mask_from_image"),
+    ".options": ("MASKED_CONTENT", "Expand", "InpaintConfig"),          # torch-free: `sdlab inpaint --help`
+    ".run": ("Prepared", "composite", "inpaint", "inpaint_latents", "outpaint", "prepare", "processing_size")})

@@ -4,10 +4,11 @@ Configs for SD 1.5 / 2.1 and the CLIP BPE vocabulary ship under ``configs/``; no
 downloaded.
 """
 
-from sdlab.models.devices import resolve_device, resolve_dtype
-from sdlab.models.hashing import model_hash
-from sdlab.models.loader import Components, load_pipeline_components
-from sdlab.models.tokenizer import clip_tokenizer, write_clip_tokenizer_files
+from sdlab.lazy import lazy_exports
 
 __all__ = ["Components", "load_pipeline_components", "model_hash", "resolve_device",
            "resolve_dtype", "clip_tokenizer", "write_clip_tokenizer_files"]
+__getattr__, __dir__ = lazy_exports(__name__, {      # hashing is torch-free (`sdlab generate --server`)
+    ".devices": ("resolve_device", "resolve_dtype"), ".hashing": ("model_hash",),
+    ".loader": ("Components", "load_pipeline_components"),
+    ".tokenizer": ("clip_tokenizer", "write_clip_tokenizer_files")})
