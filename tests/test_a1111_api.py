@@ -222,7 +222,8 @@ def test_a1111_sampler_names_refused(name, scheduler, message):
     ("img2img", {"init_images": ["not base64!"]}, "init_images"),
     ("img2img", {"init_images": ["data:image/png,plain"]}, "init_images"),
     ("img2img", {"init_images": ["QUJD", "QUJD"]}, "init_images"),
-    ("img2img", {"init_images": ["QUJD"], "mask": "QUJD"}, "mask"),
+    ("img2img", {"init_images": ["QUJD"], "mask": "QUJD", "mask_blur_x": 2, "mask_blur_y": 3}, "mask_blur_x"),
+    ("img2img", {"init_images": ["QUJD"], "mask": "QUJD", "inpainting_fill": 4}, "inpainting_fill"),
     ("img2img", {"init_images": ["QUJD"], "resize_mode": 1}, "resize_mode"),
     ("img2img", {"init_images": ["QUJD"], "denoising_strength": 1.5}, "denoising_strength"),
 ])
