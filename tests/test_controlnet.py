@@ -175,3 +175,43 @@ def test_controlnet_of_another_scale_is_refused(pipe):
     sd_like = ControlNetModel.from_unet(pipe.c.unet)       # shrinks by 8, as SD's; the tiny VAE by 2
     with pytest.raises(ConfigError, match="shrinks its control image by 8 but this model's latents are 1/2"):
         pipe.generate(GenerationConfig("x", steps=1), controls=[Control(_image(0), sd_like)])
+
+
+def _to_ldm(state: dict, layers_per_block: int) -> dict:
+    """A diffusers ControlNet state dict in the original (ldm) layout of the shared control_*.safetensors."""
+    from sdlab.models.checkpoint import UNET_PREFIX
+    from sdlab.models.ldm_export import unet_to_original
+
+    fixed = {"controlnet_cond_embedding.conv_in": "input_hint_block.0",
+             "controlnet_cond_embedding.conv_out": "input_hint_block.14", "controlnet_mid_block": "middle_block_out.0"}
+    out, shared = {}, {}
+    for key, value in state.items():
+        head, _, param = key.rpartition(".")
+        if head in fixed:
+            out[f"{fixed[head]}.{param}"] = value
+        elif head.startswith("controlnet_cond_embedding.blocks."):
+            out[f"input_hint_block.{2 * (int(head.split('.')[-1]) + 1)}.{param}"] = value
+        elif head.startswith("controlnet_down_blocks."):
+            out[f"zero_convs.{head.split('.')[-1]}.0.{param}"] = value
+        else:
+            shared[key] = value
+    out.update({k.removeprefix(UNET_PREFIX): v for k, v in unet_to_original(shared, layers_per_block).items()})
+    return out
+
+
+def test_an_original_layout_file_loads_as_the_diffusers_controlnet(pipe, tmp_path):
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    from sdlab.control.loading import load_controlnet
+
+    torch.manual_seed(3)
+    net = ControlNetModel.from_unet(pipe.c.unet)          # SD's conditioning embedding (x8), as in the shared files
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(_to_ldm(state, pipe.c.unet.config.layers_per_block), tmp_path / "control_tiny.safetensors")
+    loaded = load_controlnet(tmp_path / "control_tiny.safetensors", pipe.c.unet).state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
