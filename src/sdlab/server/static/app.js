@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["done", "failed", "cancelled", "interrupted"]);
-const MODES = ["txt2img", "img2img", "attend", "edit", "train"];
+const MODES = ["txt2img", "img2img", "inpaint", "attend", "edit", "train"];
 const S = { token: null, mode: "txt2img", job: null, source: null };
 
 // --- token: ?token=... in the address, kept in sessionStorage ------------------------------
@@ -51,7 +51,8 @@ function setMode(mode) {
     $("tab-" + m).classList.toggle("active", m === mode);
     $("tab-" + m).setAttribute("aria-selected", String(m === mode));
   }
-  $("img2img-fields").hidden = mode !== "img2img";
+  $("img2img-fields").hidden = mode !== "img2img" && mode !== "inpaint";
+  $("inpaint-fields").hidden = mode !== "inpaint";
   $("attend-fields").hidden = mode !== "attend";
   $("edit-fields").hidden = mode !== "edit";
   $("train-fields").hidden = mode !== "train";
@@ -136,6 +137,7 @@ function request() {
     delete p.prompt;
     return postJson("/api/edit", Object.assign(p, e));
   }
+  if (S.mode === "inpaint") return inpaintRequest(p);  // inpaint.js
   const file = $("image").files[0];
   if (!file) return Promise.reject(new Error("img2img needs an input image"));
   const form = new FormData();
