@@ -321,6 +321,8 @@ def test_cli_inpaint_and_outpaint(tiny_model_dir, tmp_path, capsys):
 
     _image((16, 16), seed=8).save(tmp_path / "in.png")
     _mask().save(tmp_path / "mask.png")
+    Image.new("L", (16, 16), 0).save(tmp_path / "black.png")
+    Image.new("L", (16, 8), 255).save(tmp_path / "wide.png")
     common = ["--model", str(tiny_model_dir), "--steps", "2", "--seed", "4"]
     assert main(["inpaint", str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "a red star", *common,
                  "--mask-blur", "2", "--masked-content", "fill", "--inpaint-strength", "0.5",
@@ -338,6 +340,8 @@ def test_cli_inpaint_and_outpaint(tiny_model_dir, tmp_path, capsys):
         ([str(tmp_path / "in.png"), "x", "--expand", "up=8"], "SIDE=PIXELS"),
         ([str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "x", "--masked-content", "noise"], "masked_content"),
         ([str(tmp_path / "in.png"), str(tmp_path / "nope.png"), "x"], "cannot read mask"),
+        ([str(tmp_path / "in.png"), str(tmp_path / "black.png"), "x"], "all black: nothing to repaint"),
+        ([str(tmp_path / "in.png"), str(tmp_path / "wide.png"), "x"], "the mask is 16x8 but the image 16x16"),
     ]:
         assert main(["inpaint", *argv, *common, "--out", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err

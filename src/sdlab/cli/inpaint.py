@@ -34,7 +34,7 @@ HELP = {"inpaint": "repaint the masked part of an image, or outpaint with --expa
 def register(sub) -> None:
     p = sub.add_parser("inpaint", help=HELP["inpaint"],
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", help="input image (any format Pillow reads)")
+    p.add_argument("image", metavar="IMAGE", help="input image (any format Pillow reads)")
     p.add_argument("mask", metavar="MASK", help="mask image, white = repaint (with --expand: the prompt)")
     p.add_argument("prompt", metavar="PROMPT", nargs="?", help="what to draw")
     p.add_argument("--expand", default=None, metavar="SIDES",
@@ -72,6 +72,10 @@ def run_inpaint(args) -> int:
     image, mask, prompt, expand = _inputs(args)
     config = config_from_args(args, prompt=prompt)
     options = InpaintConfig(**parsed_values(InpaintConfig, args))
+    if mask is not None:
+        from ..inpaint.masks import prepare_mask
+
+        prepare_mask(mask, image.size, options.invert_mask)     # a mask that cannot work fails before the model loads
     guidance = guidance_from_args(args)
     output_folder(args.out)                 # after the checks above: a refused run leaves no folder
     pipe = load_pipeline(args)
