@@ -11,6 +11,7 @@ from sdlab.errors import ConfigError
 from sdlab.io.metadata import parse_infotext
 from sdlab.sampling import get_sigmas
 from sdlab.sampling.hires import TILE_FACTOR, hires_sigmas, tiled_vae, upscaler_named
+from test_server_browser import _open_studio, browser, server  # noqa: F401  (the studio's fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,30 @@ def test_a1111_api_hires_fix_and_clip_skip(tmp_path):
         too_big = requests.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64,
                                                                    "height": 64, "enable_hr": True}, timeout=60)
         assert too_big.status_code == 500 and "past this server's largest side 96" in too_big.text
+
+
+def test_studio_hires_section_in_chromium(browser, server):
+    """The studio's txt2img tab: CLIP skip and the collapsible Hires fix section reach the job."""
+    base, _ = server
+    page, errors = _open_studio(browser, base)
+    assert not page.is_visible("#hires_scale")            # collapsed
+    page.click("#hires-fields summary")
+    page.fill("#prompt", "a large [red:blue:0.5] circle on a white background")
+    page.fill("#steps", "4")
+    page.fill("#seed", "5")
+    page.fill("#clip_skip", "2")
+    page.fill("#hires_scale", "2")
+    page.fill("#hires_steps", "2")
+    page.select_option("#hires_upscaler", "lanczos")
+    page.click("#generate")
+    page.wait_for_function("() => [...document.querySelectorAll('#results img')].some(i => i.naturalWidth === 128)",
+                           timeout=180_000)
+    meta = page.text_content("#meta")
+    assert meta.startswith("a large [red:blue:0.5] circle")
+    for field in ("Size: 64x64", "Clip skip: 2", "Hires upscale: 2", "Hires steps: 2", "Hires upscaler: Lanczos",
+                  "Denoising strength: 0.7"):
+        assert field in meta, (field, meta)
+    page.click("#tab-img2img")
+    assert page.is_hidden("#hires-fields") and page.is_visible("#clip_skip")
+    assert errors == []
+    page.close()
