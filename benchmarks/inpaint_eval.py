@@ -99,12 +99,25 @@ def _same(a, b) -> bool:
 def _run(pipe, config: GenerationConfig, image: Image.Image, mask: Image.Image, options: InpaintConfig):
     """(composite, the loop's own decoded image, the VAE round trip of `image`, the prepared job)."""
     from sdlab.inpaint import composite
-    from sdlab.inpaint.run import _pixels
+    from sdlab.inpaint.run import image_tensor
 
     prep = prepare(image, mask, options, image.size)
     raw = pipe.decode_images(inpaint_latents(pipe, config, prep, options, [config.seed]))[0]
-    round_trip = pipe.decode_images(pipe.encode_image(_pixels(prep.source).to(pipe.device)))[0]
+    round_trip = pipe.decode_images(pipe.encode_image(image_tensor(prep.source).to(pipe.device)))[0]
     return composite(prep, raw), raw, round_trip, prep
+
+
+def score_inpaint(scene: Scene, index: int, target: Scene, out: Image.Image) -> dict:
+    """new_right: the oracle reads two objects in `out`, the one nearest the masked object's place
+    with the target's shape and colour; other_same: the other object reads as in the source."""
+    before, after = oracle.read(render(scene)), oracle.read(out)
+    other_before = nearest(before, scene.objects[1 - index].center)
+    new = nearest(after, scene.objects[index].center)
+    other_after = nearest(after, other_before.center) if other_before else None
+    want = target.objects[index]
+    return {"new_right": new is not None and len(after.objects) == 2 and new is not other_after
+            and (new.shape, new.color) == (want.shape, want.color),
+            "other_same": other_after is not new and _same(other_before, other_after)}
 
 
 def inpaint_eval(pipe, n: int, config: GenerationConfig, options: InpaintConfig, shapes, margin: int,
@@ -117,17 +130,8 @@ def inpaint_eval(pipe, n: int, config: GenerationConfig, options: InpaintConfig,
         source, mask = render(scene), object_mask(scene, index, margin)
         out, raw, round_trip, prep = _run(pipe, replace(config, prompt=full_caption(target), seed=SEED0 + i),
                                           source, mask, options)
-        before, after = oracle.read(source), oracle.read(out)
-        place = scene.objects[index].center
-        other_before = nearest(before, scene.objects[1 - index].center)
-        new = nearest(after, place)
-        other_after = nearest(after, other_before.center) if other_before else None
         outside = np.asarray(prep.overlay) == 0
-        want = target.objects[index]
-        rows.append({"kind": kind,
-                     "new_right": new is not None and len(after.objects) == 2 and new is not other_after
-                     and (new.shape, new.color) == (want.shape, want.color),
-                     "other_same": other_after is not new and _same(other_before, other_after),
+        rows.append({"kind": kind, **score_inpaint(scene, index, target, out),
                      "psnr_outside_db": psnr(np.asarray(raw)[outside], np.asarray(round_trip)[outside]),
                      "composite_exact_outside": bool(np.array_equal(np.asarray(out)[outside],
                                                                     np.asarray(source)[outside]))})

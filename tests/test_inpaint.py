@@ -346,3 +346,49 @@ def test_cli_inpaint_and_outpaint(tiny_model_dir, tmp_path, capsys):
         assert main(["inpaint", *argv, *common, "--out", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# --- the oracle acceptance of benchmarks/inpaint_eval.py ---------------------------------------------
+
+def test_eval_masks_edits_and_scores_on_rendered_scenes(monkeypatch):
+    import random
+
+    from bench_util import load_benchmark
+    from sdlab.world.render import render
+
+    ev = load_benchmark("inpaint_eval", monkeypatch)
+    shapes = ("circle", "square", "triangle", "star", "cross")
+    rng = random.Random(0)
+    for i, scene in enumerate(ev.two_object_scenes(6, shapes)):
+        index = i % 2
+        mask = np.asarray(ev.object_mask(scene, index, 3)) > 0
+        obj, other = scene.objects[index], scene.objects[1 - index]
+        assert mask[obj.center[1], obj.center[0]] and not mask[other.center[1], other.center[0]]
+        for kind in ("shape", "color"):
+            target = ev.edited(scene, index, kind, shapes, rng)
+            new = target.objects[index]
+            assert target.objects[1 - index] == other and (getattr(new, kind) != getattr(obj, kind))
+            assert [getattr(new, a) for a in ev.ATTRS if a != kind] == [getattr(obj, a) for a in ev.ATTRS if a != kind]
+            assert ev.score_inpaint(scene, index, target, render(target)) == {"new_right": True, "other_same": True}
+            assert ev.score_inpaint(scene, index, target, render(scene)) == {"new_right": False, "other_same": True}
+            wrong = ev.edited(target, 1 - index, "color", shapes, rng)             # the other object changed
+            assert not ev.score_inpaint(scene, index, target, render(wrong))["other_same"]
+    assert ev.psnr(np.zeros(4), np.zeros(4)) == float("inf") and round(ev.psnr(np.zeros(4), np.ones(4)), 1) == 48.1
+
+
+def test_eval_runs_and_writes_its_one_result(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from bench_util import load_benchmark
+
+    ev = load_benchmark("inpaint_eval", monkeypatch)
+    monkeypatch.setattr(sys.modules["report"], "RESULTS_DIR", tmp_path)
+    assert ev.main(["--model", str(tiny_model_dir), "--n", "2", "--steps", "1", "--results"]) == 0
+    report = json.loads((tmp_path / "inpaint_eval.json").read_text())
+    assert report["inpaint"]["n"] == 2 and report["outpaint"]["n"] == 2
+    assert report["inpaint"]["composite_exact_outside"] == 1.0 and report["outpaint"]["original_exact"] == 1.0
+    assert "| inpaint: new object right (n=2) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ev.main(["--shapes", "circle,blob"])
+    assert "--shapes takes at least two of" in capsys.readouterr().err

@@ -81,7 +81,8 @@ def prepare(image: Image.Image, mask: Image.Image, options: InpaintConfig, size:
     return Prepared(source, work, work_mask, masks.overlay_mask(blurred, region is None), region)
 
 
-def _pixels(image: Image.Image) -> torch.Tensor:
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a (1, 3, H, W) tensor in [-1, 1], as the VAE takes it."""
     return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
 
 
@@ -94,7 +95,7 @@ def inpaint_latents(pipe, config: GenerationConfig, prep: Prepared, options: Inp
     UNet its mask and masked-image latents instead, as diffusers' inpainting pipeline (no
     latent blending). `loop`: sample_latents' keywords (callback, cancel, guidance, attention)."""
     width, height = prep.size
-    pixels = _pixels(prep.image).to(pipe.device)
+    pixels = image_tensor(prep.image).to(pipe.device)
     source = pipe.encode_image(pixels)
     repaint = latent_mask(prep.mask, source.shape[-1], source.shape[-2]).to(source)
     noise = batch_noise(source.shape[1:], [torch.Generator("cpu").manual_seed(s) for s in seeds]).to(source)
