@@ -392,3 +392,25 @@ def test_eval_runs_and_writes_its_one_result(tiny_model_dir, tmp_path, monkeypat
     with pytest.raises(SystemExit):
         ev.main(["--shapes", "circle,blob"])
     assert "--shapes takes at least two of" in capsys.readouterr().err
+
+
+# The issue's targets (issue 21), not to be loosened. On the shipped v2 model (n=16) the benchmark
+# measured new object right 0.75, other object the same 1.00, PSNR median 43.8 dB: this test fails
+# on v2 for the first and is meant for v3. v2 cannot draw the new world's shapes, so the scenes use
+# its five; re-calibrate ACCEPTANCE_SHAPES (to spec.BASE_SHAPES) on v3, never the targets.
+NEW_RIGHT_TARGET, OTHER_SAME_TARGET, PSNR_TARGET_DB = 0.80, 0.95, 40.0
+CONSISTENT_OUTPAINT = 0.90        # sdlab's reading of "a consistent background": the scene reads as before
+ACCEPTANCE_SHAPES = ("circle", "square", "triangle", "star", "cross")
+
+
+@pytest.mark.slow
+def test_oracle_acceptance_on_the_shipped_model(monkeypatch):
+    from bench_util import load_benchmark
+
+    ev = load_benchmark("inpaint_eval", monkeypatch)
+    report = ev.evaluate(Pipeline.load(), n=32, shapes=ACCEPTANCE_SHAPES)
+    ip, op = report["inpaint"], report["outpaint"]
+    assert ip["new_right"] >= NEW_RIGHT_TARGET, ip
+    assert ip["other_same"] >= OTHER_SAME_TARGET, ip
+    assert ip["psnr_outside_db"] >= PSNR_TARGET_DB and ip["composite_exact_outside"] == 1.0, ip
+    assert op["original_exact"] == 1.0 and op["consistent"] >= CONSISTENT_OUTPAINT, op
