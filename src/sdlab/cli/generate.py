@@ -103,6 +103,9 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     add_config_arguments(p, GenerationConfig, HIRES_SETTINGS)
+    from .remote import server_options
+
+    server_options(p)
     p.set_defaults(run=run_generate)
     q = sub.add_parser("img2img", help=HELP["img2img"],
                        epilog='examples:\n  sdlab img2img input.png "a small yellow star" --strength 0.6\n'
@@ -240,6 +243,10 @@ def _trajectory_recorder(args):
 
 
 def run_generate(args) -> int:
+    if args.server:                         # no model here: the settings go to the server, checked there
+        from .remote import run_remote
+
+        return run_remote(args, {n: getattr(args, n) for n in GenerationConfig.field_names() if hasattr(args, n)})
     return run_and_save(args, config_from_args(args))
 
 

@@ -166,6 +166,7 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
         q = _queue(request)
         pipe = next(iter(q.pipes.values()), None)
         return {"status": "ok", "version": __version__, "model": pipe.c.name if pipe else None,
+                "model_hash": getattr(pipe.c, "model_hash", None) if pipe else None,   # checked by generate --server
                 "workers": len(q.pipes), "jobs": q.store.counts(), "kinds": sorted(RUNNERS)}
 
     @app.get("/api/samplers")
