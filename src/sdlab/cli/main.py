@@ -10,7 +10,7 @@ from ..errors import SdlabError
 
 # the module of each group of commands, in `sdlab --help` order; each has HELP: {command: one line}
 MODULES = ("generate", "inpaint", "grid", "batch", "attend", "edit", "info", "tokens", "world", "embed", "serve",
-           "train", "convert", "evaluate")
+           "train", "convert", "merge", "evaluate")
 
 EPILOG = """examples:
   sdlab generate "a large red circle on the left on a blue background" --seed 1 --batch-size 4
