@@ -402,7 +402,7 @@ def _reply(job: dict, body: A1111Request, settings: ServerSettings, pipe) -> dic
     images = [_b64_file(settings, im["url"]) for im in made] if body.send_images else []
     parameters = body.model_dump()
     if isinstance(body, A1111Img2Img) and not body.include_init_images:
-        parameters["init_images"] = None
+        parameters["init_images"] = parameters["mask"] = None       # as A1111: the uploads are not echoed
     return {"images": images, "parameters": parameters, "info": json.dumps(_info(job, made, pipe))}
 
 
