@@ -116,8 +116,9 @@ class Pipeline:
         return apply_lora(self, path, scale)
 
     def load_controlnet(self, path: str | Path):
-        """A ControlNetModel (diffusers folder, or a diffusers- or ldm-layout file; sdlab.control.loading)
-        for this model's UNet, on its device and in its dtype; loaded once per path and mtime."""
+        """(ControlNetModel, name, short hash or None) of a diffusers folder, or a diffusers- or
+        ldm-layout file (sdlab.control.loading), for this model's UNet, on its device and in its
+        dtype; loaded once per path and mtime."""
         from .control.loading import load_controlnet
         from .control.spec import model_name
         from .models.hashing import short_hash
