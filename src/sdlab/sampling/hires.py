@@ -94,14 +94,7 @@ def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], name: str) -> to
         shape = (height // pipe.vae_scale, width // pipe.vae_scale)
         return F.interpolate(latents, size=shape, mode=up.mode, antialias=up.antialias)
     images = [im.resize(size, getattr(Image.Resampling, up.mode)) for im in pipe.decode_images(latents)]
-    pixels = torch.stack([torch.from_numpy(_array(im)) for im in images]).permute(0, 3, 1, 2) / 127.5 - 1
-    return pipe.encode_image(pixels)
-
-
-def _array(image: Image.Image):
-    import numpy as np
-
-    return np.asarray(image.convert("RGB"), dtype=np.float32).copy()
+    return torch.cat([pipe._init_latent(im, *size) for im in images])    # at its size: encoded as it is
 
 
 def pass_steps(config) -> int:
