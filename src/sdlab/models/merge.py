@@ -21,17 +21,17 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import ConfigError
 from ..io.atomic import OutputExists, atomic_dir, atomic_save
 from ..io.paths import exists_message
 from .hashing import lora_short_hash, model_hash
-from .lora import looks_like_lora
+
+if TYPE_CHECKING:       # torch loads in the functions that merge: `sdlab merge --help` stays torch-free
+    import torch
 
 MODES = {"weighted": "Weighted sum", "add-difference": "Add difference"}   # sdlab's name: A1111's label
 RECIPE_KEY = "sd_merge_recipe"
@@ -62,6 +62,8 @@ def check_options(alpha: float, mode: str, c) -> None:
 
 def merge_tensor(a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor], alpha: float, mode: str) -> torch.Tensor:
     """One tensor of the merge, in A's dtype; a tensor that is not floating point (an index buffer) is A's."""
+    import torch
+
     if not a.is_floating_point():
         return a
     work = torch.promote_types(a.dtype, torch.float32)
@@ -80,6 +82,8 @@ def kind_of(path: Path, what: str) -> str:
         raise ConfigError(f"{what} '{path}' is a pickle; sdlab merges .safetensors files only")
     if path.suffix.lower() != ".safetensors":
         raise ConfigError(f"{what} '{path}' is not a model folder or a .safetensors file")
+    from .lora import looks_like_lora
+
     with _open(path, what) as f:
         return "LoRA file" if looks_like_lora(f.keys()) else "model file"
 
@@ -113,6 +117,8 @@ def check_same_keys(shapes: dict[str, dict], where: str) -> None:
 def merge_file(paths: dict[str, Path], out: Path, alpha: float, mode: str, recipe: dict) -> int:
     """Merge the .safetensors files paths["A"], ["B"] (and ["C"]) into `out` (a path to write now, not
     published), A's metadata plus the recipe; returns the number of tensors."""
+    from safetensors.torch import save_file
+
     with contextlib.ExitStack() as stack:
         files = {name: stack.enter_context(_open(p, name)) for name, p in paths.items()}
         check_same_keys({name: _shapes(f) for name, f in files.items()}, str(paths["A"].name))
