@@ -26,6 +26,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from sdlab import GenerationConfig
+from sdlab.errors import ConfigError
 from sdlab.sampling import (
     SAMPLERS,
     Denoiser,
@@ -33,6 +35,8 @@ from sdlab.sampling import (
     discrete_sigmas,
     get_sampler,
     get_sigmas,
+    resolve_sampler,
+    sample,
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
     sample_dpmpp_3m_sde,
@@ -409,3 +413,52 @@ def test_restart_plan_is_a1111s(steps, k, times):
     for r in rises:
         assert plan[r - 1][1] == lo
         assert [a for a, _ in plan[r:r + k]] + [plan[r + k - 1][1]] == pytest.approx(ramp, rel=1e-12)
+
+
+# --- the schedule setting (A1111's "Schedule type") ------------------------------------------------
+
+@pytest.mark.parametrize("name,schedule,sampler,kind", [
+    ("DPM++ 2M", "Karras", "DPM++ 2M", "karras"),
+    ("DPM++ 2M Karras", "Automatic", "DPM++ 2M Karras", "karras"),
+    ("DPM++ 2M Karras", "karras", "DPM++ 2M Karras", "karras"),
+    ("DPM++ 2M SDE Exponential", "Automatic", "DPM++ 2M SDE Exponential", "exponential"),
+    ("unipc", "sgm uniform", "UniPC", "sgm_uniform"),
+    ("Restart", "Align Your Steps", "Restart", "align_your_steps"),
+    ("LCM", "Automatic", "LCM", "default"),
+])
+def test_a_sampler_and_a_schedule_resolve_as_in_a1111(name, schedule, sampler, kind):
+    spec, got = resolve_sampler(name, schedule)
+    assert (spec.name, got) == (sampler, kind)
+
+
+def test_conflicting_or_unknown_schedules_are_one_line_errors():
+    with pytest.raises(ConfigError, match="runs on the Karras schedule, not Exponential: use sampler 'DPM"):
+        resolve_sampler("DPM++ 2M Karras", "Exponential")
+    with pytest.raises(ConfigError, match="unknown schedule 'cosine'; known schedules: Automatic, Uniform"):
+        resolve_sampler("Euler", "cosine")
+    with pytest.raises(ConfigError, match="schedule"):
+        GenerationConfig("x", sampler="Euler Karras", schedule="Polyexponential")
+
+
+@pytest.mark.parametrize("schedule,kind", [("Exponential", "exponential"), ("Polyexponential", "polyexponential"),
+                                           ("Align Your Steps", "align_your_steps"), ("Uniform", "uniform")])
+def test_sample_runs_on_the_chosen_schedule(schedule, kind):
+    noise_schedule = NoiseSchedule.from_config(ZSNR_TRAILING)
+    events = []
+    sample("DPM++ 2M SDE", image_denoiser, torch.randn(1, 4, 3, 3, dtype=torch.float64), 6, noise_schedule,
+           callback=events.append, generator=gens(1), schedule_type=schedule)
+    assert [e.sigma for e in events] == get_sigmas(noise_schedule, 6, kind)[:-1].tolist()
+
+
+def test_pipeline_records_the_schedule_and_a_schedule_suffix_is_the_same_run(tiny_model_dir):
+    from sdlab.io.metadata import parse_infotext
+    from sdlab.pipeline import Pipeline
+
+    pipe = Pipeline.load(tiny_model_dir, device="cpu")
+    apart = pipe.generate(GenerationConfig("a red circle", sampler="DPM++ 3M SDE", schedule="Exponential", steps=4,
+                                           seed=3, width=32, height=32))
+    named = pipe.generate(GenerationConfig("a red circle", sampler="DPM++ 3M SDE Exponential", steps=4, seed=3,
+                                           width=32, height=32))
+    params = parse_infotext(apart.infotexts[0])[2]
+    assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 3M SDE", "Exponential")
+    assert np.array_equal(np.asarray(apart.images[0]), np.asarray(named.images[0]))
