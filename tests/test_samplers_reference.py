@@ -5,6 +5,10 @@ trailing spacing): its first sigma is infinite in truth, clamped to ~4096, and a
 well defined as that sigma grows breaks there (issue 24: Heun drew every background wrong). The bounds
 are about samplers agreeing with a reference, not about the model's quality, so that they hold for the
 next shipped model on the same kind of schedule. Calibrated on shipped model v2 with 16 "seen" prompts.
+
+The oracle test runs every sampler at ORACLE_STEPS (the issue's 10, 20 and 25); the 20-step runs are shared
+with the pixel test and run by default, the 10- and 25-step ones are slow (about 20 minutes on a loaded
+2-core CPU) and run with -m slow.
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ N_PIXEL = 8              # the first N_PIXEL of them, compared with the referenc
 SEED = 1000
 REFERENCE = ("Euler", 100)  # 100 steps vs 200 (DDIM): 0.15 mean |pixel difference| on the shipped model
 PIXEL_STEPS = (10, 20)
-ORACLE_STEPS = 20
-ANCESTRAL = ("Euler a", "Euler a Karras")
+ORACLE_STEPS = (10, 20, 25)
+DEFAULT_ORACLE_STEPS = 20   # the others are marked slow
+ANCESTRAL = ("Euler a", "Euler a Karras", "DDPM")   # DDPM is the ancestral step at eta 1 (sample_ddpm)
+# The SDE samplers, LCM and Restart (from 20 steps) add fresh noise too, but more of it than one ancestral
+# step, so at few steps their image is another sample of the prompt: median differences from the reference
+# of 4.6 to 61 measured (DPM++ 3M SDE Karras 61 at 10 steps, LCM 36 at 20): no pixel bound. They are matched
+# with diffusers' schedulers on the same noise in test_samplers_new.py, and held to Euler's oracle rate here.
+RESAMPLING = ("DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 3M SDE",
+              "DPM++ 3M SDE Karras", "LCM", "Restart")
 
 # Pixel difference: the median over the N_PIXEL images of the mean |pixel difference| (0-255) from the
 # reference. The median, because on a prompt where the model sits at a decision boundary any solver's
@@ -38,8 +49,12 @@ ODE_PIXEL_FLOOR = 1.0
 # Ancestral samplers add fresh noise at each step: another sample of the same prompt, not the ODE's.
 # Measured: at most 5.4 (Euler a, 20 steps); before: Euler a Karras 30.7 at 10 steps (Karras' ramp from 4096).
 ANCESTRAL_PIXEL_TOL = 12.0
-# Oracle all-right rate at ORACLE_STEPS: within this of Euler's. Measured: at most 0.063 below;
-# before: Heun 0.19 below (0 right), LMS and DPM++ 2M Karras 0.125 below.
+# Oracle all-right rate at each of ORACLE_STEPS: within this of Euler's at the same steps (the issue's
+# target, not to be loosened; re-calibrate the model, not the bound). Measured on v2 at 20 steps before the
+# world changed: at most 0.063 below; before the fixes: Heun 0.19 below (0 right), LMS and DPM++ 2M Karras
+# 0.125 below. On v2 with the changed world (v2 cannot draw the new shapes: Euler 0.25 / 0.19 / 0.19 at
+# 10 / 20 / 25 steps, one image = 0.0625) DPM++ 3M SDE (0.19 below at 10 steps), DDPM, Euler a, Euler a
+# Karras and LCM fall 0.125 below at some step count: to be re-run on v3.
 ORACLE_TOL = 0.10
 
 
@@ -56,24 +71,33 @@ def generate(shipped, sampler: str, steps: int, n: int) -> list:
     return pipe.generate(config, cond=cond[:n]).images
 
 
+@pytest.fixture(scope="module")
+def runs(shipped):
+    """runs(sampler, steps, n): the first n images (seeds SEED + i) at `steps`, generated once."""
+    cache: dict[tuple[str, int], list] = {}
+
+    def get(name: str, steps: int, n: int) -> list:
+        if len(cache.get((name, steps), ())) < n:
+            cache[name, steps] = generate(shipped, name, steps, n)
+        return cache[name, steps][:n]
+
+    return get
+
+
 def pixels(images) -> np.ndarray:
     return np.stack([np.asarray(image, dtype=np.float32) for image in images])
 
 
 @pytest.fixture(scope="module")
-def oracle_runs(shipped):
-    return {name: generate(shipped, name, ORACLE_STEPS, N_PROMPTS) for name in sampler_names()}
-
-
-@pytest.fixture(scope="module")
-def pixel_diffs(shipped, oracle_runs) -> dict[tuple[str, int], float]:
+def pixel_diffs(shipped, runs) -> dict[tuple[str, int], float]:
     """(sampler, steps) -> median over images of the mean |pixel difference| from the reference."""
     ref = pixels(generate(shipped, *REFERENCE, N_PIXEL))
     out = {}
     for steps in PIXEL_STEPS:
         for name in sampler_names():
-            images = (oracle_runs[name] if steps == ORACLE_STEPS else generate(shipped, name, steps, N_PIXEL))
-            out[name, steps] = float(np.median(np.abs(pixels(images[:N_PIXEL]) - ref).mean(axis=(1, 2, 3))))
+            if name not in RESAMPLING:   # the oracle test reuses the 20-step runs: all its prompts
+                images = runs(name, steps, N_PROMPTS if steps == DEFAULT_ORACLE_STEPS else N_PIXEL)
+                out[name, steps] = float(np.median(np.abs(pixels(images[:N_PIXEL]) - ref).mean(axis=(1, 2, 3))))
     return out
 
 
@@ -82,7 +106,7 @@ def test_euler_converges_to_the_reference(pixel_diffs):
     assert pixel_diffs["Euler", 20] < pixel_diffs["Euler", 10] / 1.5
 
 
-@pytest.mark.parametrize("name", sampler_names())
+@pytest.mark.parametrize("name", [n for n in sampler_names() if n not in RESAMPLING])
 def test_every_sampler_is_close_to_the_many_step_reference(pixel_diffs, name):
     for steps in PIXEL_STEPS:
         diff = pixel_diffs[name, steps]
@@ -91,12 +115,14 @@ def test_every_sampler_is_close_to_the_many_step_reference(pixel_diffs, name):
         assert diff < bound, f"{name} at {steps} steps: {diff:.2f} from the reference (bound {bound:.2f})"
 
 
+@pytest.mark.parametrize("steps", [pytest.param(s, marks=() if s == DEFAULT_ORACLE_STEPS else pytest.mark.slow)
+                                   for s in ORACLE_STEPS])
 @pytest.mark.parametrize("name", sampler_names())
-def test_every_sampler_reaches_eulers_oracle_rate(shipped, oracle_runs, name):
+def test_every_sampler_reaches_eulers_oracle_rate(shipped, runs, name, steps):
     scenes = shipped[1]
-    rate, euler = (accuracy(scenes, oracle_runs[n])["all"] for n in (name, "Euler"))
-    assert rate >= euler - ORACLE_TOL, f"{name}: {rate:.3f} of images all right, Euler {euler:.3f}"
+    rate, euler = (accuracy(scenes, runs(n, steps, N_PROMPTS))["all"] for n in (name, "Euler"))
+    assert rate >= euler - ORACLE_TOL, f"{name} at {steps} steps: {rate:.3f} of images all right, Euler {euler:.3f}"
 
 
-def test_the_ancestral_list_names_registered_samplers():
-    assert set(ANCESTRAL) <= set(SAMPLERS)
+def test_the_sampler_lists_name_registered_samplers():
+    assert set(ANCESTRAL) | set(RESAMPLING) <= set(SAMPLERS) and not set(ANCESTRAL) & set(RESAMPLING)
