@@ -206,3 +206,10 @@ def test_cli_merges_and_refuses_in_one_line(models, loras, tmp_path, capsys):
     assert_weights(weights(lora_out), weights(loras[0]))
     assert main(["merge", str(tmp_path / "nope"), str(b), "--alpha", "0.5", "--out", str(tmp_path / "n")]) == 2
     assert "A '" in capsys.readouterr().err
+
+
+def test_the_clis_torch_free_mode_list_is_the_librarys():
+    from sdlab.cli.merge import MODE_CHOICES
+    from sdlab.models.merge import MODES
+
+    assert MODE_CHOICES == tuple(MODES)

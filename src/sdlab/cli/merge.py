@@ -12,18 +12,17 @@ EXAMPLES = """examples:
   sdlab merge style.safetensors shape.safetensors --alpha 0.5 --out mixed-lora.safetensors    (two LoRA files)
 """
 
+MODE_CHOICES = ("weighted", "add-difference")   # sdlab.models.merge.MODES, declared here so --help imports no torch
 HELP = {"merge": "merge two models or two LoRA files (weighted sum or add difference, as A1111's checkpoint merger)"}
 
 
 def register(sub) -> None:
-    from ..models.merge import MODES
-
     p = sub.add_parser("merge", help=HELP["merge"], epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", metavar="A", help="primary model (diffusers folder or .safetensors file) or LoRA file")
     p.add_argument("b", metavar="B", help="secondary model or LoRA file, of A's layout")
     p.add_argument("--alpha", type=float, required=True,
                    help="multiplier from 0 to 1: weighted gives (1 - alpha) A + alpha B, add-difference A + alpha (B - C)")
-    p.add_argument("--mode", choices=tuple(MODES), default="weighted", help="weighted sum or add difference")
+    p.add_argument("--mode", choices=MODE_CHOICES, default="weighted", help="weighted sum or add difference")
     p.add_argument("--c", default=None, metavar="C", help="tertiary model for --mode add-difference")
     p.add_argument("--out", required=True,
                    help="output: a folder for model folders, a .safetensors file otherwise (must not exist)")
