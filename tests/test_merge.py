@@ -82,6 +82,14 @@ def test_alpha_0_is_a_and_alpha_1_is_b_bit_for_bit(models, tmp_path):
             != weights(b)["unet/diffusion_pytorch_model.safetensors"]["conv_in.weight"]).all()
 
 
+def test_tensors_a_and_b_share_are_kept_bit_for_bit(models, tmp_path):
+    """(1 - 0.3) x + 0.3 x rounds away from x in float32 for some x: a shared tensor is copied instead."""
+    a = models[0]
+    x = weights(a)["unet/diffusion_pytorch_model.safetensors"]["conv_in.weight"]
+    assert not torch.equal((1 - 0.3) * x + 0.3 * x, x)
+    assert_weights(weights(merge(a, a, tmp_path / "same", alpha=0.3).path), weights(a))
+
+
 def test_weighted_sum_and_add_difference_are_a1111s_formulas(models, tmp_path):
     a, b, c = models
     out = merge(a, b, tmp_path / "w", alpha=0.3)

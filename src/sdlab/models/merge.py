@@ -6,7 +6,8 @@ and C, the other files copied from A) or single .safetensors checkpoints; LoRA f
 their tensors (down, up and alpha alike, so ranks must agree). A model merges with models of its layout
 only, a LoRA with LoRAs, and every key and shape must match: the first mismatch is named in one line.
 Weights are read one tensor at a time (safetensors' safe_open), computed in float32 (float64 stays) and
-stored in A's dtype, so alpha 0 gives A and alpha 1 gives B bit for bit (B's dtype being A's).
+stored in A's dtype, so alpha 0 gives A and alpha 1 gives B bit for bit (B's dtype being A's), and a
+tensor A and B share (a LoRA's alphas, a VAE both models kept) stays as it is.
 
 The output never replaces anything (a folder is filled beside it and renamed, a file likewise) and records
 its recipe as A1111 does: `sd_merge_recipe` in each weight file's metadata, and for a folder also the file
@@ -61,10 +62,11 @@ def check_options(alpha: float, mode: str, c) -> None:
 
 
 def merge_tensor(a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor], alpha: float, mode: str) -> torch.Tensor:
-    """One tensor of the merge, in A's dtype; a tensor that is not floating point (an index buffer) is A's."""
+    """One tensor of the merge, in A's dtype; a tensor that is not floating point (an index buffer) is A's,
+    and so is one that B holds too (weighted: (1 - alpha) x + alpha x may round an ulp away from x)."""
     import torch
 
-    if not a.is_floating_point():
+    if not a.is_floating_point() or (mode == "weighted" and a.dtype == b.dtype and torch.equal(a, b)):
         return a
     work = torch.promote_types(a.dtype, torch.float32)
     a32, b32 = a.to(work), b.to(work)
