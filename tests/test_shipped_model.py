@@ -1,5 +1,6 @@
 """The shipped shapes-world model: loads in plain diffusers, matches our loop, follows prompts."""
 
+import json
 import random
 
 import pytest
@@ -13,6 +14,13 @@ from sdlab.recipe.evaluate import evaluate
 from sdlab.world.metrics import accuracy
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model_index.json").exists(), reason="no shipped model")
+
+
+# The shipped model is still v2, trained on world v1 (its own 664-token vocabulary); world v2 added shapes,
+# fills and templates it never saw, so the world-prompt checks below fail on it until v3 (SD's CLIP
+# vocabulary, trained on world v2; issue 20) is shipped. Strict: they must start passing with v3.
+SHIPPED_IS_V2 = len(json.loads((DEFAULT_MODEL / "tokenizer" / "vocab.json").read_text())) < 49408
+ON_V3 = pytest.mark.xfail(SHIPPED_IS_V2, strict=True, reason="shipped model v2 predates world v2 (issue 20)")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +67,7 @@ def test_same_seed_gives_identical_files(pipe, tmp_path):
     assert a == b
 
 
+@ON_V3
 def test_prompt_following(pipe):
     """A 24-sample slice of the model evaluation (fixed seeds, so deterministic on the CPU);
     the slow test checks the issue's targets on 64 samples per set."""
@@ -91,6 +100,7 @@ def test_model_targets_from_the_issue(pipe):
     assert held["all"] >= 0.70
 
 
+@ON_V3
 def test_shipped_vae_can_draw_the_reserved_fill(pipe):
     """A fine-tune can only adopt a fill style the autoencoder reproduces: the round trip of
     striped renders must still read as striped (88 % measured at period 12; 0 % at period 6)."""

@@ -17,7 +17,7 @@ from sdlab.training.methods.vae_decoder import VaeDecoder
 def data(tmp_path_factory):
     from sdlab.world.data import export_folder
 
-    return export_folder(tmp_path_factory.mktemp("vae") / "data", 3, seed=5)
+    return export_folder(tmp_path_factory.mktemp("vae") / "data", 2, seed=5)   # one batch of 2: every step sees it
 
 
 @pytest.fixture(scope="module")
