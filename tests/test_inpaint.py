@@ -186,6 +186,11 @@ def test_pixels_outside_the_blurred_mask_are_the_source(pipe, content):
     assert res.settings[0]["mode"] == "inpaint" and res.settings[0]["inpaint"]["masked_content"] == content
 
 
+def test_a_hires_fix_is_refused_not_ignored(pipe):
+    with pytest.raises(ConfigError, match="txt2img only"):
+        pipe.inpaint(GenerationConfig("x", steps=2, hires_scale=2.0), _image(), _mask())
+
+
 def test_masked_content_sets_the_start(pipe, monkeypatch):
     image, mask = _image(), _mask()
     seen = {}

@@ -137,6 +137,9 @@ def inpaint(pipe, config: GenerationConfig, image: Image.Image, mask: Image.Imag
         raise ConfigError(f"options must be an InpaintConfig, got {type(options).__name__}")
     if not isinstance(image, Image.Image):
         raise ConfigError(f"image must be a PIL image, got {type(image).__name__}")
+    from ..sampling.hires import check_hires
+
+    check_hires(config, img2img=True)       # as A1111: no hires fix in img2img or inpainting
     size = processing_size(pipe, config, image.size, options.only_masked)
     prep = prepare(image, mask, options, size)
     result = GenerationResult([], [], [], [])
