@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..guidance.cfg import UNCOND_ROWS
-from ..sampling.denoiser import Denoiser
+from ..sampling.denoiser import Denoiser, WrappedUNet
 from .spec import LoadedControl, active
 
 
@@ -24,24 +24,16 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if t.shape[0] == n else t.expand(n, *t.shape[1:])
 
 
-class ControlledUNet:
+class ControlledUNet(WrappedUNet):
     """`unet(sample, t, encoder_hidden_states=...)` with the ControlNets' residuals added.
 
     `step` / `total` say where the loop is (for each control's start / end); `on_step`, given to
     the sampler as a callback, advances them."""
 
     def __init__(self, unet, controls: Sequence[LoadedControl], total: int):
-        self.unet, self.controls = unet, list(controls)
+        super().__init__(unet)
+        self.controls = list(controls)
         self.step, self.total = 0, max(int(total), 1)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        dtype = getattr(self.unet, "dtype", None)
-        return dtype if isinstance(dtype, torch.dtype) else next(self.unet.parameters()).dtype
-
-    @property
-    def config(self):
-        return self.unet.config
 
     def on_step(self, event) -> None:
         """A StepCallback: the sampler finished step `event.step` of `event.total`."""

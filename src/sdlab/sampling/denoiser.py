@@ -41,6 +41,23 @@ def broadcast_batch(cond: torch.Tensor, batch: int, name: str = "cond") -> torch
     raise ConfigError(f"{name} batch size {cond.shape[0]} does not match the latent batch size {batch}")
 
 
+class WrappedUNet:
+    """Base of what the Denoiser calls in place of a UNet (an inpainting UNet with its mask, a
+    UNet with ControlNets): `dtype` and `config` are the wrapped UNet's."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    @property
+    def dtype(self) -> torch.dtype:
+        dtype = getattr(self.unet, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else next(self.unet.parameters()).dtype
+
+    @property
+    def config(self):
+        return self.unet.config
+
+
 class Denoiser:
     """Wraps a `UNet2DConditionModel` (or any module called as `unet(x, t, encoder_hidden_states=c)`
     returning an object with `.sample`) into `denoiser(x, sigma, cond) -> x0`.

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .denoiser import sigma_batch
+from .denoiser import WrappedUNet, sigma_batch
 
 INPAINT_CHANNELS = 9     # latents (4) + mask (1) + masked-image latents (4)
 
@@ -68,22 +68,14 @@ def inpaint_guidance(source: torch.Tensor, keep: torch.Tensor, noise: torch.Tens
     return lambda model, pipe: KnownRegionDenoiser(model, source, keep, noise)
 
 
-class ConcatUNet:
+class ConcatUNet(WrappedUNet):
     """A 9-channel inpainting UNet called like a 4-channel one: `extra` (B or 1, 5, h, w), the mask
     and the masked-image latents, is concatenated after the (already scaled) latents, as
     diffusers' StableDiffusionInpaintPipeline does after `scale_model_input`."""
 
     def __init__(self, unet: torch.nn.Module, extra: torch.Tensor):
-        self.unet, self.extra = unet, extra
-
-    @property
-    def dtype(self) -> torch.dtype:
-        dtype = getattr(self.unet, "dtype", None)
-        return dtype if isinstance(dtype, torch.dtype) else next(self.unet.parameters()).dtype
-
-    @property
-    def config(self):
-        return self.unet.config
+        super().__init__(unet)
+        self.extra = extra
 
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states=None, **kwargs):
         extra = _rows(self.extra.to(sample), sample.shape[0])
