@@ -18,12 +18,13 @@ current result: a newer run replaces it.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import random
 import time
 
 import numpy as np
 
-from report import result_file
+from report import result_file, save_example_grid
 from sdlab.config import GenerationConfig
 from sdlab.control import Control
 from sdlab.control.preprocess import preprocess
@@ -97,7 +98,7 @@ def evaluate(pipe, controlnet, condition: str = "mask", n: int = 64, steps: int 
     report["with_control"], report["without_control"] = summary(rows["control"]), summary(rows["none"])
     report["seconds"] = round(time.time() - t, 1)
     if examples_dir:
-        save_examples(examples, examples_dir)
+        save_example_grid(examples, Path(examples_dir) / "controlnet_examples.png")
     return report
 
 
@@ -110,20 +111,6 @@ def table(report: dict) -> str:
         lines.append(f"| {k} | {w[k]:.2f} | {o[k]:.2f} | |")
     return "\n".join(lines)
 
-
-def save_examples(examples, folder, limit: int = 16) -> None:
-    """One row per scene: scene | control | with the control | without."""
-    from pathlib import Path
-
-    from PIL import Image
-
-    from sdlab.io.atomic import atomic_save
-    from sdlab.io.images import make_grid
-
-    cells = [im.resize((128, 128), Image.Resampling.NEAREST) for row in examples[:limit] for im in row]
-    if cells:
-        grid = make_grid(cells, cols=4)
-        atomic_save(Path(folder) / "controlnet_examples.png", lambda tmp: grid.save(tmp, format="PNG"))
 
 
 def main(argv=None) -> int:

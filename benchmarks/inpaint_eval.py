@@ -27,12 +27,13 @@ import math
 import random
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from report import result_file
+from report import result_file, save_example_grid
 from sdlab.config import GenerationConfig
 from sdlab.evaluate import emit_report
 from sdlab.inpaint import Expand, InpaintConfig, inpaint_latents, prepare
@@ -218,18 +219,6 @@ def table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def save_examples(examples, folder, limit: int = 16) -> None:
-    """One row per case: source | mask or canvas | result."""
-    from pathlib import Path
-
-    from sdlab.io.atomic import atomic_save
-    from sdlab.io.images import make_grid
-
-    cells = [im.resize((128, 128), Image.Resampling.NEAREST) for row in examples[:limit] for im in row]
-    if cells:
-        grid = make_grid(cells, cols=3)
-        atomic_save(Path(folder) / "inpaint_examples.png", lambda tmp: grid.save(tmp, format="PNG"))
-
 
 def evaluate(pipe, n: int = 64, steps: int = 25, cfg_scale: float = 7.5, sampler: str = "Euler a",
              strength: float = 1.0, options: InpaintConfig = InpaintConfig(masked_content="fill"),
@@ -244,7 +233,7 @@ def evaluate(pipe, n: int = 64, steps: int = 25, cfg_scale: float = 7.5, sampler
     report["outpaint"] = outpaint_eval(pipe, n, config, options, shapes, expand, examples)
     report["seconds"] = round(time.time() - t, 1)
     if examples_dir:
-        save_examples(examples, examples_dir)
+        save_example_grid(examples, Path(examples_dir) / "inpaint_examples.png")
     return report
 
 

@@ -53,3 +53,18 @@ def replace_section(document: str, section: str, script: str) -> str:
     else:
         sections.append(new)
     return "\n\n### ".join([head.rstrip("\n")] + [s.strip("\n") for s in sections]) + "\n"
+
+
+def save_example_grid(rows, path: Path, limit: int = 16) -> None:
+    """The first `limit` rows of example images as one grid PNG (a row per case, cells upscaled to
+    128 px); an existing file is kept (OutputExists), never replaced."""
+    from PIL import Image
+
+    from sdlab.io.atomic import atomic_save
+    from sdlab.io.images import make_grid
+
+    rows = rows[:limit]
+    if rows:
+        cells = [im.resize((128, 128), Image.Resampling.NEAREST) for row in rows for im in row]
+        grid = make_grid(cells, cols=len(rows[0]))
+        atomic_save(path, lambda tmp: grid.save(tmp, format="PNG"), replace=False)
