@@ -18,9 +18,9 @@ current result: a newer run replaces it.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 
