@@ -36,7 +36,7 @@ from scipy import ndimage
 from report import result_file, save_example_grid
 from sdlab.config import GenerationConfig
 from sdlab.evaluate import emit_report
-from sdlab.inpaint import Expand, InpaintConfig, inpaint_latents, prepare
+from sdlab.inpaint import INPAINT_STRENGTH, Expand, InpaintConfig, inpaint_latents, prepare
 from sdlab.world import oracle, spec
 from sdlab.world.captions import full_caption
 from sdlab.world.render import render
@@ -221,7 +221,7 @@ def table(report: dict) -> str:
 
 
 def evaluate(pipe, n: int = 64, steps: int = 25, cfg_scale: float = 7.5, sampler: str = "Euler a",
-             strength: float = 1.0, options: InpaintConfig = InpaintConfig(masked_content="fill"),
+             strength: float = INPAINT_STRENGTH, options: InpaintConfig = InpaintConfig(),
              shapes=spec.BASE_SHAPES, margin: int = 3, expand: Expand = Expand(left=16, top=8),
              examples_dir=None) -> dict:
     config = GenerationConfig("", steps=steps, cfg_scale=cfg_scale, sampler=sampler, strength=strength)
@@ -245,9 +245,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--cfg-scale", type=float, default=7.5)
     p.add_argument("--sampler", default="Euler a")
-    p.add_argument("--strength", type=float, default=1.0, help="denoising strength (default 1)")
-    p.add_argument("--masked-content", default="fill", help="A1111's masked content (default fill)")
-    p.add_argument("--mask-blur", type=int, default=4)
+    p.add_argument("--strength", type=float, default=INPAINT_STRENGTH,
+                   help=f"denoising strength (default {INPAINT_STRENGTH:g}, sdlab inpaint's)")
+    p.add_argument("--masked-content", default=InpaintConfig.masked_content,
+                   help=f"A1111's masked content (default {InpaintConfig.masked_content}, sdlab inpaint's)")
+    p.add_argument("--mask-blur", type=int, default=InpaintConfig.mask_blur)
     p.add_argument("--margin", type=int, default=3, help="pixels the object's box mask is grown by (default 3)")
     p.add_argument("--shapes", default=",".join(spec.BASE_SHAPES),
                    help="comma-separated shapes scenes and edits use (default: the world's base shapes)")

@@ -210,7 +210,7 @@ def test_masked_content_sets_the_start(pipe, monkeypatch):
         init, noise = seen["init"], seen["noise"]
         want = noise if content == "latent noise" else torch.zeros_like(init)
         assert torch.equal(init * repaint, want * repaint)
-    options = InpaintConfig(mask_blur=0)
+    options = InpaintConfig(mask_blur=0, masked_content="original")
     inpaint_latents(pipe, cfg, prepare(image, mask, options, (16, 16)), options, [5])
     torch.testing.assert_close(seen["init"], source)
     assert seen["size"] == (16, 16) and seen["denoiser"] is None and len(seen["guidance"]) == 1
@@ -245,30 +245,7 @@ def test_outpaint_keeps_the_original_area(pipe):
     assert np.array_equal(_arr(canvas)[:16, 8:], _arr(image))
 
 
-# --- a 9-channel inpainting UNet (SD-inpainting layout) ----------------------------------------------
-
-@pytest.fixture(scope="module")
-def inpaint_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with an SD 1.5 inpainting UNet (the shipped sd15 config with in_channels 9,
-    shrunk) and SD 1.5's epsilon schedule, saved as diffusers' StableDiffusionInpaintPipeline."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-
-    from sdlab.models.single_file import CONFIG_ROOT, read_json
-
-    base = Pipeline.load(tiny_model_dir)
-    cfg = read_json(CONFIG_ROOT / "sd15" / "unet" / "config.json")
-    cfg.update(in_channels=9, block_out_channels=[16, 16, 32, 32], layers_per_block=1, norm_num_groups=8,
-               cross_attention_dim=32, attention_head_dim=2, sample_size=8)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(cfg)
-    sched = EulerDiscreteScheduler.from_config(read_json(CONFIG_ROOT / "sd15" / "scheduler" / "scheduler_config.json"))
-    ref = StableDiffusionInpaintPipeline(vae=base.c.vae, text_encoder=base.c.text_encoder, tokenizer=base.c.tokenizer,
-                                         unet=unet, scheduler=sched, safety_checker=None, feature_extractor=None,
-                                         requires_safety_checker=False)
-    out = tmp_path_factory.mktemp("inpaint-model") / "tiny-sd-inpainting"
-    ref.save_pretrained(out, safe_serialization=True)
-    return out
-
+# --- a 9-channel inpainting UNet (SD-inpainting layout; the inpaint_model_dir fixture: conftest.py) -----
 
 def _channels_seen(unet) -> tuple[list, object]:
     seen = []
@@ -284,7 +261,7 @@ def test_inpainting_unet_matches_diffusers_inpaint_pipeline(inpaint_model_dir, m
     image, mask = _image(seed=6), _mask((16, 16), (2, 6, 10, 14))
     steps, seed, prompt = 6, 11, "a green square on a white background"
     config = GenerationConfig(prompt, steps=steps, cfg_scale=cfg_scale, sampler="Euler", seed=seed, strength=1.0)
-    options = InpaintConfig(mask_blur=0)
+    options = InpaintConfig(mask_blur=0, masked_content="original")      # diffusers encodes the image as it is
     prep = prepare(image, mask, options, (16, 16))
     seen, hook = _channels_seen(pipe.c.unet)
     ours = inpaint_latents(pipe, config, prep, options, [seed])
@@ -335,6 +312,10 @@ def test_cli_inpaint_and_outpaint(tiny_model_dir, tmp_path, capsys):
     made = tmp_path / "out" / "00000-4.png"
     params = parse_infotext(read_png_metadata(made)["parameters"])[2]
     assert (params["Mask blur"], params["Masked content"], params["Denoising strength"]) == (2, "fill", 0.5)
+    assert main(["inpaint", str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "a red star", *common,
+                 "--out", str(tmp_path / "defaults")]) == 0          # no flags: the measured recipe
+    params = parse_infotext(read_png_metadata(tmp_path / "defaults" / "00000-4.png")["parameters"])[2]
+    assert (params["Mask blur"], params["Masked content"], params["Denoising strength"]) == (4, "fill", 1.0)
     assert main(["inpaint", str(tmp_path / "in.png"), "a red star", "--expand", "top=8", *common,
                  "--out", str(tmp_path / "wide")]) == 0
     assert Image.open(tmp_path / "wide" / "00000-4.png").size == (16, 24)

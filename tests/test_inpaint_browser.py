@@ -49,6 +49,11 @@ def test_inpaint_tab_paints_a_mask_and_repaints(browser, server, tmp_path):  # n
     page, errors = _open_studio(browser, base)
     page.click("#tab-inpaint")
     assert page.is_visible("#mask-empty") and page.is_visible("#strength") and page.is_hidden("#batch-fields")
+    # the measured recipe is the default here (fill at strength 1); img2img keeps its own 0.75
+    assert page.input_value("#strength") == "1" and page.input_value("#masked_content") == "fill"
+    page.click("#tab-img2img")
+    assert page.input_value("#strength") == "0.75"
+    page.click("#tab-inpaint")
     page.fill("#prompt", "a photo of a green square to the left of a blue circle on a white background")
     page.click("#generate")
     assert "needs an input image" in page.text_content("#error")
@@ -70,10 +75,8 @@ def test_inpaint_tab_paints_a_mask_and_repaints(browser, server, tmp_path):  # n
     _set(page, "brush", "10")
     _stroke(page, 32, 12, 24)                    # over the red square on the left
     page.fill("#mask_blur", "2")
-    page.select_option("#masked_content", "fill")
     page.fill("#steps", "8")
     page.fill("#seed", "5")
-    _set(page, "strength", "1")
     page.click("#generate")
     page.wait_for_function("() => document.getElementById('meta').textContent.includes('Mask blur: 2')",
                            timeout=180_000)

@@ -60,8 +60,7 @@ def _files(image, mask=None) -> dict:
 
 def test_inpaint_and_outpaint_jobs(client, tmp_path):
     image, mask = _image(), _mask()
-    form = {"prompt": "a red star", "steps": "4", "seed": "3", "strength": "1", "mask_blur": "2",
-            "masked_content": "fill"}
+    form = {"prompt": "a red star", "steps": "4", "seed": "3", "mask_blur": "2"}     # fill at 1: the defaults
     r = client.post("/api/inpaint", data=form, files=_files(image, mask))
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["id"])
@@ -75,6 +74,7 @@ def test_inpaint_and_outpaint_jobs(client, tmp_path):
     assert not np.array_equal(np.asarray(out)[10:18, 10:18], np.asarray(image)[10:18, 10:18])
     meta = read_png_metadata(path)
     assert meta["settings"]["mode"] == "inpaint" and meta["params"]["Mask blur"] == 2
+    assert (meta["params"]["Masked content"], meta["params"]["Denoising strength"]) == ("fill", 1.0)
     assert meta["params"]["Masked content"] == "fill"
 
     r = client.post("/api/inpaint", data={"prompt": "x", "steps": "2", "seed": "1", "expand": "left=8, top=16"},
@@ -148,3 +148,30 @@ def test_a1111_bad_inpaint_fields_are_422(a1111, extra, message):
     r = requests.post(f"{base}/sdapi/v1/img2img", json=body, timeout=60)
     assert r.status_code == 422, r.text
     assert message in r.text
+
+
+@pytest.fixture(scope="module")
+def a1111_inpainting_unet(inpaint_model_dir, tmp_path_factory):
+    """webuiapi's client of a server running the tiny model with a 9-channel inpainting UNet."""
+    webuiapi = pytest.importorskip("webuiapi")
+    from sdlab.server.app import create_app
+    from sdlab.server.settings import ServerSettings
+
+    port, pipe9 = free_port(), Pipeline.load(inpaint_model_dir)
+    app = create_app(ServerSettings(output_dir=tmp_path_factory.mktemp("a1111-inpainting-unet"), port=port),
+                     load_pipeline=lambda device: pipe9)
+    with serving(app, port):
+        yield webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=2)
+
+
+def test_a1111_reports_inpainting_conditioning_of_a_concat_unet(a1111, a1111_inpainting_unet):
+    """is_using_inpainting_conditioning as A1111 sets it (processing.py: the model's conditioning_key
+    is concat or hybrid, in txt2img_image_conditioning and inpainting_image_conditioning): true for
+    every job of an inpainting UNet, false for a plain one, masked or not."""
+    image, mask = _image((16, 16), seed=2), _mask((16, 16), (4, 4, 12, 12))
+    common = {"prompt": "a red star", "seed": 3, "width": 16, "height": 16, "steps": 2}
+    for api, expected in ((a1111[0], False), (a1111_inpainting_unet, True)):
+        masked = api.img2img(images=[image], mask_image=mask, mask_blur=0, denoising_strength=0.9, **common)
+        plain = api.img2img(images=[image], denoising_strength=0.9, **common)
+        txt = api.txt2img(**common)
+        assert [r.info["is_using_inpainting_conditioning"] for r in (masked, plain, txt)] == [expected] * 3

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ..config import GenerationConfig
 from ..errors import ConfigError
 from ..inpaint import Expand, InpaintConfig
+from ..inpaint.options import INPAINT_STRENGTH
 from .generate import BATCH_SETTINGS, config_from_args, guidance_from_args, load_pipeline, sampling_options
 from .options import add_config_arguments, parsed_values
 
@@ -42,7 +43,8 @@ def register(sub) -> None:
                         "then give IMAGE PROMPT without a mask")
     add_config_arguments(p, InpaintConfig)
     add_config_arguments(p, GenerationConfig, ["strength"], strength=dict(
-        help="denoising strength of the masked area, in [0, 1] (A1111's Denoising strength)"))
+        default=INPAINT_STRENGTH, help="denoising strength of the masked area, in [0, 1] (A1111's Denoising "
+                                       "strength; 1 ignores the pixels under the mask)"))
     p.add_argument("--inpaint-strength", dest="strength", type=float, default=argparse.SUPPRESS,
                    help="the same as --strength")
     sampling_options(p)

@@ -1,7 +1,9 @@
 """Inpainting options, declared once (sdlab.config.setting): the CLI flags of `sdlab inpaint`, the
 HTTP API's fields and the checks here all come from these declarations. Names and defaults are
-AUTOMATIC1111's (Mask blur 4, Masked content "original", Inpaint area "Whole picture", padding 32);
-the denoising strength is GenerationConfig.strength (0.75, as for img2img)."""
+AUTOMATIC1111's (Mask blur 4, Inpaint area "Whole picture", padding 32), except two defaults, which
+are the measured recipe (benchmarks/inpaint_eval.py): Masked content "fill" and denoising strength 1
+(INPAINT_STRENGTH), which draw what the prompt asks in the masked area; A1111's "original" at 0.75
+mostly keeps what was there."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..errors import ConfigError
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 GROUP = "inpainting"
 SIDES = ("left", "top", "right", "bottom")
+INPAINT_STRENGTH = 1.0     # the default denoising strength of an inpaint job (img2img's is 0.75)
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,8 @@ class InpaintConfig:
 
     mask_blur: int = setting(4, "Gaussian blur of the mask in pixels (A1111's Mask blur): softens the seam",
                              lo=0, hi=64, group=GROUP)
-    masked_content: str = setting("original", "what the masked area starts from (A1111's Masked content): "
-                                  "original is the image, fill its surroundings' colours",
+    masked_content: str = setting("fill", "what the masked area starts from (A1111's Masked content): "
+                                  "fill is its surroundings' colours, original the image (A1111's default)",
                                   choices=lambda: list(MASKED_CONTENT), group=GROUP)
     only_masked: bool = setting(False, "inpaint a crop around the mask at the model's size and paste it back "
                                 "(A1111's Inpaint area: Only masked)", group=GROUP)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 from ..attention.edit import MAX_WEIGHT, EditConfig
 from ..attention.store import ALL_PLACES
 from ..config import SAME, GenerationConfig, settings_of
-from ..inpaint.options import Expand, InpaintConfig
+from ..inpaint.options import INPAINT_STRENGTH, Expand, InpaintConfig
 
 
 def http_bound(name: str) -> int:
@@ -95,8 +95,11 @@ class Img2ImgRequest(declared(GenerateRequest, GenerationConfig, "strength")):
 
 class InpaintRequest(declared(Img2ImgRequest, InpaintConfig, *InpaintConfig.field_names())):
     """An inpaint job (sdlab.inpaint): the uploaded image with the white area of the uploaded mask
-    repainted at `strength`; or, with `expand`, outpainting (the image grown, no mask needed)."""
+    repainted at `strength` (default 1, the measured recipe); or, with `expand`, outpainting (the
+    image grown, no mask needed)."""
 
+    strength: float = Field(INPAINT_STRENGTH, ge=0.0, le=1.0,
+                            description="denoising strength of the masked area (1 ignores its pixels)")
     expand: Optional[str] = Field(None, max_length=100, examples=["left=16,top=8"],
                                   description="outpaint: pixels to add per side (left, top, right, bottom)")
 

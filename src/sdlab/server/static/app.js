@@ -53,6 +53,9 @@ function setMode(mode) {
   }
   $("img2img-fields").hidden = mode !== "img2img" && mode !== "inpaint";
   $("inpaint-fields").hidden = mode !== "inpaint";
+  if (!S.strengthTouched) {  // each job's default strength (inpaint's measured recipe is 1) until the user moves it
+    $("strength").value = $("strength-out").textContent = mode === "inpaint" ? "1" : "0.75";
+  }
   $("attend-fields").hidden = mode !== "attend";
   $("edit-fields").hidden = mode !== "edit";
   $("train-fields").hidden = mode !== "train";
@@ -394,6 +397,7 @@ async function init() {
   for (const id of ["strength", "cross_replace", "self_replace", "hires_strength"]) {
     $(id).addEventListener("input", () => { $(id + "-out").textContent = $(id).value; });
   }
+  $("strength").addEventListener("input", () => { S.strengthTouched = true; });
   $("gallery-refresh").addEventListener("click", refreshGallery);
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
