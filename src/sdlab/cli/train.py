@@ -20,7 +20,8 @@ EXAMPLES = """examples:
 
 def _arguments(p: argparse.ArgumentParser, spec) -> None:
     """The loop's options (TrainingConfig's fields, defaults from the method's recipe), the
-    command's own (memory budget, resume), then the method's options (its options' fields)."""
+    command's own (memory budget, resume), then the method's options (its options' fields);
+    `spec`: a MethodSpec or its torch-free Declaration."""
     from ..training.config import LOGS, MEM, TrainingConfig
 
     add_config_arguments(p, TrainingConfig, **{k: {"default": v} for k, v in spec.recipe.items()})
@@ -39,12 +40,14 @@ HELP = {"train": "personalize a model with a registered training method (textual
 
 
 def register(sub) -> None:
+    """`sdlab train` with a subcommand per method, from the methods' torch-free declarations."""
     from ..training.methods import registry
 
-    p = sub.add_parser("train", help="personalize a model: " + ", ".join(registry.names()),
+    declared = registry.declarations()
+    p = sub.add_parser("train", help="personalize a model: " + ", ".join(d.name for d in declared),
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
-    for spec in registry.specs():
+    for spec in declared:
         q = methods.add_parser(spec.name, help=spec.summary or f"train with {spec.name}", epilog=EXAMPLES,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         _arguments(q, spec)

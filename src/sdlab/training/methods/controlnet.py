@@ -12,35 +12,19 @@ control. Saves a diffusers folder `OUTPUT/controlnet` (`sdlab generate --control
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ...config import setting
-from ...control.preprocess import PREPROCESSORS, preprocess
+from ...control.preprocess import preprocess
 from ...errors import ConfigError
 from .base import DiffusionMethod
+from .controlnet_options import DECLARATION, ControlNetOptions
 from .registry import MethodSpec
 
-CONDITIONS = tuple(p for p in PREPROCESSORS if p != "none")
-CAPTIONS = ("colour", "data")
 HINT_CHANNELS = (16, 32, 96, 256)     # diffusers' conditioning embedding (x8 for SD); cut to the VAE's factor
-
-
-@dataclass(frozen=True)
-class ControlNetOptions:
-    condition: str = setting("mask", "what the ControlNet is conditioned on, derived from each image",
-                             choices=lambda: CONDITIONS)
-    caption: str = setting("colour", "colour: captions rebuilt by the oracle naming only the colours and the "
-                           "background; data: the folder's own captions", choices=lambda: CAPTIONS)
-
-    def __post_init__(self):
-        for name, allowed in (("condition", CONDITIONS), ("caption", CAPTIONS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
 
 
 def colour_caption(image: Image.Image) -> str:
@@ -148,11 +132,6 @@ def usage(config, options: ControlNetOptions, saved: dict, out: Path) -> list[st
             f'--controlnet {saved["controlnet"]}']
 
 
-SPEC = MethodSpec(
-    name="controlnet", method=ControlNetTraining, options=ControlNetOptions,
-    summary="train a ControlNet (mask, edges or layout of each image) beside the frozen model",
-    # measured on the shipped v2 model, 2000 world renders, --condition mask, --cache-latents (docs/controlnet.md):
-    # follows the control's shape, position and size in 0.03 of 32 scenes after 600 steps, 0.81 after 1700
-    # (about 12 min of one CPU thread; the issue's target is 0.90)
-    recipe=dict(learning_rate=1e-4, adam_weight_decay=0.0, max_steps=1700, batch_size=8, caption_dropout=0.1),
-    resume_keeps=("condition",), apply_checkpoint=apply_checkpoint, usage=usage)
+SPEC = MethodSpec.declared(
+    DECLARATION, method=ControlNetTraining, resume_keeps=("condition",), apply_checkpoint=apply_checkpoint,
+    usage=usage)

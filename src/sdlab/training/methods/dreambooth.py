@@ -6,19 +6,13 @@ before training. Saves the tuned model as a diffusers folder `OUTPUT/model`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import setting
 from ..card import model_usage
 from .base import DiffusionMethod, save_model_folder
-from .prior import PriorOptions, PriorPreservation
+from .dreambooth_options import DECLARATION, DreamBoothOptions
+from .prior import PriorPreservation
 from .registry import MethodSpec
-
-
-@dataclass(frozen=True)
-class DreamBoothOptions(PriorOptions):
-    text_encoder: bool = setting(False, "also tune the text encoder", flag="--train-text-encoder")
 
 
 class DreamBooth(PriorPreservation, DiffusionMethod):
@@ -45,8 +39,5 @@ def footprint(c, options: DreamBoothOptions, low: bool):
     return whole_unet_footprint(c, low, options.text_encoder, samples=2 if options.prior_preservation else 1)
 
 
-SPEC = MethodSpec(
-    name="dreambooth", method=DreamBooth, options=DreamBoothOptions,
-    summary="fine-tune the UNet on a few images of a subject, with prior preservation (Ruiz et al. 2023)",
-    recipe=dict(learning_rate=5e-6, adam_weight_decay=1e-2, max_steps=500, caption_dropout=0.0),
-    resume_keeps=("text_encoder",), usage=model_usage, footprint=footprint)
+SPEC = MethodSpec.declared(
+    DECLARATION, method=DreamBooth, resume_keeps=("text_encoder",), usage=model_usage, footprint=footprint)

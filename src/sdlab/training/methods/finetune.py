@@ -6,21 +6,12 @@ far the model moved to the new data. Saves a diffusers folder `OUTPUT/model`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import setting
 from ..card import model_usage
 from .base import DiffusionMethod, save_model_folder
+from .finetune_options import DECLARATION, FineTuneOptions
 from .registry import MethodSpec
-
-
-@dataclass(frozen=True)
-class FineTuneOptions:
-    freeze_text_encoder: bool = setting(True, "also tune the text encoder (frozen otherwise)",
-                                        flag="--train-text-encoder")
-    train_vae_decoder: bool = setting(False, "also tune the VAE decoder on the images' round trip (for fine detail "
-                                      "the decoder loses)")
 
 
 class FineTune(DiffusionMethod):
@@ -53,8 +44,6 @@ def footprint(c, options: FineTuneOptions, low: bool):
     return whole_unet_footprint(c, low, not options.freeze_text_encoder)
 
 
-SPEC = MethodSpec(
-    name="finetune", method=FineTune, options=FineTuneOptions,
-    summary="fine-tune the whole UNet (and optionally the text encoder, VAE decoder) on a captioned folder",
-    recipe=dict(learning_rate=1e-5, adam_weight_decay=1e-2, max_steps=500, caption_dropout=0.0),
-    resume_keeps=("freeze_text_encoder", "train_vae_decoder"), usage=model_usage, footprint=footprint)
+SPEC = MethodSpec.declared(
+    DECLARATION, method=FineTune, resume_keeps=("freeze_text_encoder", "train_vae_decoder"), usage=model_usage,
+    footprint=footprint)

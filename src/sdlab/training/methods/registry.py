@@ -6,17 +6,23 @@ pipeline, its model-card usage line and its memory estimate. `sdlab train`, the 
 
 A new method is one module that ends with `SPEC = MethodSpec(...)` plus its line in MODULES
 (or `register(spec)` from anywhere); see "Adding a training method" in docs/training.md.
+
+`sdlab train --help` builds its parser without importing torch (issue 22): a built-in module
+NAME (which imports torch) keeps its options dataclass and a `DECLARATION = Declaration(name,
+options, recipe, summary)` in a torch-free sibling `NAME_options.py`, and its spec is
+`SPEC = MethodSpec.declared(DECLARATION, method=..., ...)`; `declarations()` reads only those
+siblings (a module without one is imported whole, torch and all).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from ...errors import ConfigError
-from ..checkpoints import trained_weights
 from ..config import TrainingConfig
 
 # sdlab.training.methods.<module>.SPEC, in the order `sdlab train --help` lists them
@@ -29,6 +35,8 @@ def load_trained_weights(pipe, state: dict, path: Path) -> None:
     """Put a checkpoint's trained weights ("unet.<param>", "text_encoder.<param>", "vae.<param>";
     the EMA ones when it kept an EMA) into `pipe`'s modules: the default `apply_checkpoint`, for
     methods whose trainable parameters are the model's own."""
+    from ..checkpoints import trained_weights
+
     weights = trained_weights(state)
     for comp in ("unet", "text_encoder", "vae"):
         sub = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(comp + ".")}
@@ -36,6 +44,17 @@ def load_trained_weights(pipe, state: dict, path: Path) -> None:
             missing = getattr(pipe.c, comp).load_state_dict(sub, strict=False)
             if missing.unexpected_keys:
                 raise ConfigError(f"checkpoint '{path}' does not fit the model: {missing.unexpected_keys[:3]}")
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What `sdlab train --help` shows of a method (the MethodSpec fields of the same names),
+    declared in a torch-free module."""
+
+    name: str
+    options: type
+    recipe: Mapping[str, Any]
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,12 @@ class MethodSpec:
             if bad:
                 raise ConfigError(f"training method {self.name!r}: {what} entry {sorted(bad)[0]!r} {why}")
 
+    @classmethod
+    def declared(cls, declaration: Declaration, method: Callable, **parts) -> "MethodSpec":
+        """The spec of `method` with the name, options, recipe and summary of its `declaration`."""
+        return cls(name=declaration.name, method=method, options=declaration.options, recipe=declaration.recipe,
+                   summary=declaration.summary, **parts)
+
     def build(self, options=None):
         """The Method object, with `options` (None: the method's own defaults)."""
         return self.method() if options is None else self.method(options)
@@ -95,6 +120,19 @@ def _load_builtin() -> None:
         builtin = [importlib.import_module(f"{__package__}.{module}").SPEC for module in MODULES]
         _SPECS.update({spec.name: spec for spec in builtin})
         _loaded = True
+
+
+def declarations() -> list:
+    """What `sdlab train --help` lists, in order, without importing torch: each built-in module's
+    DECLARATION (from NAME_options.py; a module without one: its SPEC), then the specs that
+    `register` added."""
+    found = []
+    for module in MODULES:
+        light = f"{__package__}.{module}_options"
+        found.append(importlib.import_module(light).DECLARATION if importlib.util.find_spec(light)
+                     else importlib.import_module(f"{__package__}.{module}").SPEC)
+    builtin = {d.name for d in found}
+    return found + [s for s in _SPECS.values() if s.name not in builtin]
 
 
 def register(spec: MethodSpec) -> MethodSpec:

@@ -12,61 +12,20 @@ Saves `learned_embeds.safetensors` ({token: (N, dim)}, diffusers) and `<name>.sa
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ...config import check_settings, setting
 from ...errors import ConfigError
-from ...io.paths import safe_component
 from ...text import embeddings
 from .base import DiffusionMethod
 from .registry import MethodSpec
+from .textual_inversion_options import DECLARATION, DIFFUSERS_FILE, TIOptions, embedding_file_name
 
 OBJECT_TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a picture of a {}", "an image of a {}",
                     "a {}", "the {}", "a drawing of a {}", "a clean {}", "a small {}", "a large {}")
 STYLE_TEMPLATES = ("a painting in the style of {}", "a rendering in the style of {}", "an image in the style of {}",
                    "a picture in the style of {}", "a drawing in the style of {}", "{} style")
-
-DIFFUSERS_FILE = "learned_embeds.safetensors"
-OTHER_RESULTS = (DIFFUSERS_FILE, "lora_kohya.safetensors")     # what else a run writes beside NAME.safetensors
-
-
-def embedding_file_name(placeholder: str, what: str = "placeholder") -> str:
-    """`NAME.safetensors`, the A1111 file of placeholder `<NAME>`: NAME must be a single file
-    name (a placeholder never names a path) and not the name of the run's other results."""
-    name = safe_component(placeholder.strip("<>"), f"{what} {placeholder!r} names the embedding file "
-                                                   "NAME.safetensors, so NAME")
-    if f"{name}.safetensors" in OTHER_RESULTS:
-        raise ConfigError(f"{what} {placeholder!r} would name its file {name}.safetensors, which the run writes "
-                          "for another result; choose another placeholder")
-    return f"{name}.safetensors"
-
-
-TEMPLATE_KINDS = ("object", "style", "none")        # none: the captions, with the placeholder in them
-
-
-@dataclass(frozen=True)
-class TIOptions:
-    placeholder: str = setting("<my-shape>", "the new token")
-    initializer: str = setting("shape", "word(s) whose embedding starts the new vectors")
-    num_vectors: int = setting(1, "vectors per placeholder (N new tokens)", lo=1, hi=75)
-    templates: str = setting("object", "prompt templates (none: use the captions, which must contain the placeholder)",
-                             choices=lambda: TEMPLATE_KINDS)
-    max_norm: float | None = setting(None, "clip each new vector's norm after every step (e.g. the vocabulary's "
-                                     "typical norm)", lo=1e-6, hi=1e6, default_text="no clipping")
-
-    def __post_init__(self):
-        if not isinstance(self.placeholder, str) or not self.placeholder.strip() or " " in self.placeholder:
-            raise ConfigError(f"placeholder must be one word without spaces, got {self.placeholder!r}")
-        embedding_file_name(self.placeholder)
-        if not isinstance(self.initializer, str) or not self.initializer.strip():
-            raise ConfigError("initializer must be a non-empty word or phrase")
-        check_settings(self)
-        if self.templates not in TEMPLATE_KINDS:
-            raise ConfigError(f"templates must be object, style or none; got {self.templates!r}")
-
 
 class NewTokens:
     """New tokens whose rows of the text encoder's embedding matrix train, every other row
@@ -190,10 +149,7 @@ def footprint(c, options: TIOptions, low: bool):
                      text_casts=True)
 
 
-SPEC = MethodSpec(
-    name="textual-inversion", method=TextualInversion, options=TIOptions,
-    summary="learn new token embeddings for a concept (Gal et al. 2022)",
-    recipe=dict(learning_rate=5e-3, adam_weight_decay=0.0, max_steps=500, caption_dropout=0.0),
-    resume_keeps=("placeholder", "num_vectors"),
+SPEC = MethodSpec.declared(
+    DECLARATION, method=TextualInversion, resume_keeps=("placeholder", "num_vectors"),
     apply_checkpoint=apply_checkpoint, usage=usage, footprint=footprint,
     studio={"placeholder": "placeholder", "initializer": "initializer"})

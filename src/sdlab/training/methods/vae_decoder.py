@@ -7,7 +7,6 @@ any model of the family (`sdlab generate --vae`). Saves a diffusers AutoencoderK
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,11 +14,7 @@ import torch
 from ..card import trained_prompt
 from .base import Batch, DiffusionMethod
 from .registry import MethodSpec
-
-
-@dataclass(frozen=True)
-class VaeDecoderOptions:
-    pass
+from .vae_decoder_options import DECLARATION, VaeDecoderOptions
 
 
 class VaeDecoder(DiffusionMethod):
@@ -66,8 +61,4 @@ def footprint(c, options: VaeDecoderOptions, low: bool):
     return whole_unet_footprint(c, low, False)
 
 
-SPEC = MethodSpec(
-    name="vae-decoder", method=VaeDecoder, options=VaeDecoderOptions,
-    summary="tune the VAE decoder on the images' round trip (as sd-vae-ft-mse), for detail the decoder loses",
-    recipe=dict(learning_rate=1e-4, adam_weight_decay=0.0, max_steps=500, caption_dropout=0.0),
-    usage=usage, footprint=footprint)
+SPEC = MethodSpec.declared(DECLARATION, method=VaeDecoder, usage=usage, footprint=footprint)
