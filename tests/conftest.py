@@ -61,3 +61,27 @@ def lora_file(tiny_model_dir, tmp_path_factory):
                          max_steps=3, learning_rate=5e-2, checkpoint_every=100, device="cpu", options=method.options)
     train(cfg, method)
     return root / "out" / "lora_kohya.safetensors"
+
+
+@pytest.fixture(scope="session")
+def inpaint_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with an SD 1.5 inpainting UNet (the shipped sd15 config with in_channels 9,
+    shrunk) and SD 1.5's epsilon schedule, saved as diffusers' StableDiffusionInpaintPipeline."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from sdlab.models.single_file import CONFIG_ROOT, read_json
+    from sdlab.pipeline import Pipeline
+
+    base = Pipeline.load(tiny_model_dir)
+    cfg = read_json(CONFIG_ROOT / "sd15" / "unet" / "config.json")
+    cfg.update(in_channels=9, block_out_channels=[16, 16, 32, 32], layers_per_block=1, norm_num_groups=8,
+               cross_attention_dim=32, attention_head_dim=2, sample_size=8)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(cfg)
+    sched = EulerDiscreteScheduler.from_config(read_json(CONFIG_ROOT / "sd15" / "scheduler" / "scheduler_config.json"))
+    ref = StableDiffusionInpaintPipeline(vae=base.c.vae, text_encoder=base.c.text_encoder, tokenizer=base.c.tokenizer,
+                                         unet=unet, scheduler=sched, safety_checker=None, feature_extractor=None,
+                                         requires_safety_checker=False)
+    out = tmp_path_factory.mktemp("inpaint-model") / "tiny-sd-inpainting"
+    ref.save_pretrained(out, safe_serialization=True)
+    return out

@@ -414,6 +414,10 @@ def _b64_file(settings: ServerSettings, url: str) -> str:
 
 
 def _info(job: dict, made: list[dict], pipe) -> dict:
+    """A1111's Processed.js(); is_using_inpainting_conditioning is true for every job of an inpainting
+    (concat) UNet, as A1111 sets it from the model's conditioning_key in txt2img and img2img alike."""
+    from ..sampling.inpaint import is_inpainting_unet
+
     p = job["params"]
     seeds = [p["seed"] + i for i in range(p["batch_size"] * p["batch_count"])]
     infotexts = [im["infotext"] for im in made]
@@ -431,7 +435,7 @@ def _info(job: dict, made: list[dict], pipe) -> dict:
             "denoising_strength": p.get("strength", hires_strength), "extra_generation_params": {},
             "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
             "job_timestamp": _timestamp(job["created"]), "clip_skip": p.get("clip_skip", 1),
-            "is_using_inpainting_conditioning": False, "version": __version__, "job_id": job["id"],
+            "is_using_inpainting_conditioning": is_inpainting_unet(pipe.c.unet), "version": __version__, "job_id": job["id"],
             "state": job["state"]}
 
 
