@@ -424,7 +424,7 @@ def test_restart_plan_is_a1111s(steps, k, times):
     ("DPM++ 2M SDE Exponential", "Automatic", "DPM++ 2M SDE Exponential", "exponential"),
     ("unipc", "sgm uniform", "UniPC", "sgm_uniform"),
     ("Restart", "Align Your Steps", "Restart", "align_your_steps"),
-    ("LCM", "Automatic", "LCM", "default"),
+    ("LCM", "Automatic", "LCM", "lcm"),      # the timesteps an LCM is distilled on (sigmas.lcm_sigmas)
 ])
 def test_a_sampler_and_a_schedule_resolve_as_in_a1111(name, schedule, sampler, kind):
     spec, got = resolve_sampler(name, schedule)

@@ -26,6 +26,7 @@ from .guidance.cfg import CFGDenoiser, GuidanceCond, ScheduledCond, map_cond
 from .io.images import to_pil
 from .io.metadata import format_infotext, hashes_field, sampler_fields
 from .sampling import Denoiser, NoiseSchedule, get_sigmas, img2img_start, resolve_sampler
+from .sampling.denoiser import consistency_denoiser
 from .sampling.noise import batch_noise
 from .text.chunks import encode_weighted_batch, pad_tokens
 from .text.extra_networks import with_lora_tags
@@ -344,7 +345,8 @@ class Pipeline:
         cond, uncond = self._conds(config, cond, uncond, len(seeds))
         base = denoiser if denoiser is not None else self._unmasked_denoiser(shape)
         base, callback = self._controlled(base, shape, len(sigmas) - 1, callback)
-        model = cfg = CFGDenoiser(base, config.cfg_scale, config.guidance_rescale)
+        base, cfg_scale = consistency_denoiser(base, spec.base == "LCM", config.cfg_scale)   # LCM, distilled w
+        model = cfg = CFGDenoiser(base, cfg_scale, config.guidance_rescale)
         for wrap in guidance:
             model = wrap(model, self)
         from .callbacks import combine

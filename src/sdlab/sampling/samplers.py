@@ -235,6 +235,10 @@ WITH_KARRAS = {"Euler": sample_euler, "Euler a": sample_euler_ancestral, "Heun":
 PLAIN = {"DDIM": sample_ddim, "UniPC": sample_unipc, "DDPM": sample_ddpm, "LCM": sample_lcm, "Restart": sample_restart}
 
 
+# "Automatic" schedules of samplers whose name carries none: LCM visits the timesteps LCMs learn (sigmas.lcm_sigmas)
+AUTOMATIC_KINDS = {"LCM": "lcm"}
+
+
 def _registry() -> dict[str, SamplerSpec]:
     out = {}
     for name, fn in WITH_KARRAS.items():
@@ -271,10 +275,13 @@ def get_sampler(name: str) -> SamplerSpec:
 def resolve_sampler(name: str, schedule: str = "Automatic") -> tuple[SamplerSpec, str]:
     """(the sampler, the sigma kind it runs on) for a sampler name and a schedule type (A1111 >= 1.9
     chooses them apart). "Automatic" takes the schedule the name carries ("DPM++ 2M Karras": Karras),
-    else the model's own timestep spacing ("default"); a name's schedule and another one conflict."""
+    LCM's distillation timesteps for LCM, else the model's own timestep spacing ("default"); a name's
+    schedule and another one conflict."""
     spec, kind = get_sampler(name), schedule_kind(schedule)
-    if kind == AUTOMATIC or kind == spec.sigma_kind:
-        return spec, spec.sigma_kind
+    if kind == AUTOMATIC:
+        return spec, AUTOMATIC_KINDS.get(spec.name, spec.sigma_kind)
+    if kind == spec.sigma_kind:
+        return spec, kind
     if spec.sigma_kind != "default":
         raise ConfigError(f"sampler {spec.name!r} runs on the {SCHEDULE_LABELS[spec.sigma_kind]} schedule, not "
                           f"{SCHEDULE_LABELS[kind]}: use sampler {spec.base!r} with schedule {schedule!r}")

@@ -8,7 +8,9 @@ Each has N + 1 values (float64, descending, ending with 0). The kinds, by A1111'
 - exponential: evenly spaced in log sigma (k-diffusion's get_sigmas_exponential);
 - polyexponential: log sigma along ramp**rho, rho = 1 as A1111's default (where it equals exponential);
 - align_your_steps: the SD 1.5 sigmas that Align Your Steps (Sabour et al. 2024) optimised for 10
-  steps, log-linearly interpolated to N values (A1111's convention: N values, then 0).
+  steps, log-linearly interpolated to N values (A1111's convention: N values, then 0);
+- lcm: diffusers' LCMScheduler timesteps, N of the LCM_GRID-step skipping grid that `sdlab train lcm`
+  distils on (Luo et al. 2023), so a distilled model is sampled at the timesteps it learned.
 
 The ramps (karras, exponential, polyexponential, align_your_steps) start from sigma_max, which under
 zero terminal SNR stands in for infinity (clamped to ~4096): a ramp from there spends most steps where
@@ -92,6 +94,31 @@ def ays_sigmas(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     return ramp_sigmas(schedule, steps, _ays_ramp)
 
 
+LCM_GRID = 50      # Luo et al. 2023: the teacher's DDIM grid, N = 50 of 1000 timesteps (skip k = 20)
+
+
+def lcm_grid(num_train_timesteps: int, grid: int = LCM_GRID) -> np.ndarray:
+    """The distillation grid, ascending: t_i = (i + 1) * (T // grid) - 1 (19, 39, ..., 999 for T = 1000)."""
+    grid = min(grid, num_train_timesteps)
+    return np.arange(1, grid + 1) * (num_train_timesteps // grid) - 1
+
+
+def lcm_timesteps(schedule: NoiseSchedule, steps: int, grid: int = LCM_GRID) -> np.ndarray:
+    """LCMScheduler.set_timesteps (original_inference_steps = grid): `steps` timesteps of the grid,
+    from its top down at evenly spaced indices (4 steps: 999, 759, 499, 259). Past `grid` steps the
+    grid grows to `steps` (diffusers refuses those)."""
+    check_steps(steps)
+    ts = lcm_grid(schedule.num_train_timesteps, max(grid, steps))[::-1]
+    index = np.floor(np.linspace(0, len(ts), min(steps, len(ts)), endpoint=False)).astype(np.int64)
+    return ts[index].astype(np.float64)
+
+
+def lcm_sigmas(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+    """The sigmas of `lcm_timesteps`, then 0."""
+    sig = schedule.t_to_sigma(torch.from_numpy(lcm_timesteps(schedule, steps)))
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
 def _spacing(spacing: str) -> Callable[[NoiseSchedule, int], torch.Tensor]:
     def sigmas(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
         return discrete_sigmas(dataclasses.replace(schedule, timestep_spacing=spacing), steps)
@@ -102,7 +129,7 @@ def _spacing(spacing: str) -> Callable[[NoiseSchedule, int], torch.Tensor]:
 SIGMA_FUNCTIONS: dict[str, Callable[[NoiseSchedule, int], torch.Tensor]] = {
     "default": discrete_sigmas, "uniform": _spacing("linspace"), "sgm_uniform": _spacing("trailing"),
     "ddim": _spacing("leading"), "karras": karras_sigmas, "exponential": exponential_sigmas,
-    "polyexponential": polyexponential_sigmas, "align_your_steps": ays_sigmas,
+    "polyexponential": polyexponential_sigmas, "align_your_steps": ays_sigmas, "lcm": lcm_sigmas,
 }
 SIGMA_KINDS = tuple(SIGMA_FUNCTIONS)
 
