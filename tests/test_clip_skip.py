@@ -4,6 +4,7 @@ through the text encoder's final layer norm."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sdlab import GenerationConfig, Pipeline
 from sdlab.errors import ConfigError
@@ -72,3 +73,116 @@ def test_cli_flag(tiny_model_dir, tmp_path):
                  "--clip-skip", "2", "--out", str(tmp_path)]) == 0
     (png,) = tmp_path.glob("*.png")
     assert read_png_metadata(png)["params"]["Clip skip"] == 2
+
+
+# --- mix, interpolate, attend and edit encode as generate does ----------------------------------------
+
+def _arr(im) -> np.ndarray:
+    return np.asarray(im, np.int16)
+
+
+def test_mix_overrides_encode_with_clip_skip(pipe):
+    from sdlab.text.embedding_ops import encode_with_overrides, mix
+
+    prompt = "a red circle on a blue background"
+    same = encode_with_overrides(pipe, prompt, {"circle": "circle"}, clip_skip=2)
+    assert torch.equal(same, pipe.encode_prompt([prompt], clip_skip=2))
+    mixed = encode_with_overrides(pipe, prompt, {"circle": mix({"circle": 1, "square": 1})}, clip_skip=2)
+    assert not torch.allclose(mixed, encode_with_overrides(pipe, prompt, {"circle": mix({"circle": 1, "square": 1})}))
+    with pytest.raises(ConfigError, match="clip_skip must be an integer from 1 to 2"):
+        encode_with_overrides(pipe, prompt, {"circle": "square"}, clip_skip=3)
+
+
+def test_interpolate_encodes_with_the_configs_clip_skip(pipe):
+    from sdlab.text.interpolation import interpolate
+
+    a, b = "a red circle", "a green star"
+    config = GenerationConfig("x", steps=2, cfg_scale=2.0, clip_skip=2)
+    result = interpolate(pipe, a, b, n=2, seed=4, config=config)
+    assert torch.equal(result.cond[0], pipe.encode_prompt([a], 2)[0])
+    assert torch.equal(result.cond[-1], pipe.encode_prompt([b], 2)[0])
+    first = pipe.generate(GenerationConfig(a, steps=2, cfg_scale=2.0, seed=4, clip_skip=2)).images[0]
+    assert np.abs(_arr(result.images[0]) - _arr(first)).max() <= 1
+    with pytest.raises(ConfigError, match="clip_skip must be an integer from 1 to 2"):
+        interpolate(pipe, a, b, n=2, config=GenerationConfig("x", steps=1, clip_skip=3))
+
+
+def test_attend_samples_and_maps_with_clip_skip(pipe):
+    from sdlab.attention.store import attend
+
+    config = GenerationConfig("a red circle", steps=2, seed=3, clip_skip=2)
+    result, maps = attend(pipe, config)
+    assert np.array_equal(_arr(result.images[0]), _arr(pipe.generate(config).images[0]))
+    assert parse_infotext(result.infotexts[0])[2]["Clip skip"] == 2
+    _, maps_1 = attend(pipe, GenerationConfig("a red circle", steps=2, seed=3))
+    assert not torch.allclose(maps, maps_1)
+
+
+def test_edit_source_row_is_the_plain_generation_at_its_clip_skip(pipe):
+    from sdlab.attention.edit import edit
+
+    config = GenerationConfig("a red circle on a blue background", steps=3, seed=11, clip_skip=2)
+    r = edit(pipe, config.prompt, "a red square on a blue background", config=config)
+    assert np.abs(_arr(r.source_image) - _arr(pipe.generate(config).images[0])).max() <= 2
+    keyword = edit(pipe, config.prompt, "a red square on a blue background", steps=3, seed=11, clip_skip=2)
+    assert np.array_equal(_arr(keyword.target_image), _arr(r.target_image))
+    plain = edit(pipe, config.prompt, "a red square on a blue background", steps=3, seed=11)
+    assert not np.array_equal(_arr(plain.target_image), _arr(r.target_image))
+    with pytest.raises(ConfigError, match="clip_skip must be an integer from 1 to 2"):
+        edit(pipe, config.prompt, "a red square on a blue background", steps=1, clip_skip=3)
+
+
+CLI_COMMANDS = {
+    "mix": ["mix", "a red {}", "circle=0.5", "square=0.5"],
+    "interpolate": ["interpolate", "a red circle", "a green star", "--frames", "2"],
+    "attend": ["attend", "a red circle", "--res", "8"],
+    "edit": ["edit", "a red circle", "a red square"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(CLI_COMMANDS))
+def test_cli_commands_take_clip_skip_and_check_it(command, tiny_model_dir, tmp_path, capsys):
+    from sdlab.cli.main import main
+    from sdlab.io.metadata import read_png_metadata
+
+    argv = [*CLI_COMMANDS[command], "--model", str(tiny_model_dir), "--steps", "1", "--seed", "2"]
+    images = []
+    for skip in ("1", "2"):
+        out = tmp_path / (f"sweep{skip}.png" if command == "interpolate" else f"out{skip}")
+        assert main([*argv, "--clip-skip", skip, "--out", str(out)]) == 0
+        images.append(capsys.readouterr().out.split()[0])
+    assert not np.array_equal(_arr(Image.open(images[0])), _arr(Image.open(images[1])))
+    if command in ("mix", "edit"):                  # attend's image and interpolate's strip carry no metadata
+        assert read_png_metadata(images[1])["params"]["Clip skip"] == 2
+    for bad, message in (("0", "clip_skip must be between 1 and 12"),
+                         ("3", "clip_skip must be an integer from 1 to 2")):  # the tiny encoder's 2 layers
+        assert main([*argv, "--clip-skip", bad, "--out", str(tmp_path / f"bad{bad}.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith("sdlab: error:") and message in err and "Traceback" not in err
+
+
+@pytest.fixture
+def client(pipe, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from sdlab.server.app import create_app
+    from sdlab.server.settings import ServerSettings
+
+    app = create_app(ServerSettings(output_dir=tmp_path / "out"), load_pipeline=lambda device: pipe)
+    with TestClient(app, base_url="http://127.0.0.1:7860") as c:
+        yield c
+
+
+@pytest.mark.parametrize("route, body", [("/api/attend", {"prompt": "a red circle"}),
+                                         ("/api/edit", {"source": "a red circle", "target": "a red square"})])
+def test_studio_attend_and_edit_jobs_take_clip_skip(client, route, body):
+    from server_util import wait_job
+
+    r = client.post(route, json={**body, "steps": 1, "seed": 1, "clip_skip": 2})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "done", job["error"]
+    image = job["result"]["image" if route == "/api/attend" else "source"]
+    assert parse_infotext(image["infotext"])[2]["Clip skip"] == 2
+    r = client.post(route, json={**body, "steps": 1, "clip_skip": 13})
+    assert r.status_code == 422 and "clip_skip" in r.text

@@ -117,8 +117,8 @@ def edit_batch(pipe, sources, targets, config: GenerationConfig, cfg: EditConfig
     # plain generation draws them, so the source row is the plain source image
     with pipe.prompt_loras(*sources, *targets):
         images = pipe.sample_images(config, seeds + seeds, callback=combine([controller.step_callback, callback]),
-                                    cancel=cancel, attention=controller, cond=pipe.encode_prompt(sources + targets),
-                                    uncond=pipe.encode_prompt([config.negative_prompt]))
+                                    cancel=cancel, attention=controller, cond=pipe.encode_prompt(sources + targets, config.clip_skip),
+                                    uncond=pipe.encode_prompt([config.negative_prompt], config.clip_skip))
     k = len(sources)
     mask = controller.blend.mask if controller.blend is not None else None
     out = []
@@ -136,9 +136,9 @@ def edit(pipe, source: str, target: Optional[str] = None, *, config: Optional[Ge
 
     config: sampling settings (prompt ignored; default GenerationConfig(source)); the other
     keywords are EditConfig fields, or `edit=EditConfig(...)`; seed/steps/cfg_scale/sampler/
-    negative_prompt/width/height may also be given directly.
+    negative_prompt/width/height/clip_skip may also be given directly.
     """
-    gen_keys = {"seed", "steps", "cfg_scale", "sampler", "negative_prompt", "width", "height"}
+    gen_keys = {"seed", "steps", "cfg_scale", "sampler", "negative_prompt", "width", "height", "clip_skip"}
     gen_opts = {k: options.pop(k) for k in list(options) if k in gen_keys}
     if config is not None and gen_opts:
         raise ConfigError(f"give sampling settings either in config or as keywords, not both ({', '.join(gen_opts)})")

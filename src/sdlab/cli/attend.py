@@ -34,7 +34,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", help="what to draw")
     sampling_options(p)
-    add_config_arguments(p, GenerationConfig, ["batch_size"])
+    add_config_arguments(p, GenerationConfig, ["batch_size", "clip_skip"])
     p.add_argument("--out", default="attention", help="output folder (default ./attention)")
     p.add_argument("--layers", nargs="+", default=list(ALL_PLACES), choices=ALL_PLACES,
                    help="UNet places to average (default: all)")

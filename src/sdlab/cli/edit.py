@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--blend", nargs="+", default=[], metavar="WORD",
                    help="local blend: edit only where these words attend (words of either prompt)")
     add_config_arguments(p, EditConfig, ["blend_threshold"])
-    add_config_arguments(p, GenerationConfig, ["seed", "steps", "cfg_scale", "sampler", "negative_prompt"],
+    add_config_arguments(p, GenerationConfig, ["seed", "steps", "cfg_scale", "sampler", "negative_prompt", "clip_skip"],
                          seed=dict(default=0, help="seed shared by source and target"))
     p.add_argument("--model", default=None, help="diffusers folder or single file (default: the shipped model)")
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")

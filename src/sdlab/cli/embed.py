@@ -49,7 +49,7 @@ def register(sub) -> None:
                    help="with two words: N (2..64) mixes from the first (w=0) to the second (w=1), one seed, "
                         "written as mix-sweep-NNNNN.png (weights given are ignored)")
     sampling_options(m)
-    add_config_arguments(m, GenerationConfig, ["batch_size"], batch_size=dict(help="images per mix"))
+    add_config_arguments(m, GenerationConfig, ["batch_size", "clip_skip"], batch_size=dict(help="images per mix"))
     m.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     m.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
     m.set_defaults(run=run_mix, trajectory=None)
@@ -64,6 +64,7 @@ def register(sub) -> None:
     i.add_argument("--fps", type=float, default=4.0, help="frames per second (default 4)")
     i.add_argument("--out", default="interpolation.gif", help=".gif, .mp4 or .png (default interpolation.gif)")
     sampling_options(i)
+    add_config_arguments(i, GenerationConfig, ["clip_skip"])
     i.set_defaults(run=run_interpolate)
 
 
@@ -105,7 +106,8 @@ def run_mix(args) -> int:
         return _mix_sweep(args, prompt, target, list(weights))
     spec = mix(weights)
     config = config_from_args(args, prompt=prompt)
-    return run_and_save(args, config, cond_fn=lambda pipe: encode_with_overrides(pipe, prompt, {target: spec}),
+    return run_and_save(args, config, cond_fn=lambda pipe: encode_with_overrides(pipe, prompt, {target: spec},
+                                                                                  config.clip_skip),
                         settings={"embedding_mix": {target: weights}})
 
 
@@ -123,7 +125,8 @@ def _mix_sweep(args, prompt: str, target: str, words: list[str]) -> int:
     images = []
     with pipe.prompt_loras(prompt):
         for w in tqdm(ws, desc="mix sweep", file=sys.stderr):
-            cond = encode_with_overrides(pipe, prompt, {target: mix({words[0]: 1 - w, words[1]: w})})
+            cond = encode_with_overrides(pipe, prompt, {target: mix({words[0]: 1 - w, words[1]: w})},
+                                         config.clip_skip)
             images += pipe.sample_images(config, [config.seed], cond=cond)
     labels = value_labels(ws, f"w({words[1]})")
     print(save_numbered(out, lambda i: f"mix-sweep-{i:05d}.png", lambda p: save_sweep(images, labels, p))[1])

@@ -114,7 +114,7 @@ Word = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
 
 
-class AttendRequest(declared(SamplingRequest, GenerationConfig, "prompt")):
+class AttendRequest(declared(SamplingRequest, GenerationConfig, "prompt", "clip_skip")):
     """Cross-attention maps of one image: an overlay per prompt token (sdlab.attention.store.attend)."""
 
     layers: list[Place] = Field(list(ALL_PLACES), min_length=1, max_length=len(ALL_PLACES),
@@ -131,7 +131,8 @@ class AttendRequest(declared(SamplingRequest, GenerationConfig, "prompt")):
         return list(dict.fromkeys(v))
 
 
-class EditRequest(declared(SamplingRequest, EditConfig, "mode", "cross_replace", "self_replace", "blend_threshold")):
+class EditRequest(declared(declared(SamplingRequest, GenerationConfig, "clip_skip"), EditConfig,
+                           "mode", "cross_replace", "self_replace", "blend_threshold")):
     """A prompt-to-prompt edit (Hertz et al. 2022): source and target sampled from one seed.
     The fractions are of the sampling steps; target null means the source (for reweight)."""
 

@@ -165,14 +165,15 @@ def token_embedding_hook(text_encoder, ids: torch.Tensor, edits: Sequence[tuple[
         handle.remove()
 
 
-def encode_with_overrides(pipe, prompt: str, overrides: Mapping[str, Replacement]) -> torch.Tensor:
+def encode_with_overrides(pipe, prompt: str, overrides: Mapping[str, Replacement], clip_skip: int = 1) -> torch.Tensor:
     """Prompt embeddings (1, 77 * chunks, dim) with the input embeddings of words replaced:
     overrides maps a word of the prompt to a word, a token id, a vector (dim,) / (k, dim) or
-    a `mix(...)`. Pass the result as `pipe.generate(config, cond=...)`."""
+    a `mix(...)`; encoded as `pipe.encode_prompt` does, with `clip_skip` (A1111's CLIP skip).
+    Pass the result as `pipe.generate(config, cond=...)` with the same config.clip_skip."""
     text_encoder, tokenizer = pipe.c.text_encoder, pipe.c.tokenizer
     ids, edits = plan_overrides(text_encoder, tokenizer, prompt, overrides)
     with token_embedding_hook(text_encoder, ids, edits):
-        return pipe.encode_prompt([prompt])
+        return pipe.encode_prompt([prompt], clip_skip)
 
 
 def load_concept(path) -> torch.Tensor:

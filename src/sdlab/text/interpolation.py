@@ -67,13 +67,14 @@ class Interpolation:
 def interpolate(pipe, prompt_a: str, prompt_b: str, n: int = 8, seed: int = 0, *, method: str = "slerp",
                 config: Optional[GenerationConfig] = None, batch_size: int = 8, callback=None) -> Interpolation:
     """Images for n blends of prompt_a -> prompt_b, all from the noise of `seed`. `config` gives
-    steps, sampler, CFG, size and negative prompt (its prompt and seed are replaced)."""
+    steps, sampler, CFG, size, negative prompt and CLIP skip (its prompt and seed are replaced)."""
     check_frames(n)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     config = replace(config or GenerationConfig(prompt_a), prompt=prompt_a, seed=seed)
-    a, b = pipe.encode_prompt([prompt_a]), pipe.encode_prompt([prompt_b])
-    a, b = pad_to_same_length(a, b, lambda: pipe.encode_prompt([""]))
+    skip = config.clip_skip           # the uncond is encoded with it too (Pipeline._conds)
+    a, b = pipe.encode_prompt([prompt_a], skip), pipe.encode_prompt([prompt_b], skip)
+    a, b = pad_to_same_length(a, b, lambda: pipe.encode_prompt([""], skip))
     cond = interpolate_embeddings(a, b, n, method)
     images = []
     with pipe.prompt_loras(prompt_a, prompt_b):

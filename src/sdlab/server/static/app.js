@@ -63,7 +63,7 @@ function setMode(mode) {
   $("sampling-fields").hidden = mode === "train";
   $("batch-fields").hidden = mode !== "txt2img" && mode !== "img2img";
   $("trained-fields").hidden = mode !== "txt2img" && mode !== "img2img";
-  $("clip-fields").hidden = mode !== "txt2img" && mode !== "img2img";
+  $("clip-fields").hidden = mode === "train";
   $("hires-fields").hidden = mode !== "txt2img";
   $("prompt-label").textContent = { edit: "Source prompt", train: "Instance prompt" }[mode] || "Prompt";
 }
@@ -121,7 +121,7 @@ function request() {
     p.trained = $("trained").value;
     p.trained_scale = numberOrNull("trained_scale") ?? 1;
   }
-  if (S.mode === "txt2img" || S.mode === "img2img") p.clip_skip = numberOrNull("clip_skip") ?? 1;
+  p.clip_skip = numberOrNull("clip_skip") ?? 1;           // every sampling tab (train returned above)
   if (S.mode === "txt2img" && (numberOrNull("hires_scale") ?? 1) > 1) {
     Object.assign(p, { hires_scale: numberOrNull("hires_scale"), hires_upscaler: $("hires_upscaler").value,
                        hires_steps: numberOrNull("hires_steps") ?? 0, hires_strength: Number($("hires_strength").value) });
