@@ -114,7 +114,7 @@ def test_a_spec_is_checked_and_names_are_unique(bias_only):
     with pytest.raises(ConfigError, match="resume_keeps entry 'rank' is not a field of BiasOptions"):
         dataclasses.replace(spec, name="x", resume_keeps=("rank",))
     with pytest.raises(ConfigError, match="method must be one of textual-inversion, dreambooth, lora, finetune, "
-                                          "vae-decoder, controlnet, bias-only; got 'x'"):
+                                          "vae-decoder, controlnet, lcm, bias-only; got 'x'"):
         TrainingConfig(method="x", data_dir="d", output_dir="o")
     assert spec.config(spec.options(), data_dir="d", output_dir="o").learning_rate == 1e-3
 

@@ -26,7 +26,7 @@ from ...errors import ConfigError
 from ..config import TrainingConfig
 
 # sdlab.training.methods.<module>.SPEC, in the order `sdlab train --help` lists them
-MODULES = ("textual_inversion", "dreambooth", "lora", "finetune", "vae_decoder", "controlnet")
+MODULES = ("textual_inversion", "dreambooth", "lora", "finetune", "vae_decoder", "controlnet", "lcm")
 _SPECS: dict[str, "MethodSpec"] = {}
 _loaded = False
 

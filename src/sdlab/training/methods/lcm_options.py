@@ -1,0 +1,60 @@
+"""Latent consistency distillation's options, torch-free (what `sdlab train lcm --help` shows); the
+method is lcm.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config import check_settings, setting
+from ...errors import ConfigError
+from .lora_options import LoraOptions
+from .registry import Declaration
+
+LOSSES = ("huber", "l2")
+W_DIM = 256                         # the guidance embedding's size (time_cond_proj_dim) by default
+TARGET_DECAY = 0.95                 # the LCM paper's EMA rate of the target network
+
+
+@dataclass(frozen=True)
+class LCMOptions:
+    lora: bool = setting(False, "distil into an LCM-LoRA (adapters on the UNet, no w-conditioning; sample with "
+                         "--cfg-scale 1) instead of a full w-conditioned LCM UNet")
+    w_min: float = setting(3.0, "lowest teacher guidance scale (CFG scale, as --cfg-scale) drawn per example",
+                           lo=1.0, hi=100.0)
+    w_max: float = setting(12.0, "highest teacher guidance scale drawn per example", lo=1.0, hi=100.0)
+    loss_type: str = setting("huber", "huber: pseudo-Huber, the LCM paper's; l2: mean squared error",
+                             choices=lambda: LOSSES)
+    huber_c: float = setting(0.001, "pseudo-Huber's c", lo=1e-6, hi=10.0)
+    w_dim: int | None = setting(None, "size of the guidance embedding of a full LCM (time_cond_proj_dim)", lo=2,
+                                hi=4096, default_text=str(W_DIM))
+    target_decay: float | None = setting(None, "EMA decay of a full LCM's target network", lo=0.0, hi=1.0,
+                                         default_text=str(TARGET_DECAY))
+    rank: int | None = setting(None, "LCM-LoRA rank", lo=1, hi=1024, default_text="16")
+    lora_targets: str | None = setting(None, "LCM-LoRA's layers, as lora's --targets", default_text="all")
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.loss_type not in LOSSES:
+            raise ConfigError(f"loss_type must be one of {', '.join(LOSSES)}; got {self.loss_type!r}")
+        if self.w_min > self.w_max:
+            raise ConfigError(f"w_min ({self.w_min}) must be <= w_max ({self.w_max}): the teacher's guidance "
+                              "scale is drawn from [w_min, w_max]")
+        full, adapters = ("w_dim", "target_decay"), ("rank", "lora_targets")
+        given = [n for n in (full if self.lora else adapters) if getattr(self, n) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} is an option of {'a full LCM (drop --lora)' if self.lora else 'an LCM-LoRA'}"
+                              f"{'' if self.lora else ' (add --lora)'}: an LCM-LoRA has no w-conditioning and no "
+                              "target network; a full LCM no adapters")
+        if self.lora:
+            LoraOptions(rank=self.rank or 16, targets=self.lora_targets or "all")        # the same checks
+
+    def lora_options(self) -> LoraOptions:
+        return LoraOptions(rank=self.rank or 16, targets=self.lora_targets or "all")
+
+
+DECLARATION = Declaration(
+    name="lcm", options=LCMOptions,
+    summary="latent consistency distillation: a few-step LCM UNet or LCM-LoRA (Luo et al. 2023)",
+    recipe=dict(learning_rate=1e-4, adam_weight_decay=0.0, max_steps=500, batch_size=8, cache_latents=True,
+                caption_dropout=0.0))
