@@ -41,6 +41,12 @@ def register(sub) -> None:
     p.add_argument("--vae-dir", action="append", default=[], metavar="DIR",
                    help="VAE files (.safetensors/.pt/.ckpt) and AutoencoderKL folders a job may pick by name "
                         "(A1111's models/VAE); repeatable")
+    p.add_argument("--controlnet-dir", action="append", default=[], metavar="DIR",
+                   help="ControlNet files (.safetensors) and ControlNetModel folders a txt2img job may pick by name "
+                        "(A1111's models/ControlNet); repeatable")
+    p.add_argument("--merge-dir", action="append", default=[], metavar="DIR",
+                   help="models (diffusers folders, .safetensors files) and LoRA files the studio's merge tab may "
+                        "pick by name; merges are written to OUTPUT_DIR/models; repeatable")
     r = p.add_argument_group("replicas on Ray Serve (pip install 'sdlab[ray]'; see docs/distributed.md)")
     r.add_argument("--ray", action="store_true",
                    help="serve the same app from model replicas on Ray Serve; the job records live in one Ray actor "
@@ -62,7 +68,8 @@ def settings_from_args(args):
                           token=token, state_dir=args.state_dir, devices=tuple(args.device or [None]),
                           dtype=args.dtype, max_queue=args.max_queue,
                           max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
-                          lora_dirs=tuple(args.lora_dir), vae_dirs=tuple(args.vae_dir))
+                          lora_dirs=tuple(args.lora_dir), vae_dirs=tuple(args.vae_dir),
+                          controlnet_dirs=tuple(args.controlnet_dir), merge_dirs=tuple(args.merge_dir))
 
 
 def check_replicas(args) -> None:

@@ -4,6 +4,7 @@ built; a file that exists is named in one message (sdlab never replaces a file i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Iterable
 
 from ..errors import ConfigError
 
@@ -26,3 +27,31 @@ def exists_message(path: str | Path, option: str | None = None) -> str:
     """"'x.gif' exists; choose another --out or remove it" (`option` None: "another name")."""
     return f"'{path}' exists; choose another {option or 'name'} or remove it"
 
+
+
+def offered_names(folders: Iterable, accept: Callable[[Path], bool]) -> list[str]:
+    """The entries of `folders` that `accept` takes and that lie really inside their folder (no link
+    or name leading out), by name; the first folder wins a name (A1111's model lists)."""
+    names: dict[str, None] = {}
+    for folder in folders:
+        for entry in sorted(Path(folder).iterdir()):
+            if _inside(entry, folder) and accept(entry):
+                names.setdefault(entry.name)
+    return list(names)
+
+
+def find_offered(name: str, folders, accept: Callable[[Path], bool], what: str, option: str) -> Path:
+    """The entry `name` of the first of `folders` that offers it; a ConfigError naming the choices
+    (`what`: "VAE", "ControlNet", ...; `option`: the server option that sets the folders)."""
+    if not folders:
+        raise ConfigError(f"{what} {name!r}: this server has no folder of {what}s ({option} DIR)")
+    for folder in folders:
+        entry = Path(folder) / name
+        if _inside(entry, folder) and accept(entry):
+            return entry
+    raise ConfigError(f"no {what} named {name!r}; this server offers: "
+                      f"{', '.join(offered_names(folders, accept)) or 'none'}")
+
+
+def _inside(entry: Path, folder) -> bool:
+    return entry.exists() and entry.resolve().parent == Path(folder).resolve()

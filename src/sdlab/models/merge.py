@@ -41,6 +41,31 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 ROLES = ("primary", "secondary", "tertiary")     # A, B, C as A1111's recipe names them
 
 
+class Progress:
+    """Counts merged tensors for a StepCallback (sdlab.callbacks: step, total) and stops at a cancel."""
+
+    def __init__(self, total: int, callback=None, cancel=None):
+        self.done, self.total, self.callback, self.cancel = 0, total, callback, cancel
+
+    def tick(self) -> None:
+        from ..callbacks import StepEvent
+
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+        if self.callback is not None:
+            self.callback(StepEvent(self.done, self.total))
+        self.done += 1
+
+
+def count_tensors(paths: list[Path]) -> int:
+    """Tensors in these .safetensors files (the keys only are read)."""
+    total = 0
+    for path in paths:
+        with _open(path, str(path.name)) as f:
+            total += len(f.keys())
+    return total
+
+
 @dataclass(frozen=True)
 class MergeResult:
     path: Path
@@ -116,17 +141,21 @@ def check_same_keys(shapes: dict[str, dict], where: str) -> None:
                                   f"in {other}: the models do not match")
 
 
-def merge_file(paths: dict[str, Path], out: Path, alpha: float, mode: str, recipe: dict) -> int:
+def merge_file(paths: dict[str, Path], out: Path, alpha: float, mode: str, recipe: dict,
+               progress: Optional[Progress] = None) -> int:
     """Merge the .safetensors files paths["A"], ["B"] (and ["C"]) into `out` (a path to write now, not
-    published), A's metadata plus the recipe; returns the number of tensors."""
+    published), A's metadata plus the recipe; returns the number of tensors. `progress` ticks per tensor."""
     from safetensors.torch import save_file
 
     with contextlib.ExitStack() as stack:
         files = {name: stack.enter_context(_open(p, name)) for name, p in paths.items()}
         check_same_keys({name: _shapes(f) for name, f in files.items()}, str(paths["A"].name))
-        tensors = {key: merge_tensor(files["A"].get_tensor(key), files["B"].get_tensor(key),
-                                     files["C"].get_tensor(key) if "C" in files else None, alpha, mode).contiguous()
-                   for key in files["A"].keys()}
+        tensors = {}
+        for key in files["A"].keys():
+            if progress is not None:
+                progress.tick()
+            tensors[key] = merge_tensor(files["A"].get_tensor(key), files["B"].get_tensor(key),
+                                        files["C"].get_tensor(key) if "C" in files else None, alpha, mode).contiguous()
         metadata = {**(files["A"].metadata() or {}), RECIPE_KEY: json.dumps(recipe, sort_keys=True)}
     save_file(tensors, str(out), metadata=metadata)
     return len(tensors)
@@ -150,8 +179,10 @@ def _weights(folder: Path, what: str) -> set[Path]:
     return weights
 
 
-def merge_folders(folders: dict[str, Path], out: Path, alpha: float, mode: str, recipe: dict) -> int:
-    """Diffusers folders: each weight file merged with its namesakes, A's other files copied."""
+def merge_folders(folders: dict[str, Path], out: Path, alpha: float, mode: str, recipe: dict,
+                  progress=None) -> int:
+    """Diffusers folders: each weight file merged with its namesakes, A's other files copied.
+    `progress(total)`: a Progress for the tensors of A's weight files, or None."""
     weights = {name: _weights(p, name) for name, p in folders.items()}
     for name, mine in weights.items():
         if mine != weights["A"]:
@@ -159,12 +190,13 @@ def merge_folders(folders: dict[str, Path], out: Path, alpha: float, mode: str, 
             side = name if odd in mine else "A"
             raise ConfigError(f"weight file '{odd}' is in {side}'s folder but not in "
                               f"{'A' if side != 'A' else name}'s: the models do not match")
-    count = 0
+    count, ticks = 0, progress(count_tensors([folders["A"] / w for w in sorted(weights["A"])])) if progress else None
     with atomic_dir(out, replace=False) as tmp:
         for rel in _files(folders["A"]):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             if rel in weights["A"]:
-                count += merge_file({name: p / rel for name, p in folders.items()}, tmp / rel, alpha, mode, recipe)
+                count += merge_file({name: p / rel for name, p in folders.items()}, tmp / rel, alpha, mode, recipe,
+                                    ticks)
             else:
                 shutil.copyfile(folders["A"] / rel, tmp / rel)
         (tmp / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -181,9 +213,10 @@ def make_recipe(paths: dict[str, Path], kind: str, alpha: float, mode: str) -> d
     return recipe
 
 
-def merge(a, b, out, *, alpha: float, mode: str = "weighted", c=None) -> MergeResult:
+def merge(a, b, out, *, alpha: float, mode: str = "weighted", c=None, callback=None, cancel=None) -> MergeResult:
     """Merge models or LoRA files A and B (and C for add-difference) into `out`, which must not exist:
-    a folder for model folders, a .safetensors file otherwise."""
+    a folder for model folders, a .safetensors file otherwise. `callback` (a StepCallback) sees one
+    step per tensor; `cancel` (a CancelToken) stops it with nothing published."""
     check_options(alpha, mode, c)
     paths = {name: Path(p) for name, p in (("A", a), ("B", b), ("C", c)) if p is not None}
     kinds = {name: kind_of(p, name) for name, p in paths.items()}
@@ -195,15 +228,17 @@ def merge(a, b, out, *, alpha: float, mode: str = "weighted", c=None) -> MergeRe
     if out.exists() or out.is_symlink():
         raise OutputExists(exists_message(out, "--out"))
     recipe = make_recipe(paths, kinds["A"], alpha, mode)
+    progress = None if callback is None and cancel is None else (lambda total: Progress(total, callback, cancel))
     if kinds["A"] == "model folder":
-        return MergeResult(out, kinds["A"], merge_folders(paths, out, alpha, mode, recipe))
+        return MergeResult(out, kinds["A"], merge_folders(paths, out, alpha, mode, recipe, progress))
     if out.suffix != ".safetensors":
         raise ConfigError(f"the output '{out}' of a {kinds['A']} merge must be a .safetensors file")
     sidecar = paths["A"].with_suffix(".yaml")     # a single file's config (A1111's, sdlab convert's)
     if kinds["A"] == "model file" and sidecar.is_file() and out.with_suffix(".yaml").exists():
         raise OutputExists(exists_message(out.with_suffix(".yaml"), "--out"))
     count = []
-    atomic_save(out, lambda tmp: count.append(merge_file(paths, Path(tmp), alpha, mode, recipe)), replace=False)
+    ticks = progress(count_tensors([paths["A"]])) if progress else None
+    atomic_save(out, lambda tmp: count.append(merge_file(paths, Path(tmp), alpha, mode, recipe, ticks)), replace=False)
     if kinds["A"] == "model file" and sidecar.is_file():
         atomic_save(out.with_suffix(".yaml"), lambda tmp: shutil.copyfile(sidecar, tmp), replace=False)
     return MergeResult(out, kinds["A"], count[0])

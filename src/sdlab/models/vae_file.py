@@ -20,31 +20,20 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.
 def vae_names(folders) -> list[str]:
     """The VAEs a folder offers, as AUTOMATIC1111's models/VAE does: its .safetensors / .pt /
     .ckpt files and AutoencoderKL folders, by name (the first folder wins a name)."""
-    names: dict[str, None] = {}
-    for folder in folders:
-        for entry in sorted(Path(folder).iterdir()):
-            if _offered(entry, folder):
-                names.setdefault(entry.name)
-    return list(names)
+    from sdlab.io.paths import offered_names
+
+    return offered_names(folders, weights_entry)
 
 
 def find_vae(name: str, folders) -> Path:
     """The entry `name` of the first of `folders` that offers it (ConfigError naming the choices)."""
-    from sdlab.errors import ConfigError
+    from sdlab.io.paths import find_offered
 
-    if not folders:
-        raise ConfigError(f"VAE {name!r}: this server has no folder of VAEs (sdlab serve --vae-dir DIR)")
-    for folder in folders:
-        entry = Path(folder) / name
-        if _offered(entry, folder):
-            return entry
-    raise ConfigError(f"no VAE named {name!r}; this server offers: {', '.join(vae_names(folders)) or 'none'}")
+    return find_offered(name, folders, weights_entry, "VAE", "sdlab serve --vae-dir")
 
 
-def _offered(entry: Path, folder) -> bool:
-    """A VAE file or folder that is really inside `folder` (not a link or name leading out)."""
-    if not entry.exists() or entry.resolve().parent != Path(folder).resolve():
-        return False
+def weights_entry(entry: Path) -> bool:
+    """A weights file (.safetensors, .pt, .ckpt, ...) or a folder with a config.json (a diffusers model part)."""
     if entry.is_dir():
         return (entry / "config.json").is_file()
     return entry.suffix.lower() in ckpt.SAFETENSORS_SUFFIXES + ckpt.PICKLE_SUFFIXES

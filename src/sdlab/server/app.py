@@ -20,9 +20,11 @@ from .. import __version__
 from ..config import GenerationConfig
 from ..errors import ConfigError
 from ..sampling import sampler_names
-from ..models.vae_file import find_vae, vae_names
+from ..io.paths import offered_names
+from ..models.vae_file import find_vae, vae_names, weights_entry
+from ..sampling.xyz_axes import axis_names
 from ..text.extra_networks import find_lora, lora_names, tags_of_prompts
-from . import attention_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
+from . import attention_jobs, merge_jobs, runners, train_jobs  # noqa: F401  (register the job kinds)
 from .a1111 import a1111_router
 from .auth import AccessMiddleware
 from .body import BodyGuardMiddleware, public_errors
@@ -30,8 +32,9 @@ from .files import UploadError, clean_server_temps, gallery, safe_output_path, s
 from .headers import SecurityHeadersMiddleware
 from .jobs import RUNNERS, JobQueue
 from .lock import QueueLock
-from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, EditRequest, Gallery, GenerateRequest, Img2ImgRequest,
-                      InpaintRequest, JobList, JobOut, JobState, Options, SamplingRequest, TrainRequest)
+from .schemas import (MAX_TRAIN_IMAGES, AttendRequest, ControlRequest, EditRequest, Gallery, GenerateRequest,
+                      GridRequest, Img2ImgRequest, InpaintRequest, JobList, JobOut, JobState, MergeRequest, Options,
+                      SamplingRequest, TrainRequest)
 from .settings import ServerSettings
 from .store import REQUEUEABLE, TERMINAL, JobStore, QueueFull
 
@@ -178,7 +181,8 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
         pipe = next(iter(_queue(request).pipes.values()), None)
         return {"samplers": sampler_names(), "default_sampler": GenerationConfig.sampler, "model": pipe.c.name if pipe else None,
                 "native_size": pipe.native_size if pipe else None, "loras": lora_names(settings.lora_dirs),
-                "vaes": vae_names(settings.vae_dirs),
+                "vaes": vae_names(settings.vae_dirs), "controlnets": offered_names(settings.controlnet_dirs, weights_entry),
+                "grid_axes": axis_names(), "merge_models": merge_jobs.merge_names(settings),
                 "limits": {"max_side": settings.max_side, "max_images": settings.max_images,
                            "max_upload_bytes": settings.max_upload_bytes, "max_queue": settings.max_queue}}
 
@@ -212,6 +216,35 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
                                                         settings.max_upload_bytes, settings.max_upload_pixels)
         await asyncio.to_thread(runners.inpaint_inputs, params, settings)      # the mask fits the image: else 422
         job = _queue(request).submit("inpaint", params)
+        return _get_job(request, job["id"])
+
+    @app.post("/api/control", status_code=202, response_model=JobOut)
+    async def control(request: Request, form: Annotated[ControlRequest, Form()],
+                      control_image: Annotated[UploadFile, File(description="the control image (PNG, JPEG, ...)")]
+                      ) -> dict:
+        """txt2img through a ControlNet of --controlnet-dir, steered by the uploaded control image."""
+        params = _job_params(form, settings)
+        data = await control_image.read(settings.max_upload_bytes + 1)
+        params["control_image"] = await asyncio.to_thread(save_upload, data, settings.upload_dir,
+                                                          settings.max_upload_bytes, settings.max_upload_pixels)
+        await asyncio.to_thread(runners.control_units, params, settings)     # the net exists, values fit: else 422
+        job = _queue(request).submit("txt2img", params)
+        return _get_job(request, job["id"])
+
+    @app.post("/api/grid", status_code=202, response_model=JobOut)
+    def grid(body: GridRequest, request: Request) -> dict:
+        """An X/Y/Z plot: one image per combination of the axes' values and the labelled grid."""
+        params = _job_params(body, settings)
+        runners.grid_axes(params)                   # bad axes and values: 422 before any sampling
+        job = _queue(request).submit("grid", params)
+        return _get_job(request, job["id"])
+
+    @app.post("/api/merge", status_code=202, response_model=JobOut)
+    def merge(body: MergeRequest, request: Request) -> dict:
+        """Merge two models or LoRA files of --merge-dir (and C for add-difference) into OUTPUT_DIR/models."""
+        params = body.model_dump()
+        merge_jobs.merge_inputs(params, settings)   # names offered, output new: else 422
+        job = _queue(request).submit("merge", params)
         return _get_job(request, job["id"])
 
     @app.post("/api/attend", status_code=202, response_model=JobOut)

@@ -1,4 +1,5 @@
-"""Job kinds of the generation studio: txt2img, img2img and inpaint. Each is one registered runner.
+"""Job kinds of the generation studio: txt2img (with a ControlNet or not), img2img, inpaint and the
+X/Y/Z grid. Each is one registered runner.
 
 Other kinds register the same way, `@register_kind("name") def run(ctx) -> dict`: attention
 maps and prompt-to-prompt edits (attention_jobs.py), training (train_jobs.py).
@@ -56,9 +57,62 @@ def _generate(ctx: JobContext, init_image=None, make=None) -> dict:
     return {"images": images, "grid": grid[0] if grid else None}
 
 
+def control_units(params: dict, settings) -> list:
+    """The job's Control units (sdlab.control): [] without a control image, else one from the
+    uploaded image and the ControlNet named from --controlnet-dir (ConfigError: unknown name, bad values)."""
+    if not params.get("control_image"):
+        return []
+    from ..control import Control
+    from ..io.images import load_image
+    from ..io.paths import find_offered
+    from ..models.vae_file import weights_entry
+
+    image = load_image(settings.upload_dir / Path(params["control_image"]).name, max_pixels=settings.max_upload_pixels,
+                       what="control image")
+    net = find_offered(params["controlnet"], settings.controlnet_dirs, weights_entry, "ControlNet",
+                       "sdlab serve --controlnet-dir")
+    return [Control(image, str(net), scale=params["control_scale"], start=params["control_start"],
+                    end=params["control_end"], guess_mode=params["guess_mode"], module=params["control_type"])]
+
+
 @register_kind("txt2img")
 def run_txt2img(ctx: JobContext) -> dict:
-    return _generate(ctx)
+    """txt2img; with a control image, through the ControlNet the job names."""
+    controls = control_units(ctx.params, ctx.settings)
+    return _generate(ctx, make=lambda config, **loop: ctx.pipe.generate(config, controls=controls, **loop))
+
+
+def grid_axes(params: dict) -> dict:
+    """{"x": Axis, ...} of a grid job's axes; ConfigError for a bad axis or more than MAX_GRID_CELLS cells."""
+    from ..sampling.xyz_grid import as_axis, plan_cells
+    from .schemas import MAX_GRID_CELLS
+
+    axes = {k: as_axis(params[k]) for k in "xyz" if params.get(k)}
+    cells = plan_cells(generation_config({**params, "batch_size": 1, "batch_count": 1}), axes,
+                       vary_seeds=params.get("vary_seeds", False))
+    if len(cells) > MAX_GRID_CELLS:
+        raise ConfigError(f"the grid has {len(cells)} cells; this server draws at most {MAX_GRID_CELLS} per grid")
+    return axes
+
+
+@register_kind("grid")
+def run_grid(ctx: JobContext) -> dict:
+    """An X/Y/Z plot (sdlab.sampling.xyz_grid): every cell's image and the labelled grid."""
+    from ..io.grids import save_grid
+    from ..sampling.xyz_grid import xyz_grid
+    from .train_jobs import trained_applied
+
+    axes, out_dir = grid_axes(ctx.params), ctx.settings.output_dir
+    config = generation_config({**ctx.params, "batch_size": 1, "batch_count": 1})
+    with trained_applied(ctx.pipe, out_dir, ctx.params.get("trained"), ctx.params.get("trained_scale", 1.0)):
+        result = xyz_grid(ctx.pipe, config, *(axes.get(k) for k in "xyz"),
+                          vary_seeds=ctx.params.get("vary_seeds", False), callback=ctx.callback(), cancel=ctx.cancel)
+    with ctx.save_lock:
+        paths = save_grid(result, out_dir)
+    cells = [{**f, "seed": c.config.seed, "infotext": c.result.infotexts[0], "x": c.x, "y": c.y, "z": c.z}
+             for f, c in zip(file_links(paths, out_dir), result.cells)]
+    return {"images": cells, "grid": file_links(paths[-1:], out_dir)[0],
+            "axes": {k: {"name": a.name, "labels": list(a.labels)} for k, a in axes.items()}}
 
 
 @register_kind("img2img")

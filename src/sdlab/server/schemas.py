@@ -109,6 +109,68 @@ class InpaintRequest(declared(Img2ImgRequest, InpaintConfig, *InpaintConfig.fiel
         return None if v in (None, "") else str(Expand.parse(v))    # ConfigError -> 422 naming the sides
 
 
+NAME_PATTERN = r"^[^/\\]+$"      # a name of a server folder's entry: one path component
+MAX_CONTROL_SCALE = 2.0          # A1111 ControlNet's Control Weight slider (sdlab.control.spec.MAX_SCALE)
+MAX_GRID_CELLS = 64
+
+
+def _control_types() -> tuple[str, ...]:
+    from ..control.preprocess import PREPROCESSORS
+
+    return tuple(PREPROCESSORS)
+
+
+class ControlRequest(GenerateRequest):
+    """txt2img with one ControlNet (Zhang et al. 2023; sdlab.control): the uploaded control image,
+    made into the condition by `control_type`, steers the ControlNet picked from the server's
+    --controlnet-dir at `control_scale` over the steps from `control_start` to `control_end`."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # the multipart form also holds `control_image`
+
+    controlnet: str = Field(max_length=255, pattern=NAME_PATTERN,
+                            description="a ControlNet the server offers (`controlnets` of /api/options)")
+    control_type: Literal[_control_types()] = Field(  # type: ignore[valid-type]
+        "none", description="how the image becomes the condition: none (as is), mask, edges or layout")
+    control_scale: float = Field(1.0, ge=0.0, le=MAX_CONTROL_SCALE, description="the control's weight")
+    control_start: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the steps where it starts acting")
+    control_end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where it stops")
+    guess_mode: bool = Field(False, description="the ControlNet sees no prompt, on the conditional half only")
+
+
+class GridRequest(GenerateRequest):
+    """An X/Y/Z plot (A1111's script; sdlab.sampling.xyz_grid): one image per combination of the
+    axes' values, in a labelled grid. An axis is AXIS=VALUES as `sdlab grid --x` takes it."""
+
+    x: str = Field(min_length=1, max_length=500, examples=["steps=10,20,30"], description="the columns")
+    y: Optional[str] = Field(None, max_length=500, examples=["cfg-scale=1,4,7.5"], description="the rows")
+    z: Optional[str] = Field(None, max_length=500, description="one grid per value, side by side")
+    vary_seeds: bool = Field(False, description="cell k uses seed + k (default: every cell the same seed)")
+
+    @field_validator("x", "y", "z")
+    @classmethod
+    def _axis(cls, v: Optional[str], info) -> Optional[str]:
+        return None if v in (None, "") else _clean_text(v, info.field_name)
+
+
+class MergeRequest(_Request):
+    """A checkpoint merge (A1111's Checkpoint Merger; sdlab.models.merge) of models or LoRA files the
+    server offers (--merge-dir), written as `name` into the output folder's models/ (never replaced)."""
+
+    a: str = Field(max_length=255, pattern=NAME_PATTERN, description="primary model or LoRA file")
+    b: str = Field(max_length=255, pattern=NAME_PATTERN, description="secondary, of A's layout")
+    c: Optional[str] = Field(None, max_length=255, pattern=NAME_PATTERN, description="tertiary, add-difference only")
+    alpha: float = Field(ge=0.0, le=1.0, description="weighted: (1 - alpha) A + alpha B; add-difference: "
+                                                     "A + alpha (B - C)")
+    mode: Literal["weighted", "add-difference"] = "weighted"
+    name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN, examples=["merged"],
+                      description="the output's name (a folder for model folders, NAME.safetensors otherwise)")
+
+    @field_validator("c", mode="before")
+    @classmethod
+    def _empty(cls, v: Optional[str]) -> Optional[str]:
+        return v or None
+
+
 Place = Literal[ALL_PLACES]  # type: ignore[valid-type]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
@@ -278,4 +340,8 @@ class Options(BaseModel):
     native_size: Optional[int]
     loras: list[str] = Field(default_factory=list, description="names for <lora:NAME:W> prompt tags (--lora-dir)")
     vaes: list[str] = Field(default_factory=list, description="VAEs a job may pick by name (--vae-dir)")
+    controlnets: list[str] = Field(default_factory=list, description="ControlNets a txt2img job may pick (--controlnet-dir)")
+    control_types: list[str] = Field(default_factory=lambda: list(_control_types()))
+    grid_axes: list[str] = Field(default_factory=list, description="what an X/Y/Z plot axis may vary")
+    merge_models: list[str] = Field(default_factory=list, description="what a merge may pick (--merge-dir)")
     limits: dict[str, int]

@@ -45,10 +45,12 @@ class ServerSettings:
     preview_interval: float = 0.25             # seconds between preview decodes
     lora_dirs: tuple[Path, ...] = ()           # where prompt tags <lora:NAME:W> find NAME.safetensors
     vae_dirs: tuple[Path, ...] = ()            # VAE files / folders a job may pick by name
+    controlnet_dirs: tuple[Path, ...] = ()     # ControlNet files / folders a txt2img job may pick by name
+    merge_dirs: tuple[Path, ...] = ()          # models and LoRA files a merge job may pick by name
 
     def __post_init__(self):
         object.__setattr__(self, "output_dir", Path(self.output_dir))
-        for name in ("lora_dirs", "vae_dirs"):
+        for name in ("lora_dirs", "vae_dirs", "controlnet_dirs", "merge_dirs"):
             object.__setattr__(self, name, tuple(Path(d) for d in getattr(self, name)))
             for folder in getattr(self, name):
                 if not folder.is_dir():
