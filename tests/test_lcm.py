@@ -13,8 +13,9 @@ from sdlab import GenerationConfig, Pipeline
 from sdlab.cli.main import main
 from sdlab.errors import ConfigError
 from sdlab.sampling import NoiseSchedule, get_sigmas, resolve_sampler
-from sdlab.sampling.denoiser import Denoiser, consistency_scalings, guidance_embedding
+from sdlab.sampling.denoiser import Denoiser, consistency_scalings, guidance_embedding, w_conditioned
 from sdlab.sampling.sigmas import lcm_timesteps
+from sdlab.training.checkpoints import load_checkpoint
 from sdlab.training.loop import train
 from sdlab.training.methods import registry
 from sdlab.training.methods.lcm import LORA_FILE, LCMDistillation, LCMOptions, w_conditioned_unet
@@ -67,6 +68,13 @@ def test_both_modes_train_with_finite_loss_and_resume_exactly(tiny_model_dir, wo
         assert all(k.startswith("unet.") for k in a) and any(".resnets." in k for k in a)   # the "all" targets
     with pytest.raises(ConfigError, match="lora"):                      # a resume keeps the mode
         _run(tiny_model_dir, world, tmp_path / "b", 4, resume="latest", **({} if options else {"lora": True}))
+    _, state = load_checkpoint(tmp_path / "b" / "checkpoints" / "step-00000003")   # as `sdlab eval --run-dir`
+    pipe = Pipeline.load(tiny_model_dir)
+    config = GenerationConfig("a red circle", sampler="LCM", steps=2, seed=1, cfg_scale=1.0)
+    before = np.asarray(pipe.generate(config).images[0], dtype=float)
+    registry.get("lcm").apply_checkpoint(pipe, state, tmp_path / "b")
+    assert w_conditioned(pipe.c.unet) == (not options)
+    assert np.abs(np.asarray(pipe.generate(config).images[0], dtype=float) - before).max() > 0
 
 
 def test_epsilon_models_distil_too(eps_model_dir, world, tmp_path):
@@ -172,6 +180,7 @@ def test_lcm_lora_loads_in_plain_diffusers_with_lcmscheduler_and_in_sdlab(tiny_m
     pipe.load_lora_weights(str(path))
     with_lora = run()
     assert np.isfinite(with_lora).all() and np.abs(with_lora - plain).max() > 1e-4
+    assert "| `lcm_lora.safetensors` | LCM-LoRA, diffusers / peft layout |" in (tmp_path / "l" / "README.md").read_text()
     assert main(["generate", "a red circle", "--model", str(tiny_model_dir), "--lora", str(path), "--sampler", "LCM",
                  "--steps", "4", "--cfg-scale", "1", "--seed", "1", "--out", str(tmp_path / "img")]) == 0
 

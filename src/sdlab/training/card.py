@@ -12,6 +12,7 @@ from .logs import validation_losses
 
 WHAT = {"pytorch_lora_weights.safetensors": "LoRA, diffusers / peft layout",
         "lora_kohya.safetensors": "LoRA, kohya / AUTOMATIC1111 layout",
+        "lcm_lora.safetensors": "LCM-LoRA, diffusers / peft layout",
         "learned_embeds.safetensors": "embedding, diffusers layout",
         "model": "diffusers model folder", "vae": "diffusers AutoencoderKL folder"}
 

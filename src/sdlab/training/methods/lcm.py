@@ -56,7 +56,7 @@ def w_conditioned_unet(unet, dim: int):
     if missing.unexpected_keys or set(missing.missing_keys) != {"time_embedding.cond_proj.weight"}:
         raise ConfigError(f"cannot add a guidance embedding to this UNet: {missing}")
     torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
-    return student.to(next(unet.parameters()).device, torch.float32)
+    return torch.nn.Module.to(student, next(unet.parameters()).device, torch.float32)   # diffusers .to() warns
 
 
 class LCMDistillation(DiffusionMethod):

@@ -1,0 +1,150 @@
+"""Few-step generation (issue 22): a distilled LCM (or LCM-LoRA) against its base model.
+
+    python benchmarks/lcm_eval.py --lcm runs/lcm/model [--base MODEL] [--n 64] [--out r.json | --results]
+    python benchmarks/lcm_eval.py --lcm-lora runs/lcm/lcm_lora.safetensors [--n 64]
+
+Quality: the oracle's all-right rate on the "seen" and "held_out" prompt sets (n scenes each, seeds
+SEED + i) at 1, 2, 4 and 8 LCM steps, next to the base model at 25 Euler steps, CFG 7.5; the target
+is a 4-step rate within 0.05 of the base's. Speed, in the same run: images per second of sdlab's LCM
+at 4 steps and of plain diffusers (StableDiffusionPipeline + EulerDiscreteScheduler, 25 steps, CFG 7.5)
+on the base model, batch 1 and 4 (median of --repeats timed calls after a warm-up); the target is
+>= 5x. Prints both tables and the JSON report; `--results` writes it to benchmarks/results/lcm_eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from report import cpu_description, result_file
+from sdlab.config import GenerationConfig
+from sdlab.evaluate import emit_report
+from sdlab.pipeline import DEFAULT_MODEL, Pipeline
+from sdlab.sampling.denoiser import w_conditioned
+from sdlab.world.captions import full_caption
+from sdlab.world.metrics import accuracy
+from sdlab.world.prompt_sets import prompt_set
+
+SEED = 3000
+SETS = ("seen", "held_out")
+BASE_STEPS, BASE_CFG = 25, 7.5
+QUALITY_GAP, SPEEDUP = 0.05, 5.0        # the issue's targets, at 4 LCM steps
+PROMPT = "a large red circle on the left on a blue background"
+
+
+def all_right(pipe, scenes, sampler: str, steps: int, cfg: float, chunk: int = 16) -> float:
+    """The oracle's all-right rate of `pipe` on `scenes` (their full captions, seeds SEED + i)."""
+    images = []
+    for start in range(0, len(scenes), chunk):
+        part = scenes[start:start + chunk]
+        cond = pipe.encode_prompt([full_caption(s) for s in part])
+        config = GenerationConfig("", sampler=sampler, steps=steps, cfg_scale=cfg, seed=SEED + start,
+                                  batch_size=len(part))
+        images += pipe.generate(config, cond=cond).images
+    return accuracy(scenes, images)["all"]
+
+
+def quality(base, lcm, n: int, lcm_steps, lcm_cfg: float) -> dict:
+    out = {}
+    for name in SETS:
+        scenes = prompt_set(name, n)
+        row = {"base": all_right(base, scenes, "Euler", BASE_STEPS, BASE_CFG)}
+        for steps in lcm_steps:
+            row[f"lcm {steps}"] = all_right(lcm, scenes, "LCM", steps, lcm_cfg)
+        out[name] = row
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    return out
+
+
+def images_per_second(fn, batch: int, repeats: int) -> float:
+    fn()                                                    # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+def speed(base_model, lcm, batches, repeats: int, lcm_cfg: float) -> dict:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    ref = StableDiffusionPipeline.from_pretrained(base_model, safety_checker=None, requires_safety_checker=False)
+    ref.scheduler = EulerDiscreteScheduler.from_config(ref.scheduler.config)
+    ref.set_progress_bar_config(disable=True)
+    out = {}
+    for batch in batches:
+        def plain():
+            ref(PROMPT, num_inference_steps=BASE_STEPS, guidance_scale=BASE_CFG, num_images_per_prompt=batch,
+                generator=torch.Generator("cpu").manual_seed(0))
+
+        def ours():
+            lcm.generate(GenerationConfig(PROMPT, sampler="LCM", steps=4, cfg_scale=lcm_cfg, seed=0,
+                                          batch_size=batch))
+
+        d, s = images_per_second(plain, batch, repeats), images_per_second(ours, batch, repeats)
+        out[f"batch {batch}"] = {"diffusers_euler_25_cfg": round(d, 3), "sdlab_lcm_4": round(s, 3),
+                                 "ratio": round(s / d, 2)}
+        print(f"batch {batch}: diffusers {d:.2f} img/s, sdlab LCM 4 steps {s:.2f} img/s, x{s / d:.2f}", flush=True)
+    return out
+
+
+def tables(report: dict) -> str:
+    q, steps = report["all_right"], report["lcm_steps"]
+    lines = ["| prompts | base (Euler 25, CFG 7.5) | " + " | ".join(f"LCM {s}" for s in steps) + " | 4-step gap |",
+             "|---" * (len(steps) + 3) + "|"]
+    for name, row in q.items():
+        gap = row["base"] - row.get("lcm 4", float("nan"))
+        lines.append(f"| {name} | {row['base']:.3f} | " + " | ".join(f"{row[f'lcm {s}']:.3f}" for s in steps) +
+                     f" | {gap:+.3f}{'' if gap <= QUALITY_GAP else ' (over 0.05)'} |")
+    lines += ["", "| batch | diffusers Euler 25 + CFG (img/s) | sdlab LCM 4 (img/s) | ratio |", "|---|---|---|---|"]
+    for batch, row in report["images_per_second"].items():
+        mark = "" if row["ratio"] >= SPEEDUP else f" (under {SPEEDUP:g}x)"
+        lines.append(f"| {batch.split()[1]} | {row['diffusers_euler_25_cfg']:.2f} | {row['sdlab_lcm_4']:.2f} | "
+                     f"{row['ratio']:.2f}{mark} |")
+    return "\n".join(lines)
+
+
+def load_lcm(args):
+    """The pipeline that samples the LCM: its model folder, or the base with the LCM-LoRA merged."""
+    if args.lcm:
+        return Pipeline.load(args.lcm)
+    pipe = Pipeline.load(args.base)
+    pipe.load_lora(args.lcm_lora, 1.0)
+    return pipe
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python benchmarks/lcm_eval.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--lcm", help="the distilled model folder (sdlab train lcm: OUTPUT/model)")
+    which.add_argument("--lcm-lora", help="an LCM-LoRA file (sdlab train lcm --lora: OUTPUT/lcm_lora.safetensors)")
+    ap.add_argument("--base", default=None, help="the base model (default: the shipped model)")
+    ap.add_argument("--n", type=int, default=64, help="scenes per prompt set")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="LCM step counts")
+    ap.add_argument("--cfg-scale", type=float, default=None,
+                    help="the LCM's guidance: w of a w-conditioned LCM (default 7.5), 1 for an LCM-LoRA")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes of the speed test")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per speed measurement (median)")
+    out = ap.add_mutually_exclusive_group()
+    out.add_argument("--out", default=None, help="write the JSON report here")
+    out.add_argument("--results", action="store_true", help="write it to benchmarks/results/lcm_eval.json")
+    args = ap.parse_args(argv)
+    base, lcm = Pipeline.load(args.base), load_lcm(args)
+    cfg = args.cfg_scale if args.cfg_scale is not None else (BASE_CFG if w_conditioned(lcm.c.unet) else 1.0)
+    report = {"lcm": args.lcm or args.lcm_lora, "base": args.base or "the shipped model", "n": args.n,
+              "seed": SEED, "lcm_cfg_scale": cfg, "lcm_steps": args.steps, "hardware": cpu_description(),
+              "targets": {"all_right_gap_at_4": QUALITY_GAP, "speedup_at_4": SPEEDUP}}
+    report["all_right"] = quality(base, lcm, args.n, args.steps, cfg)
+    report["images_per_second"] = speed(str(args.base or DEFAULT_MODEL), lcm, args.batch, args.repeats, cfg)
+    print(tables(report))
+    emit_report(report, result_file(__file__) if args.results else args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
