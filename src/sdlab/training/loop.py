@@ -42,10 +42,14 @@ class TrainResult:
 
 
 def make_accelerator(config: TrainingConfig):
-    """An Accelerator for this run; bad precision/device combinations become ConfigError."""
+    """An Accelerator for this run; bad precision/device combinations, and a sharding backend
+    (FSDP, DeepSpeed) the run cannot use, become ConfigError."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
+    from .backends import check_backend
+
+    backend = check_backend(config.device, torch.cuda.is_available())
     if not torch.distributed.is_initialized():   # a fresh state per run in one process (tests, API)
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -53,10 +57,13 @@ def make_accelerator(config: TrainingConfig):
     if config.mixed_precision == "fp16" and cpu:
         raise ConfigError("mixed_precision fp16 needs a CUDA GPU; on the CPU use 'bf16' or 'no'")
     try:
-        return Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
-                           gradient_accumulation_steps=config.grad_accum)
+        acc = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu",
+                          gradient_accumulation_steps=config.grad_accum)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"accelerate refused the settings (mixed_precision={config.mixed_precision}): {exc}") from exc
+    if backend == "DeepSpeed":     # no dataloader goes through prepare(): DeepSpeed takes the batch from here
+        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    return acc
 
 
 def make_optimizer(config: TrainingConfig, params):
