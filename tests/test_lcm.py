@@ -77,6 +77,16 @@ def test_both_modes_train_with_finite_loss_and_resume_exactly(tiny_model_dir, wo
     assert np.abs(np.asarray(pipe.generate(config).images[0], dtype=float) - before).max() > 0
 
 
+def test_full_lcm_trains_under_bf16_with_gradient_checkpointing(tiny_model_dir, world, tmp_path):
+    spec, opts = registry.get("lcm"), LCMOptions(w_dim=8)
+    config = spec.config(opts, data_dir=str(world), output_dir=str(tmp_path / "m"), model=str(tiny_model_dir),
+                         max_steps=1, batch_size=2, mixed_precision="bf16", gradient_checkpointing=True,
+                         device="cpu")
+    method = spec.build(opts)
+    result = train(config, method)
+    assert np.isfinite(result.losses).all() and method.student.is_gradient_checkpointing
+
+
 def test_epsilon_models_distil_too(eps_model_dir, world, tmp_path):
     result = _run(eps_model_dir, world, tmp_path / "e", 2, lora=True, rank=2, loss_type="l2")
     assert all(np.isfinite(result.losses)) and result.losses[0] > 0
@@ -151,7 +161,8 @@ def test_full_lcm_generates_in_one_unet_pass_per_step_with_w_from_cfg_scale(tiny
                                                                             capsys):
     _run(tiny_model_dir, world, tmp_path / "f", 1, w_dim=8)
     model = tmp_path / "f" / "model"
-    assert json.loads((model / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "LCMScheduler"
+    scheduler = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "LCMScheduler" and "use_karras_sigmas" not in scheduler
     pipe = Pipeline.load(model)
     calls = _count_unet_calls(pipe)
     torch.nn.init.normal_(pipe.c.unet.time_embedding.cond_proj.weight, std=0.1)     # so w shows

@@ -142,7 +142,7 @@ class LCMDistillation(DiffusionMethod):
 
     def consistency(self, unet, x: torch.Tensor, t: torch.Tensor, cond, w_emb) -> torch.Tensor:
         """f(x, t) = c_skip(t) x + c_out(t) x0(unet(x, t))."""
-        dtype = next(self.c.unet.parameters()).dtype
+        dtype = next(unet.parameters()).dtype          # the student fp32, a cast base (LoRA) low precision
         extra = {"timestep_cond": w_emb.to(x.device, dtype)} if w_emb is not None else {}
         out = unet(x.to(dtype), t, encoder_hidden_states=cond.to(dtype), **extra).sample.float()
         c_skip, c_out = (c.to(x.device).reshape(-1, 1, 1, 1) for c in consistency_scalings(t.cpu()))
@@ -211,10 +211,21 @@ class LCMDistillation(DiffusionMethod):
         out = Path(output_dir)
         if self.lora is not None:
             return [lora_files.write(out / LORA_FILE, self.lora.layers(), "diffusers")]
-        scheduler = {**self.c.scheduler_config, "_class_name": "LCMScheduler", "original_inference_steps": LCM_GRID,
-                     "timestep_scaling": 10.0}
+        scheduler = lcm_scheduler_config(self.c.scheduler_config)
         return [save_model_folder(dataclasses.replace(self.c, unet=self.student, scheduler_config=scheduler),
                                   out / "model")]
+
+
+def lcm_scheduler_config(config: dict) -> dict:
+    """The base model's scheduler config as an LCMScheduler's (its keys that LCMScheduler takes, the
+    distillation grid as original_inference_steps), so diffusers samples the saved model as sdlab does."""
+    import inspect
+
+    from diffusers import LCMScheduler
+
+    takes = set(inspect.signature(LCMScheduler.__init__).parameters)
+    kept = {k: v for k, v in config.items() if k in takes or k.startswith("_")}
+    return {**kept, "_class_name": "LCMScheduler", "original_inference_steps": LCM_GRID, "timestep_scaling": 10.0}
 
 
 def apply_checkpoint(pipe, state: dict, path) -> None:
