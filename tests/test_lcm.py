@@ -124,6 +124,24 @@ def test_student_starts_as_the_teacher_and_w_changes_it_once_trained(tiny_pipe):
     assert (outs[0] - outs[1]).abs().max() > 1e-3
 
 
+def test_the_lora_teacher_is_the_base_unet_and_an_lcm_is_not_distilled_again(tiny_model_dir, tiny_pipe):
+    spec, opts = registry.get("lcm"), LCMOptions(lora=True, rank=2)
+    method, components = spec.build(opts), Pipeline.load(tiny_model_dir).c
+    method.setup(components, spec.config(opts, data_dir="d", output_dir="o"), None)
+    for name, p in components.unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)         # peft starts B at zero: make the adapters matter
+    g = torch.Generator().manual_seed(2)
+    x, t, cond = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500]), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        base = tiny_pipe.c.unet(x, t, encoder_hidden_states=cond).sample
+        with method.base_unet() as teacher:
+            assert torch.equal(teacher(x, t, encoder_hidden_states=cond).sample, base)
+        assert not torch.allclose(components.unet(x, t, encoder_hidden_states=cond).sample, base)   # student
+    with pytest.raises(ConfigError, match="guidance embedding already"):
+        w_conditioned_unet(w_conditioned_unet(tiny_pipe.c.unet, 8), 8)
+
+
 def test_guidance_embedding_and_boundary_condition_are_diffusers():
     from diffusers import LatentConsistencyModelPipeline, LCMScheduler
 

@@ -51,6 +51,9 @@ def w_conditioned_unet(unet, dim: int):
     projection into the time embedding starts at zero, so the copy computes what `unet` does."""
     from diffusers import UNet2DConditionModel
 
+    if unet.config.get("time_cond_proj_dim") is not None:
+        raise ConfigError("this UNet has a guidance embedding already (time_cond_proj_dim): it is an LCM; distil "
+                          "its base model, or use --lora")
     student = UNet2DConditionModel.from_config({**unet.config, "time_cond_proj_dim": dim})
     missing = student.load_state_dict(unet.state_dict(), strict=False)
     if missing.unexpected_keys or set(missing.missing_keys) != {"time_embedding.cond_proj.weight"}:
