@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["done", "failed", "cancelled", "interrupted"]);
-const MODES = ["txt2img", "img2img", "inpaint", "attend", "edit", "train"];
+const MODES = ["txt2img", "img2img", "inpaint", "attend", "edit", "train", "grid", "merge"];
 const S = { token: null, mode: "txt2img", job: null, source: null };
 
 // --- token: ?token=... in the address, kept in sessionStorage ------------------------------
@@ -66,6 +66,7 @@ function setMode(mode) {
   $("clip-fields").hidden = mode === "train";
   $("hires-fields").hidden = mode !== "txt2img";
   $("prompt-label").textContent = { edit: "Source prompt", train: "Instance prompt" }[mode] || "Prompt";
+  setFormsMode(mode);  // forms.js: grid, merge, ControlNet
 }
 
 function parseReweight(text) {  // "red=2, circle=0.5" -> {red: 2, circle: 0.5}
@@ -108,6 +109,7 @@ function trainRequest() {
 
 function request() {
   if (S.mode === "train") return trainRequest();
+  if (S.mode === "merge") return mergeRequest();  // forms.js
   const p = {
     prompt: $("prompt").value, negative_prompt: $("negative_prompt").value, sampler: $("sampler").value,
     schedule: $("schedule").value || null,
@@ -126,7 +128,8 @@ function request() {
     Object.assign(p, { hires_scale: numberOrNull("hires_scale"), hires_upscaler: $("hires_upscaler").value,
                        hires_steps: numberOrNull("hires_steps") ?? 0, hires_strength: Number($("hires_strength").value) });
   }
-  if (S.mode === "txt2img") return postJson("/api/generate", p);
+  if (S.mode === "txt2img") return $("control_image").files[0] ? controlRequest(p) : postJson("/api/generate", p);
+  if (S.mode === "grid") return gridRequest(p);  // forms.js
   if (S.mode === "attend" || S.mode === "edit") { delete p.batch_size; delete p.batch_count; }
   if (S.mode === "attend") {
     p.layers = ["down", "mid", "up"].filter((l) => $("layer-" + l).checked);
@@ -225,6 +228,8 @@ function finish(job) {
         $("results").appendChild(use);
       });
     } else if (job.kind === "attend") showAttention(r);
+    else if (job.kind === "grid") showGrid(r);  // forms.js
+    else if (job.kind === "merge") showMerge(r);
     else if (job.kind === "edit") {
       showImages([{ url: r.source.url, caption: `source · seed ${r.source.seed}`, infotext: r.source.infotext },
                   { url: r.target.url, caption: "edited", infotext: r.target.infotext }]);
@@ -328,7 +333,7 @@ async function refreshJobs() {
     const li = document.createElement("li");
     const text = document.createElement("span");
     text.className = "prompt";
-    text.textContent = `${j.kind}: ${j.params.prompt || j.params.source || j.params.instance_prompt || ""}`;
+    text.textContent = `${j.kind}: ${j.params.prompt || j.params.source || j.params.instance_prompt || j.params.name || ""}`;
     const st = document.createElement("span");
     st.className = "state-" + j.state;
     st.textContent = j.state;
@@ -425,6 +430,7 @@ async function init2() {
     $("lora-tag-fields").hidden = o.loras.length === 0;
     for (const name of o.vaes) $("vae").add(new Option(name, name));
     $("vae-fields").hidden = o.vaes.length === 0;
+    fillFormOptions(o);  // forms.js
   } catch (e) {
     $("status").textContent = e.message;
     return;
