@@ -167,3 +167,16 @@ def test_merge_reports_each_tensor_and_stops_at_a_cancel(folders, tmp_path):
     with pytest.raises(Cancelled):
         merge(a, b, tmp_path / "cancelled", alpha=0.5, cancel=token)
     assert not (tmp_path / "cancelled").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_a_killed_merges_temp_folder_is_removed_at_start(tmp_path):
+    from test_overwrite import dead_pid
+
+    from sdlab.server.files import clean_server_temps
+
+    models = tmp_path / "out" / "models"
+    stale = models / f".merged.tmp-{dead_pid()}-0123abcd"
+    (stale / "unet").mkdir(parents=True)
+    (models / "kept").mkdir()
+    removed = clean_server_temps(tmp_path / "out", tmp_path / "uploads")
+    assert removed == [stale] and [p.name for p in models.iterdir()] == ["kept"]
