@@ -124,7 +124,10 @@ def test_grid_job_draws_every_cell_as_the_python_api(client, pipe):
 
 
 @pytest.mark.parametrize("change, message", [({"x": "stepz=1,2"}, "stepz"), ({"x": "steps=1-65"}, "at most 64"),
-                                             ({"x": "cfg-scale=a,b"}, "cfg-scale")])
+                                             ({"x": "cfg-scale=a,b"}, "cfg-scale"),
+                                             ({"x": "steps=2,500"}, "grid cell steps: Input should be less than or "
+                                                                    "equal to 150"),
+                                             ({"x": "width=16,2048"}, "grid cell width must be at most 1024")])
 def test_bad_grid_axes_are_422(client, change, message):
     r = client.post("/api/grid", json={"prompt": "x", **change})
     assert r.status_code == 422 and message in r.text, r.text

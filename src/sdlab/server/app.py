@@ -235,7 +235,7 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
     def grid(body: GridRequest, request: Request) -> dict:
         """An X/Y/Z plot: one image per combination of the axes' values and the labelled grid."""
         params = _job_params(body, settings)
-        runners.grid_axes(params)                   # bad axes and values: 422 before any sampling
+        runners.grid_axes(params, settings)         # bad axes and values: 422 before any sampling
         job = _queue(request).submit("grid", params)
         return _get_job(request, job["id"])
 

@@ -82,16 +82,31 @@ def run_txt2img(ctx: JobContext) -> dict:
     return _generate(ctx, make=lambda config, **loop: ctx.pipe.generate(config, controls=controls, **loop))
 
 
-def grid_axes(params: dict) -> dict:
-    """{"x": Axis, ...} of a grid job's axes; ConfigError for a bad axis or more than MAX_GRID_CELLS cells."""
+def grid_axes(params: dict, settings) -> dict:
+    """{"x": Axis, ...} of a grid job's axes; ConfigError for a bad axis, more than MAX_GRID_CELLS
+    cells, or a cell past the limits of a single job (the HTTP bounds, --max-side)."""
+    import dataclasses
+
+    from pydantic import ValidationError
+
     from ..sampling.xyz_grid import as_axis, plan_cells
-    from .schemas import MAX_GRID_CELLS
+    from .schemas import MAX_GRID_CELLS, GenerateRequest
 
     axes = {k: as_axis(params[k]) for k in "xyz" if params.get(k)}
     cells = plan_cells(generation_config({**params, "batch_size": 1, "batch_count": 1}), axes,
                        vary_seeds=params.get("vary_seeds", False))
     if len(cells) > MAX_GRID_CELLS:
         raise ConfigError(f"the grid has {len(cells)} cells; this server draws at most {MAX_GRID_CELLS} per grid")
+    for cell in cells:
+        fields = {k: v for k, v in dataclasses.asdict(cell.config).items() if k in GenerateRequest.model_fields}
+        try:
+            GenerateRequest.model_validate(fields)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ConfigError(f"grid cell {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        for side, value in zip(("width", "height"), (cell.config.width, cell.config.height)):
+            if value is not None and value > settings.max_side:
+                raise ConfigError(f"grid cell {side} must be at most {settings.max_side} on this server, got {value}")
     return axes
 
 
@@ -102,7 +117,7 @@ def run_grid(ctx: JobContext) -> dict:
     from ..sampling.xyz_grid import xyz_grid
     from .train_jobs import trained_applied
 
-    axes, out_dir = grid_axes(ctx.params), ctx.settings.output_dir
+    axes, out_dir = grid_axes(ctx.params, ctx.settings), ctx.settings.output_dir
     config = generation_config({**ctx.params, "batch_size": 1, "batch_count": 1})
     with trained_applied(ctx.pipe, out_dir, ctx.params.get("trained"), ctx.params.get("trained_scale", 1.0)):
         result = xyz_grid(ctx.pipe, config, *(axes.get(k) for k in "xyz"),
