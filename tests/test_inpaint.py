@@ -307,11 +307,12 @@ def test_cli_inpaint_and_outpaint(tiny_model_dir, tmp_path, capsys):
     Image.new("L", (16, 8), 255).save(tmp_path / "wide.png")
     common = ["--model", str(tiny_model_dir), "--steps", "2", "--seed", "4"]
     assert main(["inpaint", str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "a red star", *common,
-                 "--mask-blur", "2", "--masked-content", "fill", "--inpaint-strength", "0.5",
+                 "--mask-blur", "2", "--masked-content", "fill", "--inpaint-strength", "0.5", "--clip-skip", "2",
                  "--out", str(tmp_path / "out")]) == 0
     made = tmp_path / "out" / "00000-4.png"
     params = parse_infotext(read_png_metadata(made)["parameters"])[2]
     assert (params["Mask blur"], params["Masked content"], params["Denoising strength"]) == (2, "fill", 0.5)
+    assert params["Clip skip"] == 2
     assert main(["inpaint", str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "a red star", *common,
                  "--out", str(tmp_path / "defaults")]) == 0          # no flags: the measured recipe
     params = parse_infotext(read_png_metadata(tmp_path / "defaults" / "00000-4.png")["parameters"])[2]

@@ -48,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--inpaint-strength", dest="strength", type=float, default=argparse.SUPPRESS,
                    help="the same as --strength")
     sampling_options(p)
-    add_config_arguments(p, GenerationConfig, BATCH_SETTINGS)
+    add_config_arguments(p, GenerationConfig, BATCH_SETTINGS + ("clip_skip",))
     p.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--no-grid", action="store_true", help="do not write a grid image for batches")
     p.set_defaults(run=run_inpaint)
