@@ -10,6 +10,10 @@ with the same title (hardware and settings).
         --steps 30 50 --batch 1 8 --fast --compile reduce-overhead
     python benchmarks/inference.py --model random:sd15 --size 512 --device cuda --dtype fp16 \
         --steps 30 --batch 1 --low-memory                           # the low-memory peak
+    python benchmarks/inference.py --lcm runs/lcm/model             # + LCM rows (1, 2, 4, 8 steps)
+
+With --lcm (a distilled model folder or an LCM-LoRA file, sdlab train lcm), a second table times
+sdlab's LCM sampler at --lcm-steps against the same diffusers runs (Euler, CFG 7.5, --steps[0]).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from lcm_eval import lcm_cfg, load_lcm
 from report import cpu_description, publish
 from sdlab import GenerationConfig, Pipeline
 from sdlab.models.speed import COMPILE_MODES, SpeedOptions
@@ -97,6 +102,23 @@ def load_model(spec: str | None, dtype: str | None):
     return spec
 
 
+def lcm_rows(args, base_model, diffusers_median: dict, size: int) -> str:
+    """s/image of sdlab's LCM sampler at each of --lcm-steps, against diffusers' Euler + CFG."""
+    lcm = Path(args.lcm)
+    pipe = load_lcm(lcm if lcm.is_dir() else None, None if lcm.is_dir() else lcm, base_model,
+                    device=args.device, dtype=args.dtype)
+    cfg = lcm_cfg(pipe)
+    rows = ["| LCM steps | batch | sdlab LCM s/image | diffusers Euler s/image (steps) | speed-up |", "|---" * 5 + "|"]
+    for batch, (steps, dm) in diffusers_median.items():
+        for k in args.lcm_steps:
+            run = lambda seed: pipe.generate(GenerationConfig(PROMPT, steps=k, cfg_scale=cfg, sampler="LCM",
+                                                              seed=seed, batch_size=batch, width=size, height=size))
+            timed(lambda: run(0), pipe.device)                                   # warm-up
+            sm = sorted(timed(lambda: run(r + 1), pipe.device) for r in range(args.repeats))[args.repeats // 2]
+            rows.append(f"| {k} | {batch} | {sm / batch:.3f} | {dm / batch:.3f} ({steps}) | {dm / sm:.2f}x |")
+    return f"LCM: {args.lcm} (CFG {cfg:g})\n\n" + "\n".join(rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="path, or random:sd15 / random:sd21-base (default: shipped)")
@@ -111,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--low-memory", action="store_true",
                     help="sdlab with attention/VAE slicing, VAE tiling and (CUDA) model CPU offload")
     ap.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile the sdlab UNet")
+    ap.add_argument("--lcm", default=None, help="also time this LCM (model folder or LCM-LoRA file) at --lcm-steps")
+    ap.add_argument("--lcm-steps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--results", action="store_true",
                     help="record the table in benchmarks/RESULTS.md (replaces this script's section of the same title)")
     args = ap.parse_args(argv)
@@ -131,6 +155,7 @@ def main(argv=None) -> int:
     rows = ["| steps | batch | diffusers s/image | sdlab s/image | diffusers UNet it/s | sdlab UNet it/s | "
             "sdlab/diffusers time | peak MiB diffusers / sdlab | first call diffusers / sdlab (s) | "
             "UNet share of bf16 peak |", "|---" * 10 + "|"]
+    diffusers_median = {}                              # batch -> s/call at --steps[0], for the LCM rows
     for steps in args.steps:
         for batch in args.batch:
             first_d = timed(lambda: run_diffusers(ref, steps, batch, size, 0), dev)
@@ -144,6 +169,7 @@ def main(argv=None) -> int:
                 s.append(timed(lambda: run_sdlab(pipe, steps, batch, size, r + 1), dev))
                 mem_s = max(mem_s, _peak_mib(dev))
             dm, sm = sorted(d)[len(d) // 2], sorted(s)[len(s) // 2]  # medians
+            diffusers_median.setdefault(batch, (steps, dm))
             share = "n/a"
             if peak:
                 share = f"{unet_flops(ref_pipe, batch, size) * steps / sm / peak:.1%} (whole loop)"
@@ -157,7 +183,10 @@ def main(argv=None) -> int:
     title = (f"{hw} · {pipe.c.name} · {size}x{size} · "
              f"{str(pipe.c.dtype).replace('torch.', '')}{' · sdlab ' + opts if opts else ''}")
     mem_note = "GPU allocated" if dev.type == "cuda" else "process RSS, cumulative: not a per-path number on CPU"
-    publish(__file__, title, "\n".join(rows) + f"\n\npeak memory: {mem_note}", argv, args.results)
+    text = "\n".join(rows) + f"\n\npeak memory: {mem_note}"
+    if args.lcm:
+        text += "\n\n" + lcm_rows(args, model, diffusers_median, size)
+    publish(__file__, title, text, argv, args.results)
     return 0
 
 

@@ -108,13 +108,18 @@ def tables(report: dict) -> str:
     return "\n".join(lines)
 
 
-def load_lcm(args):
+def load_lcm(lcm=None, lcm_lora=None, base=None, **load) -> Pipeline:
     """The pipeline that samples the LCM: its model folder, or the base with the LCM-LoRA merged."""
-    if args.lcm:
-        return Pipeline.load(args.lcm)
-    pipe = Pipeline.load(args.base)
-    pipe.load_lora(args.lcm_lora, 1.0)
+    if lcm:
+        return Pipeline.load(lcm, **load)
+    pipe = Pipeline.load(base, **load)
+    pipe.load_lora(lcm_lora, 1.0)
     return pipe
+
+
+def lcm_cfg(pipe: Pipeline) -> float:
+    """The guidance an LCM samples with by default: w of a w-conditioned UNet, else none (1)."""
+    return BASE_CFG if w_conditioned(pipe.c.unet) else 1.0
 
 
 def main(argv=None) -> int:
@@ -134,8 +139,8 @@ def main(argv=None) -> int:
     out.add_argument("--out", default=None, help="write the JSON report here")
     out.add_argument("--results", action="store_true", help="write it to benchmarks/results/lcm_eval.json")
     args = ap.parse_args(argv)
-    base, lcm = Pipeline.load(args.base), load_lcm(args)
-    cfg = args.cfg_scale if args.cfg_scale is not None else (BASE_CFG if w_conditioned(lcm.c.unet) else 1.0)
+    base, lcm = Pipeline.load(args.base), load_lcm(args.lcm, args.lcm_lora, args.base)
+    cfg = args.cfg_scale if args.cfg_scale is not None else lcm_cfg(lcm)
     report = {"lcm": args.lcm or args.lcm_lora, "base": args.base or "the shipped model", "n": args.n,
               "seed": SEED, "lcm_cfg_scale": cfg, "lcm_steps": args.steps, "hardware": cpu_description(),
               "targets": {"all_right_gap_at_4": QUALITY_GAP, "speedup_at_4": SPEEDUP}}
