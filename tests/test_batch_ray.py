@@ -52,6 +52,7 @@ def test_two_ray_workers_equal_the_local_run(local_ray, tiny_model_dir, tmp_path
     assert (on_ray.ok, on_ray.failed) == (local.ok, local.failed) == (198, 2)
     by_id = {r["id"]: r for r in _records(tmp_path / "ray")}
     assert {k for k, r in by_id.items() if r["status"] == "failed"} == {"00000007", "00000150"}
+    assert len({r["worker"] for r in by_id.values()}) == 2          # both actors rendered rows
     assert "steps must be between 1 and 1000" in by_id["00000007"]["error"]
     names = sorted(p.name for p in (tmp_path / "local").glob("*.png"))
     assert names == sorted(p.name for p in (tmp_path / "ray").glob("*.png")) and len(names) == 198

@@ -18,6 +18,7 @@ from .render import Renderer
 from .rows import read_rows, to_columns
 
 BLOCK_ROWS = 256        # rows per block the reader emits
+ROW_BYTES = 256         # about one row's columns in Arrow, for blocks of one map batch
 
 
 class PromptFileSource(Datasource):
@@ -65,10 +66,15 @@ def render_on_ray(prompts, fmt, done, spec, base, out, options) -> Iterator[list
     """Records of the rendered rows, a batch at a time, as the actors finish them."""
     gpus = 1 if (spec.device or "").startswith("cuda") else 0
     started = connect(options.address, options.workers * options.cpus_per_worker)
+    ctx = ray.data.DataContext.get_current()
+    block_bytes = ctx.target_max_block_size
     try:
-        ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        # Ray Data coalesces the reader's small blocks up to this size, and an actor renders a block
+        # alone: at the default (128 MiB) a whole prompt file was one block for one actor while the
+        # others idled. Blocks of about one map batch spread it over every actor.
+        ctx.target_max_block_size = ROW_BYTES * options.batch_size
         ds = ray.data.read_datasource(PromptFileSource(prompts, fmt, done), override_num_blocks=1,
                                       ray_remote_args={"num_cpus": 0})
         ds = ds.map_batches(Renderer, fn_constructor_kwargs=dict(spec=spec, base=base.to_dict(), out=str(out)),
@@ -77,5 +83,6 @@ def render_on_ray(prompts, fmt, done, spec, base, out, options) -> Iterator[list
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             yield [json.loads(r) for r in batch.column("record").to_pylist()]
     finally:
+        ctx.target_max_block_size = block_bytes
         if started:
             ray.shutdown()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -69,9 +71,10 @@ class Renderer:
         self.spec, self.base, self.out = spec, GenerationConfig(**base), Path(out)
         self.pipe = load_pipeline(spec)
         self.pristine = Pristine(self.pipe)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"     # recorded with each row it renders
 
     def __call__(self, batch) -> dict:
-        return {"record": [json.dumps(self.render(row), ensure_ascii=False, default=str)
+        return {"record": [json.dumps({**self.render(row), "worker": self.worker}, ensure_ascii=False, default=str)
                            for row in from_columns(batch)]}
 
     def render(self, row: Row) -> dict:
