@@ -58,7 +58,8 @@ def _run(model, world, out, steps, resume=None, **options):
 def test_both_modes_train_with_finite_loss_and_resume_exactly(tiny_model_dir, world, tmp_path, options, result):
     straight = _run(tiny_model_dir, world, tmp_path / "a", 3, **options)
     _run(tiny_model_dir, world, tmp_path / "b", 2, **options)
-    _run(tiny_model_dir, world, tmp_path / "b", 3, resume="latest", **options)
+    named = {"lora_targets": "all"} if options else {"w_dim": 256}       # a resume may name a default
+    _run(tiny_model_dir, world, tmp_path / "b", 3, resume="latest", **options, **named)
     assert all(np.isfinite(straight.losses)) and straight.losses[0] > 0
     a, b = load_file(tmp_path / "a" / result), load_file(tmp_path / "b" / result)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

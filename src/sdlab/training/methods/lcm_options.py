@@ -46,8 +46,13 @@ class LCMOptions:
             raise ConfigError(f"{flag} is an option of {'a full LCM (drop --lora)' if self.lora else 'an LCM-LoRA'}"
                               f"{'' if self.lora else ' (add --lora)'}: an LCM-LoRA has no w-conditioning and no "
                               "target network; a full LCM no adapters")
+        # the mode's defaults filled in, so a resume that names a default (--w-dim 256) keeps the options
+        own = {"rank": 16, "lora_targets": "all"} if self.lora else {"w_dim": W_DIM, "target_decay": TARGET_DECAY}
+        for name, value in own.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.lora:
-            LoraOptions(rank=self.rank or 16, targets=self.lora_targets or "all")        # the same checks
+            LoraOptions(rank=self.rank, targets=self.lora_targets)        # the same checks
 
     def lora_options(self) -> LoraOptions:
         return LoraOptions(rank=self.rank or 16, targets=self.lora_targets or "all")
