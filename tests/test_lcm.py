@@ -237,3 +237,19 @@ def test_help_lists_the_flags(capsys):
     for flag in ("--lora", "--w-min", "--w-max", "--loss-type", "--huber-c", "--w-dim", "--target-decay", "--rank",
                  "--lora-targets"):
         assert flag in out
+
+
+@pytest.mark.parametrize("options", [{}, {"lora": True, "rank": 2}])
+def test_validation_samples_show_the_student_with_the_lcm_sampler(tiny_model_dir, world, tmp_path, monkeypatch,
+                                                                  options):
+    seen = []
+    real = Pipeline.generate
+    monkeypatch.setattr(Pipeline, "generate", lambda self, config, **kw: seen.append(
+        (w_conditioned(self.c.unet), config.sampler, config.steps, config.cfg_scale)) or real(self, config, **kw))
+    spec = registry.get("lcm")
+    opts = LCMOptions(**options)
+    config = spec.config(opts, data_dir=str(world), output_dir=str(tmp_path / "v"), model=str(tiny_model_dir),
+                         max_steps=1, batch_size=2, learning_rate=1e-3, device="cpu",
+                         validation_prompts=("a red circle",), validation_images=1)
+    train(config, spec.build(opts))
+    assert seen and set(seen) == {(not options, "LCM", 4, 1.0 if options else 7.5)}

@@ -414,12 +414,14 @@ class Trainer:
         from ..config import GenerationConfig
         from ..pipeline import Pipeline
 
-        cfg, pipe = self.config, Pipeline(self.method.c)
+        cfg = self.config
+        components, settings = getattr(self.method, "validation_sampling", lambda: (self.method.c, {}))()
+        pipe = Pipeline(components)
         images = []
         state = torch.get_rng_state()
         with torch.no_grad():
             for prompt in cfg.validation_prompts:
-                gen = GenerationConfig(prompt, steps=cfg.validation_steps, seed=cfg.seed,
+                gen = GenerationConfig(prompt, **{"steps": cfg.validation_steps, **settings}, seed=cfg.seed,
                                        batch_size=cfg.validation_images)
                 images += pipe.generate(gen).images
         torch.set_rng_state(state)

@@ -97,6 +97,12 @@ class LCMDistillation(DiffusionMethod):
     def trainable_modules(self) -> list[torch.nn.Module]:
         return [self.student]
 
+    def validation_sampling(self):
+        """The loop's sample grids show the student as it is used: the LCM sampler at 4 steps, a full
+        LCM's UNet with w = 7.5, an LCM-LoRA (on the components' UNet) at CFG 1."""
+        settings = {"sampler": "LCM", "steps": 4, "cfg_scale": 1.0 if self.options.lora else 7.5}
+        return (self.c if self.options.lora else dataclasses.replace(self.c, unet=self.student)), settings
+
     def set_prepared(self, modules: list[torch.nn.Module]) -> None:
         self.student_train = modules[0]
         if self.options.lora:
