@@ -77,7 +77,8 @@ def render_on_ray(prompts, fmt, done, spec, base, out, options) -> Iterator[list
         ctx.target_max_block_size = ROW_BYTES * options.batch_size
         ds = ray.data.read_datasource(PromptFileSource(prompts, fmt, done), override_num_blocks=1,
                                       ray_remote_args={"num_cpus": 0})
-        ds = ds.map_batches(Renderer, fn_constructor_kwargs=dict(spec=spec, base=base.to_dict(), out=str(out)),
+        ds = ds.map_batches(Renderer, fn_constructor_kwargs=dict(spec=spec, base=base.to_dict(), out=str(out),
+                                                              threads=max(1, int(options.cpus_per_worker))),
                             batch_size=options.batch_size, batch_format="pyarrow", concurrency=options.workers,
                             num_cpus=options.cpus_per_worker, num_gpus=gpus)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

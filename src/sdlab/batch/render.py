@@ -67,7 +67,11 @@ class Renderer:
     """Callable on a batch of rows (rows.to_columns), returning {"record": [manifest record
     as JSON text, ...]}: Ray Data's map_batches builds one per actor; the in-process run builds one."""
 
-    def __init__(self, spec: ModelSpec, base: dict, out: str):
+    def __init__(self, spec: ModelSpec, base: dict, out: str, threads: Optional[int] = None):
+        if threads is not None:      # an actor uses the CPUs Ray reserved for it, whatever OMP_NUM_THREADS it inherited
+            import torch
+
+            torch.set_num_threads(threads)
         self.spec, self.base, self.out = spec, GenerationConfig(**base), Path(out)
         self.pipe = load_pipeline(spec)
         self.pristine = Pristine(self.pipe)
