@@ -44,8 +44,8 @@ ROLES = ("primary", "secondary", "tertiary")     # A, B, C as A1111's recipe nam
 class Progress:
     """Counts merged tensors for a StepCallback (sdlab.callbacks: step, total) and stops at a cancel."""
 
-    def __init__(self, total: int, callback=None, cancel=None):
-        self.done, self.total, self.callback, self.cancel = 0, total, callback, cancel
+    def __init__(self, callback=None, cancel=None):
+        self.done, self.total, self.callback, self.cancel = 0, 0, callback, cancel      # total: set once counted
 
     def tick(self) -> None:
         from ..callbacks import StepEvent
@@ -180,9 +180,9 @@ def _weights(folder: Path, what: str) -> set[Path]:
 
 
 def merge_folders(folders: dict[str, Path], out: Path, alpha: float, mode: str, recipe: dict,
-                  progress=None) -> int:
+                  progress: Optional[Progress] = None) -> int:
     """Diffusers folders: each weight file merged with its namesakes, A's other files copied.
-    `progress(total)`: a Progress for the tensors of A's weight files, or None."""
+    `progress` ticks per tensor of A's weight files."""
     weights = {name: _weights(p, name) for name, p in folders.items()}
     for name, mine in weights.items():
         if mine != weights["A"]:
@@ -190,13 +190,15 @@ def merge_folders(folders: dict[str, Path], out: Path, alpha: float, mode: str, 
             side = name if odd in mine else "A"
             raise ConfigError(f"weight file '{odd}' is in {side}'s folder but not in "
                               f"{'A' if side != 'A' else name}'s: the models do not match")
-    count, ticks = 0, progress(count_tensors([folders["A"] / w for w in sorted(weights["A"])])) if progress else None
+    count = 0
+    if progress is not None:
+        progress.total = count_tensors([folders["A"] / w for w in sorted(weights["A"])])
     with atomic_dir(out, replace=False) as tmp:
         for rel in _files(folders["A"]):
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             if rel in weights["A"]:
                 count += merge_file({name: p / rel for name, p in folders.items()}, tmp / rel, alpha, mode, recipe,
-                                    ticks)
+                                    progress)
             else:
                 shutil.copyfile(folders["A"] / rel, tmp / rel)
         (tmp / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -228,7 +230,7 @@ def merge(a, b, out, *, alpha: float, mode: str = "weighted", c=None, callback=N
     if out.exists() or out.is_symlink():
         raise OutputExists(exists_message(out, "--out"))
     recipe = make_recipe(paths, kinds["A"], alpha, mode)
-    progress = None if callback is None and cancel is None else (lambda total: Progress(total, callback, cancel))
+    progress = None if callback is None and cancel is None else Progress(callback, cancel)
     if kinds["A"] == "model folder":
         return MergeResult(out, kinds["A"], merge_folders(paths, out, alpha, mode, recipe, progress))
     if out.suffix != ".safetensors":
@@ -237,8 +239,10 @@ def merge(a, b, out, *, alpha: float, mode: str = "weighted", c=None, callback=N
     if kinds["A"] == "model file" and sidecar.is_file() and out.with_suffix(".yaml").exists():
         raise OutputExists(exists_message(out.with_suffix(".yaml"), "--out"))
     count = []
-    ticks = progress(count_tensors([paths["A"]])) if progress else None
-    atomic_save(out, lambda tmp: count.append(merge_file(paths, Path(tmp), alpha, mode, recipe, ticks)), replace=False)
+    if progress is not None:
+        progress.total = count_tensors([paths["A"]])
+    atomic_save(out, lambda tmp: count.append(merge_file(paths, Path(tmp), alpha, mode, recipe, progress)),
+                replace=False)
     if kinds["A"] == "model file" and sidecar.is_file():
         atomic_save(out.with_suffix(".yaml"), lambda tmp: shutil.copyfile(sidecar, tmp), replace=False)
     return MergeResult(out, kinds["A"], count[0])
