@@ -4,8 +4,8 @@
     python benchmarks/lcm_eval.py --lcm-lora runs/lcm/lcm_lora.safetensors [--n 64]
 
 Quality: the oracle's all-right rate on the "seen" and "held_out" prompt sets (n scenes each, seeds
-SEED + i) at 1, 2, 4 and 8 LCM steps, next to the base model at 25 Euler steps, CFG 7.5; the target
-is a 4-step rate within 0.05 of the base's. Speed, in the same run: images per second of sdlab's LCM
+SEED + i) at 1, 2, 4 and 8 steps of the LCM sampler and of TCD (Zheng et al. 2024, gamma 0.3), next to
+the base model at 25 Euler steps, CFG 7.5; the target is a 4-step rate within 0.05 of the base's. Speed, in the same run: images per second of sdlab's LCM
 at 4 steps and of plain diffusers (StableDiffusionPipeline + EulerDiscreteScheduler, 25 steps, CFG 7.5)
 on the base model, batch 1 and 4 (median of --repeats timed calls after a warm-up); the target is
 >= 5x. Prints both tables and the JSON report; `--results` writes it to benchmarks/results/lcm_eval.json.
@@ -47,13 +47,14 @@ def all_right(pipe, scenes, sampler: str, steps: int, cfg: float, chunk: int = 1
     return accuracy(scenes, images)["all"]
 
 
-def quality(base, lcm, n: int, lcm_steps, lcm_cfg: float) -> dict:
+def quality(base, lcm, n: int, lcm_steps, lcm_cfg: float, samplers=("LCM",)) -> dict:
     out = {}
     for name in SETS:
         scenes = prompt_set(name, n)
         row = {"base": all_right(base, scenes, "Euler", BASE_STEPS, BASE_CFG)}
-        for steps in lcm_steps:
-            row[f"lcm {steps}"] = all_right(lcm, scenes, "LCM", steps, lcm_cfg)
+        for sampler in samplers:
+            for steps in lcm_steps:
+                row[f"{sampler.lower()} {steps}"] = all_right(lcm, scenes, sampler, steps, lcm_cfg)
         out[name] = row
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     return out
@@ -94,12 +95,15 @@ def speed(base_model, lcm, batches, repeats: int, lcm_cfg: float) -> dict:
 
 def tables(report: dict) -> str:
     q, steps = report["all_right"], report["lcm_steps"]
-    lines = ["| prompts | base (Euler 25, CFG 7.5) | " + " | ".join(f"LCM {s}" for s in steps) + " | 4-step gap |",
-             "|---" * (len(steps) + 3) + "|"]
+    lines = ["| prompts | sampler | base (Euler 25, CFG 7.5) | " + " | ".join(f"{s} steps" for s in steps) +
+             " | 4-step gap |", "|---" * (len(steps) + 4) + "|"]
     for name, row in q.items():
-        gap = row["base"] - row.get("lcm 4", float("nan"))
-        lines.append(f"| {name} | {row['base']:.3f} | " + " | ".join(f"{row[f'lcm {s}']:.3f}" for s in steps) +
-                     f" | {gap:+.3f}{'' if gap <= QUALITY_GAP else ' (over 0.05)'} |")
+        for sampler in report["samplers"]:
+            key = sampler.lower()
+            gap = row["base"] - row.get(f"{key} 4", float("nan"))
+            lines.append(f"| {name} | {sampler} | {row['base']:.3f} | " +
+                         " | ".join(f"{row[f'{key} {s}']:.3f}" for s in steps) +
+                         f" | {gap:+.3f}{'' if gap <= QUALITY_GAP else ' (over 0.05)'} |")
     lines += ["", "| batch | diffusers Euler 25 + CFG (img/s) | sdlab LCM 4 (img/s) | ratio |", "|---|---|---|---|"]
     for batch, row in report["images_per_second"].items():
         mark = "" if row["ratio"] >= SPEEDUP else f" (under {SPEEDUP:g}x)"
@@ -130,7 +134,9 @@ def main(argv=None) -> int:
     which.add_argument("--lcm-lora", help="an LCM-LoRA file (sdlab train lcm --lora: OUTPUT/lcm_lora.safetensors)")
     ap.add_argument("--base", default=None, help="the base model (default: the shipped model)")
     ap.add_argument("--n", type=int, default=64, help="scenes per prompt set")
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="LCM step counts")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="step counts of the few-step samplers")
+    ap.add_argument("--samplers", nargs="+", default=["LCM", "TCD"], choices=["LCM", "TCD"],
+                    help="few-step samplers to score (the speed test uses LCM: TCD costs the same per step)")
     ap.add_argument("--cfg-scale", type=float, default=None,
                     help="the LCM's guidance: w of a w-conditioned LCM (default 7.5), 1 for an LCM-LoRA")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes of the speed test")
@@ -142,9 +148,9 @@ def main(argv=None) -> int:
     base, lcm = Pipeline.load(args.base), load_lcm(args.lcm, args.lcm_lora, args.base)
     cfg = args.cfg_scale if args.cfg_scale is not None else lcm_cfg(lcm)
     report = {"lcm": args.lcm or args.lcm_lora, "base": args.base or "the shipped model", "n": args.n,
-              "seed": SEED, "lcm_cfg_scale": cfg, "lcm_steps": args.steps, "hardware": cpu_description(),
+              "seed": SEED, "lcm_cfg_scale": cfg, "lcm_steps": args.steps, "samplers": args.samplers, "hardware": cpu_description(),
               "targets": {"all_right_gap_at_4": QUALITY_GAP, "speedup_at_4": SPEEDUP}}
-    report["all_right"] = quality(base, lcm, args.n, args.steps, cfg)
+    report["all_right"] = quality(base, lcm, args.n, args.steps, cfg, args.samplers)
     report["images_per_second"] = speed(str(args.base or DEFAULT_MODEL), lcm, args.batch, args.repeats, cfg)
     print(tables(report))
     emit_report(report, result_file(__file__) if args.results else args.out)

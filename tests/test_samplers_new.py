@@ -23,6 +23,7 @@ from diffusers import (
     DPMSolverSDEScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -45,6 +46,7 @@ from sdlab.sampling import (
     sample_lcm,
     sample_ddpm,
     sample_restart,
+    sample_tcd,
     sample_unipc,
 )
 from sdlab.sampling.brownian import BrownianNoise, vp_noise_level
@@ -196,6 +198,46 @@ def test_lcm_matches_diffusers_multistep_consistency_sampling(unet, data):
     assert_close_rel(ours, ref)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0])
+def test_tcd_matches_diffusers_step_by_step(unet, data, gamma):
+    """TCDScheduler at eta = gamma, 4 of its 50 original timesteps, noise from the same generator: every
+    step's sample (ours in sigma form, compared in diffusers' x / sqrt(sigma^2 + 1)). On the last step
+    diffusers lands on timestep 0's noise level (x0 plus sqrt(1 - alpha_bar_0) eps); ours ends on x0,
+    as every sdlab sampler does, so the last step is compared as the x0 both predict."""
+    noise, cond, _ = data
+    ref_sched = TCDScheduler(**EPS_LEADING)
+    ref_sched.set_timesteps(4)
+    generator, x, ref = torch.Generator().manual_seed(9), noise.clone(), []
+    for t in ref_sched.timesteps:
+        out = unet(ref_sched.scale_model_input(x, t), t, encoder_hidden_states=cond).sample
+        step = ref_sched.step(out, t, x, eta=gamma, generator=generator)
+        x = step.prev_sample
+        ref.append(x)
+    schedule = NoiseSchedule.from_config(EPS_LEADING)
+    sigmas = sigmas_at(schedule, ref_sched.timesteps)
+    seen = []
+    ours = sample_tcd(Denoiser(unet, schedule), vp_start(noise, sigmas), sigmas, extra_args={"cond": cond},
+                      generator=torch.Generator().manual_seed(9), schedule=schedule, gamma=gamma,
+                      callback=lambda e: seen.append((e.x, e.denoised)))
+    for i in range(3):
+        assert_close_rel(seen[i][0] / math.sqrt(float(sigmas[i + 1]) ** 2 + 1), ref[i])
+    a0 = ref_sched.alphas_cumprod[0].double()
+    x_last = ref[2] * math.sqrt(float(sigmas[3]) ** 2 + 1)          # the last step's input, sigma form
+    eps = (x_last - ours) / float(sigmas[3])
+    assert_close_rel(a0.sqrt() * ours + (1 - a0).sqrt() * eps, ref[3])
+    assert torch.equal(ours, seen[-1][1])
+
+
+def test_tcd_runs_by_name_on_lcm_timesteps_and_refuses_a_bad_gamma():
+    schedule = NoiseSchedule.from_config(EPS_LEADING)
+    assert resolve_sampler("TCD")[1] == "lcm"
+    x = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = sample("TCD", gaussian_denoiser, x, 4, schedule, generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(ConfigError, match="gamma must be in"):
+        sample_tcd(gaussian_denoiser, x, get_sigmas(schedule, 4, "lcm"), schedule=schedule, gamma=1.5)
+
+
 # --- sigma schedules: k-diffusion's formulas, diffusers' options, A1111's AYS table ------------------
 
 def kdiff_karras(n, sigma_min, sigma_max, rho=7.0):
@@ -310,7 +352,7 @@ def test_deterministic_parts_converge_at_their_order(sampler, lo, hi):
 # --- stochastic samplers: seeds, batch rows, Brownian noise ---------------------------------------
 
 STOCHASTIC_FNS = {sample_dpmpp_sde, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_ddpm, sample_lcm, sample_restart,
-                  SAMPLERS["Euler a"].fn}
+                  sample_tcd, SAMPLERS["Euler a"].fn}
 STOCHASTIC = [name for name, spec in SAMPLERS.items() if spec.fn in STOCHASTIC_FNS]
 MEAN4 = torch.linspace(-1, 1, 36, dtype=torch.float64).reshape(4, 3, 3)
 
@@ -326,20 +368,20 @@ def gens(*seeds):
 
 
 def test_the_stochastic_list_covers_every_new_noisy_sampler():
-    assert {"DPM++ SDE", "DPM++ 2M SDE Karras", "DPM++ 3M SDE", "DDPM", "LCM", "Restart", "Euler a"} <= set(STOCHASTIC)
-    assert len(STOCHASTIC) == 11
+    assert {"DPM++ SDE", "DPM++ 2M SDE Karras", "DPM++ 3M SDE", "DDPM", "LCM", "Restart", "TCD", "Euler a"} <= set(STOCHASTIC)
+    assert len(STOCHASTIC) == 12
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_stochastic_samplers_reproduce_per_seed_and_per_batch_row(name):
     """20 steps (Restart restarts from 20). The same seeds give the same images; image i of a batch is
     the image of its seed alone; another seed for one row changes that row only, and visibly."""
-    spec = get_sampler(name)
-    sigmas = get_sigmas(NoiseSchedule.from_config(ZSNR_TRAILING), 20, spec.sigma_kind)
+    spec, schedule = get_sampler(name), NoiseSchedule.from_config(ZSNR_TRAILING)
+    sigmas = get_sigmas(schedule, 20, spec.sigma_kind)
     x = torch.randn(3, 4, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
 
     def run(x, generators):
-        return spec.fn(image_denoiser, x.clone(), sigmas, generator=generators)
+        return spec.bind(schedule)(image_denoiser, x.clone(), sigmas, generator=generators)
 
     batch = run(x, gens(5, 6, 7))
     assert torch.equal(batch, run(x, gens(5, 6, 7)))

@@ -30,12 +30,12 @@ PIXEL_STEPS = (10, 20)
 ORACLE_STEPS = (10, 20, 25)
 DEFAULT_ORACLE_STEPS = 20   # the others are marked slow
 ANCESTRAL = ("Euler a", "Euler a Karras", "DDPM")   # DDPM is the ancestral step at eta 1 (sample_ddpm)
-# The SDE samplers, LCM and Restart (from 20 steps) add fresh noise too, but more of it than one ancestral
+# The SDE samplers, LCM, TCD and Restart (from 20 steps) add fresh noise too, but more of it than one ancestral
 # step, so at few steps their image is another sample of the prompt: median differences from the reference
 # of 4.6 to 61 measured (DPM++ 3M SDE Karras 61 at 10 steps, LCM 36 at 20): no pixel bound. They are matched
 # with diffusers' schedulers on the same noise in test_samplers_new.py, and held to Euler's oracle rate here.
 RESAMPLING = ("DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ 3M SDE",
-              "DPM++ 3M SDE Karras", "LCM", "Restart")
+              "DPM++ 3M SDE Karras", "LCM", "Restart", "TCD")
 
 # Pixel difference: the median over the N_PIXEL images of the mean |pixel difference| (0-255) from the
 # reference. The median, because on a prompt where the model sits at a decision boundary any solver's

@@ -358,8 +358,8 @@ def test_zero_snr_sampling_has_a_limit_as_the_first_sigma_grows(name):
     for scale in (1, 16):
         sigmas = get_sigmas(schedule, 10, spec.sigma_kind).clone()
         sigmas[0] *= scale
-        outs.append(spec.fn(shifted_gaussian_denoiser, zsnr_noise() * float(sigmas[0]), sigmas,
-                            generator=torch.Generator().manual_seed(1)))
+        outs.append(spec.bind(schedule)(shifted_gaussian_denoiser, zsnr_noise() * float(sigmas[0]), sigmas,
+                                        generator=torch.Generator().manual_seed(1)))
     assert (outs[0] - outs[1]).abs().max().item() < 1e-3
 
 
@@ -383,7 +383,7 @@ def test_samplers_do_not_amplify_prediction_noise(name):
     for steps in (10, 20, 50):
         sigmas = get_sigmas(schedule, steps, spec.sigma_kind)
         x_T = zsnr_noise(16) * float(sigmas[0])
-        clean, moved = (spec.fn(noisy(eps), x_T, sigmas, generator=torch.Generator().manual_seed(1))
+        clean, moved = (spec.bind(schedule)(noisy(eps), x_T, sigmas, generator=torch.Generator().manual_seed(1))
                         for eps in (0.0, 1e-3))
         gain = (moved - clean).pow(2).mean().sqrt().item() / 1e-3
         assert gain < MAX_NOISE_GAIN, f"{steps} steps: noise gain {gain:.2f}"

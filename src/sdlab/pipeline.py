@@ -355,7 +355,7 @@ class Pipeline:
         # NaN/inf stop the loop at once; the CFG wrapper follows the step for prompt editing
         callback = combine([finite_guard(self.nonfinite_hint()), cfg.on_step, callback])
         with self._attention(attention):
-            return spec.fn(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
+            return spec.bind(self.schedule)(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
                            callback=callback, cancel=cancel, generator=generators)
 
     def _conds(self, config: GenerationConfig, cond, uncond, n: int):

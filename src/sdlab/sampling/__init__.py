@@ -9,7 +9,7 @@ _EXPORTS = {
     ".restart": ("sample_restart",),
     ".samplers": ("SAMPLERS", "SamplerSpec", "get_sampler", "resolve_sampler", "sample", "sample_ddim", "sample_ddpm",
                   "sample_dpmpp_2m", "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_lcm",
-                  "sample_lms"),
+                  "sample_lms", "sample_tcd"),
     ".names": ("sampler_names", "schedule_names"),      # torch-free: option choices, --help
     ".schedule": ("NoiseSchedule", "discrete_sigmas"),
     ".sde": ("sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_dpmpp_sde"),
@@ -25,5 +25,5 @@ __all__ = [
     "karras_sigmas", "polyexponential_sigmas", "randn_like", "resolve_sampler", "sample", "sample_ddim",
     "sample_ddpm", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_dpmpp_sde",
     "sample_euler", "sample_euler_ancestral", "sample_heun", "sample_lcm", "sample_lms", "sample_restart",
-    "sample_unipc", "sampler_names", "schedule_kind", "schedule_names",
+    "sample_tcd", "sample_unipc", "sampler_names", "schedule_kind", "schedule_names",
 ]

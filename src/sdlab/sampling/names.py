@@ -8,7 +8,7 @@ from ..io.metadata import SCHEDULE_LABELS
 
 # registered with a Karras variant ("Euler Karras", ...), then those without one
 WITH_KARRAS = ("Euler", "Euler a", "Heun", "LMS", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 3M SDE")
-PLAIN = ("DDIM", "UniPC", "DDPM", "LCM", "Restart")
+PLAIN = ("DDIM", "UniPC", "DDPM", "LCM", "Restart", "TCD")
 HIRES_UPSCALERS = ("latent", "latent-antialiased", "latent-bicubic", "latent-bicubic-antialiased", "latent-nearest",
                    "latent-nearest-exact", "lanczos", "nearest")
 

@@ -13,7 +13,7 @@ generators, one per batch row, makes each row reproducible on its own (the DPM++
 Brownian-tree noise from it, sdlab.sampling.brownian). A sampler may take more keywords (eta, order).
 Samplers run under `torch.no_grad()`; a guidance wrapper that needs gradients enables them itself.
 
-The ODE samplers and DDPM and LCM live here, the DPM++ SDE family in `sde`, UniPC in `unipc`, Restart
+The ODE samplers and DDPM, LCM and TCD live here, the DPM++ SDE family in `sde`, UniPC in `unipc`, Restart
 in `restart`, the steps they share in `steps`. `SAMPLERS` registers them under AUTOMATIC1111's names;
 the sigma schedule is chosen apart (sdlab.sampling.sigmas, A1111's "Schedule type"), and a name such as
 "DPM++ 2M Karras" carries its schedule (`resolve_sampler`).
@@ -21,6 +21,7 @@ the sigma schedule is chosen apart (sdlab.sampling.sigmas, A1111's "Schedule typ
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -207,6 +208,31 @@ def sample_lcm(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_args: O
     return x
 
 
+@torch.no_grad()
+def sample_tcd(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extra_args: Optional[dict] = None,
+               callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None,
+               generator: Generators = None, schedule: NoiseSchedule, gamma: float = 0.3) -> torch.Tensor:
+    """Trajectory consistency sampling (Zheng et al. 2024, strategic stochastic sampling; diffusers'
+    TCDScheduler, its eta = gamma): from x0 and eps predicted at sigma, a DDIM step to the timestep
+    s' = floor((1 - gamma) s) below the next one s, then fresh noise back up to s. gamma 0 is DDIM, gamma 1
+    nearly LCM. Needs the model's `schedule` for the timestep <-> sigma map (SamplerSpec.bind gives it)."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ConfigError(f"TCD's gamma must be in [0, 1], got {gamma}")
+    s = floats(sigmas)
+    for i in range(len(s) - 1):
+        denoised = call(model, x, s[i], extra_args)
+        if s[i + 1] > 0:
+            t_next = round(float(schedule.sigma_to_t(s[i + 1])), 3)     # on the grid: an integer timestep
+            below = float(schedule.sigmas[math.floor((1.0 - gamma) * t_next)])
+            x = denoised + (x - denoised) * (below / s[i])
+            if gamma > 0:
+                x = x + randn_like(denoised, generator) * math.sqrt(max(s[i + 1] ** 2 - below**2, 0.0))
+        else:
+            x = denoised
+        report(i, len(s) - 1, s[i], x, denoised, callback, cancel)
+    return x
+
+
 # --- registry under the names AUTOMATIC1111 users know ---------------------------------------
 
 @dataclass(frozen=True)
@@ -217,6 +243,10 @@ class SamplerSpec:
     name: str
     fn: Callable[..., torch.Tensor]
     sigma_kind: str
+
+    def bind(self, schedule: NoiseSchedule) -> Callable[..., torch.Tensor]:
+        """The sampler function to call for a model on `schedule` (TCD needs the schedule itself)."""
+        return functools.partial(self.fn, schedule=schedule) if self.fn in NEEDS_SCHEDULE else self.fn
 
     def __iter__(self):  # unpacks as (fn, sigma_kind)
         return iter((self.fn, self.sigma_kind))
@@ -232,11 +262,13 @@ class SamplerSpec:
 WITH_KARRAS = {"Euler": sample_euler, "Euler a": sample_euler_ancestral, "Heun": sample_heun, "LMS": sample_lms,
                "DPM++ 2M": sample_dpmpp_2m, "DPM++ SDE": sample_dpmpp_sde, "DPM++ 2M SDE": sample_dpmpp_2m_sde,
                "DPM++ 3M SDE": sample_dpmpp_3m_sde}
-PLAIN = {"DDIM": sample_ddim, "UniPC": sample_unipc, "DDPM": sample_ddpm, "LCM": sample_lcm, "Restart": sample_restart}
+PLAIN = {"DDIM": sample_ddim, "UniPC": sample_unipc, "DDPM": sample_ddpm, "LCM": sample_lcm, "Restart": sample_restart,
+         "TCD": sample_tcd}
+NEEDS_SCHEDULE = (sample_tcd,)
 
 
 # "Automatic" schedules of samplers whose name carries none: LCM visits the timesteps LCMs learn (sigmas.lcm_sigmas)
-AUTOMATIC_KINDS = {"LCM": "lcm"}
+AUTOMATIC_KINDS = {"LCM": "lcm", "TCD": "lcm"}     # TCDScheduler's timesteps are LCMScheduler's
 
 
 def _registry() -> dict[str, SamplerSpec]:
@@ -297,5 +329,5 @@ def sample(name: str, denoiser: Denoise, noise: torch.Tensor, steps: int, schedu
     spec, kind = resolve_sampler(name, schedule_type)
     sigmas = get_sigmas(schedule, steps, kind)
     x = noise * float(sigmas[0])
-    return spec.fn(denoiser, x, sigmas, extra_args=extra_args, callback=callback, cancel=cancel,
-                   generator=generator)
+    return spec.bind(schedule)(denoiser, x, sigmas, extra_args=extra_args, callback=callback, cancel=cancel,
+                               generator=generator)
