@@ -163,3 +163,47 @@ def test_train_model_killed_in_the_unet_stage_resumes_to_completion(tmp_path):
     assert third["step"] > steps and third["optimizer_start"] == steps
     assert third["scaling_factor"] == again["progress"]["scaling_factor"]
     assert stages.progress(seeded, "vae")["step"] == stages.progress(run, "vae")["step"]
+
+
+def test_caption_noise_changes_one_colour_or_shape_and_never_names_what_training_must_not_see():
+    import random
+
+    from sdlab.world import spec
+    from sdlab.world.captions import mislabelled
+    from sdlab.world.scene import SceneSampler
+
+    rng, sampler, changed = random.Random(0), SceneSampler(), {"shape": 0, "color": 0}
+    for _ in range(2000):
+        scene = sampler.sample(rng)
+        noisy = mislabelled(scene, rng)
+        pairs = [(a, b) for a, b in zip(scene.objects, noisy.objects) if a != b]
+        assert len(pairs) == (len(scene.objects) if scene.count else 1)
+        for a, b in pairs:
+            fields = [f for f in ("shape", "color") if getattr(a, f) != getattr(b, f)]
+            assert len(fields) == 1 and b.color != noisy.background
+            assert (b.color, b.shape) not in spec.HELD_OUT_COMBOS and b.shape not in spec.RESERVED_SHAPES
+            changed[fields[0]] += 1
+    assert min(changed.values()) > 400
+
+
+def test_captions_are_exact_before_the_noise_starts_and_noisy_in_about_its_share_after():
+    import random
+
+    from sdlab.recipe import unet
+    from sdlab.world.captions import caption
+    from sdlab.world.scene import SceneSampler
+
+    scenes = [SceneSampler().sample(random.Random(i)) for i in range(600)]
+
+    def share_wrong(step):
+        rng, wrong, said = random.Random(1), 0, 0
+        for scene in scenes:
+            text = unet.training_caption(scene, step, rng)
+            if text:
+                said += 1
+                words = set(text.replace(",", " ").split())
+                wrong += any(o.color not in words for o in scene.objects)     # colour is rarely dropped
+        return wrong / said
+
+    before, after = share_wrong(unet.CAPTION_NOISE_FROM - 1), share_wrong(unet.CAPTION_NOISE_FROM)
+    assert before < 0.12 < unet.CAPTION_NOISE * 0.5 < after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
@@ -21,6 +22,18 @@ def _scores_table(report: dict) -> str:
     return "\n".join(rows)
 
 
+def _noise_note(unet_summary: dict) -> str:
+    from .unet import CAPTION_NOISE, CAPTION_NOISE_FROM
+
+    if unet_summary.get("step", 0) <= CAPTION_NOISE_FROM:
+        return ""
+    return f"; from step {CAPTION_NOISE_FROM:,} {CAPTION_NOISE:.0%} of captions name one colour or shape wrong"
+
+
+def _vocab_size(model_dir: Path) -> int:
+    return len(json.loads((Path(model_dir) / "tokenizer" / "vocab.json").read_text(encoding="utf-8")))
+
+
 def write_model_card(model_dir: Path, summary: dict, report: dict, hardware: str, extra: str = "") -> Path:
     model_dir = Path(model_dir)
     unet_s, vae_s = summary.get("unet", {}), summary.get("vae", {})
@@ -35,10 +48,9 @@ Stable Diffusion checkpoint uses, so every sdlab code path is exercised on it.
 ## Architecture
 - VAE: `AutoencoderKL` {architecture.vae_config()['block_out_channels']}, 4x downsampling, 64x64 RGB -> 4x16x16,
   scaling factor {unet_s.get('scaling_factor', float('nan')):.4f}.
-- Text encoder: `CLIPTextModel` (hidden {architecture.TEXT_DIM}, 4 layers, 77 tokens) with a BPE `CLIPTokenizer`
-  learned on world captions; pre-trained contrastively with a ViT image tower (the pair ships
-  as `shapes-clip`, unchanged), then trained on with the UNet at half its learning rate
-  (contrastive pre-training alone left "left" and "right" 9 % apart, and the UNet ignored position).
+- Text encoder: `CLIPTextModel` (hidden {architecture.TEXT_DIM}, 4 layers, 77 tokens) with Stable Diffusion's own
+  `CLIPTokenizer` vocabulary ({_vocab_size(model_dir):,} BPE tokens, so prompts tokenize as in SD); pre-trained
+  contrastively with a ViT image tower, then trained on with the UNet at half its learning rate.
 - UNet: `UNet2DConditionModel` {architecture.unet_config()['block_out_channels']}, cross-attention at 16x16 and 8x8,
   pooled text added to the time embedding (`addition_embed_type="text"`).
 - Schedule: scaled-linear betas rescaled to zero terminal SNR, v-prediction, trailing timesteps
@@ -50,7 +62,7 @@ Stable Diffusion checkpoint uses, so every sdlab code path is exercised on it.
 | VAE (object-weighted L1+MSE, KL 1e-8), batch 16 | {vae_s.get('step', 0)} | {vae_s.get('seconds', 0) / 60:.1f} | oracle readback of reconstructions: shape {vae_s.get('readback', {}).get('shape', float('nan')):.3f} |
 | decoder fine-tune (edge loss, latent noise), batch 16 | {dec_s.get('step', 0)} | {dec_s.get('seconds', 0) / 60:.1f} | readback: {dec_s.get('readback', {})} |
 | CLIP pair (contrastive), batch 128 | {clip_s.get('step', 0)} | {clip_s.get('seconds', 0) / 60:.1f} | text->image top-1 among 256: {clip_s.get('retrieval_top1', float('nan')):.3f} |
-| UNet (v-prediction MSE, 10% caption dropout, EMA), batch 64; text encoder jointly from step {unet_s.get('optimizer_start', 0)} | {unet_s.get('step', 0)} | {unet_s.get('seconds', 0) / 60:.1f} | see scores |
+| UNet (v-prediction MSE, 10% caption dropout, EMA{_noise_note(unet_s)}), batch 64; text encoder jointly from step {unet_s.get('optimizer_start', 0)} | {unet_s.get('step', 0)} | {unet_s.get('seconds', 0) / 60:.1f} | see scores |
 
 Held-out colour-shape pairs (never rendered in training): {held}.
 Reserved for personalization (never in base training): shapes {', '.join(spec.RESERVED_SHAPES)}; fills {', '.join(spec.RESERVED_FILLS)}.
@@ -68,7 +80,6 @@ Reproduce: `sdlab world eval-model --model PATH --n {report['n']}`.
 
 def card(model_dir: Path, run_dir: Path, n: int = 64, hardware: str = "", log=print) -> Path:
     """Evaluate `model_dir` with the oracle (eval.json) and write its MODEL_CARD.md."""
-    import json
     import platform
 
     import torch
