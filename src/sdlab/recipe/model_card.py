@@ -22,14 +22,6 @@ def _scores_table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def _noise_note(unet_summary: dict) -> str:
-    from .unet import CAPTION_NOISE, CAPTION_NOISE_FROM
-
-    if unet_summary.get("step", 0) <= CAPTION_NOISE_FROM:
-        return ""
-    return f"; from step {CAPTION_NOISE_FROM:,} {CAPTION_NOISE:.0%} of captions name one colour or shape wrong"
-
-
 def _vocab_size(model_dir: Path) -> int:
     return len(json.loads((Path(model_dir) / "tokenizer" / "vocab.json").read_text(encoding="utf-8")))
 
@@ -62,7 +54,7 @@ Stable Diffusion checkpoint uses, so every sdlab code path is exercised on it.
 | VAE (object-weighted L1+MSE, KL 1e-8), batch 16 | {vae_s.get('step', 0)} | {vae_s.get('seconds', 0) / 60:.1f} | oracle readback of reconstructions: shape {vae_s.get('readback', {}).get('shape', float('nan')):.3f} |
 | decoder fine-tune (edge loss, latent noise), batch 16 | {dec_s.get('step', 0)} | {dec_s.get('seconds', 0) / 60:.1f} | readback: {dec_s.get('readback', {})} |
 | CLIP pair (contrastive), batch 128 | {clip_s.get('step', 0)} | {clip_s.get('seconds', 0) / 60:.1f} | text->image top-1 among 256: {clip_s.get('retrieval_top1', float('nan')):.3f} |
-| UNet (v-prediction MSE, 10% caption dropout, EMA{_noise_note(unet_s)}), batch 64; text encoder jointly from step {unet_s.get('optimizer_start', 0)} | {unet_s.get('step', 0)} | {unet_s.get('seconds', 0) / 60:.1f} | see scores |
+| UNet (v-prediction MSE, 10% caption dropout, EMA), batch 64; text encoder jointly from step {unet_s.get('optimizer_start', 0)} | {unet_s.get('step', 0)} | {unet_s.get('seconds', 0) / 60:.1f} | see scores |
 
 Held-out colour-shape pairs (never rendered in training): {held}.
 Reserved for personalization (never in base training): shapes {', '.join(spec.RESERVED_SHAPES)}; fills {', '.join(spec.RESERVED_FILLS)}.

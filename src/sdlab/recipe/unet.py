@@ -20,19 +20,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..io.atomic import atomic_save, atomic_write_text
 from ..sampling.schedule import NoiseSchedule
-from ..world.captions import caption, mislabelled
+from ..world.captions import caption
 from ..world.scene import Scene, SceneSampler
 from . import architecture
 from .data import render_batch
 from .stages import Stage, build_model, load, optimizer_step, run_timed
 
 CAPTION_DROPOUT = 0.1
-# Caption noise, as in web alt-text: from CAPTION_NOISE_FROM on, this share of the non-empty captions
-# describes the image with one colour or shape wrong (world.captions.mislabelled). On exact captions
-# the conditional model is already sharp and guidance adds nothing (CFG 1 scored as well as 7.5); with
-# noisy ones p(x | c) is a mixture that guidance sharpens, as in Stable Diffusion. The UNet learns to
-# draw on exact captions first, then goes on with noisy ones.
-CAPTION_NOISE, CAPTION_NOISE_FROM = 0.3, 14_000
 TEXT_LR_SCALE = 0.5          # the pre-trained text encoder moves at half the UNet's rate
 WARMUP_STEPS = 300
 LATENTS = "latents.safetensors"
@@ -79,15 +73,6 @@ def make_ema(unet, text_encoder) -> EMAModel:
                     power=0.75)
 
 
-def training_caption(scene: Scene, step: int, rng: random.Random) -> str:
-    """The caption a training step pairs with `scene`'s image: empty (caption dropout), else the
-    scene's caption, from CAPTION_NOISE_FROM on sometimes of a mislabelled scene."""
-    if rng.random() < CAPTION_DROPOUT:
-        return ""
-    if step >= CAPTION_NOISE_FROM and rng.random() < CAPTION_NOISE:
-        scene = mislabelled(scene, rng)
-    return caption(scene, rng)
-
 def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4, cache_size: int = 60000,
                log=print) -> Path:
     run_dir, dev = Path(run_dir), architecture.train_device()
@@ -116,7 +101,7 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
     def step():
         idx = torch.randint(0, len(scenes), (batch,), generator=gen)
         x0 = latents[idx.to(dev)]
-        prompts = [training_caption(scenes[i], state["step"], rng) for i in idx.tolist()]
+        prompts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[i], rng) for i in idx.tolist()]
         cond = encode_text(text_encoder, tok, prompts)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=gen).to(dev)

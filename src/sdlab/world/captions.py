@@ -8,7 +8,6 @@ counted ("two red circles side by side").
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 from . import spec
@@ -101,21 +100,3 @@ def _relation(a: str, b: str, relation: str, rng: random.Random | None, keep) ->
     if relation == "left of":
         return f"{b} to the right of {a}" if mirrored else f"{a} to the left of {b}"
     return f"{b} below {a}" if mirrored else f"{a} above {b}"
-
-
-def mislabelled(scene: Scene, rng: random.Random) -> Scene:
-    """`scene` with one object's colour or shape (a named one's) changed: what a noisy caption
-    describes instead of the image, as web alt-text often does. Two identical objects ("two
-    circles") change together. Never names a held-out colour-shape pair or a reserved shape."""
-    index = rng.randrange(len(scene.objects))
-    obj = scene.objects[index]
-    if obj.shape in spec.BASE_SHAPES and rng.random() < 0.5:
-        options = [s for s in spec.BASE_SHAPES if s != obj.shape and (obj.color, s) not in spec.HELD_OUT_COMBOS]
-        change = {"shape": rng.choice(options)}
-    else:
-        options = [c for c in spec.COLORS if c not in (obj.color, scene.background)
-                   and (c, obj.shape) not in spec.HELD_OUT_COMBOS]
-        change = {"color": rng.choice(options)}
-    objects = tuple(dataclasses.replace(o, **change) if scene.count or i == index else o
-                    for i, o in enumerate(scene.objects))
-    return dataclasses.replace(scene, objects=objects)
