@@ -12,6 +12,7 @@ from sdlab import GenerationConfig, Pipeline
 from sdlab.control import Control
 from sdlab.control.unet import ControlledUNet
 from sdlab.errors import ConfigError, ModelLoadError
+from sdlab.control.loading import controlnet_from_unet
 
 EPS_LEADING = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                    prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
@@ -24,10 +25,9 @@ def pipe(tiny_model_dir):
 
 def _controlnet(pipe, seed):
     """A ControlNet of the tiny UNet with random (non-zero) weights everywhere, zero convs included."""
-    from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
-    net = ControlNetModel.from_unet(pipe.c.unet, conditioning_embedding_out_channels=(8, 8))  # /2 as the VAE
+    net = controlnet_from_unet(pipe.c.unet, conditioning_embedding_out_channels=(8, 8))  # /2 as the VAE
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -170,9 +170,8 @@ def test_bad_controls_give_one_line_errors(pipe, nets, tmp_path):
 
 
 def test_controlnet_of_another_scale_is_refused(pipe):
-    from diffusers import ControlNetModel
 
-    sd_like = ControlNetModel.from_unet(pipe.c.unet)       # shrinks by 8, as SD's; the tiny VAE by 2
+    sd_like = controlnet_from_unet(pipe.c.unet)       # shrinks by 8, as SD's; the tiny VAE by 2
     with pytest.raises(ConfigError, match="shrinks its control image by 8 but this model's latents are 1/2"):
         pipe.generate(GenerationConfig("x", steps=1), controls=[Control(_image(0), sd_like)])
 
@@ -200,13 +199,12 @@ def _to_ldm(state: dict, layers_per_block: int) -> dict:
 
 
 def test_an_original_layout_file_loads_as_the_diffusers_controlnet(pipe, tmp_path):
-    from diffusers import ControlNetModel
     from safetensors.torch import save_file
 
     from sdlab.control.loading import load_controlnet
 
     torch.manual_seed(3)
-    net = ControlNetModel.from_unet(pipe.c.unet)          # SD's conditioning embedding (x8), as in the shared files
+    net = controlnet_from_unet(pipe.c.unet)          # SD's conditioning embedding (x8), as in the shared files
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -215,3 +213,25 @@ def test_an_original_layout_file_loads_as_the_diffusers_controlnet(pipe, tmp_pat
     loaded = load_controlnet(tmp_path / "control_tiny.safetensors", pipe.c.unet).state_dict()
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_a_controlnet_from_a_text_embedding_unet_keeps_its_heads():
+    """diffusers' from_unet leaves addition_embed_type_num_heads at 64; a UNet that adds its pooled
+    text with fewer heads (as the shipped model does) gets a ControlNet that cannot run a step."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=12,
+                                attention_head_dim=2, addition_embed_type="text", addition_embed_type_num_heads=3)
+    x, t, cond = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 5, 12)
+    hint = torch.randn(1, 3, 8, 8)
+    with pytest.raises(RuntimeError):
+        ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8,))(x, t, cond, hint)
+    net = controlnet_from_unet(unet, conditioning_embedding_out_channels=(8,))
+    assert net.config.addition_embed_type_num_heads == 3
+    out = net(x, t, cond, hint)
+    assert all(torch.isfinite(r).all() for r in out.down_block_res_samples)
+    assert all(torch.equal(a, b) for a, b in zip(net.add_embedding.state_dict().values(),
+                                                 unet.add_embedding.state_dict().values()))   # the UNet's weights

@@ -338,7 +338,8 @@ def test_ones_own_tri_embedding_loads_and_its_file_name_triggers_it(tmp_path):
     pipe = Pipeline.load(None, device="cpu")
     assert "tri" in pipe.c.tokenizer.get_vocab()                   # a BPE piece of the shipped vocabulary
     plain = pipe.encode_prompt(["a red tri", "a red triangle"])
-    save_a1111(tmp_path / "tri.safetensors", "tri", torch.randn(2, 128) * 0.5, step=100)
+    width = pipe.c.text_encoder.config.hidden_size
+    save_a1111(tmp_path / "tri.safetensors", "tri", torch.randn(2, width) * 0.5, step=100)
     assert pipe_tokens(pipe, tmp_path / "tri.safetensors") == ["tri"]
     tri, triangle, angled = pipe.encode_prompt(["a red tri", "a red triangle", "a red <tri>"])
     assert (tri - plain[0]).abs().max() > 1e-3 and torch.equal(tri, angled)

@@ -17,6 +17,7 @@ from test_server_browser import _open_studio, _shot, browser  # noqa: F401  (fix
 
 from sdlab import GenerationConfig, Pipeline
 from sdlab.pipeline import DEFAULT_MODEL
+from sdlab.control.loading import controlnet_from_unet
 
 META_HAS = "(text) => document.getElementById('meta').textContent.includes(text)"
 
@@ -29,7 +30,6 @@ def pipe():
 @pytest.fixture(scope="module")
 def forms_server(pipe, tmp_path_factory):
     """(base URL, output folder, ControlNet folder) of the studio with the forms' server folders."""
-    from diffusers import ControlNetModel
 
     from sdlab.server.app import create_app
     from sdlab.server.settings import ServerSettings
@@ -37,7 +37,7 @@ def forms_server(pipe, tmp_path_factory):
     root = tmp_path_factory.mktemp("forms-studio")
     torch.manual_seed(0)
     levels = int(math.log2(pipe.vae_scale)) + 1          # the condition embedding shrinks as the VAE does
-    net = ControlNetModel.from_unet(pipe.c.unet, conditioning_embedding_out_channels=(8,) * levels)
+    net = controlnet_from_unet(pipe.c.unet, conditioning_embedding_out_channels=(8,) * levels)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)

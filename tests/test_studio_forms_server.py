@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from server_util import wait_job
 
 from sdlab import GenerationConfig, Pipeline
+from sdlab.control.loading import controlnet_from_unet
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,10 @@ def pipe(tiny_model_dir):
 def folders(pipe, tiny_model_dir, tmp_path_factory):
     """--controlnet-dir with a random ControlNet of the tiny UNet; --merge-dir with the tiny model and
     a copy whose UNet weights are shifted."""
-    from diffusers import ControlNetModel
 
     root = tmp_path_factory.mktemp("forms")
     torch.manual_seed(3)
-    net = ControlNetModel.from_unet(pipe.c.unet, conditioning_embedding_out_channels=(8, 8))
+    net = controlnet_from_unet(pipe.c.unet, conditioning_embedding_out_channels=(8, 8))
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.1)

@@ -32,6 +32,22 @@ def config_from_unet(unet, conditioning_channels: int = 3) -> dict:
             "conditioning_channels": conditioning_channels}
 
 
+def controlnet_from_unet(unet, **kwargs):
+    """A ControlNetModel initialised from `unet` (Zhang et al. 2023: a copy of its encoder), as
+    diffusers' `ControlNetModel.from_unet` builds it, with the UNet's `addition_embed_type_num_heads`,
+    which from_unet leaves at its default 64 (a text-embedding UNet narrower than 64 heads would fail)."""
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_unet(unet, **kwargs)
+    heads = getattr(unet.config, "addition_embed_type_num_heads", None)
+    if heads is None or heads == net.config.addition_embed_type_num_heads:
+        return net
+    config = {k: v for k, v in net.config.items() if not k.startswith("_")}   # "_use_default_values" would undo it
+    fixed = ControlNetModel.from_config({**config, "addition_embed_type_num_heads": heads})
+    fixed.load_state_dict(net.state_dict())
+    return fixed
+
+
 def load_controlnet(path: str | Path, unet, dtype: torch.dtype | None = None):
     """The ControlNetModel at `path` (folder or file), in eval mode, in `dtype` (default the UNet's)."""
     p = Path(path).expanduser()

@@ -53,11 +53,11 @@ class ControlNetTraining(DiffusionMethod):
         self._images = None                 # the condition images of the batch being scored
 
     def prepare_modules(self) -> None:
-        from diffusers import ControlNetModel
+        from ...control.loading import controlnet_from_unet
 
         scale = 2 ** (len(self.c.vae.config.block_out_channels) - 1)
         hint = HINT_CHANNELS[:int(math.log2(scale)) + 1]
-        self.net = ControlNetModel.from_unet(self.c.unet, conditioning_embedding_out_channels=hint)
+        self.net = controlnet_from_unet(self.c.unet, conditioning_embedding_out_channels=hint)
         self.net.to(self.c.device).requires_grad_(True).train()
         self.net_train = self.net
 
