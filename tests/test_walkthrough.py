@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from sdlab.pipeline import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,7 +25,8 @@ def test_walkthrough_runs_and_its_manual_loop_matches_the_library(tmp_path):
     img2img = facts["img2img_oracle"]                   # low strength keeps the input, high follows the prompt
     assert img2img["0.3"] == [["yellow", "star"]] and all(img2img.values()) and ["green", "square"] in img2img["0.9"]
     assert facts["tokens"][:5] == ["<|startoftext|>", "a", "large", "red", "circle"]
-    assert facts["embedding_shapes"]["cond"] == [1, 77, 128]
+    width = json.loads((DEFAULT_MODEL / "text_encoder" / "config.json").read_text())["hidden_size"]
+    assert facts["embedding_shapes"]["cond"] == [1, 77, width]
     assert len(facts["figures"]) == 8
     for path in facts["figures"]:
         with Image.open(path) as im:

@@ -355,8 +355,9 @@ class Pipeline:
         # NaN/inf stop the loop at once; the CFG wrapper follows the step for prompt editing
         callback = combine([finite_guard(self.nonfinite_hint()), cfg.on_step, callback])
         with self._attention(attention):
-            return spec.bind(self.schedule)(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
-                           callback=callback, cancel=cancel, generator=generators)
+            run = spec.bind(self.schedule)          # TCD also needs the schedule's timestep <-> sigma map
+            return run(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
+                       callback=callback, cancel=cancel, generator=generators)
 
     def _conds(self, config: GenerationConfig, cond, uncond, n: int):
         """(cond, uncond) for n images: the overrides or the config's (negative) prompt, encoded with
