@@ -5,9 +5,9 @@
 
 Quality: the oracle's all-right rate on the "seen" and "held_out" prompt sets (n scenes each, seeds
 SEED + i) at 1, 2, 4 and 8 steps of the LCM sampler and of TCD (Zheng et al. 2024, gamma 0.3), next to
-the base model at 25 Euler steps, CFG 7.5; the target is a 4-step rate within 0.05 of the base's. Speed, in the same run: images per second of sdlab's LCM
-at 4 steps and of plain diffusers (StableDiffusionPipeline + EulerDiscreteScheduler, 25 steps, CFG 7.5)
-on the base model, batch 1 and 4 (median of --repeats timed calls after a warm-up); the target is
+the base model at 25 Euler steps, CFG 7.5; the target is a 4-step rate within 0.05 of the base's.
+Speed, in the same run: images per second of sdlab's LCM at 4 steps and of plain diffusers
+(StableDiffusionPipeline + EulerDiscreteScheduler, 25 steps, CFG 7.5) on the base model, batch 1 and 4 (median of --repeats timed calls after a warm-up); the target is
 >= 5x. Prints both tables and the JSON report; `--results` writes it to benchmarks/results/lcm_eval.json.
 """
 
@@ -148,7 +148,8 @@ def main(argv=None) -> int:
     base, lcm = Pipeline.load(args.base), load_lcm(args.lcm, args.lcm_lora, args.base)
     cfg = args.cfg_scale if args.cfg_scale is not None else lcm_cfg(lcm)
     report = {"lcm": args.lcm or args.lcm_lora, "base": args.base or "the shipped model", "n": args.n,
-              "seed": SEED, "lcm_cfg_scale": cfg, "lcm_steps": args.steps, "samplers": args.samplers, "hardware": cpu_description(),
+              "seed": SEED, "lcm_cfg_scale": cfg, "lcm_steps": args.steps, "samplers": args.samplers,
+              "hardware": cpu_description(),
               "targets": {"all_right_gap_at_4": QUALITY_GAP, "speedup_at_4": SPEEDUP}}
     report["all_right"] = quality(base, lcm, args.n, args.steps, cfg, args.samplers)
     report["images_per_second"] = speed(str(args.base or DEFAULT_MODEL), lcm, args.batch, args.repeats, cfg)

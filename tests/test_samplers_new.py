@@ -368,7 +368,8 @@ def gens(*seeds):
 
 
 def test_the_stochastic_list_covers_every_new_noisy_sampler():
-    assert {"DPM++ SDE", "DPM++ 2M SDE Karras", "DPM++ 3M SDE", "DDPM", "LCM", "Restart", "TCD", "Euler a"} <= set(STOCHASTIC)
+    assert {"DPM++ SDE", "DPM++ 2M SDE Karras", "DPM++ 3M SDE", "DDPM", "LCM", "Restart", "TCD",
+            "Euler a"} <= set(STOCHASTIC)
     assert len(STOCHASTIC) == 12
 
 

@@ -22,6 +22,7 @@ the sigma schedule is chosen apart (sdlab.sampling.sigmas, A1111's "Schedule typ
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -246,7 +247,8 @@ class SamplerSpec:
 
     def bind(self, schedule: NoiseSchedule) -> Callable[..., torch.Tensor]:
         """The sampler function to call for a model on `schedule` (TCD needs the schedule itself)."""
-        return functools.partial(self.fn, schedule=schedule) if self.fn in NEEDS_SCHEDULE else self.fn
+        takes_schedule = "schedule" in inspect.signature(self.fn).parameters
+        return functools.partial(self.fn, schedule=schedule) if takes_schedule else self.fn
 
     def __iter__(self):  # unpacks as (fn, sigma_kind)
         return iter((self.fn, self.sigma_kind))
@@ -264,7 +266,6 @@ WITH_KARRAS = {"Euler": sample_euler, "Euler a": sample_euler_ancestral, "Heun":
                "DPM++ 3M SDE": sample_dpmpp_3m_sde}
 PLAIN = {"DDIM": sample_ddim, "UniPC": sample_unipc, "DDPM": sample_ddpm, "LCM": sample_lcm, "Restart": sample_restart,
          "TCD": sample_tcd}
-NEEDS_SCHEDULE = (sample_tcd,)
 
 
 # "Automatic" schedules of samplers whose name carries none: LCM visits the timesteps LCMs learn (sigmas.lcm_sigmas)
