@@ -75,7 +75,7 @@ def test_http_defaults_and_bounds_are_the_declared_ones(model):
 def test_http_bounds_are_the_servers_where_stricter():
     assert (schemas.MAX_STEPS, schemas.MAX_SIDE, schemas.MAX_BATCH_SIZE, schemas.MAX_BATCH_COUNT) == (150, 2048, 8, 4)
     body = schemas.GenerateRequest(prompt="x")
-    assert (body.steps, body.cfg_scale, body.sampler, body.seed) == (25, 7.5, "Euler a", None)
+    assert (body.steps, body.cfg_scale, body.sampler, body.seed) == (25, None, "Euler a", None)   # None: the model's
     edit = schemas.EditRequest(source="x")
     assert (edit.mode, edit.cross_replace, edit.self_replace, edit.blend_threshold) == \
         (EditConfig.mode, EditConfig.cross_replace, EditConfig.self_replace, EditConfig.blend_threshold)

@@ -129,7 +129,9 @@ class GenerationConfig:
                           http=dict(_TEXT, examples=["a large red circle on the left on a blue background"]))
     negative_prompt: str = setting("", "what to steer away from", aliases=("-n",), http=_TEXT)
     steps: int = setting(25, "sampling steps", lo=1, hi=1000, http_hi=150)
-    cfg_scale: float = setting(7.5, "classifier-free guidance scale", lo=0.0, hi=100.0, http_hi=30.0)
+    cfg_scale: Optional[float] = setting(None, "classifier-free guidance scale", lo=0.0, hi=100.0, http_hi=30.0,
+                                         default_text="the model's recommended scale (its generation_defaults.json; "
+                                                      "7.5 when it names none)")
     sampler: str = setting("Euler a", "the sampler, by its AUTOMATIC1111 name", choices=_sampler_names)
     schedule: str = setting("Automatic", "the sigma schedule (A1111's Schedule type); Automatic: the one the "
                             "sampler's name carries (Karras for \"... Karras\"), else the model's timestep spacing",

@@ -260,6 +260,19 @@ class Pipeline:
         applied here: wrap the call in `prompt_loras(...)`, as `generate` does."""
         return self.decode_images(self.sample_latents(config, list(seeds), *self.size(config), **loop))
 
+    @property
+    def generation_defaults(self) -> dict:
+        """The settings this model recommends (sdlab.models.generation_defaults) over Stable Diffusion's."""
+        from .models.generation_defaults import FALLBACK
+
+        return {**FALLBACK, **self.c.extra.get("generation_defaults", {})}
+
+    def resolved(self, config: GenerationConfig) -> GenerationConfig:
+        """`config` with the settings it leaves to the model (cfg_scale None) set to the model's."""
+        if config.cfg_scale is None:
+            return dataclasses.replace(config, cfg_scale=self.generation_defaults["cfg_scale"])
+        return config
+
     # --- generation -------------------------------------------------------------------------
     def generate(self, config: GenerationConfig, *, init_image: Optional[Image.Image] = None,
                  callback: Optional[StepCallback] = None, cancel: Optional[CancelToken] = None,
@@ -275,6 +288,7 @@ class Pipeline:
         `controls`: ControlNet units (sdlab.control.Control), applied in every step's UNet call."""
         if not isinstance(config, GenerationConfig):
             raise ConfigError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        config = self.resolved(config)
         from .sampling import hires
 
         width, height = self.size(config)
@@ -327,6 +341,7 @@ class Pipeline:
         `denoiser` the UNet's own (sdlab.sampling.Denoiser), e.g. an inpainting UNet's with its mask
         (sdlab.inpaint); `sigmas` the sigmas to run instead of config.steps' schedule, all of them,
         from `init` noised to sigmas[0] when given (a hires fix's second pass)."""
+        config = self.resolved(config)
         spec, sigma_kind = resolve_sampler(config.sampler, config.schedule)
         shape = (self.c.vae.config.latent_channels, height // self.vae_scale, width // self.vae_scale)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -417,7 +432,7 @@ class Pipeline:
     # --- metadata ---------------------------------------------------------------------------
     def settings_for(self, config: GenerationConfig, seed: int, width: int, height: int, *,
                      img2img: bool = False) -> dict:
-        d = {**config.to_dict(), "seed": seed, "width": width, "height": height}   # the batch's own seed range holds
+        d = {**self.resolved(config).to_dict(), "seed": seed, "width": width, "height": height}   # the batch's own seed range holds
         d.update(mode="img2img" if img2img else "txt2img", model=self.c.name, model_hash=self.c.model_hash,
                  sdlab_version=_version())
         if vae := self.c.extra.get("vae"):
@@ -447,6 +462,7 @@ class Pipeline:
                  extra: Optional[dict] = None) -> str:
         from .sampling.hires import infotext_fields as hires_fields
 
+        config = self.resolved(config)
         spec, sigma_kind = resolve_sampler(config.sampler, config.schedule)
         params = {"Steps": config.steps, **sampler_fields(spec.name, sigma_kind, self.schedule.timestep_spacing),
                   "CFG scale": config.cfg_scale, "Seed": seed, "Size": f"{width}x{height}",

@@ -106,7 +106,7 @@ def edit_batch(pipe, sources, targets, config: GenerationConfig, cfg: EditConfig
                callback=None, cancel=None) -> list[EditResult]:
     """k edits sampled as one batch [sources, targets]; pair i uses seeds[i] (default config.seed + i)
     for both its rows, so each source row is the plain generation of its prompt and seed."""
-    sources, targets = list(sources), list(targets)
+    sources, targets, config = list(sources), list(targets), pipe.resolved(config)
     controller = build_controller(pipe.c.tokenizer, sources, targets, cfg, config.steps,
                                   guidance=config.cfg_scale != 1)
     seeds = [config.seed + i for i in range(len(sources))] if seeds is None else list(seeds)

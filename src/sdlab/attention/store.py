@@ -119,7 +119,7 @@ def attend(pipe, config, *, places: Iterable[str] = ALL_PLACES, resolutions: Opt
     of shape (batch_size, h, w, tokens)). callback/cancel as in Pipeline.generate."""
     from dataclasses import replace
 
-    config = replace(config, batch_count=1)
+    config = pipe.resolved(replace(config, batch_count=1))
     store = AttentionStore(places, resolutions, steps, batch_size=config.batch_size, cfg=config.cfg_scale != 1)
     result = pipe.generate(config, attention=store, callback=callback, cancel=cancel)
     return result, store.maps()

@@ -43,7 +43,8 @@ class EvalOptions:
     concept_text: Optional[str] = setting(None, "plain words for CLIP", default_text="'a <value>'")
     n: int = setting(16, "samples per prompt")
     steps: int = setting(20, "sampling steps")
-    cfg_scale: float = setting(7.5, "classifier-free guidance scale")
+    cfg_scale: Optional[float] = setting(None, "classifier-free guidance scale",
+                                         default_text="the model's recommended scale (7.5 unless it names one)")
     seed: int = setting(0, "seed of the first sample")
     color: str = setting("red", "colour asked for in the fidelity prompt")
     lora_scale: float = setting(1.0, "scale of a LoRA artifact")
@@ -181,7 +182,10 @@ def _settings(opts: EvalOptions) -> tuple:
         raise ConfigError("--world-prompts samples the shapes world's captions and needs its oracle: drop "
                           "--oracle off, or use a model of the shapes world")
     text = opts.concept_text or "a " + " ".join(concept.values())
-    s = EvalSettings(opts.token or "<my-shape>", concept, text, opts.n, opts.seed, opts.steps, opts.cfg_scale,
+    from ..models.generation_defaults import model_default
+
+    cfg_scale = opts.cfg_scale if opts.cfg_scale is not None else model_default(opts.model, "cfg_scale")
+    s = EvalSettings(opts.token or "<my-shape>", concept, text, opts.n, opts.seed, opts.steps, cfg_scale,
                      opts.color, max_drift=opts.max_drift, oracle=oracle, class_prompt=opts.class_prompt,
                      context=opts.context or (None if oracle else "on the beach"), world_prompts=opts.world_prompts)
     return (base if opts.drift else None), s

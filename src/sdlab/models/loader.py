@@ -130,6 +130,8 @@ def _class_for(index: dict, name: str, default: str):
 
 
 def _load_folder(p: Path, dtype: torch.dtype, tokenizer_path) -> Components:
+    from .generation_defaults import read_generation_defaults
+
     index_file = p / "model_index.json"
     if not index_file.is_file():
         raise ModelLoadError(f"'{p}' is not a diffusers model folder: model_index.json is missing")
@@ -151,7 +153,7 @@ def _load_folder(p: Path, dtype: torch.dtype, tokenizer_path) -> Components:
     family = {768: "sd1", 1024: "sd2"}.get(cross, "custom") if text.config.vocab_size == 49408 \
         else "custom"
     return Components(unet, vae, text, tok, dict(sched), sched.get("prediction_type", "epsilon"),
-                      p.name, p, family)
+                      p.name, p, family, extra={"generation_defaults": read_generation_defaults(p)})
 
 
 def _from_pretrained(cls, p: Path, sub: str, dtype: torch.dtype):

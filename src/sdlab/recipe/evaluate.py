@@ -14,8 +14,11 @@ from ..world.metrics import accuracy
 from ..world.prompt_sets import PROMPT_SETS, SCORED, prompt_set
 
 
-def evaluate(pipe, n: int = 64, steps: int = 25, cfgs=(7.5, 1.0), sampler: str = "Euler a",
+def evaluate(pipe, n: int = 64, steps: int = 25, cfgs=None, sampler: str = "Euler a",
              batch: int = 16, sets=tuple(PROMPT_SETS)) -> dict:
+    """`cfgs` default: Stable Diffusion's 7.5, no guidance (1) and the model's recommended scale."""
+    if cfgs is None:
+        cfgs = tuple(dict.fromkeys((7.5, 1.0, float(pipe.generation_defaults["cfg_scale"]))))
     report = {"n": n, "steps": steps, "sampler": sampler, "results": {}}
     for name in sets:
         scenes = prompt_set(name, n)

@@ -338,6 +338,8 @@ class Options(BaseModel):
     default_schedule: str = GenerationConfig.schedule
     model: Optional[str]
     native_size: Optional[int]
+    default_cfg_scale: Optional[float] = Field(None, description="the model's recommended CFG scale, used when a job "
+                                                                   "gives none (its generation_defaults.json)")
     loras: list[str] = Field(default_factory=list, description="names for <lora:NAME:W> prompt tags (--lora-dir)")
     vaes: list[str] = Field(default_factory=list, description="VAEs a job may pick by name (--vae-dir)")
     controlnets: list[str] = Field(default_factory=list, description="ControlNets a txt2img job may pick (--controlnet-dir)")

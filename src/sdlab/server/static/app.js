@@ -422,6 +422,7 @@ async function init2() {
     for (const name of o.samplers) $("sampler").add(new Option(name, name, false, name === o.default_sampler));
     $("schedule").innerHTML = "";
     for (const name of o.schedules) $("schedule").add(new Option(name, name, false, name === o.default_schedule));
+    if (o.default_cfg_scale != null) $("cfg_scale").value = o.default_cfg_scale;
     if (o.native_size) {
       for (const id of ["width", "height"]) if (!$(id).value) $(id).value = o.native_size;
     }
