@@ -78,6 +78,7 @@ facts["embedding_shapes"] = {"token": list(tok_emb.shape), "position": list(pos_
 from sdlab.sampling import get_sigmas  # noqa: E402
 
 uncond = pipe.encode_prompt([""])
+scale = pipe.generation_defaults["cfg_scale"]   # the model's recommended CFG scale (SD's is 7.5)
 sigmas = get_sigmas(pipe.schedule, args.steps).float()
 g = torch.Generator().manual_seed(1)
 x = torch.randn(1, *facts["latent_shape"], generator=g) * sigmas[0]
@@ -86,7 +87,7 @@ with torch.no_grad():
     for i in range(len(sigmas) - 1):
         both = pipe.denoiser(torch.cat([x, x]), sigmas[i].repeat(2), torch.cat([uncond, cond]))
         x0_uncond, x0_cond = both.chunk(2)
-        x0 = x0_uncond + 7.5 * (x0_cond - x0_uncond)          # classifier-free guidance
+        x0 = x0_uncond + scale * (x0_cond - x0_uncond)        # classifier-free guidance
         d = (x - x0) / sigmas[i]                                  # the ODE's direction
         x = x + d * (sigmas[i + 1] - sigmas[i])                   # one Euler step
         if i % max(1, args.steps // 5) == 0:
@@ -103,11 +104,11 @@ show("05-cfg-scales", cfg_images)
 
 # %% 6. img2img (SDEdit): noise a rendered scene part way, denoise toward a new prompt
 # Strength s runs the last int(steps * s) steps, from the input's latent plus that step's noise:
-# a low strength keeps the input, a high one follows the prompt. The CFG scale is low here. At
-# strength 0.3 (the last 7 of 25 steps) too little noise is left to draw a new shape, while CFG
-# 7.5 multiplies the prompt's disagreement with the input (a yellow star, not a green square):
-# the star is erased and no square drawn, leaving the empty background. (The img2img steps and
-# start noise are diffusers' own; the effect is this model's.)
+# a low strength stays near the input, a high one follows the prompt. The CFG scale is low here.
+# At strength 0.3 (the last 3 of 10 steps) too little noise is left to redraw the star as the
+# prompt's square, and the shipped model leaves a blob that is neither (10 steps: a red shape,
+# facts.json's img2img_oracle); from 0.6 it draws the green square. (The img2img steps and start
+# noise are diffusers' own; the effect is this model's.)
 from sdlab.sampling.strength_sweep import strength_sweep  # noqa: E402
 
 sweep = strength_sweep(pipe, render(scene), GenerationConfig("a large green square on a black background",

@@ -23,7 +23,8 @@ def test_walkthrough_runs_and_its_manual_loop_matches_the_library(tmp_path):
     assert facts["latent_shape"] == [4, 16, 16]
     assert facts["vae_shapes"] == {"pixels": [3, 64, 64], "latents": [4, 16, 16]} and facts["vae_fewer_numbers"] == 12
     img2img = facts["img2img_oracle"]                   # low strength keeps the input, high follows the prompt
-    assert img2img["0.3"] == [["yellow", "star"]] and all(img2img.values()) and ["green", "square"] in img2img["0.9"]
+    assert ["green", "square"] not in img2img["0.3"] and all(img2img.values())   # too little noise to redraw
+    assert ["green", "square"] in img2img["0.6"] and ["green", "square"] in img2img["0.9"]
     assert facts["tokens"][:5] == ["<|startoftext|>", "a", "large", "red", "circle"]
     width = json.loads((DEFAULT_MODEL / "text_encoder" / "config.json").read_text())["hidden_size"]
     assert facts["embedding_shapes"]["cond"] == [1, 77, width]

@@ -65,7 +65,8 @@ def register(sub) -> None:
     v.add_argument("--model", default=None)
     v.add_argument("--n", type=int, default=64, help="samples per prompt set")
     v.add_argument("--steps", type=int, default=25)
-    v.add_argument("--cfg", type=float, nargs="+", default=[7.5, 1.0])
+    v.add_argument("--cfg", type=float, nargs="+", default=None,
+                   help="guidance scales (default: 7.5, 1 and the model's recommended scale)")
     v.add_argument("--sampler", default="Euler a")
     v.add_argument("--json-out", default=None)
     v.set_defaults(run=run_eval)
