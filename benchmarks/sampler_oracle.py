@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="prompts (seeds 1000 + i)")
     parser.add_argument("--steps", default="10,20,25", help="step counts, comma-separated")
     parser.add_argument("--sampler", action="append", default=None, help="a sampler (repeatable; default: all)")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the generation default)")
+    parser.add_argument("--cfg-scale", type=float, default=None,
+                        help="guidance scale (default: the model's recommended scale)")
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--out", default=None, help="write the JSON report here")
@@ -66,7 +67,8 @@ def main() -> None:
     cond = pipe.encode_prompt([full_caption(s) for s in scenes])
     result = rates(pipe, scenes, cond, names, steps_list, args.cfg_scale)
     print(table(result, steps_list))
-    emit_report({"prompts": args.n, "seed": SEED, "cfg_scale": args.cfg_scale, "target_gap": TARGET, "all_right": result},
+    emit_report({"prompts": args.n, "seed": SEED, "cfg_scale": args.cfg_scale, "target_gap": TARGET,
+                 "all_right": result},
                 result_file(__file__) if args.results else args.out)
 
 

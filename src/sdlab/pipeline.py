@@ -267,10 +267,14 @@ class Pipeline:
 
         return {**FALLBACK, **self.c.extra.get("generation_defaults", {})}
 
+    def cfg_scale_for(self, scale: Optional[float]) -> float:
+        """`scale`, or the model's recommended one when it is None (the user gave none)."""
+        return self.generation_defaults["cfg_scale"] if scale is None else scale
+
     def resolved(self, config: GenerationConfig) -> GenerationConfig:
         """`config` with the settings it leaves to the model (cfg_scale None) set to the model's."""
         if config.cfg_scale is None:
-            return dataclasses.replace(config, cfg_scale=self.generation_defaults["cfg_scale"])
+            return dataclasses.replace(config, cfg_scale=self.cfg_scale_for(None))
         return config
 
     # --- generation -------------------------------------------------------------------------
@@ -432,7 +436,8 @@ class Pipeline:
     # --- metadata ---------------------------------------------------------------------------
     def settings_for(self, config: GenerationConfig, seed: int, width: int, height: int, *,
                      img2img: bool = False) -> dict:
-        d = {**self.resolved(config).to_dict(), "seed": seed, "width": width, "height": height}   # the batch's own seed range holds
+        d = {**self.resolved(config).to_dict(), "seed": seed, "width": width,   # the batch's own seed range holds
+             "height": height}
         d.update(mode="img2img" if img2img else "txt2img", model=self.c.name, model_hash=self.c.model_hash,
                  sdlab_version=_version())
         if vae := self.c.extra.get("vae"):

@@ -181,7 +181,8 @@ def _job_routes(app: FastAPI, settings: ServerSettings) -> None:
         pipe = next(iter(_queue(request).pipes.values()), None)
         return {"samplers": sampler_names(), "default_sampler": GenerationConfig.sampler, "model": pipe.c.name if pipe else None,
                 "native_size": pipe.native_size if pipe else None,
-                "default_cfg_scale": pipe.generation_defaults["cfg_scale"] if pipe else None, "loras": lora_names(settings.lora_dirs),
+                "default_cfg_scale": pipe.cfg_scale_for(None) if pipe else None,
+                "loras": lora_names(settings.lora_dirs),
                 "vaes": vae_names(settings.vae_dirs), "controlnets": offered_names(settings.controlnet_dirs, weights_entry),
                 "grid_axes": axis_names(), "merge_models": merge_jobs.merge_names(settings),
                 "limits": {"max_side": settings.max_side, "max_images": settings.max_images,

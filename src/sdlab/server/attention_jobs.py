@@ -28,8 +28,8 @@ def check_edit(pipe, params: dict) -> None:
     the prompt-to-prompt tables only need the tokenizer."""
     source = params["source"]
     target = source if params.get("target") is None else params["target"]
-    scale = pipe.generation_defaults["cfg_scale"] if params["cfg_scale"] is None else params["cfg_scale"]
-    build_controller(pipe.c.tokenizer, source, target, edit_config(params), params["steps"], guidance=scale != 1)
+    build_controller(pipe.c.tokenizer, source, target, edit_config(params), params["steps"],
+                     guidance=pipe.cfg_scale_for(params["cfg_scale"]) != 1)
 
 
 @register_kind("attend")
