@@ -49,6 +49,14 @@ def test_without_the_file_the_scale_is_stable_diffusions(tiny_model_dir):
     assert pipe.resolved(GenerationConfig("x")).cfg_scale == 7.5
 
 
+def test_a_model_trained_from_it_keeps_its_scale(model_at_3, tmp_path):
+    """DreamBooth, fine-tuning and LCM save whole folders (save_model_folder): the base's file goes along."""
+    from sdlab.training.methods.base import save_model_folder
+
+    save_model_folder(Pipeline.load(model_at_3, device="cpu").c, tmp_path / "tuned")
+    assert read_generation_defaults(tmp_path / "tuned") == {"cfg_scale": 3.0}
+
+
 def test_model_default_reads_the_folder_without_loading(model_at_3):
     assert model_default(model_at_3, "cfg_scale") == 3.0
 

@@ -216,7 +216,8 @@ def test_lcm_lora_loads_in_plain_diffusers_with_lcmscheduler_and_in_sdlab(tiny_m
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--w-min", "9", "--w-max", "4"], "w_min (9.0) must be <= w_max (4.0)"),
+    (["--w-min", "9", "--w-max", "4"], "w_min (9) must be <= w_max (4)"),
+    (["--w-min", "20"], "w_min (20) must be <= w_max (12)"),       # the unset end: 1.6 x the model's 7.5
     (["--lora", "--w-dim", "64"], "--w-dim is an option of a full LCM (drop --lora)"),
     (["--lora", "--target-decay", "0.9"], "--target-decay is an option of a full LCM (drop --lora)"),
     (["--rank", "8"], "--rank is an option of an LCM-LoRA (add --lora)"),
@@ -226,7 +227,14 @@ def test_bad_flags_are_one_line_errors(capsys, tiny_model_dir, world, tmp_path, 
     code = main(["train", "lcm", "--data", str(world), "--output-dir", str(tmp_path / "o"),
                  "--model", str(tiny_model_dir), *flags])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and err.count("\n") == 1, err
+    errors = [line for line in err.splitlines() if "error" in line]     # (after the loading bar, if it loaded)
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("sdlab: error: ") and message in errors[0], err
+
+
+@pytest.mark.parametrize("recommended, expected", [(7.5, (3.0, 12.0)), (3.0, (1.2, 4.8)), (1.0, (1.0, 1.6))])
+def test_the_teachers_guidance_range_follows_the_models_recommended_scale(recommended, expected):
+    assert LCMOptions().guidance_range(recommended) == pytest.approx(expected)
+    assert LCMOptions(w_min=1.5).guidance_range(recommended)[0] == 1.5
 
 
 def test_help_lists_the_flags(capsys):

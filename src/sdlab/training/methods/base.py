@@ -259,10 +259,12 @@ def size_step(components) -> int:
 
 def save_model_folder(components, path: Path) -> Path:
     """The whole model as a diffusers folder (fp32, safetensors), written atomically; the
-    tokenizer keeps vocab.json + merges.txt so the folder loads as a CLIPTokenizer anywhere."""
+    tokenizer keeps vocab.json + merges.txt so the folder loads as a CLIPTokenizer anywhere, and
+    the base model's recommended settings (generation_defaults.json) stay with it."""
     import shutil
 
     from ...io.atomic import atomic_dir
+    from ...models.generation_defaults import write_generation_defaults
     from ...models.text_encoder_file import rewrite_portable
 
     pipe = components.to_pipeline()
@@ -275,6 +277,8 @@ def save_model_folder(components, path: Path) -> Path:
         for name in ("vocab.json", "merges.txt"):
             if (src / name).is_file() and not (Path(tmp) / "tokenizer" / name).exists():
                 shutil.copy(src / name, Path(tmp) / "tokenizer" / name)
+        if defaults := components.extra.get("generation_defaults"):
+            write_generation_defaults(tmp, **defaults)
     return Path(path)
 
 

@@ -4,7 +4,8 @@ guidance.
 
 Each sample: a grid timestep t_{n+k} of the teacher's DDIM grid (sdlab.sampling.sigmas.lcm_grid,
 N = 50 of 1000 timesteps, so the skip k is 20 timesteps, one grid step) and a guidance scale w drawn
-from [w_min, w_max] (CFG-scale units, as --cfg-scale); the latents noised to t_{n+k}; one DDIM step
+from [w_min, w_max] (CFG-scale units, as --cfg-scale; by default 0.4 to 1.6 times the model's
+recommended scale, LCM-SD's 3 to 12 for Stable Diffusion's 7.5); the latents noised to t_{n+k}; one DDIM step
 of the teacher with CFG at w (uncond: the empty prompt, as sdlab samples) to t_n; loss between the
 student's consistency output f(x_{t_{n+k}}) and the target network's f(x_{t_n}) (pseudo-Huber, c =
 0.001, or L2), f = c_skip(t) x_t + c_out(t) x0(t) with LCMScheduler's boundary condition
@@ -83,6 +84,13 @@ class LCMDistillation(DiffusionMethod):
         self.student_train = self.student
         grid = lcm_grid(self.schedule.num_train_timesteps, LCM_GRID)
         self.grid, self.skip = torch.from_numpy(grid), int(grid[0] + 1)
+        self.w_range = self.options.guidance_range(self.recommended_scale())
+
+    def recommended_scale(self) -> float:
+        """The base model's recommended CFG scale (its generation_defaults.json, else 7.5)."""
+        from ...models.generation_defaults import FALLBACK
+
+        return float({**FALLBACK, **self.c.extra.get("generation_defaults", {})}["cfg_scale"])
 
     def setup(self, components, config, accelerator) -> None:
         super().setup(components, config, accelerator)
@@ -99,8 +107,8 @@ class LCMDistillation(DiffusionMethod):
 
     def validation_sampling(self):
         """The loop's sample grids show the student as it is used: the LCM sampler at 4 steps, a full
-        LCM's UNet with w = 7.5, an LCM-LoRA (on the components' UNet) at CFG 1."""
-        settings = {"sampler": "LCM", "steps": 4, "cfg_scale": 1.0 if self.options.lora else 7.5}
+        LCM's UNet with w = the model's recommended scale, an LCM-LoRA (on the components' UNet) at CFG 1."""
+        settings = {"sampler": "LCM", "steps": 4, "cfg_scale": 1.0 if self.options.lora else self.recommended_scale()}
         return (self.c if self.options.lora else dataclasses.replace(self.c, unet=self.student)), settings
 
     def set_prepared(self, modules: list[torch.nn.Module]) -> None:
@@ -134,11 +142,11 @@ class LCMDistillation(DiffusionMethod):
     def draws(self, seeds: list[int], shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(grid index, guidance scale w, noise) of each sample, from its own seed (CPU generators:
         the same on any device and after any resume)."""
-        o, index, w, noise = self.options, [], [], []
+        (low, high), index, w, noise = self.w_range, [], [], []
         for seed in seeds:
             g = torch.Generator("cpu").manual_seed(seed)
             index.append(torch.randint(0, len(self.grid), (1,), generator=g))
-            w.append(o.w_min + (o.w_max - o.w_min) * torch.rand(1, generator=g))
+            w.append(low + (high - low) * torch.rand(1, generator=g))
             noise.append(torch.randn(tuple(shape), generator=g))
         return torch.cat(index), torch.cat(w), torch.stack(noise)
 
@@ -256,7 +264,10 @@ def usage(config, options: LCMOptions, saved: dict, out: Path) -> list[str]:
     prompt = trained_prompt(config)
     if options.lora:
         return [f'sdlab generate "{prompt}" --lora {saved[LORA_FILE]} --sampler LCM --steps 4 --cfg-scale 1']
-    return [f'sdlab generate "{prompt}" --model {saved["model"]} --sampler LCM --steps 4 --cfg-scale 7.5']
+    from ...models.generation_defaults import model_default       # the base's, saved with the model
+
+    scale = model_default(saved["model"], "cfg_scale")
+    return [f'sdlab generate "{prompt}" --model {saved["model"]} --sampler LCM --steps 4 --cfg-scale {scale:g}']
 
 
 def footprint(c, options: LCMOptions, low: bool):

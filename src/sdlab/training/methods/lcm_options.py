@@ -13,15 +13,18 @@ from .registry import Declaration
 LOSSES = ("huber", "l2")
 W_DIM = 256                         # the guidance embedding's size (time_cond_proj_dim) by default
 TARGET_DECAY = 0.95                 # the LCM paper's EMA rate of the target network
+W_LOW, W_HIGH = 0.4, 1.6            # the teacher's guidance range around the model's recommended CFG scale
 
 
 @dataclass(frozen=True)
 class LCMOptions:
     lora: bool = setting(False, "distil into an LCM-LoRA (adapters on the UNet, no w-conditioning; sample with "
                          "--cfg-scale 1) instead of a full w-conditioned LCM UNet")
-    w_min: float = setting(3.0, "lowest teacher guidance scale (CFG scale, as --cfg-scale) drawn per example",
-                           lo=1.0, hi=100.0)
-    w_max: float = setting(12.0, "highest teacher guidance scale drawn per example", lo=1.0, hi=100.0)
+    w_min: float | None = setting(None, "lowest teacher guidance scale (CFG scale, as --cfg-scale) drawn per "
+                                  "example", lo=1.0, hi=100.0, default_text=f"{W_LOW} x the model's recommended "
+                                  "scale: 3 for Stable Diffusion's 7.5")
+    w_max: float | None = setting(None, "highest teacher guidance scale drawn per example", lo=1.0, hi=100.0,
+                                  default_text=f"{W_HIGH} x the model's recommended scale: 12 for 7.5")
     loss_type: str = setting("huber", "huber: pseudo-Huber, the LCM paper's; l2: mean squared error",
                              choices=lambda: LOSSES)
     huber_c: float = setting(0.001, "pseudo-Huber's c", lo=1e-6, hi=10.0)
@@ -36,9 +39,8 @@ class LCMOptions:
         check_settings(self)
         if self.loss_type not in LOSSES:
             raise ConfigError(f"loss_type must be one of {', '.join(LOSSES)}; got {self.loss_type!r}")
-        if self.w_min > self.w_max:
-            raise ConfigError(f"w_min ({self.w_min}) must be <= w_max ({self.w_max}): the teacher's guidance "
-                              "scale is drawn from [w_min, w_max]")
+        if self.w_min is not None and self.w_max is not None:
+            self.guidance_range(7.5)                # the order checked now when both are given
         full, adapters = ("w_dim", "target_decay"), ("rank", "lora_targets")
         given = [n for n in (full if self.lora else adapters) if getattr(self, n) is not None]
         if given:
@@ -53,6 +55,17 @@ class LCMOptions:
                 object.__setattr__(self, name, value)
         if self.lora:
             LoraOptions(rank=self.rank, targets=self.lora_targets)        # the same checks
+
+    def guidance_range(self, recommended: float) -> tuple[float, float]:
+        """[w_min, w_max] for a model whose recommended CFG scale is `recommended` (the unset ends
+        W_LOW and W_HIGH times it, at least 1: LCM-SD's 3..12 around 7.5)."""
+        low = max(1.0, W_LOW * recommended) if self.w_min is None else self.w_min
+        high = max(1.0, W_HIGH * recommended) if self.w_max is None else self.w_max
+        if low > high:
+            raise ConfigError(f"w_min ({low:g}) must be <= w_max ({high:g}): the teacher's guidance scale is drawn "
+                              f"from [w_min, w_max] (unset, they are {W_LOW:g} and {W_HIGH:g} x the model's "
+                              f"recommended scale, {recommended:g})")
+        return low, high
 
     def lora_options(self) -> LoraOptions:
         return LoraOptions(rank=self.rank or 16, targets=self.lora_targets or "all")
