@@ -178,6 +178,6 @@ def test_the_new_token_can_have_its_own_rate(tiny_model_dir, tmp_path):
                          options=method.options)
     groups = Trainer(cfg, method).optimizer.param_groups
     assert [g["lr"] for g in groups] == pytest.approx([1e-4, 4e-4, 5e-3])
-    assert groups[2]["params"] == [method.new.weight]                       # the embedding alone at its rate
+    assert groups[2]["params"] == [method.new.rows]                       # the embedding alone at its rate
     with pytest.raises(ConfigError, match="give new_token"):
         LoraOptions(new_token_lr=1e-3)

@@ -68,7 +68,7 @@ class LoRA(PriorPreservation, DiffusionMethod):
         """Optimizer groups: the A (down) matrices at `lr`; the B (up) ones at `lr_ratio_b` x
         `lr` (LoRA+); a new token's embedding at `new_token_lr`. Without either, one group."""
         o, params = self.options, self.parameters()
-        token = {id(self.new.weight)} if self.new is not None and o.new_token_lr is not None else set()
+        token = {id(self.new.rows)} if self.new is not None and o.new_token_lr is not None else set()
         up = {id(p) for n, p in self.named_trainable().items() if ".lora_B." in n} if o.lr_ratio_b != 1.0 else set()
         groups = [{"params": [p for p in params if id(p) not in up | token]}]
         if up:
@@ -124,7 +124,7 @@ class LoRA(PriorPreservation, DiffusionMethod):
 
     def after_step(self) -> None:
         if self.new is not None:
-            self.new.restore_others()
+            self.new.sync()
 
     def save(self, output_dir: Path) -> list[Path]:
         layers = self.layers()
@@ -136,17 +136,20 @@ class LoRA(PriorPreservation, DiffusionMethod):
 
 def apply_checkpoint(pipe, state: dict, path) -> None:
     """A checkpoint's adapters (the EMA ones when kept) merged into `pipe` at scale 1; with a
-    new token, its vectors (the new rows that end the embedding table) as that token."""
+    new token, its vectors as that token."""
     import json
 
     from ...text import embeddings
 
     weights, opts = trained_weights(state), state.get("options") or {}
     if opts.get("new_token"):
-        table = weights.pop(next(k for k in weights if k.startswith("text_encoder.") and k.endswith(EMBEDDING_WEIGHT)))
         n = opts.get("new_token_vectors") or 1
+        rows = weights.pop(f"text_encoder.{NewTokens.PARAMETER}", None)
+        if rows is None:                # checkpoints before the rows were their own parameter: the whole table
+            rows = weights.pop(next(k for k in weights if k.startswith("text_encoder.")
+                                    and k.endswith(EMBEDDING_WEIGHT)))[-n:]
         embeddings.add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, embeddings.token_names(opts["new_token"], n),
-                              table[-n:])
+                              rows)
     alpha = opts.get("alpha") or opts.get("rank")
     meta = {lora_files.METADATA_KEY: json.dumps({f"{c}.lora_alpha": alpha for c in lora_files.PREFIXES})}
     modules = lora_files.model_modules(pipe.c.unet, pipe.c.text_encoder)

@@ -3,8 +3,8 @@ other weight frozen.
 
 `<my-shape>` with N vectors becomes N new tokens `<my-shape> <my-shape>_1 ...` (the
 diffusers convention), initialised from the initializer word(s). Only their rows of the
-token-embedding matrix change: the gradient of every other row is masked and, since AdamW's
-decoupled weight decay would still shrink them, the other rows are restored after each step.
+token-embedding matrix change: they train as their own parameter (NewTokens), every other
+weight frozen.
 Saves `learned_embeds.safetensors` ({token: (N, dim)}, diffusers) and `<name>.safetensors`
 ({"emb_params": (N, dim)}, the AUTOMATIC1111 / kohya layout).
 """
@@ -28,10 +28,15 @@ STYLE_TEMPLATES = ("a painting in the style of {}", "a rendering in the style of
                    "a picture in the style of {}", "a drawing in the style of {}", "{} style")
 
 class NewTokens:
-    """New tokens whose rows of the text encoder's embedding matrix train, every other row
-    frozen: the gradient of every other row is masked and, since AdamW's decoupled weight decay
-    would still shrink them, they are restored after each step (`restore_others`). Used by
+    """New tokens whose vectors train, every other weight frozen. The vectors are their own small
+    parameter (`rows`, registered on the text encoder so the loop and accelerate see it), put in
+    place of the embedding table's output for the new ids by a forward hook, and copied into the
+    table after each step (`sync`). So the optimizer and the gradient cover N x dim numbers, not
+    the whole table: with SD's 49,408-token vocabulary that was most of a step's time (diffusers'
+    script masks the whole table's gradient and restores its other rows instead). Used by
     textual inversion and by LoRA with a new token (pivotal tuning)."""
+
+    PARAMETER = "new_token_rows"
 
     def __init__(self, components, placeholder: str, initializer: str, num_vectors: int,
                  max_norm: float | None = None):
@@ -44,13 +49,19 @@ class NewTokens:
         init = text.get_input_embeddings().weight[init_ids].detach().clone()
         vectors = init[torch.arange(num_vectors) % len(init_ids)]
         self.ids = embeddings.add_tokens(tok, text, self.tokens, vectors)
-        weight = text.get_input_embeddings().weight
-        weight.requires_grad_(True)
-        self.original = weight.detach().clone()
-        self.keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
-        self.keep[self.ids] = False
-        keep = self.keep    # the hook must not close over self: autograd holds hooks from C++, out of
-        weight.register_hook(lambda g: g.masked_fill(keep[:, None], 0.0))  # gc's reach: the model would leak
+        table = text.get_input_embeddings()
+        self.rows = torch.nn.Parameter(table.weight[self.ids].detach().clone().float())
+        text.register_parameter(self.PARAMETER, self.rows)
+        slot = torch.full((table.weight.shape[0],), -1, dtype=torch.long, device=table.weight.device)
+        slot[self.ids] = torch.arange(num_vectors, device=slot.device)
+        rows = self.rows    # the hook must not close over self: autograd holds hooks from C++, out of
+
+        def put_rows(module, inputs, output):       # gc's reach: the model would leak
+            index = slot.to(inputs[0].device)[inputs[0]]
+            new = rows.to(output.dtype)[index.clamp_min(0)]
+            return torch.where((index >= 0)[..., None], new, output)
+
+        table.register_forward_hook(put_rows)
 
     @property
     def phrase(self) -> str:
@@ -60,20 +71,21 @@ class NewTokens:
     def weight(self) -> torch.nn.Parameter:
         return self.components.text_encoder.get_input_embeddings().weight
 
-    def restore_others(self) -> None:
+    def sync(self) -> None:
+        """After a step: clip the new vectors (max_norm) and copy them into the embedding table."""
         with torch.no_grad():
-            self.weight[self.keep] = self.original[self.keep]
             if self.max_norm is not None:
-                new = self.weight[self.ids]
-                scale = (self.max_norm / new.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-                self.weight[self.ids] = new * scale
+                scale = (self.max_norm / self.rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+                self.rows.mul_(scale)
+            self.weight[self.ids] = self.rows.to(self.weight.dtype)
 
     def learned(self) -> torch.Tensor:
-        return self.weight[self.ids].detach().float().cpu().clone()
+        return self.rows.detach().float().cpu().clone()
 
     def load(self, vectors: torch.Tensor) -> None:
         with torch.no_grad():
-            self.weight[self.ids] = vectors.to(self.weight.device, self.weight.dtype)
+            self.rows.copy_(vectors.to(self.rows.device, self.rows.dtype))
+        self.sync()
 
     def save(self, output_dir: Path, step: int = 0) -> list[Path]:
         """learned_embeds.safetensors (diffusers) and NAME.safetensors (A1111 / kohya)."""
@@ -109,7 +121,7 @@ class TextualInversion(DiffusionMethod):
         return self.new.weight
 
     def after_step(self) -> None:
-        self.new.restore_others()
+        self.new.sync()
 
     def learned(self) -> torch.Tensor:
         return self.new.learned()
@@ -125,8 +137,7 @@ class TextualInversion(DiffusionMethod):
 
 
 def apply_checkpoint(pipe, state: dict, path) -> None:
-    """A checkpoint's vectors as the placeholder's new tokens (as trained: an EMA would be of
-    the whole embedding table)."""
+    """A checkpoint's vectors as the placeholder's new tokens."""
     vectors = state["trainable"]["learned_embeds"]
     placeholder = (state.get("options") or {})["placeholder"]
     embeddings.add_tokens(pipe.c.tokenizer, pipe.c.text_encoder, embeddings.token_names(placeholder, len(vectors)),
@@ -138,14 +149,13 @@ def usage(config, options: TIOptions, saved: dict, out: Path) -> list[str]:
 
 
 def footprint(c, options: TIOptions, low: bool):
-    """The whole embedding table trains (other rows are restored after each step); the text
-    encoder stays fp32 and its activations are kept."""
+    """Only the new vectors train; the text encoder stays fp32 and its activations are kept."""
     from ..memory import Footprint, numel
 
     emb = c.text_encoder.get_input_embeddings().weight
     new = options.num_vectors * emb.shape[1]
     weights = (numel(c.unet) + numel(c.vae)) * (2 if low else 4) + (numel(c.text_encoder) + new) * 4
-    return Footprint(trainable=emb.numel() + new, weights=weights, text_trained=True, whole_unet=False,
+    return Footprint(trainable=new, weights=weights, text_trained=True, whole_unet=False,
                      text_casts=True)
 
 
