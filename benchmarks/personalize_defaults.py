@@ -1,7 +1,7 @@
 """Personalization with the defaults: the README's three training commands with no flag but the
 data, the prompt and the output folder, on 8 exported hearts, each result read by `sdlab eval`
-(the oracle; --n samples per prompt; drift against the base model). DreamBooth runs twice, with
-and without prior preservation (--class-prompt), to show what the prior does to drift.
+(the oracle; --n samples per prompt; drift against the base model). DreamBooth and LoRA also run
+the other way round as to prior preservation (--class-prompt), to show what the prior does to drift.
 
     python benchmarks/personalize_defaults.py --out runs/defaults            # the measurement
     python benchmarks/personalize_defaults.py --out /tmp/pd --n 2 --only lora --train-flag=--max-steps=2   # smoke
@@ -25,6 +25,7 @@ from sdlab.evaluate.apply import checkpoints_of
 # method label -> (how prompts name the concept, the command's arguments after --data/--output-dir)
 RUNS = {
     "lora": ("sks shape", ["lora", "--instance-prompt", "a sks shape"]),
+    "lora, with prior": ("sks shape", ["lora", "--instance-prompt", "a sks shape", "--class-prompt", "a shape"]),
     "dreambooth": ("sks shape", ["dreambooth", "--instance-prompt", "a sks shape", "--class-prompt", "a shape"]),
     "dreambooth, no prior": ("sks shape", ["dreambooth", "--instance-prompt", "a sks shape"]),
     "textual-inversion": ("<sks>", ["textual-inversion", "--placeholder", "<sks>"]),

@@ -25,13 +25,14 @@ from .errors import ConfigError
 from .guidance.cfg import CFGDenoiser, GuidanceCond, ScheduledCond, map_cond
 from .io.images import to_pil
 from .io.metadata import format_infotext, hashes_field, sampler_fields
+from .models.shipped import SHIPPED
 from .sampling import Denoiser, NoiseSchedule, get_sigmas, img2img_start, resolve_sampler
 from .sampling.denoiser import consistency_denoiser
 from .sampling.noise import batch_noise
 from .text.chunks import encode_weighted_batch, pad_tokens
 from .text.extra_networks import with_lora_tags
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "shapes-sd"
+DEFAULT_MODEL = SHIPPED["shapes-sd"]
 
 # A guidance wrapper factory: takes the (CFG) denoiser and the pipeline, returns a denoiser
 # with the same signature `model(x, sigma, cond) -> x0` (see sdlab.guidance).

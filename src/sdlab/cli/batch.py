@@ -39,7 +39,8 @@ def register(sub) -> None:
     g = p.add_argument_group("settings of every row (a row's own fields override them)")
     add_config_arguments(g, GenerationConfig, ROW_DEFAULTS,
                          seed=dict(default=0, more="; a row without a seed uses SEED + its row number"))
-    p.add_argument("--model", default=None, help="diffusers folder or .safetensors/.ckpt file (default: the shipped model)")
+    p.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt file, or a shipped model: "
+                   "shapes-sd (the default) or shapes-sd-lcm (sample it with --sampler LCM --steps 4)")
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu or cuda for every worker (cuda: one GPU each; "
                                                   "default: best available)")

@@ -39,7 +39,8 @@ HIRES_SETTINGS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_step
 def sampling_options(p: argparse.ArgumentParser) -> None:
     """Options of one sampling run (no prompt, batch or output): shared with mix / interpolate."""
     add_config_arguments(p, GenerationConfig, SAMPLING_SETTINGS)
-    p.add_argument("--model", default=None, help="diffusers folder or .safetensors/.ckpt file (default: the shipped model)")
+    p.add_argument("--model", default=None, help="diffusers folder, .safetensors/.ckpt file, or a shipped model: "
+                   "shapes-sd (the default) or shapes-sd-lcm (sample it with --sampler LCM --steps 4)")
     p.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     learned_options(p)

@@ -7,7 +7,6 @@ tokenizer folder itself, or the CLIP vocabulary for a single-file checkpoint.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..errors import ModelLoadError
 
@@ -33,9 +32,9 @@ def load_tokenizer(model=None):
     """The tokenizer of a model path without loading any weights."""
     from transformers import CLIPTokenizer
 
-    from ..pipeline import DEFAULT_MODEL
+    from ..models.shipped import model_location
 
-    path = Path(model or DEFAULT_MODEL).expanduser()
+    path = model_location(model)
     if not path.exists():
         raise ModelLoadError(f"model path '{path}' does not exist")
     if path.is_file():  # single-file checkpoints carry no tokenizer: SD's CLIP vocabulary

@@ -100,6 +100,7 @@ class LatentClassifier(nn.Module):
                                  f"train one with `sdlab world train-classifier`)")
         cfg = json.loads((folder / "config.json").read_text())
         model = cls(cfg["labels"], cfg["in_channels"], tuple(cfg["channels"]), cfg["time_dim"])
+        model.config.update({k: v for k, v in cfg.items() if k not in model.config})    # training, model_hash
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         return model.eval().requires_grad_(False)
 
@@ -144,6 +145,13 @@ def classifier_guidance(label: str, scale: float, classifier: LatentClassifier |
     clf = classifier if isinstance(classifier, LatentClassifier) else LatentClassifier.load(classifier)
 
     def wrap(model, pipe):
+        trained_on = clf.config.get("model_hash")
+        if trained_on and trained_on != pipe.c.model_hash:
+            import warnings
+
+            warnings.warn(f"the classifier was trained on the latents of model {trained_on}, this model is "
+                          f"{pipe.c.model_hash}: unless the two share their VAE its guidance means little "
+                          "(train one for this model: sdlab world train-classifier --model MODEL)", stacklevel=2)
         return ClassifierGuidance(model, clf.to(pipe.device), label, scale, pipe.schedule, every=every)
 
     return wrap

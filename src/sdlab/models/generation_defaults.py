@@ -58,7 +58,7 @@ def write_generation_defaults(folder: str | Path, **values) -> Path:
 def model_default(model: str | Path | None, name: str):
     """The value of setting `name` that the model at `model` recommends (None: the shipped model),
     without loading it: its folder's generation_defaults.json, else Stable Diffusion's."""
-    if model is None:
-        from ..pipeline import DEFAULT_MODEL as model
-    folder = Path(model).expanduser()
+    from .shipped import model_location
+
+    folder = model_location(model)
     return (read_generation_defaults(folder) if folder.is_dir() else {}).get(name, FALLBACK[name])

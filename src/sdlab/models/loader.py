@@ -85,9 +85,12 @@ def load_pipeline_components(path: str | Path, *, dtype=None, device=None,
     is a tokenizer folder to use instead of the model's own; ``vae`` a VAE to use instead of the
     model's own (sdlab.models.vae_file: a folder or a single VAE file).
     """
-    p = Path(path).expanduser()
+    from .shipped import SHIPPED, model_location
+
+    p = model_location(path)
     if not p.exists():
-        raise ModelLoadError(f"model path '{p}' does not exist")
+        raise ModelLoadError(f"model path '{p}' does not exist (give a diffusers folder, a .safetensors/.ckpt file "
+                             f"or a shipped model's name: {', '.join(SHIPPED)})")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     pred = ckpt.normalize_prediction_type(prediction_type) if prediction_type else None

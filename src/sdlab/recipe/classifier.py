@@ -23,9 +23,11 @@ EVAL_TIMESTEPS = (0, 250, 500, 750, 900)
 
 
 def encode_scenes(pipe, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scaled latents, shape labels) of `n` rendered single-object scenes."""
+    """(scaled latents, shape labels) of `n` rendered single-object scenes of the named shapes
+    (no unnamed silhouettes: they have no label)."""
     rng = random.Random(seed)
-    samplers = [SceneSampler(split="train", two_object_prob=0.0), SceneSampler(split="held_out", two_object_prob=0.0)]
+    samplers = [SceneSampler(split="train", two_object_prob=0.0, generic_prob=0.0),
+                SceneSampler(split="held_out", two_object_prob=0.0)]
     latents, labels = [], []
     for i in range(0, n, 256):
         scenes, x = render_batch(samplers[(i // 256) % 2], rng, min(256, n - i))
@@ -43,7 +45,7 @@ def cached_scenes(pipe, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
     raw = load_file(str(cache))["latents"].float()
     scenes = [json.loads(line) for line in Path(cache).with_suffix(".jsonl").read_text().splitlines()]
-    keep = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
+    keep = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1 and s["objects"][0]["shape"] in spec.BASE_SHAPES]
     labels = torch.tensor([spec.BASE_SHAPES.index(scenes[i]["objects"][0]["shape"]) for i in keep])
     return raw[keep] * pipe.c.vae.config.scaling_factor, labels
 
@@ -93,6 +95,7 @@ def train_classifier(pipe, out: str | Path, *, minutes: float = 10, n: int = 200
     report = {"steps": step, "minutes": round((time.time() - start) / 60, 2), "train_scenes": len(latents),
               "val_accuracy_by_timestep": accuracy_by_timestep(model, val_latents, val_labels, schedule)}
     model.config["training"] = report
+    model.config["model_hash"] = pipe.c.model_hash          # whose latents it reads (classifier_guidance checks)
     model.save(out)
     log(f"classifier saved to {out}: {report}")
     return report

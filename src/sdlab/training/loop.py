@@ -160,14 +160,12 @@ SHIPPED_MODEL = "the shipped model"     # by name: its path changes with each in
 
 def model_identity(model: str | None) -> str:
     """The base model as a resume compares it: its resolved path, or SHIPPED_MODEL."""
-    from ..pipeline import DEFAULT_MODEL
+    from ..models.shipped import SHIPPED, model_location
 
-    if model is None:
+    if model_location(model).resolve() == SHIPPED["shapes-sd"].resolve():
         return SHIPPED_MODEL
     path = Path(model)
-    if not path.exists():
-        return str(model)
-    return SHIPPED_MODEL if path.resolve() == DEFAULT_MODEL.resolve() else str(path.resolve())
+    return str(path.resolve()) if path.exists() else str(model)       # a shipped model's name stays a name
 
 
 def checkpoint_model(path: Path, state: dict) -> str | None:

@@ -385,9 +385,9 @@ def model_shapes(model=None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..models.loader import load_pipeline_components
-    from ..pipeline import DEFAULT_MODEL
+    from ..models.shipped import model_location
 
-    path = Path(model or DEFAULT_MODEL)
+    path = model_location(model)
     if not path.is_dir():                    # a single-file checkpoint: load it (fp16) to count
         c = load_pipeline_components(path, dtype="fp16", device="cpu")
         return SimpleNamespace(unet=c.unet, vae=c.vae, text_encoder=c.text_encoder)

@@ -34,9 +34,9 @@ class LoraOptions(PriorOptions):
     alpha: float | None = setting(None, "LoRA alpha (the adapters' scale is alpha / rank)", lo=1e-6, hi=1e6,
                                   default_text="rank")
     text_encoder: bool = setting(False, "adapters on the text encoder too", flag="--train-text-encoder")
-    targets: str = setting("attention", "layers that get adapters: attention (q, k, v, out), transformer (+ proj_in/out "
-                           "and feed-forward), all (+ every resnet conv and the samplers: LoCon), or module names, "
-                           "e.g. to_q,to_v,conv1")
+    targets: str = setting("all", "layers that get adapters: attention (q, k, v, out), transformer (+ proj_in/out "
+                           "and feed-forward), all (+ every resnet conv and the samplers: LoCon, which a new shape "
+                           "needs), or module names, e.g. to_q,to_v,conv1")
     lr_ratio_b: float = setting(1.0, "LoRA+ (Hayou et al. 2024): the B (up) matrices learn this many times faster than "
                                 "the A (down) ones; 16 is the paper's choice (kohya's loraplus_lr_ratio; 1: off)",
                                 lo=1e-3, hi=1e4)
@@ -65,4 +65,5 @@ class LoraOptions(PriorOptions):
 DECLARATION = Declaration(
     name="lora", options=LoraOptions,
     summary="low-rank adapters on the UNet, optionally the text encoder (Hu et al. 2021)",
-    recipe=dict(learning_rate=1e-4, adam_weight_decay=1e-2, max_steps=500, caption_dropout=0.0))
+    # measured on the shipped model, 8 images of an unseen shape (benchmarks/personalize_defaults.py, docs/training.md)
+    recipe=dict(learning_rate=5e-4, adam_weight_decay=1e-2, max_steps=1000, caption_dropout=0.0))
