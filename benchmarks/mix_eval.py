@@ -115,10 +115,11 @@ def summarize(readings: dict[float, list[dict]]) -> dict:
             "squareness_monotone": all(a is not None and b is not None and a <= b for a, b in zip(means, means[1:]))}
 
 
-def evaluate_mix(pipe, n: int = 32, weights: Sequence[float] = WEIGHTS, steps: int = 25, cfg: float = 7.5,
+def evaluate_mix(pipe, n: int = 32, weights: Sequence[float] = WEIGHTS, steps: int = 25, cfg: float | None = None,
                  sampler: str = "Euler a", size: str = "large", seed: int = 5000) -> tuple[dict, dict]:
     """(report, images per w)."""
     texts = prompts(n, size)
+    cfg = pipe.cfg_scale_for(cfg)                      # unset: the model's recommended scale
     config = GenerationConfig(texts[0], steps=steps, cfg_scale=cfg, sampler=sampler)
     start, images = time.time(), {}
     for w in weights:
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=32, help="prompts (seeds) per weight")
     p.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS), help="weights of 'square'")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--cfg", type=float, default=None, help="default: the model's recommended scale")
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--size", choices=tuple(spec.SIZES), default="large")
     where = p.add_mutually_exclusive_group()

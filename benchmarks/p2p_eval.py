@@ -255,10 +255,11 @@ def save_examples(examples, folder, limit: int = 16) -> None:
         atomic_save(Path(folder) / "replace_examples.png", lambda tmp: grid.save(tmp, format="PNG"))
 
 
-def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, cfg_scale: float = 7.5,
+def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, cfg_scale: float | None = None,
              sampler: str = "Euler a", batch: int = 8, cross_replace=(0.8,), self_replace: float = 0.4,
              factors=(0.0, 0.5, 1.0, 2.0, 4.0), examples_dir=None, captions: str = "full",
              word_cross_replace: float | None = None) -> dict:
+    cfg_scale = pipe.cfg_scale_for(cfg_scale)          # unset: the model's recommended scale
     config = GenerationConfig("", steps=steps, cfg_scale=cfg_scale, sampler=sampler)
     edit_cfgs = [EditConfig(mode="replace", cross_replace=c, self_replace=min(self_replace, c)) for c in cross_replace]
     edit_cfg = edit_cfgs[0]
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=64, help="scenes (default 64)")
     p.add_argument("--n-reweight", type=int, default=None, help="scenes for the reweight test (default: --n)")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--cfg-scale", type=float, default=7.5)
+    p.add_argument("--cfg-scale", type=float, default=None, help="default: the model's recommended scale")
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--batch", type=int, default=8, help="edit pairs per batch (default 8)")
     p.add_argument("--cross-replace", type=float, nargs="+", default=[0.8, 0.4],

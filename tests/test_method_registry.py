@@ -92,7 +92,8 @@ def test_the_cli_derives_flags_and_defaults_from_the_declarations(bias_only):
         assert config.method == spec.name and config.data_dir == "d"
         assert {k: getattr(config, k) for k in spec.recipe} == dict(spec.recipe)    # the recipe is the default
     assert registry.get("textual-inversion").recipe["learning_rate"] == 5e-3              # today's values
-    assert registry.get("dreambooth").recipe["learning_rate"] == 5e-6
+    assert registry.get("dreambooth").recipe["learning_rate"] == 1e-4
+    assert registry.get("lora").recipe["learning_rate"] == 5e-4
     args = parser.parse_args(["train", "bias-only", "--data", "d", "--lr", "0.5", "--attention-only",
                               "--val-data", "v", "--random-crop", "--validation-prompt", "a", "--snr-gamma", "5"])
     config = config_from_args(args, method_from_args(args).options)
