@@ -109,7 +109,8 @@ def test_folder_checks(tiny_model_dir, tmp_path, capsys):
     assert "holds no batch" in capsys.readouterr().err
     assert _batch(tiny_model_dir, prompts, tmp_path / "out") == 0
     assert _batch(tiny_model_dir, prompts, tmp_path / "out", "--cfg-scale", "3") == 2   # other settings
-    assert "cfg_scale None -> 3.0" in capsys.readouterr().err     # None: the model's recommended scale
+    assert "cfg_scale 7.5 -> 3.0" in capsys.readouterr().err      # unset: the model's recommended scale
+    assert _batch(tiny_model_dir, prompts, tmp_path / "out", "--cfg-scale", "7.5") == 0  # that scale spelled out
     bad = tmp_path / "p.csv"
     bad.write_text("prompt,colour\nred,blue\n")
     assert _batch(tiny_model_dir, bad, tmp_path / "out2") == 2

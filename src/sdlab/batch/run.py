@@ -111,8 +111,20 @@ def _one_per_row(base: GenerationConfig) -> GenerationConfig:
     return base
 
 
+def _model_scale(spec: ModelSpec) -> float:
+    """The CFG scale the batch's model recommends (its generation_defaults.json), read without loading it."""
+    from ..models.generation_defaults import model_default
+
+    model = spec.model
+    if model is not None and (Path(spec.base_dir) / model).exists():
+        model = str(Path(spec.base_dir) / model)           # relative to where `sdlab batch` ran
+    return model_default(model, "cfg_scale")
+
+
 def _run_settings(base: GenerationConfig, spec: ModelSpec) -> dict:
     settings = {k: v for k, v in base.to_dict().items() if k not in ("prompt", "batch_size", "batch_count")}
+    if settings.get("cfg_scale") is None:       # the scale used, so a resume that spells it out is the same batch
+        settings["cfg_scale"] = _model_scale(spec)
     model = {k: v for k, v in asdict(spec).items() if k not in ("base_dir", "device", "dtype")}
     return {"sdlab_batch": 1, "settings": settings, "model": model, "base_dir": spec.base_dir}
 
@@ -124,6 +136,8 @@ def _claim_folder(out: Path, base: GenerationConfig, spec: ModelSpec) -> None:
     run_file = out / RUN_FILE
     if run_file.is_file():
         theirs = json.loads(run_file.read_text())
+        if theirs.get("settings", {}).get("cfg_scale", 0) is None:     # written before the scale was resolved
+            theirs["settings"]["cfg_scale"] = _model_scale(spec)
         changed = [f"{k} {theirs['settings'].get(k)!r} -> {v!r}" for k, v in mine["settings"].items()
                    if theirs.get("settings", {}).get(k) != v]
         changed += [f"{k} {theirs['model'].get(k)!r} -> {v!r}" for k, v in mine["model"].items()
