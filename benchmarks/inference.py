@@ -10,7 +10,7 @@ with the same title (hardware and settings).
         --steps 30 50 --batch 1 8 --fast --compile reduce-overhead
     python benchmarks/inference.py --model random:sd15 --size 512 --device cuda --dtype fp16 \
         --steps 30 --batch 1 --low-memory                           # the low-memory peak
-    python benchmarks/inference.py --lcm runs/lcm/model             # + LCM rows (1, 2, 4, 8 steps)
+    python benchmarks/inference.py --lcm shapes-sd-lcm              # + LCM rows (1, 2, 4, 8 steps)
 
 With --lcm (a distilled model folder or an LCM-LoRA file, sdlab train lcm), a second table times
 sdlab's LCM sampler at --lcm-steps against the same diffusers runs (Euler, CFG 7.5, --steps[0]).
@@ -104,7 +104,9 @@ def load_model(spec: str | None, dtype: str | None):
 
 def lcm_rows(args, base_model, diffusers_median: dict, size: int) -> str:
     """s/image of sdlab's LCM sampler at each of --lcm-steps, against diffusers' Euler + CFG."""
-    lcm = Path(args.lcm)
+    from sdlab.models.shipped import model_location
+
+    lcm = model_location(args.lcm)                  # a folder, an LCM-LoRA file or a shipped name (shapes-sd-lcm)
     pipe = load_lcm(lcm if lcm.is_dir() else None, None if lcm.is_dir() else lcm, base_model,
                     device=args.device, dtype=args.dtype)
     cfg = lcm_cfg(pipe)

@@ -56,9 +56,16 @@ def sized_caption(scene) -> str:
 CAPTIONS = {"full": full_caption, "short": short_caption, "sized": sized_caption}
 
 
-def scenes_for(n: int, seed: int = 5) -> list:
+def swappable_shapes(tokenizer) -> tuple[str, ...]:
+    """The named shapes whose word is one token: prompt-to-prompt's replace swaps a word for one of
+    as many tokens (SD's vocabulary splits "hourglass" and "semicircle")."""
+    return tuple(s for s in spec.BASE_SHAPES if len(tokenizer(s, add_special_tokens=False).input_ids) == 1)
+
+
+def scenes_for(n: int, shapes: tuple[str, ...] = spec.BASE_SHAPES, seed: int = 5) -> list:
+    """`n` single named objects of `shapes` (no unnamed silhouettes: no word to swap)."""
     rng = random.Random(seed)
-    sampler = SceneSampler(split="train", two_object_prob=0.0)
+    sampler = SceneSampler(split="train", two_object_prob=0.0, generic_prob=0.0, shapes=shapes)
     return [sampler.sample(rng) for _ in range(n)]
 
 
@@ -174,7 +181,8 @@ def replace_eval(pipe, scenes, sources, config, edit_cfgs, batch: int, rng: rand
                  word_fraction: float | None = None):
     """p2p replace of the shape word (one run per EditConfig) vs the plain target prompt, both
     compared with the source image."""
-    new = [rng.choice([s for s in spec.BASE_SHAPES if s != sc.objects[0].shape]) for sc in scenes]
+    shapes = swappable_shapes(pipe.c.tokenizer)
+    new = [rng.choice([s for s in shapes if s != sc.objects[0].shape]) for sc in scenes]
     targets = [_swap_shape(caption(sc), sc.objects[0].shape, s) for sc, s in zip(scenes, new)]
     word = "" if word_fraction is None else f"_word{word_fraction:g}"
     rows = {f"p2p_cross{c.cross_replace:g}_self{c.self_replace:g}{word}": [] for c in edit_cfgs}
@@ -263,7 +271,7 @@ def evaluate(pipe, n: int = 64, n_reweight: int | None = None, steps: int = 25, 
     config = GenerationConfig("", steps=steps, cfg_scale=cfg_scale, sampler=sampler)
     edit_cfgs = [EditConfig(mode="replace", cross_replace=c, self_replace=min(self_replace, c)) for c in cross_replace]
     edit_cfg = edit_cfgs[0]
-    scenes = scenes_for(n)
+    scenes = scenes_for(n, swappable_shapes(pipe.c.tokenizer))
     report = {"model": pipe.c.name, "model_hash": pipe.c.model_hash, "n": n, "steps": steps,
               "cfg_scale": cfg_scale, "sampler": sampler, "captions": captions}
     t = time.time()

@@ -139,3 +139,21 @@ def test_classifier_save_load_roundtrip_and_errors(tmp_path):
         LatentClassifier.load(tmp_path / "missing")
     with pytest.raises(ConfigError, match="scale must be a finite number"):
         classifier_guidance("circle", "2", classifier=back)
+
+
+def test_the_shipped_classifier_reads_the_shipped_models_latents():
+    """The classifier is trained on one model's VAE latents: the shipped one must be the shipped model's."""
+    import random
+
+    from sdlab.pipeline import Pipeline
+    from sdlab.recipe.data import render_batch
+    from sdlab.world import spec
+    from sdlab.world.scene import SceneSampler
+
+    pipe, clf = Pipeline.load(), LatentClassifier.load()
+    assert clf.labels == list(spec.BASE_SHAPES) and clf.config["model_hash"] == pipe.c.model_hash
+    scenes, x = render_batch(SceneSampler(two_object_prob=0.0, generic_prob=0.0), random.Random(3), 64)
+    with torch.no_grad():
+        pred = clf(pipe.encode_image(x).float(), torch.zeros(64)).argmax(-1)
+    truth = torch.tensor([spec.BASE_SHAPES.index(s.objects[0].shape) for s in scenes])
+    assert (pred == truth).float().mean() >= 0.95
