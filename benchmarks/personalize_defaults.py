@@ -27,7 +27,7 @@ RUNS = {
     "lora": ("sks shape", ["lora", "--instance-prompt", "a sks shape"]),
     "lora, with prior": ("sks shape", ["lora", "--instance-prompt", "a sks shape", "--class-prompt", "a shape"]),
     "dreambooth": ("sks shape", ["dreambooth", "--instance-prompt", "a sks shape", "--class-prompt", "a shape"]),
-    "dreambooth, no prior": ("sks shape", ["dreambooth", "--instance-prompt", "a sks shape"]),
+    "dreambooth, no prior": ("sks shape", ["dreambooth", "--instance-prompt", "a sks shape", "--no-prior-preservation"]),
     "textual-inversion": ("<sks>", ["textual-inversion", "--placeholder", "<sks>"]),
 }
 TARGETS = {"detection": 0.80, "color": 0.80, "color+concept": 0.70}

@@ -48,3 +48,17 @@ def test_personalize_benchmark_finetune_smoke(tiny_model_dir, tmp_path, monkeypa
           "--fill-seed", "20000"], monkeypatch)
     row = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
     assert row["method"] == "reread-fill" and row["fill_seed"] == 20000 and row["n"] == 2
+
+
+def test_personalize_defaults_benchmark_runs_its_commands(tmp_path, monkeypatch):
+    """benchmarks/personalize_defaults.py (the README's commands with the defaults) end to end on the
+    shipped model, one training step and one sample per prompt: DreamBooth without the prior."""
+    import json
+
+    bench = BENCH.with_name("personalize_defaults.py")
+    monkeypatch.syspath_prepend(str(bench.parent))              # its `from report import ...`
+    monkeypatch.setattr(sys, "argv", [str(bench), "--out", str(tmp_path / "pd"), "--only", "dreambooth, no prior",
+                                      "--n", "1", "--train-flag=--max-steps=1"])
+    runpy.run_path(str(bench), run_name="__main__")
+    report = json.loads((tmp_path / "pd" / "dreambooth-no-prior" / "eval-defaults" / "report.json").read_text())
+    assert 0 <= report[-1]["detection"] <= 1 and "drift_accuracy_drop" in report[-1]
