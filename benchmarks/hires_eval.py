@@ -50,6 +50,7 @@ def run_variant(pipe, scenes, args, **hires) -> dict:
 
 
 def evaluate(pipe, args) -> dict:
+    args.cfg_scale = pipe.cfg_scale_for(args.cfg_scale)     # unset: the model's recommended scale
     scenes = prompt_set("seen", args.n)
     rows = {"base 64x64": run_variant(pipe, scenes, args)}
     for upscaler in args.upscalers:
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=32, help="seen prompts (default 32)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default 0: --steps)")
-    p.add_argument("--cfg-scale", type=float, default=7.5)
+    p.add_argument("--cfg-scale", type=float, default=None, help="default: the model's recommended scale")
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--scale", type=float, default=2.0, help="hires upscale (default 2: 128x128)")
     p.add_argument("--upscalers", nargs="+", default=["latent", "lanczos"])

@@ -220,10 +220,11 @@ def table(report: dict) -> str:
 
 
 
-def evaluate(pipe, n: int = 64, steps: int = 25, cfg_scale: float = 7.5, sampler: str = "Euler a",
+def evaluate(pipe, n: int = 64, steps: int = 25, cfg_scale: float | None = None, sampler: str = "Euler a",
              strength: float = INPAINT_STRENGTH, options: InpaintConfig = InpaintConfig(),
              shapes=spec.BASE_SHAPES, margin: int = 3, expand: Expand = Expand(left=16, top=8),
              examples_dir=None) -> dict:
+    cfg_scale = pipe.cfg_scale_for(cfg_scale)          # unset: the model's recommended scale
     config = GenerationConfig("", steps=steps, cfg_scale=cfg_scale, sampler=sampler, strength=strength)
     report = {"model": pipe.c.name, "model_hash": pipe.c.model_hash, "n": n, "steps": steps, "cfg_scale": cfg_scale,
               "sampler": sampler, "strength": strength, "options": options.to_dict(), "shapes": list(shapes),
@@ -243,7 +244,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--n", type=int, default=64, help="scenes for each of inpaint and outpaint (default 64)")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--cfg-scale", type=float, default=7.5)
+    p.add_argument("--cfg-scale", type=float, default=None, help="default: the model's recommended scale")
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--strength", type=float, default=INPAINT_STRENGTH,
                    help=f"denoising strength (default {INPAINT_STRENGTH:g}, sdlab inpaint's)")
