@@ -54,9 +54,9 @@ class NewTokens:
         text.register_parameter(self.PARAMETER, self.rows)
         slot = torch.full((table.weight.shape[0],), -1, dtype=torch.long, device=table.weight.device)
         slot[self.ids] = torch.arange(num_vectors, device=slot.device)
-        rows = self.rows    # the hook must not close over self: autograd holds hooks from C++, out of
+        rows = self.rows    # the hook holds these two tensors, not self (and through it the components)
 
-        def put_rows(module, inputs, output):       # gc's reach: the model would leak
+        def put_rows(module, inputs, output):
             index = slot.to(inputs[0].device)[inputs[0]]
             new = rows.to(output.dtype)[index.clamp_min(0)]
             return torch.where((index >= 0)[..., None], new, output)
