@@ -197,6 +197,8 @@ HIRES_EVAL = ["--n", "32", "--steps", "20", "--upscalers", "latent", "--strength
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="v3, trained at 64x64 only, draws the object twice at 128x128: all-right 0.97 "
+                   "base vs 0.19 (latent, strength 0.5), 0.81 at 0.2 (issue 21; docs/hires_and_prompts.md)")
 def test_hires_reads_as_well_as_the_base_on_the_shipped_model(monkeypatch, tmp_path):
     bench = load_benchmark("hires_eval", monkeypatch)
     assert bench.TARGET == HIRES_TARGET
