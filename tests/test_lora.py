@@ -19,7 +19,7 @@ def trained(tiny_model_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lora")
     data = export_folder(root / "data", 4, seed=4)
-    method = LoRA(LoraOptions(rank=2, alpha=4.0, text_encoder=True))
+    method = LoRA(LoraOptions(rank=2, alpha=4.0, text_encoder=True, targets="attention"))
     cfg = TrainingConfig(method="lora", data_dir=str(data), output_dir=str(root / "out"), model=str(tiny_model_dir),
                          max_steps=3, learning_rate=5e-2, checkpoint_every=100, device="cpu", options=method.options)
     train(cfg, method)
