@@ -79,9 +79,10 @@ def summary(rows: list[dict]) -> dict:
             "iou": round(float(np.mean([r["iou"] for r in rows])), 4)}
 
 
-def evaluate(pipe, controlnet, condition: str = "mask", n: int = 64, steps: int = 20, cfg_scale: float = 7.5,
+def evaluate(pipe, controlnet, condition: str = "mask", n: int = 64, steps: int = 20, cfg_scale: float | None = None,
              sampler: str = "Euler a", scale: float = 1.0, shapes=spec.BASE_SHAPES, examples_dir=None) -> dict:
     net, name, digest = pipe.load_controlnet(controlnet)
+    cfg_scale = pipe.cfg_scale_for(cfg_scale)          # unset: the model's recommended scale
     report = {"model": pipe.c.name, "model_hash": pipe.c.model_hash, "controlnet": name, "controlnet_hash": digest,
               "condition": condition, "n": n, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler,
               "scale": scale, "shapes": list(shapes), "target": TARGET,
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--n", type=int, default=64, help="scenes (default 64)")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg-scale", type=float, default=7.5)
+    p.add_argument("--cfg-scale", type=float, default=None, help="default: the model's recommended scale")
     p.add_argument("--sampler", default="Euler a")
     p.add_argument("--scale", type=float, default=1.0, help="the control's weight (default 1)")
     p.add_argument("--shapes", default=",".join(spec.BASE_SHAPES),
