@@ -488,6 +488,22 @@ def test_train_job_streams_the_loss(make_client, tiny_model_dir, tmp_path):
     assert len(list(data_dir.glob("*.png"))) == 2
 
 
+def test_train_job_without_steps_runs_the_methods_recipe(make_client, tiny_model_dir, monkeypatch):
+    """An unset max_steps is the method's measured recipe (what `sdlab train` does), not a demo length."""
+    import sdlab.training.loop as loop
+    from sdlab.training.methods import registry
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda config, method, **kw: seen.append(config.max_steps) or
+                        type("R", (), {"step": 0, "losses": [], "saved": []})())
+    c = make_client(model=str(tiny_model_dir))
+    files = [("images", ("a.png", png_bytes((32, 32), "green"), "image/png"))]
+    r = c.post("/api/train", data={"method": "lora", "instance_prompt": "a sks shape"}, files=files)
+    job = wait_job(c, r.json()["id"])
+    assert job["state"] == "done", job["error"]
+    assert seen == [registry.get("lora").recipe["max_steps"]]
+
+
 def _train_job(c, method: str, **extra) -> str:
     files = [("images", ("a.png", png_bytes((32, 32), "green"), "image/png"))]
     r = c.post("/api/train", data={"method": method, "instance_prompt": "a sks shape", "max_steps": "3", **extra},

@@ -221,7 +221,7 @@ class EditRequest(declared(declared(SamplingRequest, GenerationConfig, "clip_ski
         return v
 
 
-MAX_TRAIN_STEPS = 500
+MAX_TRAIN_STEPS = 5000
 MAX_TRAIN_IMAGES = 16
 
 
@@ -230,6 +230,13 @@ def _studio_methods() -> tuple[str, ...]:
     from ..training.methods import registry
 
     return tuple(s.name for s in registry.specs() if s.studio)
+
+
+def _recipe_steps() -> str:
+    """The studio methods' default step counts (their measured recipes), for the field's description."""
+    from ..training.methods import registry
+
+    return ", ".join(f"{s.name} {s.recipe['max_steps']}" for s in registry.specs() if s.studio)
 
 
 def _option_default(request_field: str):
@@ -257,7 +264,8 @@ class TrainRequest(BaseModel):
 
     method: Literal[_studio_methods()] = "lora"  # type: ignore[valid-type]
     instance_prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, examples=["a sks shape"])
-    max_steps: int = Field(50, ge=1, le=MAX_TRAIN_STEPS)
+    max_steps: Optional[int] = Field(None, ge=1, le=MAX_TRAIN_STEPS,
+                                     description=f"default: the method's measured recipe ({_recipe_steps()})")
     learning_rate: Optional[float] = Field(None, gt=0.0, le=1.0, description="default: the method's")
     rank: int = Field(_option_default("rank"), ge=1, le=64, description="lora rank")
     lora_targets: Literal[_lora_presets()] = Field(  # type: ignore[valid-type]
