@@ -50,10 +50,10 @@ def all_right(pipe, scenes, sampler: str, steps: int, cfg: float, chunk: int = 1
 
 
 def quality(base, lcm, n: int, lcm_steps, lcm_cfg: float, samplers=("LCM",)) -> dict:
-    out = {}
+    out, cfg = {}, base_cfg(base)
     for name in SETS:
         scenes = prompt_set(name, n)
-        row = {"base": all_right(base, scenes, "Euler", BASE_STEPS, base_cfg(base))}
+        row = {"base": all_right(base, scenes, "Euler", BASE_STEPS, cfg)}
         for sampler in samplers:
             for steps in lcm_steps:
                 row[f"{sampler.lower()} {steps}"] = all_right(lcm, scenes, sampler, steps, lcm_cfg)
@@ -125,7 +125,7 @@ def load_lcm(lcm=None, lcm_lora=None, base=None, **load) -> Pipeline:
 
 def base_cfg(pipe: Pipeline) -> float:
     """The base model's recommended CFG scale (its generation_defaults.json, else 7.5)."""
-    return float(pipe.generation_defaults["cfg_scale"])
+    return float(pipe.cfg_scale_for(None))
 
 
 def lcm_cfg(pipe: Pipeline) -> float:
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
               "targets": {"all_right_gap_at_4": QUALITY_GAP, "speedup_at_4": SPEEDUP}}
     report["all_right"] = quality(base, lcm, args.n, args.steps, cfg, args.samplers)
     report["images_per_second"] = speed(str(args.base or DEFAULT_MODEL), lcm, args.batch, args.repeats, cfg,
-                                        base_cfg(base))
+                                        report["base_cfg_scale"])
     print(tables(report))
     emit_report(report, result_file(__file__) if args.results else args.out)
     return 0

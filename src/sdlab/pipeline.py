@@ -264,9 +264,9 @@ class Pipeline:
     @property
     def generation_defaults(self) -> dict:
         """The settings this model recommends (sdlab.models.generation_defaults) over Stable Diffusion's."""
-        from .models.generation_defaults import FALLBACK
+        from .models.generation_defaults import settings_of
 
-        return {**FALLBACK, **self.c.extra.get("generation_defaults", {})}
+        return settings_of(self.c)
 
     def cfg_scale_for(self, scale: Optional[float]) -> float:
         """`scale`, or the model's recommended one when it is None (the user gave none)."""

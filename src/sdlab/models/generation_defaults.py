@@ -55,6 +55,11 @@ def write_generation_defaults(folder: str | Path, **values) -> Path:
     return atomic_write_text(Path(folder) / FILE, json.dumps(check_generation_defaults(values), indent=2) + "\n")
 
 
+def settings_of(components) -> dict:
+    """The settings loaded components recommend (their folder's file over Stable Diffusion's)."""
+    return {**FALLBACK, **components.extra.get("generation_defaults", {})}
+
+
 def model_default(model: str | Path | None, name: str):
     """The value of setting `name` that the model at `model` recommends (None: the shipped model),
     without loading it: its folder's generation_defaults.json, else Stable Diffusion's."""

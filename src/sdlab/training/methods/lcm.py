@@ -88,9 +88,9 @@ class LCMDistillation(DiffusionMethod):
 
     def recommended_scale(self) -> float:
         """The base model's recommended CFG scale (its generation_defaults.json, else 7.5)."""
-        from ...models.generation_defaults import FALLBACK
+        from ...models.generation_defaults import settings_of
 
-        return float({**FALLBACK, **self.c.extra.get("generation_defaults", {})}["cfg_scale"])
+        return float(settings_of(self.c)["cfg_scale"])
 
     def setup(self, components, config, accelerator) -> None:
         super().setup(components, config, accelerator)
