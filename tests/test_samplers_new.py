@@ -132,6 +132,21 @@ def test_dpmpp_3m_sde_first_two_steps_match_diffusers(unet, data, config):
     assert_close_rel(ours, x_vp * math.sqrt(float(sigmas[2]) ** 2 + 1))
 
 
+@pytest.mark.parametrize("config", [EPS_TRAILING, ZSNR_TRAILING], ids=config_id)
+def test_dpmpp_3m_sde_lowers_the_order_before_the_last_step_as_diffusers(unet, data, config):
+    """Below 15 steps diffusers' lower_order_final (its default) takes the step before the last at second
+    order: a whole 4-step run (orders 1, 2, 2, then the prediction) is diffusers' on the same noise."""
+    noise, cond, _ = data
+    ref = diffusers_loop(DPMSolverMultistepScheduler(**config, algorithm_type="sde-dpmsolver++", solver_order=3,
+                                                     solver_type="heun"),
+                         unet, noise.clone(), cond, 4, generator=torch.Generator().manual_seed(5))
+    schedule = NoiseSchedule.from_config(config)
+    sigmas = discrete_sigmas(schedule, 4)
+    ours = sample_dpmpp_3m_sde(Denoiser(unet, schedule), vp_start(noise, sigmas), sigmas, extra_args={"cond": cond},
+                               noise=NoiseSequence(noise.shape, 5))
+    assert_close_rel(ours, ref)
+
+
 @pytest.mark.parametrize("config", [EPS_LEADING, V_TRAILING], ids=config_id)
 def test_dpmpp_sde_matches_diffusers_with_the_same_noise(unet, data, config):
     """DPMSolverSDEScheduler: a midpoint step in -log(sigma) with ancestral noise on each half; its Brownian

@@ -54,13 +54,14 @@ ANCESTRAL_PIXEL_TOL = 12.0
 # Oracle all-right rate at each of ORACLE_STEPS: within this of Euler's at the same steps (the issue's
 # target, not to be loosened; re-calibrate the model, not the bound). Measured on v3 (32 prompts, CFG 3;
 # benchmarks/results/sampler_oracle.json, `python benchmarks/sampler_oracle.py --n 32`): Euler 0.969 at 10, 20
-# and 25 steps; 19 of 22 samplers within 0.10 at every step count. Over it (KNOWN_SHORT, strict xfail: they
-# must start passing when fixed): the SDE multisteps on the long steps that Karras' ramp from the zero-SNR
-# sigma (4096) leaves at low noise, and DPM++ 3M SDE at 10 steps. At SD's CFG 7.5 v3 is over-guided and
-# far more fall short (DPM++ 3M SDE 0.56, LCM 0.59, LMS 0.66 at 20 steps against Euler's 0.97).
+# and 25 steps; 20 of 22 samplers within 0.10 at every step count. Over it (KNOWN_SHORT, strict xfail: they
+# must start passing when fixed): the SDE multisteps on Karras sigmas, whose long last steps amplify the
+# prediction's noise (test_sampling's NOISY_AT_10_STEPS). DPM++ 3M SDE at 10 steps was 0.781 before it took
+# the step before the last at second order as diffusers does (lower_order_final): 0.906. At SD's CFG 7.5 v3
+# is over-guided and far more fall short (DPM++ 3M SDE 0.56, LCM 0.59, LMS 0.66 at 20 steps against 0.97).
 ORACLE_TOL = 0.10
 KNOWN_SHORT = {("DPM++ 2M SDE Karras", 10): 0.781, ("DPM++ 2M SDE Karras", 20): 0.812,
-               ("DPM++ 3M SDE", 10): 0.781, ("DPM++ 3M SDE Karras", 10): 0.125}   # measured rates (issue 21)
+               ("DPM++ 3M SDE Karras", 10): 0.156}   # measured rates (issue 21)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from .noise import Generators
 from .steps import Denoise, Sigmas, ancestral_step, call, ddim_step, floats, report
 
 Noise = Callable[[float, float], torch.Tensor]
+LOWER_ORDER_FINAL = 15      # diffusers' DPMSolverMultistepScheduler: lower_order_final below 15 steps
 
 
 @torch.no_grad()
@@ -110,8 +111,11 @@ def sample_dpmpp_3m_sde(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extr
                         generator: Generators = None, eta: float = 1.0,
                         noise: Optional[Noise] = None) -> torch.Tensor:
     """DPM++ 3M SDE: DPM-Solver++(3M) on the reverse SDE, a third-order multistep (see
-    `third_order_terms`); the first step is first order, the second second order."""
+    `third_order_terms`); the first step is first order, the second second order. Below
+    LOWER_ORDER_FINAL steps the one before the last is second order too (diffusers' lower_order_final: a
+    third-order extrapolation over the long last steps amplifies the prediction's noise)."""
     s = floats(sigmas)
+    second_before_last = len(s) - 1 < LOWER_ORDER_FINAL
     noise = noise or BrownianNoise(x, s, generator)
     ds: list[torch.Tensor] = []   # predictions, newest first
     hs: list[float] = []          # step sizes, newest first
@@ -123,9 +127,9 @@ def sample_dpmpp_3m_sde(model: Denoise, x: torch.Tensor, sigmas: Sigmas, *, extr
         else:
             h = math.log(s[i] / s[i + 1])
             x = sde_step(x, denoised, s[i], s[i + 1], eta)
-            if len(ds) == 3:
+            if len(ds) == 3 and not (second_before_last and i == len(s) - 3):
                 x = x + third_order_terms(ds, hs, h, eta)
-            elif len(ds) == 2:
+            elif len(ds) >= 2:
                 g = (1 + eta) * h
                 x = x + (1 + math.expm1(-g) / g) * (ds[0] - ds[1]) * (h / hs[0])
             if eta:
