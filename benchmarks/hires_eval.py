@@ -1,7 +1,11 @@
 """Hires fix read by the oracle (issue 21's acceptance): a 128x128 hires result, downscaled to the
 world's 64x64, reads as well as the 64x64 base image (oracle all-right within 0.05).
 
-    python benchmarks/hires_eval.py --n 32 [--upscalers latent lanczos] [--strengths 0.5 0.7] [--results]
+    python benchmarks/hires_eval.py --n 32 [--upscalers latent lanczos] [--strengths 0.5 0.7]
+        [--deep-shrink 0 2] [--direct] [--results]
+
+`--deep-shrink F ...` runs every hires setting with each Deep Shrink factor (sdlab.sampling.deep_shrink;
+0: off); `--direct` adds rows generated at the hires size in one pass.
 
 Prompts are the world's seen prompt set (sdlab.world.prompt_sets, as `sdlab world eval-model`
 uses), scene i with seed 30000 + i for both the base and every hires variant, so a variant's first
@@ -36,13 +40,12 @@ def downscaled(image: Image.Image) -> Image.Image:
     return image if image.size == (side, side) else image.resize((side, side), Image.Resampling.LANCZOS)
 
 
-def run_variant(pipe, scenes, args, **hires) -> dict:
-    """Oracle accuracy of one setting over the scenes (images downscaled to the world's size)."""
+def run_variant(pipe, scenes, args, size: int = spec.IMAGE_SIZE, **hires) -> dict:
+    """Oracle accuracy of one setting over the scenes (images of `size`, downscaled to the world's)."""
     start, images = time.time(), []
     for i, scene in enumerate(scenes):
         config = GenerationConfig(full_caption(scene), steps=args.steps, cfg_scale=args.cfg_scale,
-                                  sampler=args.sampler, seed=30_000 + i, width=spec.IMAGE_SIZE,
-                                  height=spec.IMAGE_SIZE, **hires)
+                                  sampler=args.sampler, seed=30_000 + i, width=size, height=size, **hires)
         images.append(downscaled(pipe.generate(config).images[0]))
     acc = accuracy(scenes, images, attributes=SCORED)
     acc["seconds_per_image"] = (time.time() - start) / len(scenes)
@@ -53,17 +56,23 @@ def evaluate(pipe, args) -> dict:
     args.cfg_scale = pipe.cfg_scale_for(args.cfg_scale)     # unset: the model's recommended scale
     scenes = prompt_set("seen", args.n)
     rows = {"base 64x64": run_variant(pipe, scenes, args)}
-    for upscaler in args.upscalers:
-        for strength in args.strengths:
-            name = f"hires x{args.scale:g} {upscaler} {strength:g}"
-            rows[name] = run_variant(pipe, scenes, args, hires_scale=args.scale, hires_upscaler=upscaler,
-                                     hires_strength=strength, hires_steps=args.hires_steps)
+    side = int(spec.IMAGE_SIZE * args.scale) // 8 * 8
+    for shrink in args.deep_shrink:
+        label = f", deep shrink {shrink:g}" if shrink else ""
+        if args.direct:
+            rows[f"direct {side}x{side}{label}"] = run_variant(pipe, scenes, args, deep_shrink=shrink, size=side)
+        for upscaler in args.upscalers:
+            for strength in args.strengths:
+                rows[f"hires x{args.scale:g} {upscaler} {strength:g}{label}"] = run_variant(
+                    pipe, scenes, args, hires_scale=args.scale, hires_upscaler=upscaler, hires_strength=strength,
+                    hires_steps=args.hires_steps, deep_shrink=shrink)
     base = rows["base 64x64"]["all"]
     for row in rows.values():
         row["delta_all"] = round(row["all"] - base, 4)
         row["within_target"] = row["all"] >= base - TARGET
     return {"n": args.n, "steps": args.steps, "hires_steps": args.hires_steps or args.steps,
-            "cfg_scale": args.cfg_scale, "sampler": args.sampler, "target": TARGET, "rows": rows}
+            "deep_shrink": args.deep_shrink, "cfg_scale": args.cfg_scale, "sampler": args.sampler, "target": TARGET,
+            "rows": rows}
 
 
 def table(report: dict) -> str:
@@ -88,6 +97,9 @@ def main(argv=None) -> int:
     p.add_argument("--scale", type=float, default=2.0, help="hires upscale (default 2: 128x128)")
     p.add_argument("--upscalers", nargs="+", default=["latent", "lanczos"])
     p.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.7])
+    p.add_argument("--deep-shrink", type=float, nargs="+", default=[0.0],
+                   help="Deep Shrink factors to run each setting with (default 0: off)")
+    p.add_argument("--direct", action="store_true", help="also generate at the hires size in one pass")
     p.add_argument("--record", action="store_true", help="write the table to benchmarks/RESULTS.md")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", default=None, help="write the JSON report here")

@@ -147,6 +147,10 @@ class GenerationConfig:
     guidance_rescale: float = setting(0.0, "CFG rescale phi in [0, 1] (Lin et al. 2023)", lo=0.0, hi=1.0)
     clip_skip: int = setting(1, "CLIP skip as A1111's: 1 = the text encoder's last layer, 2 = the penultimate "
                              "layer's output (through the final layer norm), ...", lo=1, hi=12)
+    deep_shrink: float = setting(0.0, "Deep Shrink (kohya's Hires.fix): past the size the model was trained at, "
+                                 "the UNet's features after its first down block are downscaled by this factor (2 "
+                                 "for twice the size), so the subject is not drawn twice; 0 = off "
+                                 "(sdlab.sampling.deep_shrink)", lo=0.0, hi=4.0, group="hires fix")
     hires_scale: float = setting(1.0, "hires fix: generate at the base size, upscale by this factor and "
                                  "img2img at the new size (1 = off; sdlab.sampling.hires)", lo=1.0, hi=4.0,
                                  group="hires fix")
@@ -174,6 +178,9 @@ class GenerationConfig:
         from .sampling.hires import check_upscaler
 
         check_upscaler(self.hires_upscaler)
+        from .sampling.deep_shrink import check_factor
+
+        check_factor(self.deep_shrink)
 
     def to_dict(self) -> dict:
         return asdict(self)

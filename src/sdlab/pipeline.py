@@ -374,10 +374,20 @@ class Pipeline:
 
         # NaN/inf stop the loop at once; the CFG wrapper follows the step for prompt editing
         callback = combine([finite_guard(self.nonfinite_hint()), cfg.on_step, callback])
-        with self._attention(attention):
+        with self._attention(attention), self._deep_shrink(config.deep_shrink):
             run = spec.bind(self.schedule)          # TCD also needs the schedule's timestep <-> sigma map
             return run(model, x, sigmas, extra_args={"cond": GuidanceCond(cond=cond, uncond=uncond)},
                        callback=callback, cancel=cancel, generator=generators)
+
+    def _deep_shrink(self, factor: float):
+        """sdlab.sampling.deep_shrink on the UNet for one loop (refused with ControlNets, whose residuals
+        are added at the full size)."""
+        from .sampling.deep_shrink import deep_shrink
+
+        if factor > 1 and self._controls:
+            raise ConfigError("deep_shrink cannot be combined with ControlNet controls (their residuals join the "
+                              "UNet at the full size); leave deep_shrink at 0 or drop the controls")
+        return deep_shrink(self.c.unet, factor)
 
     def _conds(self, config: GenerationConfig, cond, uncond, n: int):
         """(cond, uncond) for n images: the overrides or the config's (negative) prompt, encoded with
@@ -478,6 +488,8 @@ class Pipeline:
         if config.clip_skip > 1:
             params["Clip skip"] = config.clip_skip
         params.update(hires_fields(config))
+        if config.deep_shrink:
+            params["Deep Shrink"] = config.deep_shrink
         if config.guidance_rescale:
             params["CFG Rescale phi"] = config.guidance_rescale
         params.update(extra or {})          # e.g. inpainting's Mask blur, Masked content
@@ -492,7 +504,7 @@ class Pipeline:
         return format_infotext(with_lora_tags(config.prompt, self.loras), config.negative_prompt, params)
 
 
-_QUIET_DEFAULTS = {"clip_skip": 1, "hires_scale": 1.0}     # settings left out of the metadata at these values
+_QUIET_DEFAULTS = {"clip_skip": 1, "hires_scale": 1.0, "deep_shrink": 0.0}     # settings left out of the metadata at these values
 
 
 def _same_length(*conds, empty: Callable[[], torch.Tensor]) -> list:

@@ -31,7 +31,7 @@ EXAMPLES = """examples:
 
 # GenerationConfig fields that are options of every sampling command; the batch ones are not
 SAMPLING_SETTINGS = ("negative_prompt", "steps", "cfg_scale", "sampler", "schedule", "seed", "width", "height",
-                     "guidance_rescale")
+                     "guidance_rescale", "deep_shrink")
 BATCH_SETTINGS = ("batch_size", "batch_count")
 HIRES_SETTINGS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps")   # txt2img only, as A1111
 

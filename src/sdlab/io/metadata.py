@@ -28,7 +28,7 @@ _KEY_RE = re.compile(r"\w[\w \-/]*")
 INT_KEYS = {"Steps", "Seed", "Clip skip", "Batch size", "Batch pos", "Variation seed",
             "Seed resize from-1", "ENSD", "Hires steps", "Mask blur", "Masked area padding"}
 FLOAT_KEYS = {"CFG scale", "Denoising strength", "Variation seed strength", "Eta",
-              "Hires upscale", "Guidance rescale"}
+              "Hires upscale", "Guidance rescale", "Deep Shrink"}
 
 
 # A1111 >= 1.9 writes the sigma schedule apart from the sampler ("Sampler: DPM++ 2M, Schedule type:

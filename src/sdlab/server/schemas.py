@@ -74,7 +74,7 @@ class SamplingRequest(declared(_Request, GenerationConfig, "negative_prompt", "s
 
 
 class GenerateRequest(declared(SamplingRequest, GenerationConfig, "prompt", "batch_size", "batch_count",
-                               "guidance_rescale", "clip_skip", *HIRES_FIELDS)):
+                               "guidance_rescale", "clip_skip", "deep_shrink", *HIRES_FIELDS)):
     """A txt2img job: image i of the job uses seed + i; hires_scale > 1: a hires fix (txt2img only)."""
 
     trained: Optional[str] = Field(None, pattern=r"^[0-9a-f]{16}$",

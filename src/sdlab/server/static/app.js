@@ -124,6 +124,7 @@ function request() {
     p.trained_scale = numberOrNull("trained_scale") ?? 1;
   }
   p.clip_skip = numberOrNull("clip_skip") ?? 1;           // every sampling tab (train returned above)
+  if (S.mode === "txt2img" && numberOrNull("deep_shrink")) p.deep_shrink = numberOrNull("deep_shrink");
   if (S.mode === "txt2img" && (numberOrNull("hires_scale") ?? 1) > 1) {
     Object.assign(p, { hires_scale: numberOrNull("hires_scale"), hires_upscaler: $("hires_upscaler").value,
                        hires_steps: numberOrNull("hires_steps") ?? 0, hires_strength: Number($("hires_strength").value) });
