@@ -37,26 +37,27 @@ QUALITY_GAP, SPEEDUP = 0.05, 5.0        # the issue's targets, at 4 LCM steps
 PROMPT = "a large red circle on the left on a blue background"
 
 
-def all_right(pipe, scenes, sampler: str, steps: int, cfg: float, chunk: int = 16) -> float:
+def all_right(pipe, scenes, sampler: str, steps: int, cfg: float, chunk: int = 16,
+              schedule: str = "Automatic") -> float:
     """The oracle's all-right rate of `pipe` on `scenes` (their full captions, seeds SEED + i)."""
     images = []
     for start in range(0, len(scenes), chunk):
         part = scenes[start:start + chunk]
         cond = pipe.encode_prompt([full_caption(s) for s in part])
-        config = GenerationConfig("", sampler=sampler, steps=steps, cfg_scale=cfg, seed=SEED + start,
-                                  batch_size=len(part))
+        config = GenerationConfig("", sampler=sampler, schedule=schedule, steps=steps, cfg_scale=cfg,
+                                  seed=SEED + start, batch_size=len(part))
         images += pipe.generate(config, cond=cond).images
     return accuracy(scenes, images)["all"]
 
 
-def quality(base, lcm, n: int, lcm_steps, lcm_cfg: float, samplers=("LCM",)) -> dict:
+def quality(base, lcm, n: int, lcm_steps, lcm_cfg: float, samplers=("LCM",), schedule: str = "Automatic") -> dict:
     out, cfg = {}, base_cfg(base)
     for name in SETS:
         scenes = prompt_set(name, n)
         row = {"base": all_right(base, scenes, "Euler", BASE_STEPS, cfg)}
         for sampler in samplers:
             for steps in lcm_steps:
-                row[f"{sampler.lower()} {steps}"] = all_right(lcm, scenes, sampler, steps, lcm_cfg)
+                row[f"{sampler.lower()} {steps}"] = all_right(lcm, scenes, sampler, steps, lcm_cfg, schedule=schedule)
         out[name] = row
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     return out
@@ -145,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="step counts of the few-step samplers")
     ap.add_argument("--samplers", nargs="+", default=["LCM", "TCD"], choices=["LCM", "TCD"],
                     help="few-step samplers to score (the speed test uses LCM: TCD costs the same per step)")
+    ap.add_argument("--schedule", default="Automatic",
+                    help="the few-step samplers' schedule type (default Automatic: the LCM timesteps)")
     ap.add_argument("--cfg-scale", type=float, default=None,
                     help="the LCM's guidance: w of a w-conditioned LCM (default: its recommended scale), "
                          "1 for an LCM-LoRA")
@@ -158,9 +161,9 @@ def main(argv=None) -> int:
     cfg = args.cfg_scale if args.cfg_scale is not None else lcm_cfg(lcm)
     report = {"lcm": args.lcm or args.lcm_lora, "base": args.base or "the shipped model", "n": args.n,
               "seed": SEED, "base_cfg_scale": base_cfg(base), "lcm_cfg_scale": cfg, "lcm_steps": args.steps, "samplers": args.samplers,
-              "hardware": cpu_description(),
+              "schedule": args.schedule, "hardware": cpu_description(),
               "targets": {"all_right_gap_at_4": QUALITY_GAP, "speedup_at_4": SPEEDUP}}
-    report["all_right"] = quality(base, lcm, args.n, args.steps, cfg, args.samplers)
+    report["all_right"] = quality(base, lcm, args.n, args.steps, cfg, args.samplers, args.schedule)
     report["images_per_second"] = speed(str(args.base or DEFAULT_MODEL), lcm, args.batch, args.repeats, cfg,
                                         report["base_cfg_scale"])
     print(tables(report))
