@@ -504,7 +504,8 @@ class Pipeline:
         return format_infotext(with_lora_tags(config.prompt, self.loras), config.negative_prompt, params)
 
 
-_QUIET_DEFAULTS = {"clip_skip": 1, "hires_scale": 1.0, "deep_shrink": 0.0}     # settings left out of the metadata at these values
+# settings left out of the metadata at these values
+_QUIET_DEFAULTS = {"clip_skip": 1, "hires_scale": 1.0, "deep_shrink": 0.0}
 
 
 def _same_length(*conds, empty: Callable[[], torch.Tensor]) -> list:
