@@ -106,3 +106,18 @@ def test_refused_with_controlnet(pipe):
     control = Control(Image.new("RGB", (16, 16)), net)
     with pytest.raises(ConfigError, match="deep_shrink cannot be combined with ControlNet"):
         pipe.generate(GenerationConfig("a red circle", steps=2, deep_shrink=2), controls=[control])
+
+
+def test_with_deep_cache_the_cached_features_keep_the_full_size(tiny_model_dir):
+    """DeepCache caches the input of the last up block, which Deep Shrink has already scaled back."""
+    from sdlab.models.speed import SpeedOptions
+
+    config = GenerationConfig("a red circle", steps=8, seed=5, cfg_scale=4.0, sampler="Euler", deep_shrink=2)
+    side = 2 * 8 * 2                    # twice the tiny UNet's 8x8 latents, VAE scale 2
+    ref = Pipeline.load(tiny_model_dir).sample_latents(config, [5], side, side)
+    cached = Pipeline.load(tiny_model_dir, speed=SpeedOptions(deep_cache=2))
+    deep = sizes_seen_by(cached.c.unet.down_blocks[1])
+    out = cached.sample_latents(config, [5], side, side)
+    assert cached.c.unet.full_calls == 4 and torch.isfinite(out).all()
+    assert set(deep) == {(4, 4)}        # the trained 8x8 latents' size there, on every full call
+    assert 0 < ((out - ref).norm() / ref.norm()).item() < 0.5
