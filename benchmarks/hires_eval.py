@@ -25,6 +25,7 @@ from report import publish, result_file
 from sdlab.config import GenerationConfig
 from sdlab.evaluate import emit_report
 from sdlab.pipeline import Pipeline
+from sdlab.sampling.hires import hires_size
 from sdlab.world import spec
 from sdlab.world.captions import full_caption
 from sdlab.world.metrics import accuracy
@@ -56,7 +57,7 @@ def evaluate(pipe, args) -> dict:
     args.cfg_scale = pipe.cfg_scale_for(args.cfg_scale)     # unset: the model's recommended scale
     scenes = prompt_set("seen", args.n)
     rows = {"base 64x64": run_variant(pipe, scenes, args)}
-    side = int(spec.IMAGE_SIZE * args.scale) // 8 * 8
+    side, _ = hires_size(GenerationConfig("", hires_scale=args.scale), spec.IMAGE_SIZE, spec.IMAGE_SIZE)
     for shrink in args.deep_shrink:
         label = f", deep shrink {shrink:g}" if shrink else ""
         if args.direct:

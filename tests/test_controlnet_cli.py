@@ -60,6 +60,7 @@ def test_generate_with_two_controls_writes_a1111_infotext(capsys, tiny_model_dir
     (["--control", "missing.png"], "cannot read control image"),
     (["--control", "IMG:mask:5"], "control scale must be a number in [0, 2]"),
     (["--control", "IMG", "--control-start", "0.9", "--control-end", "0.2"], "must be below its end"),
+    (["--control", "IMG", "--deep-shrink", "2"], "deep_shrink cannot be combined with ControlNet controls"),
 ])
 def test_bad_control_options_are_one_line_errors(capsys, tiny_model_dir, controlnet_dir, scene_png, tmp_path,
                                                  extra, message):

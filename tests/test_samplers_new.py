@@ -92,13 +92,19 @@ def vp_start(noise, sigmas):
 def test_dpmpp_2m_sde_matches_diffusers_with_the_same_noise(unet, data, config):
     """DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2) draws unit noise from
     its generator at every step; ours draws the same numbers in the same order through `noise`."""
+    assert_matches_sde_dpmsolver(unet, data, config, sample_dpmpp_2m_sde, steps=10, seed=7, solver_order=2)
+
+
+def assert_matches_sde_dpmsolver(unet, data, config, sampler, steps: int, seed: int, **scheduler):
+    """A whole run of `sampler` is DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", **scheduler)'s
+    on the model's spacing, the same unit noise drawn in the same order."""
     noise, cond, _ = data
-    ref = diffusers_loop(DPMSolverMultistepScheduler(**config, algorithm_type="sde-dpmsolver++", solver_order=2),
-                         unet, noise.clone(), cond, 10, generator=torch.Generator().manual_seed(7))
+    ref = diffusers_loop(DPMSolverMultistepScheduler(**config, algorithm_type="sde-dpmsolver++", **scheduler),
+                         unet, noise.clone(), cond, steps, generator=torch.Generator().manual_seed(seed))
     schedule = NoiseSchedule.from_config(config)
-    sigmas = discrete_sigmas(schedule, 10)
-    ours = sample_dpmpp_2m_sde(Denoiser(unet, schedule), vp_start(noise, sigmas), sigmas, extra_args={"cond": cond},
-                               noise=NoiseSequence(noise.shape, 7))
+    sigmas = discrete_sigmas(schedule, steps)
+    ours = sampler(Denoiser(unet, schedule), vp_start(noise, sigmas), sigmas, extra_args={"cond": cond},
+                   noise=NoiseSequence(noise.shape, seed))
     assert_close_rel(ours, ref)
 
 
@@ -136,15 +142,8 @@ def test_dpmpp_3m_sde_first_two_steps_match_diffusers(unet, data, config):
 def test_dpmpp_3m_sde_lowers_the_order_before_the_last_step_as_diffusers(unet, data, config):
     """Below 15 steps diffusers' lower_order_final (its default) takes the step before the last at second
     order: a whole 4-step run (orders 1, 2, 2, then the prediction) is diffusers' on the same noise."""
-    noise, cond, _ = data
-    ref = diffusers_loop(DPMSolverMultistepScheduler(**config, algorithm_type="sde-dpmsolver++", solver_order=3,
-                                                     solver_type="heun"),
-                         unet, noise.clone(), cond, 4, generator=torch.Generator().manual_seed(5))
-    schedule = NoiseSchedule.from_config(config)
-    sigmas = discrete_sigmas(schedule, 4)
-    ours = sample_dpmpp_3m_sde(Denoiser(unet, schedule), vp_start(noise, sigmas), sigmas, extra_args={"cond": cond},
-                               noise=NoiseSequence(noise.shape, 5))
-    assert_close_rel(ours, ref)
+    assert_matches_sde_dpmsolver(unet, data, config, sample_dpmpp_3m_sde, steps=4, seed=5, solver_order=3,
+                                 solver_type="heun")
 
 
 @pytest.mark.parametrize("config", [EPS_LEADING, V_TRAILING], ids=config_id)

@@ -382,11 +382,9 @@ class Pipeline:
     def _deep_shrink(self, factor: float):
         """sdlab.sampling.deep_shrink on the UNet for one loop (refused with ControlNets, whose residuals
         are added at the full size)."""
-        from .sampling.deep_shrink import deep_shrink
+        from .sampling.deep_shrink import check_controls, deep_shrink
 
-        if factor > 1 and self._controls:
-            raise ConfigError("deep_shrink cannot be combined with ControlNet controls (their residuals join the "
-                              "UNet at the full size); leave deep_shrink at 0 or drop the controls")
+        check_controls(factor, self._controls)
         return deep_shrink(self.c.unet, factor)
 
     def _conds(self, config: GenerationConfig, cond, uncond, n: int):

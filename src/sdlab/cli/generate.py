@@ -210,6 +210,9 @@ def run_and_save(args, config: GenerationConfig, init_image=None, cond_fn=None, 
     recorder = _trajectory_recorder(args)
     guidance = guidance_from_args(args)
     controls = controls_from_args(args)     # bad images, types and counts fail before the folder is made
+    from ..sampling.deep_shrink import check_controls
+
+    check_controls(config.deep_shrink, controls)
     output_folder(args.out)                 # after the checks above: a refused run leaves no folder
     pipe = load_pipeline(args)
     cond = cond_fn(pipe) if cond_fn is not None else None

@@ -23,6 +23,13 @@ def check_factor(factor: float) -> None:
                           f"as large image at the size the model was trained at); got {factor:g}")
 
 
+def check_controls(factor: float, controls) -> None:
+    """ControlNet residuals join the UNet at the full size, so Deep Shrink refuses controls."""
+    if factor > 1 and controls:
+        raise ConfigError("deep_shrink cannot be combined with ControlNet controls (their residuals join the "
+                          "UNet at the full size); leave deep_shrink at 0 or drop the controls")
+
+
 def shrunk_side(side: int, factor: float, multiple: int) -> int:
     """`side` / `factor`, rounded to the `multiple` the deeper down blocks can halve and double back."""
     return max(multiple, round(side / factor / multiple) * multiple)
