@@ -90,7 +90,8 @@ def test_the_cli_derives_flags_and_defaults_from_the_declarations(bias_only):
         config = config_from_args(args, method.options)
         assert type(method) is spec.method and isinstance(method, Method)                  # the whole protocol
         assert config.method == spec.name and config.data_dir == "d"
-        assert {k: getattr(config, k) for k in spec.recipe} == dict(spec.recipe)    # the recipe is the default
+        defaults = spec.defaults()               # the recipe, then the shipped model's training_defaults.json
+        assert {k: getattr(config, k) for k in defaults} == defaults
     assert registry.get("textual-inversion").recipe["learning_rate"] == 5e-3              # today's values
     assert registry.get("dreambooth").recipe["learning_rate"] == 1e-4
     assert registry.get("lora").recipe["learning_rate"] == 5e-4

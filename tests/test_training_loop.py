@@ -52,8 +52,10 @@ def test_gradient_checkpointing_and_sliced_attention_keep_the_result(tiny_model_
         method = LoRA(LoraOptions(rank=2))
         train(_cfg(tiny_model_dir, data, tmp_path / str(i), max_steps=2, **kw), method)
         results.append(method.layers())
+    # the same maths in another order: float rounding only (1.1e-5 seen on a busy 2-core machine); Adam's
+    # first steps move every weight by about the learning rate (1e-2), so a real difference is far larger
     for other in results[1:]:
-        assert all(torch.allclose(results[0][k].up, other[k].up, atol=1e-5) for k in results[0])
+        assert all(torch.allclose(results[0][k].up, other[k].up, atol=1e-4) for k in results[0])
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tiny_model_dir, data, tmp_path):

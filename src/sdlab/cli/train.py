@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, fields
 
 from .options import add_config_arguments, argument_group, parsed_values
 
@@ -19,12 +20,23 @@ EXAMPLES = """examples:
 
 
 def _arguments(p: argparse.ArgumentParser, spec) -> None:
-    """The loop's options (TrainingConfig's fields, defaults from the method's recipe), the
+    """The loop's options (TrainingConfig's fields, defaults from the method's recipe, or the
+    model's: sdlab.models.training_defaults), the
     command's own (memory budget, resume), then the method's options (its options' fields);
     `spec`: a MethodSpec or its torch-free Declaration."""
     from ..training.config import LOGS, MEM, TrainingConfig
 
-    add_config_arguments(p, TrainingConfig, **{k: {"default": v} for k, v in spec.recipe.items()})
+    from ..models.training_defaults import shipped_recipe_as_written
+
+    shipped = {k: {"more": f" (the shipped model: {v})"} for k, v in shipped_recipe_as_written(spec.name).items()}
+    recipe = {k: {"default": v, **shipped.get(k, {})} for k, v in spec.recipe.items()}
+    add_config_arguments(p, TrainingConfig, **{**shipped, **recipe})
+    # the help shows the recipe; the namespace holds only what was typed, so that the model's own
+    # training_defaults.json comes between the two (MethodSpec.config)
+    loop = {f.name for f in fields(TrainingConfig) if f.default is not MISSING}      # not --data, --output-dir
+    for action in p._actions:
+        if action.dest in loop:
+            action.default = argparse.SUPPRESS
     mem, logs = argument_group(p, MEM), argument_group(p, LOGS)
     mem.add_argument("--memory-budget", default=None, metavar="SIZE",
                      help="e.g. 6GiB: pick the fastest memory options whose peak fits (CUDA: 2 trial steps per "
@@ -64,7 +76,7 @@ def method_from_args(args):
 
 
 def config_from_args(args, options):
-    """The TrainingConfig of the parsed args (the method's recipe is already their default)."""
+    """The TrainingConfig of the parsed args: the options typed, else the method's defaults on the model."""
     from ..training.config import TrainingConfig
     from ..training.methods import registry
 

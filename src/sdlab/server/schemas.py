@@ -236,7 +236,7 @@ def _recipe_steps() -> str:
     """The studio methods' default step counts (their measured recipes), for the field's description."""
     from ..training.methods import registry
 
-    return ", ".join(f"{s.name} {s.recipe['max_steps']}" for s in registry.specs() if s.studio)
+    return ", ".join(f"{s.name} {s.defaults()['max_steps']}" for s in registry.specs() if s.studio)
 
 
 def _option_default(request_field: str):

@@ -26,10 +26,10 @@ def run_train(ctx: JobContext) -> dict:
     run_dir = out_dir / "training" / safe_component(ctx.job["id"], "job id")
     data_dir = ctx.settings.upload_dir / safe_component(p["data"], "data")
     lr = {"learning_rate": p["learning_rate"]} if p.get("learning_rate") else {}
-    steps = p.get("max_steps") or spec.recipe["max_steps"]          # unset: the method's measured recipe
+    model = None if ctx.settings.model is None else str(ctx.settings.model)
+    steps = p.get("max_steps") or spec.defaults(model)["max_steps"]          # unset: the measured recipe
     config = spec.config(
-        options, data_dir=str(data_dir), output_dir=str(run_dir),
-        model=None if ctx.settings.model is None else str(ctx.settings.model), instance_prompt=p["instance_prompt"],
+        options, data_dir=str(data_dir), output_dir=str(run_dir), model=model, instance_prompt=p["instance_prompt"],
         max_steps=steps, seed=p["seed"], checkpoint_every=max(steps // 4, 10), keep_last=1, **lr)
     result = train(config, spec.build(options), resume="latest", callback=ctx.callback(), cancel=ctx.cancel)
     return {"steps": result.step, "losses": result.losses, "method": p["method"],

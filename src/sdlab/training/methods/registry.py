@@ -64,7 +64,8 @@ class MethodSpec:
     method: the Method class, called with an options object. options: its frozen options
     dataclass, whose fields (declared with `sdlab.config.setting`) give `sdlab train NAME`'s
     method options. recipe: TrainingConfig defaults of this method (learning rate, weight decay,
-    steps, ...), the values measured for the shipped model. resume_keeps: options a resumed run
+    steps, ...), measured for the shipped model where they also suit Stable Diffusion (a model
+    folder's training_defaults.json replaces them for that model: `defaults`). resume_keeps: options a resumed run
     must keep (they decide what trains, and its shapes). apply_checkpoint(pipe, state, path):
     puts a training checkpoint's weights into a Pipeline. usage(config, options, saved, out):
     the model card's "Use" lines (`saved`: file name -> path). footprint(components, options,
@@ -108,9 +109,16 @@ class MethodSpec:
         """The options of a studio request (its fields as `studio` maps them; absent ones default)."""
         return self.options(**{option: params[name] for name, option in (self.studio or {}).items() if name in params})
 
+    def defaults(self, model=None) -> dict:
+        """This method's TrainingConfig defaults on `model` (None: the shipped model): its recipe, then
+        the model's recipe for it (its folder's training_defaults.json: sdlab.models.training_defaults)."""
+        from ...models.training_defaults import model_recipe
+
+        return {**self.recipe, **model_recipe(model, self.name)}
+
     def config(self, options, **settings) -> TrainingConfig:
-        """The TrainingConfig of a run of this method: its recipe, then `settings`."""
-        return TrainingConfig(method=self.name, options=options, **{**self.recipe, **settings})
+        """The TrainingConfig of a run of this method: its defaults on settings' model, then `settings`."""
+        return TrainingConfig(method=self.name, options=options, **{**self.defaults(settings.get("model")), **settings})
 
 
 def _load_builtin() -> None:
