@@ -5,6 +5,7 @@ from the assembled folder."""
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -156,10 +157,51 @@ def test_train_model_killed_in_the_unet_stage_resumes_to_completion(tmp_path):
     seeded = tmp_path / "run2"
     cmd = _train_model(seeded, tmp_path / "model2", tmp_path / "clip2",
                        "--unet-minutes", str(again["progress"]["seconds"] / 60 + 0.05),
-                       "--init-from", str(out))
+                       "--init-from", str(out), "--caption-mismatch", "0.3")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr[-2000:]
     third = stages.load(seeded, "unet")["progress"]
-    assert third["step"] > steps and third["optimizer_start"] == steps
+    assert third["step"] > steps and third["optimizer_start"] == steps and third["caption_mismatch"] == 0.3
+    res = subprocess.run(cmd[:-1] + ["0.1"], env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 2 and "trained with --caption-mismatch 0.3" in res.stderr      # not mixed silently
     assert third["scaling_factor"] == again["progress"]["scaling_factor"]
     assert stages.progress(seeded, "vae")["step"] == stages.progress(run, "vae")["step"]
+
+
+def test_training_prompts_drop_and_mismatch_captions_at_their_rates():
+    from sdlab.recipe.unet import CAPTION_DROPOUT, training_prompt
+    from sdlab.world.captions import caption
+    from sdlab.world.scene import SceneSampler
+
+    rng = random.Random(0)
+    scenes = [SceneSampler().sample(rng) for _ in range(200)]
+
+    def rates(mismatch):
+        rng, empty, foreign = random.Random(1), 0, 0
+        for n in range(4000):
+            i = n % len(scenes)
+            state = rng.getstate()
+            text = training_prompt(scenes, i, rng, mismatch)
+            own = random.Random()
+            own.setstate(state)
+            own.random()                                     # the dropout draw
+            if mismatch:
+                own.random()                                 # the mismatch draw
+            empty += text == ""
+            foreign += text != "" and text != caption(scenes[i], own)
+        return empty / 4000, foreign / 4000
+
+    assert rates(0.0) == (pytest.approx(CAPTION_DROPOUT, abs=0.02), 0.0)
+    empty, foreign = rates(0.3)
+    assert empty == pytest.approx(CAPTION_DROPOUT, abs=0.02)
+    assert foreign == pytest.approx(0.9 * 0.3, abs=0.03)    # another scene's (rarely its own or the same words)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 0.95])
+def test_a_bad_caption_mismatch_stops_before_any_stage(tmp_path, bad):
+    from sdlab.errors import ConfigError
+    from sdlab.recipe.train import train_model
+
+    with pytest.raises(ConfigError, match="from 0 to 0.9"):
+        train_model(tmp_path / "run", tmp_path / "out", caption_mismatch=bad)
+    assert not (tmp_path / "run").exists()

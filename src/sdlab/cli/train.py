@@ -20,13 +20,11 @@ EXAMPLES = """examples:
 
 
 def _arguments(p: argparse.ArgumentParser, spec) -> None:
-    """The loop's options (TrainingConfig's fields, defaults from the method's recipe, or the
-    model's: sdlab.models.training_defaults), the
-    command's own (memory budget, resume), then the method's options (its options' fields);
-    `spec`: a MethodSpec or its torch-free Declaration."""
-    from ..training.config import LOGS, MEM, TrainingConfig
-
+    """The loop's options (TrainingConfig's fields; their help shows the method's recipe and the
+    shipped model's training_defaults.json), the command's own (memory budget, resume), then the
+    method's options (its options' fields); `spec`: a MethodSpec or its torch-free Declaration."""
     from ..models.training_defaults import shipped_recipe_as_written
+    from ..training.config import LOGS, MEM, TrainingConfig
 
     shipped = {k: {"more": f" (the shipped model: {v})"} for k, v in shipped_recipe_as_written(spec.name).items()}
     recipe = {k: {"default": v, **shipped.get(k, {})} for k, v in spec.recipe.items()}

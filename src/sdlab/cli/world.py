@@ -40,15 +40,21 @@ def register(sub) -> None:
     t.add_argument("--run-dir", default="runs/base", help="checkpoints; rerun to resume")
     t.add_argument("--out", default="runs/base/model", help="where the diffusers folder is written")
     t.add_argument("--clip-out", default="runs/base/clip-pair", help="where the CLIP pair is written")
-    t.add_argument("--vae-minutes", type=float, default=25)
+    t.add_argument("--vae-minutes", type=float, default=25,
+                   help="each stage's --*-minutes: its total budget, counted over resumes")
     t.add_argument("--decoder-minutes", type=float, default=25)
     t.add_argument("--clip-minutes", type=float, default=12)
     t.add_argument("--unet-minutes", type=float, default=120)
     t.add_argument("--cache-size", type=int, default=60000, help="rendered scenes encoded once for the UNet")
+    t.add_argument("--caption-mismatch", type=float, default=0.0,
+                   help="share of UNet samples captioned with another scene's caption, as noisy web captions "
+                        "(0 to 0.9; the shipped model: 0): guidance then matters (docs/results.md)")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--card", action="store_true", help="evaluate the result and write MODEL_CARD.md")
     t.add_argument("--init-from", default=None,
-                   help="start a new run folder from this model's weights (e.g. the shipped one) and train on")
+                   help="start a new run folder from this model's weights (e.g. the shipped one) and train on; the "
+                        "minutes count its own training too (the shipped UNet's 454: --unet-minutes 470 trains 16 "
+                        "more; a stage already past its minutes is skipped)")
     t.set_defaults(run=run_train)
 
     c = ws.add_parser("train-classifier", help="train the noise-aware shape classifier for classifier guidance")
@@ -98,7 +104,7 @@ def run_train(args) -> int:
 
     out = train_model(Path(args.run_dir), Path(args.out), vae_minutes=args.vae_minutes, decoder_minutes=args.decoder_minutes,
                       clip_minutes=args.clip_minutes, unet_minutes=args.unet_minutes, cache_size=args.cache_size,
-                      clip_out=Path(args.clip_out), threads=args.threads,
+                      clip_out=Path(args.clip_out), threads=args.threads, caption_mismatch=args.caption_mismatch,
                       init_from=Path(args.init_from) if args.init_from else None)
     if args.card:
         from ..recipe.model_card import card

@@ -1,7 +1,9 @@
 """Stage 3 of the base recipe: the UNet, on cached VAE latents of rendered scenes.
 
 v-prediction on a zero-terminal-SNR schedule (Lin et al. 2023), 10 % caption dropout for
-classifier-free guidance (Ho & Salimans 2022), EMA weights. The text encoder starts from
+classifier-free guidance (Ho & Salimans 2022), EMA weights. `caption_mismatch` gives that share of
+the samples another scene's caption, as web alt-text often describes something else: the world's
+exact captions make the conditional model alone follow prompts, so guidance adds nothing. The text encoder starts from
 the CLIP pair's text tower and trains with the UNet, as the LDM text transformer did
 (Rombach et al. 2022): contrastive pre-training alone leaves words such as "left" and
 "right" nearly indistinguishable, and a frozen encoder cannot give the UNet what it lacks.
@@ -18,6 +20,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..errors import ConfigError
 from ..io.atomic import atomic_save, atomic_write_text
 from ..sampling.schedule import NoiseSchedule
 from ..world.captions import caption
@@ -54,6 +57,16 @@ def build_latent_cache(run_dir: Path, vae, n: int, seed: int = 7, log=print):
     return scenes, lat, 1.0 / lat.std().item()
 
 
+def training_prompt(scenes: list[Scene], i: int, rng: random.Random, mismatch: float = 0.0) -> str:
+    """Scene i's training caption: empty with CAPTION_DROPOUT, a random scene's with `mismatch`
+    (rng is not drawn for it at 0, so the recipe's own runs keep their random stream), else its own."""
+    if rng.random() < CAPTION_DROPOUT:
+        return ""
+    if mismatch and rng.random() < mismatch:
+        i = rng.randrange(len(scenes))
+    return caption(scenes[i], rng)
+
+
 def encode_text(text_encoder, tok, prompts: list[str]) -> torch.Tensor:
     ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids.to(text_encoder.device)
@@ -74,7 +87,7 @@ def make_ema(unet, text_encoder) -> EMAModel:
 
 
 def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4, cache_size: int = 60000,
-               log=print) -> Path:
+               caption_mismatch: float = 0.0, log=print) -> Path:
     run_dir, dev = Path(run_dir), architecture.train_device()
     stage = Stage(run_dir, "unet")
     tok = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
@@ -92,6 +105,9 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
     if not stage.restore_optimizer(opt):
         progress["optimizer_start"] = progress["step"]          # warm up a fresh optimizer again
     progress.setdefault("scaling_factor", scale)
+    if progress.setdefault("caption_mismatch", caption_mismatch) != caption_mismatch:
+        raise ConfigError(f"this run's UNet trained with --caption-mismatch {progress['caption_mismatch']:g}; "
+                          f"resume it with the same value (got {caption_mismatch:g}) or start a new --run-dir")
     latents = (latents * progress["scaling_factor"]).to(dev)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     stage.restore_ema(make_ema(unet, text_encoder))
@@ -101,7 +117,7 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
     def step():
         idx = torch.randint(0, len(scenes), (batch,), generator=gen)
         x0 = latents[idx.to(dev)]
-        prompts = ["" if rng.random() < CAPTION_DROPOUT else caption(scenes[i], rng) for i in idx.tolist()]
+        prompts = [training_prompt(scenes, i, rng, caption_mismatch) for i in idx.tolist()]
         cond = encode_text(text_encoder, tok, prompts)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         t = torch.randint(0, schedule.num_train_timesteps, (batch,), generator=gen).to(dev)

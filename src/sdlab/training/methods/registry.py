@@ -65,8 +65,8 @@ class MethodSpec:
     dataclass, whose fields (declared with `sdlab.config.setting`) give `sdlab train NAME`'s
     method options. recipe: TrainingConfig defaults of this method (learning rate, weight decay,
     steps, ...), measured for the shipped model where they also suit Stable Diffusion (a model
-    folder's training_defaults.json replaces them for that model: `defaults`). resume_keeps: options a resumed run
-    must keep (they decide what trains, and its shapes). apply_checkpoint(pipe, state, path):
+    folder's training_defaults.json replaces them for that model: `defaults`). resume_keeps:
+    options a resumed run must keep (they decide what trains, and its shapes). apply_checkpoint(pipe, state, path):
     puts a training checkpoint's weights into a Pipeline. usage(config, options, saved, out):
     the model card's "Use" lines (`saved`: file name -> path). footprint(components, options,
     low_precision): what it trains, for the memory estimate (sdlab.training.memory.Footprint).
