@@ -56,7 +56,8 @@ def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path
 def seed_run_from_model(model_dir: Path, clip_dir: Path, run_dir: Path) -> Path:
     """Lay out a run folder from a shipped model (and its CLIP pair) so that `train_model`
     continues its UNet and text encoder from those weights (fresh optimizer; EMA restarts from
-    them) instead of starting from scratch; finished stages keep their recorded budgets."""
+    them) instead of starting from scratch; finished stages keep their recorded budgets (the UNet's
+    caption mismatch is the new run's own)."""
     model_dir, run_dir = Path(model_dir), Path(run_dir)
     budgets = json.loads((model_dir / "training_state.json").read_text())
     shutil.copytree(model_dir / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
@@ -65,7 +66,8 @@ def seed_run_from_model(model_dir: Path, clip_dir: Path, run_dir: Path) -> Path:
               "unet": {"unet": UNet2DConditionModel.from_pretrained(model_dir / "unet"),
                        "text_encoder": CLIPTextModel.from_pretrained(model_dir / "text_encoder")}}
     for stage, found in models.items():
-        stages.save(run_dir, stage, {"progress": budgets[stage],
+        progress = {k: v for k, v in budgets[stage].items() if k != "caption_mismatch"}   # the new run's choice
+        stages.save(run_dir, stage, {"progress": progress,
                                      "models": {k: stages.model_entry(m) for k, m in found.items()}})
     return run_dir
 

@@ -39,6 +39,10 @@ def train_model(run_dir: Path, out_dir: Path, *, vae_minutes: float = 25, decode
     if init_from is not None and not run_dir.exists():
         seed_run_from_model(init_from, init_clip or Path(init_from).parent / "shapes-clip", run_dir)
     clean_stale_temps(run_dir, depth=2)           # a killed run's half-written checkpoints and caches
+    recorded = progress(run_dir, "unet").get("caption_mismatch", caption_mismatch)
+    if recorded != caption_mismatch:
+        raise ConfigError(f"this run's UNet trained with --caption-mismatch {recorded:g}; resume it with the same "
+                          f"value (got {caption_mismatch:g}) or start a new --run-dir (--init-from its model)")
     if not (run_dir / "tokenizer" / "vocab.json").exists():
         build_tokenizer(run_dir / "tokenizer")
     if (m := _remaining(run_dir, "vae", vae_minutes)) > 0:

@@ -20,7 +20,6 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..errors import ConfigError
 from ..io.atomic import atomic_save, atomic_write_text
 from ..sampling.schedule import NoiseSchedule
 from ..world.captions import caption
@@ -105,9 +104,7 @@ def train_unet(run_dir: Path, minutes: float, batch: int = 64, lr: float = 6e-4,
     if not stage.restore_optimizer(opt):
         progress["optimizer_start"] = progress["step"]          # warm up a fresh optimizer again
     progress.setdefault("scaling_factor", scale)
-    if progress.setdefault("caption_mismatch", caption_mismatch) != caption_mismatch:
-        raise ConfigError(f"this run's UNet trained with --caption-mismatch {progress['caption_mismatch']:g}; "
-                          f"resume it with the same value (got {caption_mismatch:g}) or start a new --run-dir")
+    progress.setdefault("caption_mismatch", caption_mismatch)       # train_model refuses a resume that differs
     latents = (latents * progress["scaling_factor"]).to(dev)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     stage.restore_ema(make_ema(unet, text_encoder))
