@@ -48,7 +48,7 @@ def register(sub) -> None:
     t.add_argument("--cache-size", type=int, default=60000, help="rendered scenes encoded once for the UNet")
     t.add_argument("--caption-mismatch", type=float, default=0.0,
                    help="share of UNet samples captioned with another scene's caption, as noisy web captions "
-                        "(0 to 0.9; the shipped model: 0): guidance then matters (docs/results.md)")
+                        "(0 to 0.9; the shipped model: 0): guidance then matters (README, 'The shipped model')")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--card", action="store_true", help="evaluate the result and write MODEL_CARD.md")
     t.add_argument("--init-from", default=None,

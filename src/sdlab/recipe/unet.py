@@ -1,12 +1,13 @@
 """Stage 3 of the base recipe: the UNet, on cached VAE latents of rendered scenes.
 
 v-prediction on a zero-terminal-SNR schedule (Lin et al. 2023), 10 % caption dropout for
-classifier-free guidance (Ho & Salimans 2022), EMA weights. `caption_mismatch` gives that share of
-the samples another scene's caption, as web alt-text often describes something else: the world's
-exact captions make the conditional model alone follow prompts, so guidance adds nothing. The text encoder starts from
+classifier-free guidance (Ho & Salimans 2022), EMA weights. The text encoder starts from
 the CLIP pair's text tower and trains with the UNet, as the LDM text transformer did
 (Rombach et al. 2022): contrastive pre-training alone leaves words such as "left" and
 "right" nearly indistinguishable, and a frozen encoder cannot give the UNet what it lacks.
+`caption_mismatch` gives that share of the samples another scene's caption, as web alt-text often
+describes something else: with the world's exact captions the conditional model alone follows
+prompts, and guidance adds nothing.
 """
 
 from __future__ import annotations
