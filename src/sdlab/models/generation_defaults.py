@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError
+from .folder_json import read_checked
 
 FILE = "generation_defaults.json"
 KEYS = ("cfg_scale",)
@@ -19,17 +20,7 @@ FALLBACK = {"cfg_scale": 7.5}      # Stable Diffusion's (diffusers' and sdlab's)
 
 def read_generation_defaults(folder: str | Path) -> dict:
     """The recommended settings of the model folder (empty when it has no file); a bad file is refused."""
-    path = Path(folder) / FILE
-    if not path.is_file():
-        return {}
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read '{path}': {exc}") from exc
-    try:
-        return check_generation_defaults(values)
-    except ConfigError as exc:
-        raise ModelLoadError(f"'{path}': {exc}") from exc
+    return read_checked(folder, FILE, check_generation_defaults)
 
 
 def check_generation_defaults(values) -> dict:

@@ -13,11 +13,11 @@ Only the training loop's numbers and names are allowed (TrainingConfig fields); 
 
 from __future__ import annotations
 
-import json
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError
+from .folder_json import load_json, read_checked
 
 FILE = "training_defaults.json"
 NOT_A_RECIPE = {"method", "options", "data_dir", "output_dir", "model", "instance_prompt", "validation_data",
@@ -49,26 +49,9 @@ def check_training_defaults(values) -> dict:
     return {method: dict(recipe) for method, recipe in values.items()}
 
 
-def _load(path: Path):
-    """The file's JSON as written (None when there is no file)."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read '{path}': {exc}") from exc
-
-
 def read_training_defaults(folder: str | Path) -> dict:
     """{method: recipe} of the model folder (empty when it has no file); a bad file is refused."""
-    path = Path(folder) / FILE
-    values = _load(path)
-    if values is None:
-        return {}
-    try:
-        return check_training_defaults(values)
-    except ConfigError as exc:
-        raise ModelLoadError(f"'{path}': {exc}") from exc
+    return read_checked(folder, FILE, check_training_defaults)
 
 
 def shipped_recipe_as_written(method: str) -> dict:
@@ -76,7 +59,7 @@ def shipped_recipe_as_written(method: str) -> dict:
     and with them torch): what `sdlab train METHOD --help` shows; a run checks them."""
     from .shipped import model_location
 
-    values = _load(model_location(None) / FILE)
+    values = load_json(model_location(None) / FILE)
     recipe = values.get(method) if isinstance(values, dict) else None
     return recipe if isinstance(recipe, dict) else {}
 
