@@ -205,3 +205,13 @@ def test_a_bad_caption_mismatch_stops_before_any_stage(tmp_path, bad):
     with pytest.raises(ConfigError, match="from 0 to 0.9"):
         train_model(tmp_path / "run", tmp_path / "out", caption_mismatch=bad)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-4, 0.5])
+def test_a_bad_unet_lr_stops_before_any_stage(tmp_path, bad):
+    from sdlab.errors import ConfigError
+    from sdlab.recipe.train import train_model
+
+    with pytest.raises(ConfigError, match="at most 0.01"):
+        train_model(tmp_path / "run", tmp_path / "out", unet_lr=bad)
+    assert not (tmp_path / "run").exists()

@@ -46,6 +46,9 @@ def register(sub) -> None:
     t.add_argument("--clip-minutes", type=float, default=12)
     t.add_argument("--unet-minutes", type=float, default=120)
     t.add_argument("--cache-size", type=int, default=60000, help="rendered scenes encoded once for the UNet")
+    t.add_argument("--unet-lr", type=float, default=6e-4,
+                   help="the UNet's peak learning rate after warm-up (the text encoder's is half); the recipe's from "
+                        "scratch; an --init-from run that trains on wants about 1e-4")
     t.add_argument("--caption-mismatch", type=float, default=0.0,
                    help="share of UNet samples captioned with another scene's caption, as noisy web captions "
                         "(0 to 0.9; the shipped model: 0): guidance then matters (README, 'The shipped model')")
@@ -105,7 +108,7 @@ def run_train(args) -> int:
     out = train_model(Path(args.run_dir), Path(args.out), vae_minutes=args.vae_minutes, decoder_minutes=args.decoder_minutes,
                       clip_minutes=args.clip_minutes, unet_minutes=args.unet_minutes, cache_size=args.cache_size,
                       clip_out=Path(args.clip_out), threads=args.threads, caption_mismatch=args.caption_mismatch,
-                      init_from=Path(args.init_from) if args.init_from else None)
+                      unet_lr=args.unet_lr, init_from=Path(args.init_from) if args.init_from else None)
     if args.card:
         from ..recipe.model_card import card
 

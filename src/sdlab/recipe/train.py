@@ -29,7 +29,9 @@ def _remaining(run_dir: Path, stage: str, minutes: float) -> float:
 def train_model(run_dir: Path, out_dir: Path, *, vae_minutes: float = 25, decoder_minutes: float = 25, clip_minutes: float = 12,
                 unet_minutes: float = 120, cache_size: int = 60000, clip_out: Path | None = None,
                 init_from: Path | None = None, init_clip: Path | None = None, threads: int | None = None,
-                caption_mismatch: float = 0.0, log=print) -> Path:
+                caption_mismatch: float = 0.0, unet_lr: float = 6e-4, log=print) -> Path:
+    if not 0 < unet_lr <= 1e-2:
+        raise ConfigError(f"unet_lr is the UNet's peak learning rate, above 0 and at most 0.01; got {unet_lr:g}")
     if not 0 <= caption_mismatch <= 0.9:
         raise ConfigError(f"caption_mismatch is the share of captions taken from another scene, from 0 to 0.9; "
                           f"got {caption_mismatch:g}")
@@ -52,7 +54,7 @@ def train_model(run_dir: Path, out_dir: Path, *, vae_minutes: float = 25, decode
     if (m := _remaining(run_dir, "clip", clip_minutes)) > 0:
         train_clip(run_dir, run_dir / "tokenizer", m, log=log)
     if (m := _remaining(run_dir, "unet", unet_minutes)) > 0:
-        train_unet(run_dir, m, cache_size=cache_size, caption_mismatch=caption_mismatch, log=log)
+        train_unet(run_dir, m, lr=unet_lr, cache_size=cache_size, caption_mismatch=caption_mismatch, log=log)
     if progress(run_dir, "vae_decoder"):
         log("using the fine-tuned decoder from vae_decoder/")
     return assemble(run_dir, out_dir, clip_out)
