@@ -215,3 +215,24 @@ def test_a_bad_unet_lr_stops_before_any_stage(tmp_path, bad):
     with pytest.raises(ConfigError, match="at most 0.01"):
         train_model(tmp_path / "run", tmp_path / "out", unet_lr=bad)
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_model_passes_cfg_rescale_to_every_image():
+    """`sdlab world eval-model --guidance-rescale`: each image is generated with CFG rescale's phi
+    (Lin et al. 2023) and the report records it."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from sdlab.recipe.evaluate import evaluate
+
+    seen = []
+
+    def generate(config):
+        seen.append((config.cfg_scale, config.guidance_rescale))
+        return SimpleNamespace(images=[Image.new("RGB", (64, 64))])
+
+    pipe = SimpleNamespace(generate=generate, generation_defaults={"cfg_scale": 3.0})
+    report = evaluate(pipe, n=2, steps=2, cfgs=(7.5,), sets=("seen",), guidance_rescale=0.7)
+    assert report["guidance_rescale"] == 0.7 and set(report["results"]) == {"seen@cfg7.5"}
+    assert seen == [(7.5, 0.7), (7.5, 0.7)]

@@ -77,6 +77,8 @@ def register(sub) -> None:
     v.add_argument("--cfg", type=float, nargs="+", default=None,
                    help="guidance scales (default: 7.5, 1 and the model's recommended scale)")
     v.add_argument("--sampler", default="Euler a")
+    v.add_argument("--guidance-rescale", type=float, default=0.0,
+                   help="CFG rescale phi in [0, 1] (Lin et al. 2023; default 0: plain guidance)")
     v.add_argument("--json-out", default=None)
     v.set_defaults(run=run_eval)
 
@@ -131,7 +133,8 @@ def run_eval(args) -> int:
     from ..pipeline import Pipeline
     from ..recipe.evaluate import evaluate
 
-    report = evaluate(Pipeline.load(args.model), n=args.n, steps=args.steps, cfgs=args.cfg, sampler=args.sampler)
+    report = evaluate(Pipeline.load(args.model), n=args.n, steps=args.steps, cfgs=args.cfg, sampler=args.sampler,
+                      guidance_rescale=args.guidance_rescale)
     text = json.dumps(report, indent=2)
     if args.json_out:
         Path(args.json_out).write_text(text)

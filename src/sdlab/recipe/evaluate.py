@@ -15,11 +15,12 @@ from ..world.prompt_sets import PROMPT_SETS, SCORED, prompt_set
 
 
 def evaluate(pipe, n: int = 64, steps: int = 25, cfgs=None, sampler: str = "Euler a",
-             batch: int = 16, sets=tuple(PROMPT_SETS)) -> dict:
-    """`cfgs` default: Stable Diffusion's 7.5, no guidance (1) and the model's recommended scale."""
+             batch: int = 16, sets=tuple(PROMPT_SETS), guidance_rescale: float = 0.0) -> dict:
+    """`cfgs` default: Stable Diffusion's 7.5, no guidance (1) and the model's recommended scale;
+    `guidance_rescale` is CFG rescale's phi (Lin et al. 2023), 0 = plain guidance."""
     if cfgs is None:
         cfgs = tuple(dict.fromkeys((7.5, 1.0, float(pipe.generation_defaults["cfg_scale"]))))
-    report = {"n": n, "steps": steps, "sampler": sampler, "results": {}}
+    report = {"n": n, "steps": steps, "sampler": sampler, "guidance_rescale": guidance_rescale, "results": {}}
     for name in sets:
         scenes = prompt_set(name, n)
         for cfg in cfgs:
@@ -27,7 +28,7 @@ def evaluate(pipe, n: int = 64, steps: int = 25, cfgs=None, sampler: str = "Eule
             for i in range(0, n, batch):
                 for j, scene in enumerate(scenes[i:i + batch]):
                     config = GenerationConfig(full_caption(scene), steps=steps, cfg_scale=cfg, sampler=sampler,
-                                              seed=10_000 + i + j)
+                                              seed=10_000 + i + j, guidance_rescale=guidance_rescale)
                     images += pipe.generate(config).images
             acc = accuracy(scenes, images, attributes=SCORED)
             acc["seconds_per_image"] = (time.time() - start) / n
