@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from sdlab.models.shipped import SHIPPED
 from sdlab.recipe import stages
 from sdlab.training import checkpoints as ck
 
@@ -138,6 +139,8 @@ def test_train_model_killed_in_the_unet_stage_resumes_to_completion(tmp_path):
                                                                      "vocab.json"]       # no tokenizer.json
     with safe_open(str(out / "text_encoder" / "model.safetensors"), "pt") as f:
         assert all(k.startswith("text_model.") for k in f.keys())
+    for name in ("generation_defaults.json", "training_defaults.json"):      # the recipe's measured settings
+        assert (out / name).read_text() == (SHIPPED['shapes-sd'] / name).read_text()
     budgets = json.loads((out / "training_state.json").read_text())
     assert budgets["unet"]["step"] == unet["progress"]["step"] and budgets["vae"]["readback"]
     image = Pipeline.load(out).generate(GenerationConfig("a red circle", steps=2, seed=0)).images[0]
@@ -236,3 +239,17 @@ def test_eval_model_passes_cfg_rescale_to_every_image():
     report = evaluate(pipe, n=2, steps=2, cfgs=(7.5,), sets=("seen",), guidance_rescale=0.7)
     assert report["guidance_rescale"] == 0.7 and set(report["results"]) == {"seen@cfg7.5"}
     assert seen == [(7.5, 0.7), (7.5, 0.7)]
+
+
+def test_an_assembled_model_recommends_the_recipes_measured_settings(tmp_path):
+    """assemble() copies the shipped model's generation_defaults.json (CFG 3) and training_defaults.json:
+    they were measured on this recipe's output, and a model folder without them falls back to Stable
+    Diffusion's 7.5, which over-guides it."""
+    from sdlab.models.generation_defaults import read_generation_defaults
+    from sdlab.models.training_defaults import read_training_defaults
+    from sdlab.recipe.assemble import recipe_settings
+
+    recipe_settings(tmp_path)
+    assert read_generation_defaults(tmp_path) == read_generation_defaults(SHIPPED["shapes-sd"]) == {"cfg_scale": 3.0}
+    assert read_training_defaults(tmp_path) == read_training_defaults(SHIPPED["shapes-sd"])
+    assert "finetune" in read_training_defaults(tmp_path)

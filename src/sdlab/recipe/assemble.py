@@ -11,12 +11,16 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipe
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from ..io.atomic import atomic_dir
+from ..models.generation_defaults import FILE as GENERATION_DEFAULTS
+from ..models.shipped import SHIPPED
+from ..models.training_defaults import FILE as TRAINING_DEFAULTS
 from ..models.text_encoder_file import rewrite_portable
 from . import architecture, stages
 from .unet import ema_models
 from .vae import final_vae
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+RECIPE_SETTINGS = (GENERATION_DEFAULTS, TRAINING_DEFAULTS)
 
 
 def _tokenizer_files(run_dir: Path, folder: Path) -> None:
@@ -44,6 +48,7 @@ def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path
         rewrite_portable(tmp / "text_encoder")        # text_model. keys: transformers 4.x loads them too
         (tmp / "training_state.json").write_text(json.dumps(training_summary(run_dir), indent=1))
         _tokenizer_files(run_dir, tmp / "tokenizer")
+        recipe_settings(tmp)
     if clip_out is not None:
         with atomic_dir(clip_out) as tmp:
             clip = stages.build_model(stages.load(run_dir, "clip")["models"]["clip"])
@@ -51,6 +56,14 @@ def assemble(run_dir: Path, out_dir: Path, clip_out: Path | None = None) -> Path
             CLIPTokenizer.from_pretrained(run_dir / "tokenizer").save_pretrained(tmp)
             _tokenizer_files(run_dir, tmp)
     return Path(out_dir)
+
+
+def recipe_settings(folder: Path, shipped: Path = SHIPPED["shapes-sd"]) -> None:
+    """The settings measured on the shipped model, this recipe's output (its guidance scale, its
+    fine-tune's numbers), copied into `folder` so a model trained again recommends the same."""
+    for name in RECIPE_SETTINGS:
+        if (shipped / name).is_file():
+            shutil.copy(shipped / name, Path(folder) / name)
 
 
 def seed_run_from_model(model_dir: Path, clip_dir: Path, run_dir: Path) -> Path:
