@@ -52,6 +52,31 @@ def test_hires_sigmas_are_a1111s_tail(pipe):
     torch.testing.assert_close(hires_sigmas(pipe, config), get_sigmas(pipe.schedule, 10, "default")[3:])
 
 
+def test_hires_sampler_runs_the_second_pass(pipe):
+    """hires_sampler (A1111's Hires sampling method): the first pass with `sampler`, the second with it,
+    on its own schedule's tail; written as "Hires sampler" only when it differs from the sampler."""
+    from dataclasses import replace
+
+    from sdlab.sampling.hires import hires_pass
+
+    config = GenerationConfig("a red circle", seed=4, steps=4, sampler="Euler a", hires_scale=2, hires_strength=0.5,
+                              hires_sampler="Euler")
+    result = pipe.generate(config)
+    side = pipe.native_size
+    second = hires_pass(pipe, replace(config, sampler="Euler", hires_sampler=None), [4], _base(pipe, config), side, side)
+    assert np.array_equal(np.asarray(result.images[0]), np.asarray(pipe.decode_images(second)[0]))
+    assert parse_infotext(result.infotexts[0])[2]["Hires sampler"] == "Euler"
+    assert result.settings[0]["hires_sampler"] == "Euler"
+    same = pipe.generate(replace(config, sampler="Euler"))
+    plain = pipe.generate(replace(config, sampler="Euler", hires_sampler=None))
+    assert np.array_equal(np.asarray(same.images[0]), np.asarray(plain.images[0]))
+    assert "Hires sampler" not in same.infotexts[0]
+    karras = replace(config, steps=10, sampler="Euler", hires_sampler="Euler Karras")
+    torch.testing.assert_close(hires_sigmas(pipe, karras), get_sigmas(pipe.schedule, 20, "karras")[10:])
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        GenerationConfig("x", hires_sampler="Euler z")
+
+
 @pytest.mark.parametrize("upscaler,mode", [("latent", "bilinear"), ("latent-nearest-exact", "nearest-exact")])
 def test_latent_upscale_is_a1111s_interpolation(pipe, upscaler, mode):
     """At strength 0 the second pass is the upscaled latents themselves: torch interpolate, no antialias."""
@@ -122,10 +147,11 @@ def test_cli_flags(tiny_model_dir, tmp_path):
 
     assert main(["generate", "a red circle", "--model", str(tiny_model_dir), "--steps", "2", "--seed", "1",
                  "--hires-scale", "2", "--hires-strength", "0.5", "--hires-upscaler", "lanczos",
-                 "--out", str(tmp_path)]) == 0
+                 "--hires-sampler", "Euler", "--out", str(tmp_path)]) == 0
     (png,) = tmp_path.glob("*.png")
     meta = read_png_metadata(png)
     assert meta["params"]["Hires upscaler"] == "Lanczos" and meta["settings"]["hires_upscaler"] == "lanczos"
+    assert meta["params"]["Hires sampler"] == "Euler" and meta["settings"]["hires_sampler"] == "Euler"
 
 
 def test_http_schema_declares_the_fields():
@@ -135,6 +161,9 @@ def test_http_schema_declares_the_fields():
     assert (r.hires_strength, r.hires_steps, r.clip_skip) == (0.7, 0, 2)
     with pytest.raises(ValueError, match="hires_steps"):
         GenerateRequest(prompt="x", hires_steps=151)
+    assert GenerateRequest(prompt="x", hires_sampler="DPM++ 2M Karras").hires_sampler == "DPM++ 2M Karras"
+    with pytest.raises(ValueError, match="hires_sampler"):
+        GenerateRequest(prompt="x", hires_sampler="Euler z")
 
 
 def test_a1111_api_hires_fix_and_clip_skip(tmp_path):
@@ -158,6 +187,12 @@ def test_a1111_api_hires_fix_and_clip_skip(tmp_path):
         assert (r.info["clip_skip"], r.info["denoising_strength"]) == (2, 0.5)
         params = parse_infotext(r.info["infotexts"][0])[2]
         assert (params["Clip skip"], params["Hires upscaler"], params["Hires steps"]) == (2, "Latent (nearest-exact)", 3)
+        r = api.txt2img(prompt=prompt, seed=3, steps=4, sampler_name="Euler a", width=48, height=48, enable_hr=True,
+                        hr_scale=2, denoising_strength=0.5, hr_sampler_name="Euler")
+        want = shipped.generate(GenerationConfig(prompt, seed=3, steps=4, sampler="Euler a", cfg_scale=7.0, width=48,
+                                                 height=48, hires_scale=2, hires_strength=0.5, hires_sampler="Euler"))
+        assert np.array_equal(np.asarray(r.image), np.asarray(want.images[0]))
+        assert parse_infotext(r.info["infotexts"][0])[2]["Hires sampler"] == "Euler"
         too_big = requests.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64,
                                                                    "height": 64, "enable_hr": True}, timeout=60)
         assert too_big.status_code == 500 and "past this server's largest side 96" in too_big.text
@@ -178,13 +213,14 @@ def test_studio_hires_section_in_chromium(browser, server):
     page.fill("#hires_steps", "2")
     page.select_option("#hires_upscaler", "lanczos")
     page.fill("#deep_shrink", "2")
+    page.select_option("#hires_sampler", "Euler")
     page.click("#generate")
     page.wait_for_function("() => [...document.querySelectorAll('#results img')].some(i => i.naturalWidth === 128)",
                            timeout=180_000)
     meta = page.text_content("#meta")
     assert meta.startswith("a large [red:blue:0.5] circle")
     for field in ("Size: 64x64", "Clip skip: 2", "Hires upscale: 2", "Hires steps: 2", "Hires upscaler: Lanczos",
-                  "Denoising strength: 0.7", "Deep Shrink: 2"):
+                  "Denoising strength: 0.7", "Deep Shrink: 2", "Hires sampler: Euler"):
         assert field in meta, (field, meta)
     page.click("#tab-img2img")
     assert page.is_hidden("#hires-fields") and page.is_visible("#clip_skip")

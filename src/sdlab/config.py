@@ -161,6 +161,9 @@ class GenerationConfig:
                                   choices=_hires_upscalers, group="hires fix")
     hires_steps: int = setting(0, "hires fix: steps of the second pass (0 = the same as steps)", lo=0, hi=1000,
                                http_hi=150, group="hires fix")
+    hires_sampler: Optional[str] = setting(None, "hires fix: the second pass's sampler (A1111's Hires sampling "
+                                           "method)", choices=_sampler_names, default_text="the same as --sampler",
+                                           group="hires fix")
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -175,6 +178,8 @@ class GenerationConfig:
         from .sampling.samplers import resolve_sampler
 
         resolve_sampler(self.sampler, self.schedule)
+        if self.hires_sampler is not None:
+            resolve_sampler(self.hires_sampler, self.schedule)
         from .sampling.hires import check_upscaler
 
         check_upscaler(self.hires_upscaler)

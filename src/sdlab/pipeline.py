@@ -463,7 +463,7 @@ class Pipeline:
             if d.get(name) == default:
                 d.pop(name)
         if d.get("hires_scale") is None:
-            for name in ("hires_strength", "hires_upscaler", "hires_steps"):
+            for name in ("hires_strength", "hires_upscaler", "hires_steps", "hires_sampler"):
                 d.pop(name, None)
         return d
 

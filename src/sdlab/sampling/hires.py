@@ -4,6 +4,7 @@ new size through the same sampling loop (Pipeline.sample_latents).
 - Upscalers, under A1111's labels: the "Latent" family interpolates the latents
   (`torch.nn.functional.interpolate`; "Latent" is bilinear without antialiasing, as A1111's);
   "Lanczos" and "Nearest" decode, resize with PIL and encode again.
+- The second pass runs with `hires_sampler` (A1111's "Hires sampling method"; unset: `sampler`).
 - The second pass runs exactly `hires_steps` steps (0: `steps`) at `hires_strength`, as A1111 does:
   of the sigmas of int(hires_steps / strength) steps, the last hires_steps are run. Its noise comes
   from the same seeds at the new size; prompt editing counts its steps on from the first pass
@@ -15,7 +16,7 @@ new size through the same sampling loop (Pipeline.sample_latents).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -101,10 +102,17 @@ def pass_steps(config) -> int:
     return config.hires_steps or config.steps
 
 
+def pass_config(config):
+    """The second pass's settings: `config` with the hires sampler, when one is set, as its sampler."""
+    return config if config.hires_sampler is None else replace(config, sampler=config.hires_sampler)
+
+
 def hires_sigmas(pipe, config) -> torch.Tensor:
-    """The sigmas of the second pass: the last `pass_steps` steps of int(steps / strength) (A1111)."""
+    """The sigmas of the second pass: the last `pass_steps` steps of int(steps / strength) (A1111),
+    on the schedule of the pass's sampler."""
     from . import get_sigmas, resolve_sampler
 
+    config = pass_config(config)
     steps = pass_steps(config)
     total = int(steps / min(config.hires_strength, 0.999))
     _, sigma_kind = resolve_sampler(config.sampler, config.schedule)
@@ -124,7 +132,7 @@ def hires_pass(pipe, config, seeds: list[int], latents: torch.Tensor, width: int
     if cond is None:
         cond = pipe.encode_scheduled(config.prompt, config.steps, steps, config.clip_skip)
     uncond = pipe.encode_scheduled(config.negative_prompt, config.steps, steps, config.clip_skip)
-    return pipe.sample_latents(config, seeds, *size, init=start, sigmas=hires_sigmas(pipe, config),
+    return pipe.sample_latents(pass_config(config), seeds, *size, init=start, sigmas=hires_sigmas(pipe, config),
                                cond=cond, uncond=uncond, **loop)
 
 
@@ -153,6 +161,8 @@ def infotext_fields(config) -> dict:
     if not enabled(config):
         return {}
     scale = config.hires_scale
+    other_sampler = config.hires_sampler not in (None, config.sampler)       # as A1111: only when it differs
     return {"Denoising strength": config.hires_strength,
             "Hires upscale": int(scale) if float(scale).is_integer() else scale,
-            "Hires steps": config.hires_steps or None, "Hires upscaler": UPSCALERS[config.hires_upscaler].label}
+            "Hires steps": config.hires_steps or None, "Hires upscaler": UPSCALERS[config.hires_upscaler].label,
+            "Hires sampler": config.hires_sampler if other_sampler else None}

@@ -59,6 +59,9 @@ def sampler_aliases(name: str) -> list[str]:
     return [f"{a}_ka" if karras else a for a in _BASE_ALIASES.get(base, [])]
 
 
+SAME_SAMPLER = "Use same sampler"      # A1111's hr_sampler_name for "the first pass's"
+
+
 def resolve_sampler(name: str, scheduler: Optional[str]) -> tuple[str, str]:
     """(sdlab's sampler, schedule) for A1111's sampler name (or alias) and scheduler (name or label),
     as A1111's get_sampler_and_scheduler: a name that carries a schedule ("DPM++ 2M Karras") keeps it,
@@ -143,7 +146,8 @@ class A1111Txt2Img(A1111Request):
     hr_resize_y: int = Field(0, description="must be 0: give hr_scale")
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="must be empty: the pass uses prompt")
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="must be empty")
-    hr_sampler_name: Optional[str] = Field(None, max_length=100, description="unset: the pass uses sampler_name")
+    hr_sampler_name: Optional[str] = Field(None, max_length=100, description="unset or \"Use same sampler\": "
+                                           "the pass uses sampler_name; on the first pass's schedule")
     hr_checkpoint_name: Optional[str] = Field(None, max_length=255, description="unset: one model per server")
 
     @field_validator("hr_resize_x", "hr_resize_y", "hr_prompt", "hr_negative_prompt", "hr_checkpoint_name")
@@ -152,14 +156,6 @@ class A1111Txt2Img(A1111Request):
         if v:
             raise ValueError(f"{info.field_name} is not supported by this server (sdlab): the hires pass takes "
                              "hr_scale and the first pass's prompts and model")
-        return v
-
-    @field_validator("hr_sampler_name")
-    @classmethod
-    def _same_sampler(cls, v: Optional[str], info) -> Optional[str]:
-        if v not in (None, "", "Use same sampler"):
-            raise ValueError("hr_sampler_name is not supported by this server (sdlab): the hires pass uses "
-                             "sampler_name")
         return v
 
     def job_fields(self) -> dict:
@@ -171,7 +167,17 @@ class A1111Txt2Img(A1111Request):
                           hires_steps=self.hr_second_pass_steps)
             if self.denoising_strength is not None:
                 fields["hires_strength"] = self.denoising_strength
+            if self.hr_sampler_name not in (None, "", SAME_SAMPLER):
+                fields["hires_sampler"] = self.hires_sampler(fields["schedule"])
         return fields
+
+    def hires_sampler(self, schedule: str) -> str:
+        """sdlab's name of hr_sampler_name, run on the first pass's schedule (sdlab has no hr_scheduler)."""
+        name, own = resolve_sampler(self.hr_sampler_name, self.scheduler)
+        if own not in ("Automatic", schedule):
+            raise ConfigError(f"hr_sampler_name {self.hr_sampler_name!r} on the {own} schedule: this server runs the "
+                              f"hires pass on the first pass's schedule ({schedule}); use a sampler without one")
+        return name
 
 
 class A1111Img2Img(A1111Request):

@@ -26,7 +26,7 @@ MAX_SIDE = http_bound("width")     # schema bound; the server's --max-side setti
 MAX_BATCH_SIZE = http_bound("batch_size")
 MAX_BATCH_COUNT = http_bound("batch_count")
 MAX_WORDS = 16           # reweight / blend entries of an edit
-HIRES_FIELDS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps")
+HIRES_FIELDS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps", "hires_sampler")
 
 
 def _clean_text(value: str, name: str) -> str:

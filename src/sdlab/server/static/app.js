@@ -128,6 +128,7 @@ function request() {
   if (S.mode === "txt2img" && (numberOrNull("hires_scale") ?? 1) > 1) {
     Object.assign(p, { hires_scale: numberOrNull("hires_scale"), hires_upscaler: $("hires_upscaler").value,
                        hires_steps: numberOrNull("hires_steps") ?? 0, hires_strength: Number($("hires_strength").value) });
+    if ($("hires_sampler").value) p.hires_sampler = $("hires_sampler").value;
   }
   if (S.mode === "txt2img") return $("control_image").files[0] ? controlRequest(p) : postJson("/api/generate", p);
   if (S.mode === "grid") return gridRequest(p);  // forms.js
@@ -421,6 +422,9 @@ async function init2() {
     S.model = o.model;
     $("sampler").innerHTML = "";
     for (const name of o.samplers) $("sampler").add(new Option(name, name, false, name === o.default_sampler));
+    $("hires_sampler").innerHTML = "";
+    $("hires_sampler").add(new Option("Use same sampler", "", false, true));
+    for (const name of o.samplers) $("hires_sampler").add(new Option(name, name));
     $("schedule").innerHTML = "";
     for (const name of o.schedules) $("schedule").add(new Option(name, name, false, name === o.default_schedule));
     if (o.default_cfg_scale != null) $("cfg_scale").value = o.default_cfg_scale;
