@@ -2,7 +2,7 @@
 world's 64x64, reads as well as the 64x64 base image (oracle all-right within 0.05).
 
     python benchmarks/hires_eval.py --n 32 [--upscalers latent lanczos] [--strengths 0.5 0.7]
-        [--deep-shrink 0 2] [--direct] [--results]
+        [--deep-shrink 0 2] [--hires-sampler Euler] [--direct] [--results]
 
 `--deep-shrink F ...` runs every hires setting with each Deep Shrink factor (sdlab.sampling.deep_shrink;
 0: off); `--direct` adds rows generated at the hires size in one pass.
@@ -66,12 +66,13 @@ def evaluate(pipe, args) -> dict:
             for strength in args.strengths:
                 rows[f"hires x{args.scale:g} {upscaler} {strength:g}{label}"] = run_variant(
                     pipe, scenes, args, hires_scale=args.scale, hires_upscaler=upscaler, hires_strength=strength,
-                    hires_steps=args.hires_steps, deep_shrink=shrink)
+                    hires_steps=args.hires_steps, hires_sampler=args.hires_sampler, deep_shrink=shrink)
     base = rows["base 64x64"]["all"]
     for row in rows.values():
         row["delta_all"] = round(row["all"] - base, 4)
         row["within_target"] = row["all"] >= base - TARGET
     return {"n": args.n, "steps": args.steps, "hires_steps": args.hires_steps or args.steps,
+            "hires_sampler": args.hires_sampler or args.sampler,
             "deep_shrink": args.deep_shrink, "cfg_scale": args.cfg_scale, "sampler": args.sampler, "target": TARGET,
             "rows": rows}
 
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default 0: --steps)")
     p.add_argument("--cfg-scale", type=float, default=None, help="default: the model's recommended scale")
     p.add_argument("--sampler", default="Euler a")
+    p.add_argument("--hires-sampler", default=None, help="the second pass's sampler (default: --sampler)")
     p.add_argument("--scale", type=float, default=2.0, help="hires upscale (default 2: 128x128)")
     p.add_argument("--upscalers", nargs="+", default=["latent", "lanczos"])
     p.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.7])
@@ -109,7 +111,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     pipe = Pipeline.load(args.model)
     report = evaluate(pipe, args)
-    title = f"Hires fix, oracle all-right of downscaled results vs the base ({pipe.c.name}, n={args.n})"
+    passes = f"{args.sampler}, second pass {args.hires_sampler}" if args.hires_sampler else args.sampler
+    title = f"Hires fix, oracle all-right of downscaled results vs the base ({pipe.c.name}, n={args.n}, {passes})"
     publish(__file__, title, table(report), argv=argv, record=args.record)
     emit_report(report, result_file(__file__) if args.results else args.out)
     return 0
