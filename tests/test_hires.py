@@ -73,7 +73,7 @@ def test_hires_sampler_runs_the_second_pass(pipe):
     assert "Hires sampler" not in same.infotexts[0]
     karras = replace(config, steps=10, sampler="Euler", hires_sampler="Euler Karras")
     torch.testing.assert_close(hires_sigmas(pipe, karras), get_sigmas(pipe.schedule, 20, "karras")[10:])
-    with pytest.raises(ConfigError, match="unknown sampler"):
+    with pytest.raises(ConfigError, match="hires_sampler: unknown sampler 'Euler z'; known samplers: Euler,"):
         GenerationConfig("x", hires_sampler="Euler z")
 
 

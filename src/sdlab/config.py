@@ -179,7 +179,10 @@ class GenerationConfig:
 
         resolve_sampler(self.sampler, self.schedule)
         if self.hires_sampler is not None:
-            resolve_sampler(self.hires_sampler, self.schedule)
+            try:
+                resolve_sampler(self.hires_sampler, self.schedule)
+            except ConfigError as e:
+                raise ConfigError(f"hires_sampler: {e}") from None
         from .sampling.hires import check_upscaler
 
         check_upscaler(self.hires_upscaler)
