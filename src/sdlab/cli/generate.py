@@ -33,7 +33,8 @@ EXAMPLES = """examples:
 SAMPLING_SETTINGS = ("negative_prompt", "steps", "cfg_scale", "sampler", "schedule", "seed", "width", "height",
                      "guidance_rescale", "deep_shrink")
 BATCH_SETTINGS = ("batch_size", "batch_count")
-HIRES_SETTINGS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps", "hires_sampler")   # txt2img only, as A1111
+# txt2img only, as A1111
+HIRES_SETTINGS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps", "hires_sampler")
 
 
 def sampling_options(p: argparse.ArgumentParser) -> None:
