@@ -253,3 +253,18 @@ def test_an_assembled_model_recommends_the_recipes_measured_settings(tmp_path):
     assert read_generation_defaults(tmp_path) == read_generation_defaults(SHIPPED["shapes-sd"]) == {"cfg_scale": 3.0}
     assert read_training_defaults(tmp_path) == read_training_defaults(SHIPPED["shapes-sd"])
     assert "finetune" in read_training_defaults(tmp_path)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--guidance-rescale", "2"], "guidance_rescale must be between 0.0 and 1.0, got 2.0"),
+    (["--n", "0"], "--n is the number of samples per prompt set, at least 1; got 0"),
+    (["--sampler", "Euler z"], "unknown sampler 'Euler z'"),
+    (["--cfg", "1", "-3"], "cfg_scale must be between 0.0 and 100.0, got -3.0"),
+])
+def test_eval_model_refuses_bad_flags_before_loading(flags, message, capsys, monkeypatch):
+    from sdlab.cli.main import main
+    from sdlab.pipeline import Pipeline
+
+    monkeypatch.setattr(Pipeline, "load", classmethod(lambda cls, *a, **k: pytest.fail("loaded the model")))
+    assert main(["world", "eval-model", *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -130,9 +130,16 @@ def run_train_classifier(args) -> int:
 
 
 def run_eval(args) -> int:
+    from ..config import GenerationConfig
+    from ..errors import ConfigError
     from ..pipeline import Pipeline
     from ..recipe.evaluate import evaluate
 
+    if args.n < 1:
+        raise ConfigError(f"--n is the number of samples per prompt set, at least 1; got {args.n}")
+    for cfg in args.cfg or (None,):      # steps, scales, sampler and rescale checked before the model loads
+        GenerationConfig("", steps=args.steps, cfg_scale=cfg, sampler=args.sampler,
+                         guidance_rescale=args.guidance_rescale)
     report = evaluate(Pipeline.load(args.model), n=args.n, steps=args.steps, cfgs=args.cfg, sampler=args.sampler,
                       guidance_rescale=args.guidance_rescale)
     text = json.dumps(report, indent=2)
