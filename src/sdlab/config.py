@@ -119,6 +119,8 @@ def _hires_upscalers() -> list[str]:
 
 _SIDE = dict(lo=8, hi=MAX_SIDE, multiple_of=8, default_text="the model's native size", http_hi=2048)
 _TEXT = dict(max_length=2000)   # characters of a prompt over HTTP
+# The hires fix's settings (txt2img only, as A1111): hires_scale > 1 turns it on, the rest shape the pass.
+HIRES_FIELDS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps", "hires_sampler")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .callbacks import CancelToken, StepCallback
-from .config import GenerationConfig
+from .config import HIRES_FIELDS, GenerationConfig
 from .errors import ConfigError
 from .guidance.cfg import CFGDenoiser, GuidanceCond, ScheduledCond, map_cond
 from .io.images import to_pil
@@ -463,7 +463,7 @@ class Pipeline:
             if d.get(name) == default:
                 d.pop(name)
         if d.get("hires_scale") is None:
-            for name in ("hires_strength", "hires_upscaler", "hires_steps", "hires_sampler"):
+            for name in HIRES_FIELDS:
                 d.pop(name, None)
         return d
 

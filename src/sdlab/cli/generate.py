@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..callbacks import combine
-from ..config import GenerationConfig
+from ..config import HIRES_FIELDS, GenerationConfig
 from ..errors import ConfigError
 from ..guidance import DEFAULT_GUIDANCE_SCALES
 from .control import control_options, controls_from_args
@@ -33,8 +33,6 @@ EXAMPLES = """examples:
 SAMPLING_SETTINGS = ("negative_prompt", "steps", "cfg_scale", "sampler", "schedule", "seed", "width", "height",
                      "guidance_rescale", "deep_shrink")
 BATCH_SETTINGS = ("batch_size", "batch_count")
-# txt2img only, as A1111
-HIRES_SETTINGS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps", "hires_sampler")
 
 
 def sampling_options(p: argparse.ArgumentParser) -> None:
@@ -104,7 +102,7 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help=HELP["generate"], epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
-    add_config_arguments(p, GenerationConfig, HIRES_SETTINGS)
+    add_config_arguments(p, GenerationConfig, HIRES_FIELDS)
     from .remote import server_options
 
     server_options(p)

@@ -103,8 +103,10 @@ def pass_steps(config) -> int:
 
 
 def pass_config(config):
-    """The second pass's settings: `config` with the hires sampler, when one is set, as its sampler."""
-    return config if config.hires_sampler is None else replace(config, sampler=config.hires_sampler)
+    """The second pass's settings: `config` with the hires sampler, when one is set, as its sampler
+    and hires_sampler cleared (so a pass's settings give themselves back)."""
+    return config if config.hires_sampler is None else replace(config, sampler=config.hires_sampler,
+                                                                hires_sampler=None)
 
 
 def hires_sigmas(pipe, config) -> torch.Tensor:
@@ -126,13 +128,14 @@ def hires_pass(pipe, config, seeds: list[int], latents: torch.Tensor, width: int
     cancel, guidance, attention); `cond` overrides the prompt as in the base pass."""
     size = hires_size(config, width, height)
     start = upscale(pipe, latents, size, config.hires_upscaler)
+    config = pass_config(config)
     if config.hires_strength == 0:
         return start
     steps = pass_steps(config)
     if cond is None:
         cond = pipe.encode_scheduled(config.prompt, config.steps, steps, config.clip_skip)
     uncond = pipe.encode_scheduled(config.negative_prompt, config.steps, steps, config.clip_skip)
-    return pipe.sample_latents(pass_config(config), seeds, *size, init=start, sigmas=hires_sigmas(pipe, config),
+    return pipe.sample_latents(config, seeds, *size, init=start, sigmas=hires_sigmas(pipe, config),
                                cond=cond, uncond=uncond, **loop)
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 
 from ..attention.edit import MAX_WEIGHT, EditConfig
 from ..attention.store import ALL_PLACES
-from ..config import SAME, GenerationConfig, settings_of
+from ..config import HIRES_FIELDS, SAME, GenerationConfig, settings_of
 from ..inpaint.options import INPAINT_STRENGTH, Expand, InpaintConfig
 
 
@@ -26,7 +26,6 @@ MAX_SIDE = http_bound("width")     # schema bound; the server's --max-side setti
 MAX_BATCH_SIZE = http_bound("batch_size")
 MAX_BATCH_COUNT = http_bound("batch_count")
 MAX_WORDS = 16           # reweight / blend entries of an edit
-HIRES_FIELDS = ("hires_scale", "hires_strength", "hires_upscaler", "hires_steps", "hires_sampler")
 
 
 def _clean_text(value: str, name: str) -> str:
